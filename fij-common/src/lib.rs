@@ -1,0 +1,217 @@
+//! The contract between fij's kernel programs (`fij-ebpf`) and its loader (`fij-userspace`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the loader writes rules into maps with these
+//! layouts, the kernel programs read them and write [`Event`]s back. Change a layout on both
+//! sides at once; the kernel object is always built from this same source in the same build.
+#![no_std]
+
+/// Upper bound of faults in one scenario (size of the per-fault arrays).
+pub const MAX_FAULTS: u32 = 1024;
+/// Upper bound of faults that share one hook (same target and syscall); bounds the kernel loop.
+pub const MAX_FAULTS_PER_HOOK: usize = 16;
+/// Capacity of the target-process set (tgids, plus tids of their threads).
+pub const MAX_TARGET_PROCESSES: u32 = 65536;
+/// Capacity of the per-process hit counters (LRU: stale entries of dead processes go first).
+pub const MAX_PROCESS_COUNTERS: u32 = 65536;
+/// Capacity of the protected-pid set (fij and its ancestors).
+pub const MAX_PROTECTED: u32 = 256;
+/// Ring buffer size for events (bytes, a power of two multiple of the page size).
+pub const EVENT_RING_BYTES: u32 = 1 << 20;
+
+/// Value of the target set, keyed by tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetProcess {
+    /// Index of the scenario's `[[target]]` this process belongs to.
+    pub target_idx: u32,
+    pub _pad: u32,
+    /// Kernel time at which this process joined the set. Per-process counters carry it, so a
+    /// counter left by a dead process is never reused by a later process with the same pid.
+    pub generation: u64,
+}
+
+/// Key of the hook table: which faults watch this target's syscall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HookKey {
+    pub target_idx: u32,
+    /// Syscall number (the raw `sys_enter` id).
+    pub syscall_nr: u32,
+}
+
+/// Value of the hook table: the fault ids (indices into the rule array) to evaluate, in order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HookFaults {
+    pub len: u32,
+    pub fault_ids: [u32; MAX_FAULTS_PER_HOOK],
+}
+
+/// `FaultRule::flags`: hits are counted per target (shared by all its processes), not per process.
+pub const RULE_PER_TARGET: u32 = 1 << 0;
+
+/// One fault's firing conditions, all combined with AND. Zero means "not set" for
+/// `nth`, `every` and `after_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FaultRule {
+    /// Fire on exactly this hit (1-based); with `every`, the first of the series.
+    pub nth: u64,
+    /// Fire every this many hits (`nth` + k·`every` when both are set).
+    pub every: u64,
+    /// Only hits at least this long after the campaign start are counted.
+    pub after_ns: u64,
+    /// At most this many injections for this fault over the whole campaign.
+    pub count: u64,
+    /// Signal sent on fire.
+    pub signal: u32,
+    pub flags: u32,
+}
+
+impl FaultRule {
+    /// Whether hit number `hit` (1-based, among counted hits) is one the rule fires on.
+    /// Shared by the kernel and by `fij plan`, so both agree by construction.
+    #[inline(always)]
+    pub fn fires_on(&self, hit: u64) -> bool {
+        match (self.nth, self.every) {
+            (0, 0) => true,
+            (n, 0) => hit == n,
+            (0, e) => hit % e == 0,
+            (n, e) => hit >= n && (hit - n) % e == 0,
+        }
+    }
+}
+
+/// Hit and injection counters of one fault (the per-target counter lives here too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FaultCounters {
+    /// Counted hits, used when the rule is `per = "target"`.
+    pub target_hits: u64,
+    /// Injections attempted so far (bounded by `FaultRule::count`).
+    pub injections: u64,
+}
+
+/// Key of the per-process hit counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProcessCounterKey {
+    pub fault_id: u32,
+    pub tgid: u32,
+}
+
+/// Per-process hit counter; only valid while `generation` matches the process's entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProcessCounter {
+    pub generation: u64,
+    pub hits: u64,
+}
+
+/// Index of campaign-wide settings in the `CONFIG` array map.
+pub const CONFIG_START_NS: u32 = 0;
+/// Non-zero while injecting is allowed; userspace clears it to stop injecting before detaching.
+pub const CONFIG_ARMED: u32 = 1;
+pub const CONFIG_LEN: u32 = 2;
+
+/// Layout facts of the running kernel, found by the loader (BTF, tracefs formats) and handed
+/// to the programs as a read-only global, since Rust eBPF has no CO-RE relocations.
+/// `u32::MAX` marks an offset the loader could not find; the programs then do without it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `struct task_struct` member offsets.
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_flags: u32,
+    pub task_exit_code: u32,
+    /// Offset of `group_dead` in the `sched/sched_process_exit` record.
+    pub exit_group_dead: u32,
+    pub _pad: u32,
+}
+
+/// `task_struct::flags` bit of kernel threads.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// `Event::result` when fij's own in-kernel check refused to signal (pid 1, kernel thread, fij or
+/// its ancestor). Outside the errno range, so it never reads as a `bpf_send_signal` error.
+pub const SIGNAL_REFUSED: i32 = -4096;
+
+pub const EVENT_INJECTION: u32 = 1;
+pub const EVENT_EXIT: u32 = 2;
+pub const EVENT_FORK: u32 = 3;
+
+/// A record in the event ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// Fault that fired (injection events).
+    pub fault_id: u32,
+    /// `bpf_ktime_get_ns()` when the event happened.
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Hit number that fired (injection), 0 otherwise.
+    pub hit: u64,
+    /// Syscall number of the hit (injection); the new process's pid (fork).
+    pub detail: u64,
+    /// Signal sent (injection).
+    pub signal: u32,
+    /// Return value of `bpf_send_signal` (injection, 0 = queued); `exit_code` of the task (exit).
+    pub result: i32,
+    /// Index of the target the process belongs to.
+    pub target_idx: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) plain data without padding holes that matter to the kernel.
+    unsafe impl aya::Pod for TargetProcess {}
+    unsafe impl aya::Pod for HookKey {}
+    unsafe impl aya::Pod for HookFaults {}
+    unsafe impl aya::Pod for FaultRule {}
+    unsafe impl aya::Pod for FaultCounters {}
+    unsafe impl aya::Pod for ProcessCounterKey {}
+    unsafe impl aya::Pod for ProcessCounter {}
+    unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(nth: u64, every: u64) -> FaultRule {
+        FaultRule { nth, every, ..Default::default() }
+    }
+
+    #[test]
+    fn nth_alone_fires_once() {
+        let r = rule(5, 0);
+        let fired: [bool; 8] = core::array::from_fn(|i| r.fires_on(i as u64 + 1));
+        assert_eq!(fired, [false, false, false, false, true, false, false, false]);
+    }
+
+    #[test]
+    fn every_alone_fires_on_multiples() {
+        let r = rule(0, 3);
+        let fired: [bool; 7] = core::array::from_fn(|i| r.fires_on(i as u64 + 1));
+        assert_eq!(fired, [false, false, true, false, false, true, false]);
+    }
+
+    #[test]
+    fn nth_and_every_is_strace_first_plus_step() {
+        let r = rule(2, 3);
+        let fired: [bool; 9] = core::array::from_fn(|i| r.fires_on(i as u64 + 1));
+        assert_eq!(fired, [false, true, false, false, true, false, false, true, false]);
+    }
+
+    #[test]
+    fn no_condition_fires_on_every_hit() {
+        assert!(rule(0, 0).fires_on(1) && rule(0, 0).fires_on(17));
+    }
+}

@@ -1,0 +1,128 @@
+//! The one place where a hit becomes an injection. Every trigger kind calls [`on_hit`], so the
+//! conditions (`after`, `nth`, `every`, `count`, `per`) mean the same for all of them.
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_send_signal};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use fij_common::{
+    CONFIG_ARMED, CONFIG_START_NS, EVENT_INJECTION, Event, HookKey, MAX_FAULTS_PER_HOOK,
+    PF_KTHREAD, ProcessCounter, SIGNAL_REFUSED, ProcessCounterKey, RULE_PER_TARGET, TargetProcess,
+};
+
+use crate::maps::{
+    COUNTERS, HOOKS, PROCESS_COUNTERS, PROTECTED, RULES, config, emit, layout,
+};
+
+/// Atomically adds `n` to `*ptr` and returns the previous value.
+///
+/// SeqCst on purpose: with Relaxed, LLVM 22's BPF backend emits a plain `lock add` (no
+/// BPF_FETCH) even though the result is used, so every caller would read a made-up value.
+/// BPF fetch instructions are full barriers anyway, so this costs nothing.
+///
+/// # Safety
+/// `ptr` must point into a map value that lives for the duration of the program.
+#[inline(always)]
+pub unsafe fn atomic_add(ptr: *mut u64, n: u64) -> u64 {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, n) }
+}
+
+/// A hit of hook `key` by the current task, which belongs to target process `process`.
+#[inline(always)]
+pub fn on_hit(process: &TargetProcess, tgid: u32, tid: u32, key: &HookKey, detail: u64) {
+    let Some(faults) = (unsafe { HOOKS.get(key) }) else {
+        return;
+    };
+    if config(CONFIG_ARMED) == 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let since_start = now.saturating_sub(config(CONFIG_START_NS));
+    let len = faults.len as usize;
+    for i in 0..MAX_FAULTS_PER_HOOK {
+        if i >= len {
+            break;
+        }
+        evaluate(faults.fault_ids[i], process, tgid, tid, now, since_start, detail);
+    }
+}
+
+#[inline(always)]
+fn evaluate(
+    fault_id: u32,
+    process: &TargetProcess,
+    tgid: u32,
+    tid: u32,
+    now: u64,
+    since_start: u64,
+    detail: u64,
+) {
+    let Some(rule) = RULES.get(fault_id) else {
+        return;
+    };
+    // Hits before `after` are not counted at all: `nth` counts from that moment on.
+    if since_start < rule.after_ns {
+        return;
+    }
+    let Some(counters) = COUNTERS.get_ptr_mut(fault_id) else {
+        return;
+    };
+    let hit = if rule.flags & RULE_PER_TARGET != 0 {
+        unsafe { atomic_add(&raw mut (*counters).target_hits, 1) + 1 }
+    } else {
+        process_hit(fault_id, tgid, process.generation)
+    };
+    if hit == 0 || !rule.fires_on(hit) {
+        return;
+    }
+    // Claim one of the fault's `count` injections; losers of a race past the cap do nothing.
+    if unsafe { atomic_add(&raw mut (*counters).injections, 1) } >= rule.count {
+        return;
+    }
+    let result = if may_signal(tgid) {
+        unsafe { bpf_send_signal(rule.signal) as i32 }
+    } else {
+        SIGNAL_REFUSED
+    };
+    emit(&Event {
+        kind: EVENT_INJECTION,
+        fault_id,
+        ktime_ns: now,
+        tgid,
+        tid,
+        hit,
+        detail,
+        signal: rule.signal,
+        result,
+        target_idx: process.target_idx,
+        _pad: 0,
+    });
+}
+
+/// Counts a hit in the current process's counter for `fault_id`; returns the hit number
+/// (0 when the counter could not be stored).
+#[inline(always)]
+fn process_hit(fault_id: u32, tgid: u32, generation: u64) -> u64 {
+    let key = ProcessCounterKey { fault_id, tgid };
+    if let Some(counter) = PROCESS_COUNTERS.get_ptr_mut(&key) {
+        // A counter left by an earlier process with this pid has another generation.
+        if unsafe { (*counter).generation } == generation {
+            return unsafe { atomic_add(&raw mut (*counter).hits, 1) + 1 };
+        }
+    }
+    let first = ProcessCounter { generation, hits: 1 };
+    if PROCESS_COUNTERS.insert(&key, &first, 0).is_ok() { 1 } else { 0 }
+}
+
+/// The absolute exclusions, checked here in the kernel whatever userspace put in the maps:
+/// pid 1, the idle task, kernel threads, fij itself and its ancestors.
+#[inline(always)]
+fn may_signal(tgid: u32) -> bool {
+    if tgid <= 1 || unsafe { PROTECTED.get(&tgid) }.is_some() {
+        return false;
+    }
+    let offset = layout().task_flags;
+    if offset == u32::MAX {
+        return false; // cannot tell a kernel thread apart: refuse rather than guess
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let flags = unsafe { bpf_probe_read_kernel(task.add(offset as usize) as *const u32) };
+    matches!(flags, Ok(f) if f & PF_KTHREAD == 0)
+}

@@ -1,0 +1,77 @@
+//! Every map and global the programs share with the loader (`fij-userspace/src/kernel.rs`).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, RingBuf},
+};
+use fij_common::{
+    CONFIG_LEN, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout,
+    MAX_FAULTS, MAX_PROCESS_COUNTERS, MAX_PROTECTED, MAX_TARGET_PROCESSES, ProcessCounter,
+    ProcessCounterKey, TargetProcess,
+};
+
+/// The target set: tgid (and tids of their threads) → which target it belongs to.
+#[map]
+pub static TARGETS: HashMap<u32, TargetProcess> =
+    HashMap::with_max_entries(MAX_TARGET_PROCESSES, 0);
+
+/// fij itself and its ancestors: never signalled, whatever the rules say.
+#[map]
+pub static PROTECTED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PROTECTED, 0);
+
+/// (target, syscall) → the faults to evaluate.
+#[map]
+pub static HOOKS: HashMap<HookKey, HookFaults> = HashMap::with_max_entries(4096, 0);
+
+/// Fault id → rule.
+#[map]
+pub static RULES: Array<FaultRule> = Array::with_max_entries(MAX_FAULTS, 0);
+
+/// Fault id → per-target hits and injections.
+#[map]
+pub static COUNTERS: Array<FaultCounters> = Array::with_max_entries(MAX_FAULTS, 0);
+
+/// (fault, tgid) → hits of one process.
+#[map]
+pub static PROCESS_COUNTERS: LruHashMap<ProcessCounterKey, ProcessCounter> =
+    LruHashMap::with_max_entries(MAX_PROCESS_COUNTERS, 0);
+
+/// Campaign settings written by the loader (`CONFIG_*` indices).
+#[map]
+pub static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_LEN, 0);
+
+/// Events for the loader; `EVENTS_LOST[0]` counts records the ring had no room for.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+#[map]
+pub static EVENTS_LOST: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Offsets of the running kernel, set by the loader before load (no CO-RE in Rust eBPF).
+#[unsafe(no_mangle)]
+pub static LAYOUT: KernelLayout = KernelLayout {
+    task_pid: u32::MAX,
+    task_tgid: u32::MAX,
+    task_flags: u32::MAX,
+    task_exit_code: u32::MAX,
+    exit_group_dead: u32::MAX,
+    _pad: 0,
+};
+
+#[inline(always)]
+pub fn layout() -> KernelLayout {
+    // Volatile: the value is patched into the object at load time, not known to the compiler.
+    unsafe { core::ptr::read_volatile(&LAYOUT) }
+}
+
+#[inline(always)]
+pub fn config(index: u32) -> u64 {
+    CONFIG.get(index).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn emit(event: &fij_common::Event) {
+    if EVENTS.output::<fij_common::Event>(event, 0).is_err()
+        && let Some(lost) = EVENTS_LOST.get_ptr_mut(0)
+    {
+        unsafe { crate::decide::atomic_add(lost, 1) };
+    }
+}

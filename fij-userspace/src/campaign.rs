@@ -1,0 +1,334 @@
+//! `fij run`: scenario → rules in maps → targets armed → events streamed → clean end.
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, anyhow};
+use aya::maps::{MapData, RingBuf};
+use fij_common::{EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, Event, FaultRule, HookKey, RULE_PER_TARGET, TargetProcess};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{Instant, sleep, sleep_until},
+};
+use tracing::{info, warn};
+
+use crate::{
+    kernel::{Kernel, monotonic_ns},
+    layout,
+    log::{EndReason, EventLog, Record, TargetRecord},
+    scenario::{Per, Scenario, TargetSource, Trigger},
+    targets::{self, GatedChild},
+};
+
+/// An error in what the user asked for (exit status 2); anything else is a runtime failure (1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+pub struct RunOptions {
+    pub seed: Option<u64>,
+    pub log: Option<PathBuf>,
+}
+
+/// What happened, for the exit status.
+pub struct Report {
+    pub reason: EndReason,
+    pub injections: u64,
+    pub failed_injections: u64,
+}
+
+/// How long spawned targets get between SIGTERM and SIGKILL when the campaign ends early.
+const TERMINATE_GRACE: Duration = Duration::from_secs(2);
+
+/// A target as armed: who it is and whether fij spawned it (then fij also ends it).
+struct ArmedTarget {
+    pid: u32,
+    spawned: bool,
+}
+
+/// Rules and hook table for the scenario's faults (fault id = index in `scenario.faults`).
+pub fn compile_rules(scenario: &Scenario) -> (Vec<FaultRule>, BTreeMap<HookKey, Vec<u32>>) {
+    let mut hooks: BTreeMap<HookKey, Vec<u32>> = BTreeMap::new();
+    let rules = scenario
+        .faults
+        .iter()
+        .enumerate()
+        .map(|(id, fault)| {
+            let Trigger::Syscall { nr, .. } = &fault.trigger;
+            hooks.entry(HookKey { target_idx: fault.target as u32, syscall_nr: *nr }).or_default().push(id as u32);
+            FaultRule {
+                nth: fault.nth.unwrap_or(0),
+                every: fault.every.unwrap_or(0),
+                after_ns: fault.after.map_or(0, |d| d.as_nanos() as u64),
+                count: fault.count,
+                signal: fault.action.signal() as u32,
+                flags: if fault.per == Per::Target { RULE_PER_TARGET } else { 0 },
+            }
+        })
+        .collect();
+    (rules, hooks)
+}
+
+pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(anyhow!(
+            "fij run needs root: it loads eBPF programs and signals processes from the kernel (try sudo)"
+        ));
+    }
+    let protected = targets::self_and_ancestors();
+
+    // Everything that can be wrong with the input is checked before anything is loaded.
+    let mut programs = Vec::new();
+    for target in &scenario.targets {
+        match &target.source {
+            TargetSource::Command { argv, cwd, .. } => programs.push(Some(
+                targets::resolve_program(&argv[0], cwd.as_deref())
+                    .map_err(|e| InvalidInput(format!("target `{}`: {e:#}", target.name)))?,
+            )),
+            TargetSource::Pid(pid) => {
+                targets::check_adoptable(*pid, &protected)
+                    .map_err(|e| InvalidInput(format!("target `{}`: {e:#}", target.name)))?;
+                programs.push(None);
+            }
+        }
+    }
+    let mut log = EventLog::create(opts.log.as_deref())?;
+
+    let layout = layout::discover()?;
+    let mut kernel = Kernel::load(&layout)?;
+    kernel.attach_lifecycle()?;
+    if scenario.faults.iter().any(|f| matches!(f.trigger, Trigger::Syscall { .. })) {
+        kernel.attach_syscalls()?;
+    }
+    for pid in &protected {
+        kernel.protect(*pid)?;
+    }
+    let (rules, hooks) = compile_rules(scenario);
+    for (id, rule) in rules.iter().enumerate() {
+        kernel.set_rule(id as u32, rule)?;
+    }
+    kernel.set_hooks(&hooks)?;
+
+    let seed = opts.seed.or(scenario.seed).unwrap_or_else(random_seed);
+    let start_ns = monotonic_ns();
+    kernel.arm(start_ns)?;
+
+    let mut armed = Vec::new();
+    for (target_idx, (target, program)) in scenario.targets.iter().zip(&programs).enumerate() {
+        let entry = |generation| TargetProcess { target_idx: target_idx as u32, _pad: 0, generation };
+        match (&target.source, program) {
+            (TargetSource::Command { argv, cwd, env }, Some(program)) => {
+                let mut child = GatedChild::spawn(program, argv, cwd.as_deref(), env)
+                    .with_context(|| format!("target `{}`", target.name))?;
+                kernel.add_target(child.pid, entry(monotonic_ns()))?;
+                child.release().with_context(|| format!("target `{}`", target.name))?;
+                info!(target = %target.name, pid = child.pid, "spawned {}", argv.join(" "));
+                armed.push(ArmedTarget { pid: child.pid, spawned: true });
+            }
+            (TargetSource::Pid(pid), _) => {
+                for pid in targets::process_tree(*pid) {
+                    kernel.add_target(pid, entry(monotonic_ns()))?;
+                }
+                // It may have exited between the check and the insert: then no exit event comes.
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    return Err(anyhow!("target `{}`: pid {pid} exited before it was armed", target.name));
+                }
+                info!(target = %target.name, pid, "adopted");
+                armed.push(ArmedTarget { pid: *pid, spawned: false });
+            }
+            _ => unreachable!("programs were resolved for every command target"),
+        }
+    }
+    let scenario_path = scenario.path.display().to_string();
+    log.write(&Record::Start {
+        seed,
+        scenario: &scenario_path,
+        start_ktime_ns: start_ns,
+        targets: scenario
+            .targets
+            .iter()
+            .zip(&armed)
+            .map(|(t, a)| TargetRecord { name: &t.name, pid: a.pid, spawned: a.spawned })
+            .collect(),
+    })?;
+    info!(seed, scenario = %scenario_path, "campaign armed");
+
+    let ring = kernel.take_events().context("event ring already taken")?;
+    // SAFETY: the ring owns its fd and keeps it open for as long as the AsyncFd holds it.
+    let mut events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("polling the event ring: {e}"))?;
+    let mut tally = Tally::default();
+    let mut ctx = EventContext { scenario, start_ns, log: &mut log, tally: &mut tally };
+
+    let deadline = scenario.duration.map(|d| Instant::now() + d);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let reason = loop {
+        tokio::select! {
+            guard = events.readable_mut() => {
+                let mut guard = guard?;
+                ctx.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break EndReason::Duration,
+            _ = sigint.recv() => break EndReason::Interrupted,
+            _ = sigterm.recv() => break EndReason::Interrupted,
+            // Exits are seen as events; this is the backstop for a target that died unseen.
+            _ = sleep(Duration::from_millis(100)) => {}
+        }
+        reap(&armed);
+        if kernel.target_processes().is_empty() {
+            break EndReason::TargetsExited;
+        }
+    };
+
+    kernel.disarm()?;
+    if reason != EndReason::TargetsExited {
+        terminate_spawned(&kernel, scenario).await;
+    }
+    // Exits of the terminated targets, and anything still in the ring.
+    ctx.drain(events.get_mut())?;
+    reap(&armed);
+    let t_ns = monotonic_ns().saturating_sub(start_ns);
+    let injections = (0..scenario.faults.len() as u32)
+        .map(|id| kernel.counters(id).map(|c| c.injections.min(rules[id as usize].count)))
+        .sum::<Result<u64>>()?;
+    let events_lost = kernel.events_lost();
+    if events_lost > 0 {
+        warn!(events_lost, "the kernel dropped events: the ring buffer was full");
+    }
+    log.write(&Record::End {
+        t_ns,
+        reason,
+        injections,
+        failed_injections: tally.failed_injections,
+        exits: tally.exits,
+        events_lost,
+    })?;
+    info!(?reason, injections, failed = tally.failed_injections, "campaign ended");
+    drop(kernel); // detaches every program
+    Ok(Report { reason, injections, failed_injections: tally.failed_injections })
+}
+
+/// Ends what fij spawned: SIGTERM to every live process of a spawned target, SIGKILL after a grace.
+async fn terminate_spawned(kernel: &Kernel, scenario: &Scenario) {
+    let spawned = |tp: &TargetProcess| {
+        matches!(scenario.targets[tp.target_idx as usize].source, TargetSource::Command { .. })
+    };
+    let live = || kernel.target_processes().into_iter().filter(|(_, tp)| spawned(tp)).map(|(pid, _)| pid);
+    for pid in live() {
+        info!(pid, "duration over: terminating");
+        // SAFETY: kill on a pid the kernel still lists as a live target process.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let give_up = Instant::now() + TERMINATE_GRACE;
+    while live().next().is_some() && Instant::now() < give_up {
+        sleep(Duration::from_millis(20)).await;
+    }
+    for pid in live() {
+        warn!(pid, "still running after SIGTERM: SIGKILL");
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let give_up = Instant::now() + TERMINATE_GRACE;
+    while live().next().is_some() && Instant::now() < give_up {
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn reap(armed: &[ArmedTarget]) {
+    for target in armed.iter().filter(|t| t.spawned) {
+        targets::try_reap(target.pid);
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom fills the buffer we own.
+    unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    u64::from_ne_bytes(seed)
+}
+
+#[derive(Default)]
+struct Tally {
+    failed_injections: u64,
+    exits: u64,
+}
+
+/// Turns kernel events into log records and human-readable lines.
+struct EventContext<'a> {
+    scenario: &'a Scenario,
+    start_ns: u64,
+    log: &'a mut EventLog,
+    tally: &'a mut Tally,
+}
+
+impl EventContext<'_> {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<Event>() {
+                warn!(len = item.len(), "short event record ignored");
+                continue;
+            }
+            // SAFETY: the kernel wrote an `Event` (same repr(C) definition, same build).
+            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+            self.handle(&event)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, e: &Event) -> Result<()> {
+        let t_ns = e.ktime_ns.saturating_sub(self.start_ns);
+        let target = self.scenario.targets.get(e.target_idx as usize).map_or("?", |t| t.name.as_str());
+        match e.kind {
+            EVENT_INJECTION => {
+                let fault = &self.scenario.faults[e.fault_id as usize];
+                let Trigger::Syscall { name: syscall, .. } = &fault.trigger;
+                let signal = targets::signal_name(e.signal as i32);
+                let delivered = e.result == 0;
+                let error = (!delivered).then(|| injection_error(e.result));
+                if let Some(error) = &error {
+                    self.tally.failed_injections += 1;
+                    warn!(fault = %fault.name, target, pid = e.tgid, hit = e.hit, "{signal} not sent: {error}");
+                } else {
+                    info!(fault = %fault.name, target, pid = e.tgid, tid = e.tid, hit = e.hit, "{signal} on {syscall} #{}", e.hit);
+                }
+                self.log.write(&Record::Injection {
+                    t_ns,
+                    ktime_ns: e.ktime_ns,
+                    fault: &fault.name,
+                    target,
+                    pid: e.tgid,
+                    tid: e.tid,
+                    hit: e.hit,
+                    syscall,
+                    signal,
+                    delivered,
+                    error,
+                })
+            }
+            EVENT_EXIT => {
+                self.tally.exits += 1;
+                let (code, signal) = if e.result < 0 { (None, None) } else { targets::describe_status(e.result) };
+                let signal = signal.map(targets::signal_name);
+                info!(target, pid = e.tgid, ?code, signal = signal.as_deref().unwrap_or("-"), "exited");
+                self.log.write(&Record::Exit { t_ns, ktime_ns: e.ktime_ns, target, pid: e.tgid, code, signal })
+            }
+            EVENT_FORK => {
+                info!(target, parent = e.tgid, pid = e.detail, "forked");
+                self.log.write(&Record::Fork { t_ns, target, parent_pid: e.tgid, pid: e.detail as u32 })
+            }
+            other => {
+                warn!(kind = other, "unknown event kind");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn injection_error(result: i32) -> String {
+    if result == fij_common::SIGNAL_REFUSED {
+        "refused: the process is protected (pid 1, a kernel thread, fij or its ancestor)".into()
+    } else {
+        format!("bpf_send_signal failed: {}", std::io::Error::from_raw_os_error(-result))
+    }
+}

@@ -1,0 +1,156 @@
+//! fij's kernel side as seen from userspace: loads the embedded object, attaches the programs a
+//! scenario needs, and writes the rules into the maps. All links are owned by file descriptors of
+//! this process, so they go away with it — also when fij is killed.
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+};
+use fij_common::{
+    CONFIG_ARMED, CONFIG_START_NS, FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout,
+    MAX_FAULTS_PER_HOOK, TargetProcess,
+};
+
+/// The eBPF object built from `fij-ebpf` by this crate's build script.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fij-ebpf.o"));
+
+/// Program names in the object, one per hook.
+pub const PROG_SYS_ENTER: &str = "fij_sys_enter";
+pub const PROG_FORK: &str = "fij_fork";
+pub const PROG_EXIT: &str = "fij_exit";
+
+pub struct Kernel {
+    ebpf: Ebpf,
+    targets: HashMap<MapData, u32, TargetProcess>,
+    protected: HashMap<MapData, u32, u8>,
+    hooks: HashMap<MapData, HookKey, HookFaults>,
+    rules: Array<MapData, FaultRule>,
+    counters: Array<MapData, FaultCounters>,
+    config: Array<MapData, u64>,
+    lost: Array<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Kernel {
+    /// Loads the object (maps are created; no program is loaded or attached yet).
+    pub fn load(layout: &KernelLayout) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global("LAYOUT", layout, true)
+            .load(OBJECT)
+            .context("loading fij's eBPF object")?;
+        Ok(Self {
+            targets: take(&mut ebpf, "TARGETS")?,
+            protected: take(&mut ebpf, "PROTECTED")?,
+            hooks: take(&mut ebpf, "HOOKS")?,
+            rules: take(&mut ebpf, "RULES")?,
+            counters: take(&mut ebpf, "COUNTERS")?,
+            config: take(&mut ebpf, "CONFIG")?,
+            lost: take(&mut ebpf, "EVENTS_LOST")?,
+            events: Some(take(&mut ebpf, "EVENTS")?),
+            ebpf,
+        })
+    }
+
+    fn raw_tracepoint(&mut self, prog: &str, tracepoint: &str) -> Result<()> {
+        let program: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {prog} (verifier)"))?;
+        program.attach(tracepoint).with_context(|| format!("attaching {prog} to raw tracepoint {tracepoint}"))?;
+        Ok(())
+    }
+
+    fn tracepoint(&mut self, prog: &str, category: &str, name: &str) -> Result<()> {
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {prog} (verifier)"))?;
+        program.attach(category, name).with_context(|| format!("attaching {prog} to tracepoint {category}:{name}"))?;
+        Ok(())
+    }
+
+    /// Fork and exit tracking: always needed, they keep the target set exact.
+    pub fn attach_lifecycle(&mut self) -> Result<()> {
+        self.raw_tracepoint(PROG_FORK, "sched_process_fork")?;
+        self.tracepoint(PROG_EXIT, "sched", "sched_process_exit")
+    }
+
+    /// The syscall-entry hook: only attached when a fault has a syscall trigger.
+    pub fn attach_syscalls(&mut self) -> Result<()> {
+        self.raw_tracepoint(PROG_SYS_ENTER, "sys_enter")
+    }
+
+    pub fn protect(&mut self, pid: u32) -> Result<()> {
+        self.protected.insert(pid, 1, 0).with_context(|| format!("protecting pid {pid}"))
+    }
+
+    pub fn add_target(&mut self, pid: u32, entry: TargetProcess) -> Result<()> {
+        self.targets.insert(pid, entry, 0).with_context(|| format!("adding pid {pid} to the target set"))
+    }
+
+    /// Live target processes (tgid → entry), as the kernel sees them now.
+    pub fn target_processes(&self) -> Vec<(u32, TargetProcess)> {
+        self.targets.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn set_rule(&mut self, fault_id: u32, rule: &FaultRule) -> Result<()> {
+        self.rules.set(fault_id, rule, 0).with_context(|| format!("writing rule {fault_id}"))
+    }
+
+    /// Installs the hook table: for each (target, syscall), the faults to evaluate in order.
+    pub fn set_hooks(&mut self, hooks: &BTreeMap<HookKey, Vec<u32>>) -> Result<()> {
+        for (key, ids) in hooks {
+            anyhow::ensure!(ids.len() <= MAX_FAULTS_PER_HOOK, "more than {MAX_FAULTS_PER_HOOK} faults on one hook");
+            let mut value = HookFaults { len: ids.len() as u32, fault_ids: [0; MAX_FAULTS_PER_HOOK] };
+            value.fault_ids[..ids.len()].copy_from_slice(ids);
+            self.hooks.insert(key, value, 0).context("writing the hook table")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the campaign clock and allows injections.
+    pub fn arm(&mut self, start_ns: u64) -> Result<()> {
+        self.config.set(CONFIG_START_NS, start_ns, 0)?;
+        self.config.set(CONFIG_ARMED, 1, 0)?;
+        Ok(())
+    }
+
+    /// Stops injecting at once (the programs stay attached until `Kernel` is dropped).
+    pub fn disarm(&mut self) -> Result<()> {
+        self.config.set(CONFIG_ARMED, 0, 0)?;
+        Ok(())
+    }
+
+    pub fn counters(&self, fault_id: u32) -> Result<FaultCounters> {
+        Ok(self.counters.get(&fault_id, 0)?)
+    }
+
+    pub fn events_lost(&self) -> u64 {
+        self.lost.get(&0, 0).unwrap_or(0)
+    }
+
+    /// The event ring buffer (taken once, by the event loop).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,98 @@
+//! Finds the running kernel's layout facts that the programs need (`KernelLayout`): member
+//! offsets of `struct task_struct` from the kernel's BTF, and tracepoint record offsets from
+//! tracefs. Rust eBPF has no CO-RE, so this is how one object stays right on every kernel.
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use btf_rs::{Btf, Type};
+use fij_common::KernelLayout;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Reads the layout of the running kernel. Fails only when an offset that safety depends on
+/// (`task_struct::flags`, `pid`, `tgid`) cannot be found.
+pub fn discover() -> Result<KernelLayout> {
+    let btf = Btf::from_file(VMLINUX_BTF)
+        .with_context(|| format!("cannot read the kernel's BTF at {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF)"))?;
+    let member = |name: &str| member_offset(&btf, "task_struct", name);
+    Ok(KernelLayout {
+        task_pid: member("pid")?.context("task_struct has no member `pid`")?,
+        task_tgid: member("tgid")?.context("task_struct has no member `tgid`")?,
+        task_flags: member("flags")?.context("task_struct has no member `flags`")?,
+        task_exit_code: member("exit_code")?.unwrap_or(u32::MAX),
+        exit_group_dead: tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?
+            .unwrap_or(u32::MAX),
+        _pad: 0,
+    })
+}
+
+/// Byte offset of `member` in `struct name`, looking into anonymous structs and unions.
+pub fn member_offset(btf: &Btf, name: &str, member: &str) -> Result<Option<u32>> {
+    for ty in btf.resolve_types_by_name(name).with_context(|| format!("no type `{name}` in BTF"))? {
+        if let Type::Struct(s) = ty {
+            if let Some(bits) = find_member(btf, &s, member, 0)? {
+                if bits % 8 != 0 {
+                    bail!("{name}.{member} is a bitfield");
+                }
+                return Ok(Some(bits / 8));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn find_member(btf: &Btf, s: &btf_rs::Struct, wanted: &str, base_bits: u32) -> Result<Option<u32>> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        let bits = base_bits + m.bit_offset();
+        if name == wanted {
+            return Ok(Some(bits));
+        }
+        if name.is_empty() {
+            if let Type::Struct(inner) | Type::Union(inner) = btf.resolve_chained_type(m)? {
+                if let Some(found) = find_member(btf, &inner, wanted, bits)? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Offset of `field` in the record of tracepoint `category/name`, from its tracefs `format`.
+pub fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Result<Option<u32>> {
+    let path = Path::new(TRACEFS).join("events").join(category).join(name).join("format");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {} (is tracefs mounted at {TRACEFS}?)", path.display()))?;
+    Ok(parse_format_offset(&text, field))
+}
+
+/// Parses a line like `field:bool group_dead;	offset:32;	size:1;	signed:0;`.
+fn parse_format_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
+        let ident = decl.rsplit(|c: char| c.is_whitespace() || c == '*').next()?;
+        let ident = ident.split('[').next()?;
+        if ident != field {
+            return None;
+        }
+        let offset = line.split("offset:").nth(1)?.split(';').next()?;
+        offset.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXIT_FORMAT: &str = "name: sched_process_exit\nformat:\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
+
+    #[test]
+    fn format_offsets_are_found_by_field_name() {
+        assert_eq!(parse_format_offset(EXIT_FORMAT, "group_dead"), Some(32));
+        assert_eq!(parse_format_offset(EXIT_FORMAT, "pid"), Some(24));
+        assert_eq!(parse_format_offset(EXIT_FORMAT, "comm"), Some(8));
+        assert_eq!(parse_format_offset(EXIT_FORMAT, "prio"), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! fij: kernel-level failure injection. The data path, one module per step:
+//! scenario file → [`scenario`] (validated model) → [`campaign::compile_rules`] (rules in maps,
+//! via [`kernel`]) → decision in the kernel programs (`fij-ebpf`) → events → [`log`].
+pub mod campaign;
+pub mod doctor;
+pub mod kernel;
+pub mod layout;
+pub mod log;
+pub mod scenario;
+pub mod targets;

@@ -1,0 +1,104 @@
+//! The campaign log: one JSON object per line (`--log FILE`), flushed line by line so the log is
+//! complete up to the last event even if fij itself is killed.
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// One line of the log. `t_ns` is nanoseconds since the campaign start (kernel clock).
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Record<'a> {
+    Start {
+        seed: u64,
+        scenario: &'a str,
+        start_ktime_ns: u64,
+        targets: Vec<TargetRecord<'a>>,
+    },
+    Injection {
+        t_ns: u64,
+        ktime_ns: u64,
+        fault: &'a str,
+        target: &'a str,
+        pid: u32,
+        tid: u32,
+        hit: u64,
+        syscall: &'a str,
+        signal: String,
+        /// Whether `bpf_send_signal` queued the signal.
+        delivered: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    Fork {
+        t_ns: u64,
+        target: &'a str,
+        parent_pid: u32,
+        pid: u32,
+    },
+    Exit {
+        t_ns: u64,
+        ktime_ns: u64,
+        target: &'a str,
+        pid: u32,
+        /// Exit code for a normal exit.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        /// Signal that ended the process.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+    },
+    End {
+        t_ns: u64,
+        reason: EndReason,
+        injections: u64,
+        failed_injections: u64,
+        exits: u64,
+        events_lost: u64,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetRecord<'a> {
+    pub name: &'a str,
+    pub pid: u32,
+    pub spawned: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Every target process exited.
+    TargetsExited,
+    /// `duration` passed.
+    Duration,
+    /// fij got SIGINT or SIGTERM.
+    Interrupted,
+}
+
+pub struct EventLog {
+    out: Option<BufWriter<File>>,
+}
+
+impl EventLog {
+    pub fn create(path: Option<&Path>) -> Result<Self> {
+        let out = path
+            .map(|p| File::create(p).with_context(|| format!("cannot create log file {}", p.display())))
+            .transpose()?
+            .map(BufWriter::new);
+        Ok(Self { out })
+    }
+
+    pub fn write(&mut self, record: &Record) -> Result<()> {
+        if let Some(out) = &mut self.out {
+            serde_json::to_writer(&mut *out, record)?;
+            out.write_all(b"\n")?;
+            out.flush().context("writing the log")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use fij::{
+    campaign::{self, InvalidInput, RunOptions},
+    scenario,
+};
+
+/// fij — kernel-level failure injection for distributed systems tests.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario: spawn or adopt its targets and inject its faults from the kernel.
+    Run {
+        scenario: PathBuf,
+        /// Seed of the campaign (overrides the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write one JSON object per event to this file.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
+    /// Check a scenario file; print every error as file:line:col: message.
+    Validate { scenario: PathBuf },
+    /// Report what this kernel supports, found by trying it.
+    Doctor,
+}
+
+/// Exit statuses: the campaign ran as written / runtime failure / invalid input.
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_INVALID: u8 = 2;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FIJ_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_INVALID) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        Command::Validate { scenario } => match scenario::load(&scenario) {
+            Ok(_) => {
+                eprintln!("{}: ok", scenario.display());
+                ExitCode::SUCCESS
+            }
+            Err(diagnostics) => {
+                eprintln!("{diagnostics}");
+                ExitCode::from(EXIT_INVALID)
+            }
+        },
+        Command::Run { scenario, seed, log } => {
+            let scenario = match scenario::load(&scenario) {
+                Ok(s) => s,
+                Err(diagnostics) => {
+                    eprintln!("{diagnostics}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let result = runtime
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(campaign::run(&scenario, &RunOptions { seed, log })));
+            match result {
+                Ok(report) if report.failed_injections == 0 => ExitCode::SUCCESS,
+                Ok(report) => {
+                    eprintln!("fij: {} injection(s) could not be delivered", report.failed_injections);
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+                Err(e) if e.is::<InvalidInput>() => {
+                    eprintln!("fij: {e:#}");
+                    ExitCode::from(EXIT_INVALID)
+                }
+                Err(e) => {
+                    eprintln!("fij: {e:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::Doctor => {
+            let report = fij::doctor::run();
+            print!("{report}");
+            if report.all_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUNTIME) }
+        }
+    }
+}

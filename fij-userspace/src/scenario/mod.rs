@@ -1,0 +1,6 @@
+//! Scenario files: TOML in, a validated [`Scenario`] out, or every error with its position.
+pub mod model;
+mod parse;
+
+pub use model::*;
+pub use parse::{Diagnostic, Diagnostics, load, parse_str};

@@ -1,0 +1,81 @@
+//! The validated scenario: what `fij run` and `fij plan` work from. Everything here has been
+//! checked against the scenario file (see `parse.rs`); nothing here refers back to TOML.
+use std::{path::PathBuf, time::Duration};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// The file it was read from, as given on the command line.
+    pub path: PathBuf,
+    /// `seed`: absent means fij picks one (and prints and logs it).
+    pub seed: Option<u64>,
+    /// `duration`: the campaign ends after this long even if targets are still running.
+    pub duration: Option<Duration>,
+    pub targets: Vec<Target>,
+    pub faults: Vec<Fault>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// `name`: unique among targets.
+    pub name: String,
+    pub source: TargetSource,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetSource {
+    /// `command = [..]` (non-empty), with optional `cwd` and `env` (a table of strings).
+    /// Relative `cwd` is relative to the scenario file's directory.
+    Command { argv: Vec<String>, cwd: Option<PathBuf>, env: Vec<(String, String)> },
+    /// `pid = N`: adopt a running process (N > 1).
+    Pid(u32),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    /// `name`: unique among faults.
+    pub name: String,
+    /// `target`: index into `Scenario::targets`.
+    pub target: usize,
+    pub action: Action,
+    pub trigger: Trigger,
+    /// `nth`: fire on this hit (1-based, ≥ 1).
+    pub nth: Option<u64>,
+    /// `every`: fire every this many hits (≥ 1); with `nth`, on nth, nth+every, …
+    pub every: Option<u64>,
+    /// `after`: only hits at least this long after the campaign start are counted.
+    pub after: Option<Duration>,
+    /// `count`: at most this many injections (≥ 1); default 1.
+    pub count: u64,
+    /// `per`: "process" (default) or "target".
+    pub per: Per,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `action = "kill"`: SIGKILL.
+    Kill,
+    /// `action = "signal"` with `signal = "SIGTERM"` (name with or without SIG, or a number).
+    Signal(i32),
+}
+
+impl Action {
+    pub fn signal(self) -> i32 {
+        match self {
+            Action::Kill => libc::SIGKILL,
+            Action::Signal(sig) => sig,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// `trigger = { syscall = "write" }`: the name as in the host's syscall table, and its number.
+    Syscall { name: String, nr: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Per {
+    #[default]
+    Process,
+    Target,
+}

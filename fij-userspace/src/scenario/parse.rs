@@ -1,0 +1,1724 @@
+//! Scenario file parsing and validation: TOML text in, a [`Scenario`] out, or every error in the
+//! file, each with its `file:line:col` position.
+//!
+//! The TOML is parsed with `toml_edit` (which keeps the byte span of every key and value) and the
+//! tree is walked by hand rather than with serde, so that one pass reports all errors, not only
+//! the first. A TOML syntax error is the exception: nothing after it can be trusted, so parsing
+//! stops there. The format is documented in `docs/scenarios.md`.
+use std::{
+    fmt, fs,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use toml_edit::{Array, ImDocument, Item, TableLike, Value};
+
+use super::model::{Action, Fault, Per, Scenario, Target, TargetSource, Trigger};
+
+/// One error in a scenario file. `line` and `col` are 1-based; `col` counts characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// Every error found in a scenario file, in file order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Reads and validates the scenario file at `path`.
+pub fn load(path: &Path) -> Result<Scenario, Diagnostics> {
+    match fs::read_to_string(path) {
+        Ok(text) => parse_str(path, &text),
+        Err(err) => Err(Diagnostics(vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read the scenario file: {err}"),
+        }])),
+    }
+}
+
+/// Validates the scenario `text`, read from `path` (used in diagnostics, as `Scenario::path`, and
+/// to resolve relative `cwd`s).
+pub fn parse_str(path: &Path, text: &str) -> Result<Scenario, Diagnostics> {
+    let mut cx = Cx {
+        file: path,
+        text,
+        diags: Vec::new(),
+    };
+    let scenario = match ImDocument::parse(text) {
+        Ok(doc) => scenario(&mut cx, doc.as_table()),
+        Err(err) => {
+            let at = err.span().map_or(0, |span| span.start);
+            let message = err
+                .message()
+                .trim()
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ");
+            cx.error(at, format!("TOML syntax error: {message}"));
+            None
+        }
+    };
+    match scenario {
+        Some(scenario) if cx.diags.is_empty() => Ok(scenario),
+        _ => {
+            if cx.diags.is_empty() {
+                // Every path that yields no scenario reports why; this is only a safety net.
+                cx.error(
+                    0,
+                    "internal error: the scenario was rejected without a reason",
+                );
+            }
+            cx.diags.sort_by_key(|d| (d.line, d.col));
+            Err(Diagnostics(cx.diags))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario tables.
+
+fn scenario(cx: &mut Cx<'_>, root: &toml_edit::Table) -> Option<Scenario> {
+    let mut r = Reader::new(root, "at the top level", "", 0);
+    let seed = r.get("seed").and_then(|e| cx.uint(&e, 0));
+    let duration = r.get("duration").and_then(|e| {
+        let d = cx.duration(&e)?;
+        if d.is_zero() {
+            cx.error(e.at, format!("`{}` must be greater than 0", e.label));
+            return None;
+        }
+        Some(d)
+    });
+    let target_entry = r.get("target");
+    let fault_entry = r.get("fault");
+    r.finish(cx);
+
+    // Targets. `names[i]` is the name of the i-th [[target]] table, if it has a valid one.
+    let mut targets = Vec::new();
+    let mut names: Option<Vec<Option<String>>> = None;
+    let mut targets_ok = true;
+    match &target_entry {
+        None => cx.error(
+            0,
+            "no [[target]] defined: a scenario needs at least one target (a `command` to spawn \
+             or a `pid` to adopt)",
+        ),
+        Some(e) => match cx.tables(e, "[[target]]") {
+            None => targets_ok = false,
+            Some(tables) if tables.is_empty() => cx.error(
+                e.at,
+                "no [[target]] defined: a scenario needs at least one target",
+            ),
+            Some(tables) => {
+                let dir = cx.file.parent().unwrap_or(Path::new(""));
+                let mut seen = Seen::default();
+                let names = names.insert(Vec::new());
+                for (table, at) in tables {
+                    let (name, target) = target(cx, table, at, dir, &mut seen);
+                    targets_ok &= target.is_some();
+                    names.push(name);
+                    targets.extend(target);
+                }
+            }
+        },
+    }
+
+    let mut faults = Vec::new();
+    let mut faults_ok = true;
+    if let Some(e) = &fault_entry {
+        match cx.tables(e, "[[fault]]") {
+            None => faults_ok = false,
+            Some(tables) => {
+                // Without any [[target]] table, every reference would be undefined: that is
+                // already reported above.
+                let names = names.as_deref();
+                let mut seen = Seen::default();
+                for (table, at) in tables {
+                    let fault = fault(cx, table, at, names, &mut seen);
+                    faults_ok &= fault.is_some();
+                    faults.extend(fault);
+                }
+            }
+        }
+    }
+
+    (target_entry.is_some() && targets_ok && faults_ok).then(|| Scenario {
+        path: cx.file.to_path_buf(),
+        seed,
+        duration,
+        targets,
+        faults,
+    })
+}
+
+/// Names already used by one kind of table, with the line each was first defined on.
+#[derive(Default)]
+struct Seen(Vec<(String, usize)>);
+
+impl Seen {
+    /// Checks that the `name` entry is a non-empty string not seen before, and records it.
+    fn name(&mut self, cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<String> {
+        let name = cx.string(e)?;
+        if name.is_empty() {
+            cx.error(e.at, format!("{kind} `name` must not be empty"));
+            return None;
+        }
+        if let Some((_, line)) = self.0.iter().find(|(n, _)| n == name) {
+            cx.error(
+                e.at,
+                format!("duplicate {kind} name `{name}` (first defined on line {line})"),
+            );
+            return None;
+        }
+        self.0.push((name.to_string(), cx.line_col(e.at).0));
+        Some(name.to_string())
+    }
+}
+
+/// One [[target]] table: its name (if valid, even when the rest is not) and the target.
+fn target(
+    cx: &mut Cx<'_>,
+    table: &dyn TableLike,
+    at: usize,
+    dir: &Path,
+    seen: &mut Seen,
+) -> (Option<String>, Option<Target>) {
+    let mut r = Reader::new(table, "in [[target]]", "", at);
+    let name = r
+        .required(cx, "name")
+        .and_then(|e| seen.name(cx, &e, "target"));
+    let command = r.get("command");
+    let pid = r.get("pid");
+    let cwd = r.get("cwd");
+    let env = r.get("env");
+    r.finish(cx);
+
+    let argv = command.as_ref().map(|e| argv(cx, e));
+    let pid_value = pid.as_ref().map(|e| pid_number(cx, e));
+    let cwd_value = cwd.as_ref().and_then(|e| {
+        let s = cx.non_empty_string(e)?;
+        Some(dir.join(s))
+    });
+    let env_value = env.as_ref().and_then(|e| environment(cx, e));
+
+    let source = match (&command, &pid) {
+        (Some(c), Some(p)) => {
+            let later = if p.key_at > c.key_at { p } else { c };
+            cx.error(
+                later.key_at,
+                "`command` and `pid` cannot both be given: a target is either spawned \
+                 (`command`) or adopted (`pid`)",
+            );
+            None
+        }
+        (None, None) => {
+            cx.error(
+                at,
+                "missing `command` or `pid` in [[target]]: give either the program to spawn \
+                 or the pid of a running process to adopt",
+            );
+            None
+        }
+        (Some(_), None) => argv.flatten().map(|argv| TargetSource::Command {
+            argv,
+            cwd: cwd_value,
+            env: env_value.unwrap_or_default(),
+        }),
+        (None, Some(_)) => {
+            for e in [&cwd, &env].into_iter().flatten() {
+                cx.error(
+                    e.key_at,
+                    format!(
+                        "`{}` is only allowed with `command`: an adopted process (`pid`) keeps \
+                         its own",
+                        e.label
+                    ),
+                );
+            }
+            pid_value.flatten().map(TargetSource::Pid)
+        }
+    };
+    let target = match (&name, source) {
+        (Some(name), Some(source)) => Some(Target {
+            name: name.clone(),
+            source,
+        }),
+        _ => None,
+    };
+    (name, target)
+}
+
+fn argv(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Vec<String>> {
+    let array = cx.array(
+        e,
+        "an array of strings such as [\"python3\", \"worker.py\"]",
+    )?;
+    if array.is_empty() {
+        cx.error(
+            e.at,
+            format!(
+                "`{}` must not be empty: give at least the program to run",
+                e.label
+            ),
+        );
+        return None;
+    }
+    let mut argv = Vec::new();
+    let mut ok = true;
+    for (i, value) in array.iter().enumerate() {
+        let at = value.span().map_or(e.at, |s| s.start);
+        let label = format!("{}[{i}]", e.label);
+        match value.as_str() {
+            None => {
+                cx.error(
+                    at,
+                    format!(
+                        "`{label}`: expected a string, found {}",
+                        describe_value(value)
+                    ),
+                );
+                ok = false;
+            }
+            Some("") if i == 0 => {
+                cx.error(
+                    at,
+                    format!("`{label}` (the program to run) must not be empty"),
+                );
+                ok = false;
+            }
+            Some(s) => {
+                ok &= cx.no_nul(at, &label, s);
+                argv.push(s.to_string());
+            }
+        }
+    }
+    ok.then_some(argv)
+}
+
+/// Highest pid the kernel can hand out (`PID_MAX_LIMIT` on 64-bit).
+const PID_MAX_LIMIT: i64 = 4 * 1024 * 1024;
+
+fn pid_number(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<u32> {
+    let pid = cx.integer(e)?;
+    if pid <= 1 {
+        cx.error(
+            e.at,
+            format!("`{}` must be greater than 1, found {pid}", e.label),
+        );
+        None
+    } else if pid > PID_MAX_LIMIT {
+        cx.error(
+            e.at,
+            format!(
+                "`{}` must be at most {PID_MAX_LIMIT} (the kernel's limit), found {pid}",
+                e.label
+            ),
+        );
+        None
+    } else {
+        Some(pid as u32)
+    }
+}
+
+fn environment(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Vec<(String, String)>> {
+    let table = cx.table(e, "a table of strings such as { KEY = \"value\" }")?;
+    let mut env = Vec::new();
+    let mut ok = true;
+    for (key, item) in table.iter() {
+        let key_at = table
+            .key(key)
+            .and_then(|k| k.span())
+            .map_or(e.at, |s| s.start);
+        let at = item.span().map_or(key_at, |s| s.start);
+        let label = format!("{}.{key}", e.label);
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            cx.error(
+                key_at,
+                format!("invalid environment variable name `{key}`: it must be non-empty and contain no `=` or NUL"),
+            );
+            ok = false;
+        }
+        match item.as_str() {
+            Some(value) => {
+                ok &= cx.no_nul(at, &label, value);
+                env.push((key.to_string(), value.to_string()));
+            }
+            None => {
+                cx.error(
+                    at,
+                    format!("`{label}`: expected a string, found {}", describe(item)),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(env)
+}
+
+enum ActionKind {
+    Kill,
+    Signal,
+}
+
+/// One [[fault]] table. `targets` has the name of each [[target]] table (`None` where it has no
+/// valid name); with no [[target]] tables at all, `target` references are not checked.
+fn fault(
+    cx: &mut Cx<'_>,
+    table: &dyn TableLike,
+    at: usize,
+    targets: Option<&[Option<String>]>,
+    seen: &mut Seen,
+) -> Option<Fault> {
+    let mut r = Reader::new(table, "in [[fault]]", "", at);
+    let name = r
+        .required(cx, "name")
+        .and_then(|e| seen.name(cx, &e, "fault"));
+    let target = r.required(cx, "target").and_then(|e| {
+        let name = cx.string(&e)?;
+        let targets = targets?;
+        if let Some(i) = targets.iter().position(|t| t.as_deref() == Some(name)) {
+            return Some(i);
+        }
+        let defined: Vec<&str> = targets.iter().flatten().map(String::as_str).collect();
+        let list = match &defined[..] {
+            [] => "no [[target]] has a valid name".to_string(),
+            _ => {
+                let names = defined.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>();
+                format!("defined targets: {}", names.join(", "))
+            }
+        };
+        cx.error(
+            e.at,
+            format!(
+                "undefined target `{name}` ({list}){}",
+                did_you_mean(name, defined.iter().copied())
+            ),
+        );
+        None
+    });
+    let action = r.required(cx, "action").and_then(|e| {
+        let action = cx.string(&e)?;
+        match action {
+            "kill" => Some(ActionKind::Kill),
+            "signal" => Some(ActionKind::Signal),
+            "crash" | "stop" | "partition" => {
+                cx.error(
+                    e.at,
+                    format!(
+                        "action `{action}` is not supported by this version of fij (it is \
+                         planned); supported actions: `kill`, `signal`"
+                    ),
+                );
+                None
+            }
+            _ => {
+                cx.error(
+                    e.at,
+                    format!(
+                        "unknown action `{action}`: expected `kill` or `signal`{}",
+                        did_you_mean(action, ["kill", "signal"])
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let signal_entry = r.get("signal");
+    let signal = signal_entry.as_ref().and_then(|e| signal(cx, e));
+    let trigger = r.required(cx, "trigger").and_then(|e| trigger(cx, &e));
+    let nth = r.get("nth").and_then(|e| {
+        let n = cx.integer(&e)?;
+        if n < 1 {
+            cx.error(
+                e.at,
+                format!("`nth` must be at least 1, found {n}: nth is 1-based (`nth = 1` is the first hit)"),
+            );
+            return None;
+        }
+        Some(n as u64)
+    });
+    let every = r.get("every").and_then(|e| cx.uint(&e, 1));
+    let after = r.get("after").and_then(|e| cx.duration(&e));
+    let count = r.get("count").and_then(|e| cx.uint(&e, 1));
+    let per = r.get("per").and_then(|e| {
+        let per = cx.string(&e)?;
+        match per {
+            "process" => Some(Per::Process),
+            "target" => Some(Per::Target),
+            _ => {
+                cx.error(
+                    e.at,
+                    format!(
+                        "unknown value `{per}` for `per`: expected `process` or `target`{}",
+                        did_you_mean(per, ["process", "target"])
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let r_at = r.at;
+    r.finish(cx);
+
+    let action = match (action, &signal_entry) {
+        (Some(ActionKind::Kill), None) => Some(Action::Kill),
+        (Some(ActionKind::Kill), Some(e)) => {
+            cx.error(
+                e.key_at,
+                "`signal` cannot be used with `action = \"kill\"`, which always sends SIGKILL; \
+                 use `action = \"signal\"` to send another signal",
+            );
+            None
+        }
+        (Some(ActionKind::Signal), None) => {
+            cx.error(
+                r_at,
+                "missing required key `signal` in [[fault]]: `action = \"signal\"` needs one, \
+                 e.g. `signal = \"SIGTERM\"`",
+            );
+            None
+        }
+        (Some(ActionKind::Signal), Some(_)) => signal.map(Action::Signal),
+        (None, _) => None,
+    };
+
+    Some(Fault {
+        name: name?,
+        target: target?,
+        action: action?,
+        trigger: trigger?,
+        nth,
+        every,
+        after,
+        count: count.unwrap_or(1),
+        per: per.unwrap_or_default(),
+    })
+}
+
+fn trigger(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
+    let table = cx.table(e, "a table such as `{ syscall = \"write\" }`")?;
+    let mut r = Reader::new(table, "in `trigger`", "trigger.", e.at);
+    let syscall = r.required(cx, "syscall");
+    r.finish(cx);
+    let syscall = syscall?;
+    let name = cx.string(&syscall)?;
+    match syscalls::Sysno::from_str(name) {
+        Ok(sysno) => Some(Trigger::Syscall {
+            name: name.to_string(),
+            nr: sysno.id() as u32,
+        }),
+        Err(()) => {
+            cx.error(
+                syscall.at,
+                format!(
+                    "unknown syscall `{name}` on {}{}",
+                    std::env::consts::ARCH,
+                    did_you_mean(name, syscalls::Sysno::iter().map(|s| s.name()))
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Signal names without the `SIG` prefix, as understood by `signal = "..."`.
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("IOT", libc::SIGIOT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("POLL", libc::SIGPOLL),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
+
+/// Highest signal number on Linux (`SIGRTMAX`).
+const SIGNAL_MAX: i64 = 64;
+
+fn signal(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<i32> {
+    match e.item.as_value() {
+        Some(Value::Integer(n)) => {
+            let n = *n.value();
+            if (1..=SIGNAL_MAX).contains(&n) {
+                Some(n as i32)
+            } else {
+                cx.error(
+                    e.at,
+                    format!("`signal` must be between 1 and {SIGNAL_MAX}, found {n}"),
+                );
+                None
+            }
+        }
+        Some(Value::String(s)) => {
+            let name = s.value();
+            let upper = name.to_ascii_uppercase();
+            let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+            if let Some((_, n)) = SIGNALS.iter().find(|(known, _)| *known == bare) {
+                return Some(*n);
+            }
+            let suggestion = suggest(bare, SIGNALS.iter().map(|(n, _)| *n))
+                .map(|n| format!(" (did you mean `SIG{n}`?)"))
+                .unwrap_or_default();
+            cx.error(
+                e.at,
+                format!(
+                    "unknown signal `{name}`: use a name such as \"SIGTERM\" or a number from 1 \
+                     to {SIGNAL_MAX}{suggestion}"
+                ),
+            );
+            None
+        }
+        _ => {
+            cx.type_error(e, "a signal name such as \"SIGTERM\" or a number");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durations.
+
+/// Parses durations such as "500ms", "2s", "1.5s", "1m", "1h", "250us", "100ns" and sums such as
+/// "1m 30s". Zero is accepted here; callers that need a positive duration check for it.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    const UNITS: &str = "use ns, us, ms, s, m or h";
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!(
+            "it is empty; write a number and a unit such as \"30s\" ({UNITS})"
+        ));
+    }
+    if text.starts_with('-') {
+        return Err("it must not be negative".to_string());
+    }
+    let mut total: u128 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number = &rest[..num_len];
+        rest = rest[num_len..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = rest[unit_len..].trim_start();
+
+        if number.is_empty() {
+            return match unit {
+                "" => Err(format!(
+                    "unexpected `{}`",
+                    rest.chars().next().unwrap_or(' ')
+                )),
+                _ => Err(format!("expected a number before `{unit}`")),
+            };
+        }
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        if frac.contains('.') || number.ends_with('.') || (whole.is_empty() && frac.is_empty()) {
+            return Err(format!("`{number}` is not a number"));
+        }
+        let unit_ns: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" | "min" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => {
+                return Err(format!(
+                    "`{number}` has no unit ({UNITS}, e.g. \"{number}s\")"
+                ));
+            }
+            _ => return Err(format!("unknown unit `{unit}` ({UNITS})")),
+        };
+        let too_large = || "it is too large".to_string();
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_large())?
+        };
+        // Digits past the 20th are far below a nanosecond for every unit.
+        let frac = &frac[..frac.len().min(20)];
+        let frac_ns = if frac.is_empty() {
+            0
+        } else {
+            frac.parse::<u128>().map_err(|_| too_large())? * unit_ns / 10u128.pow(frac.len() as u32)
+        };
+        total = whole
+            .checked_mul(unit_ns)
+            .and_then(|ns| ns.checked_add(frac_ns))
+            .and_then(|ns| ns.checked_add(total))
+            .ok_or_else(too_large)?;
+    }
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| "it is too large".to_string())?;
+    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading tables: positions, typed values, unknown keys.
+
+/// The state of one parse: the file and every diagnostic reported so far.
+struct Cx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+impl Cx<'_> {
+    /// 1-based line and column (in characters) of byte offset `at`.
+    fn line_col(&self, at: usize) -> (usize, usize) {
+        let mut at = at.min(self.text.len());
+        while !self.text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let before = &self.text[..at];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (
+            before.matches('\n').count() + 1,
+            before[line_start..].chars().count() + 1,
+        )
+    }
+
+    fn error(&mut self, at: usize, message: impl Into<String>) {
+        let (line, col) = self.line_col(at);
+        self.diags.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    fn type_error(&mut self, e: &Entry<'_>, expected: &str) {
+        self.error(
+            e.at,
+            format!(
+                "`{}`: expected {expected}, found {}",
+                e.label,
+                describe(e.item)
+            ),
+        );
+    }
+
+    fn string<'d>(&mut self, e: &Entry<'d>) -> Option<&'d str> {
+        let s = e.item.as_str();
+        if s.is_none() {
+            self.type_error(e, "a string");
+        }
+        s
+    }
+
+    fn non_empty_string<'d>(&mut self, e: &Entry<'d>) -> Option<&'d str> {
+        let s = self.string(e)?;
+        if s.is_empty() {
+            self.error(e.at, format!("`{}` must not be empty", e.label));
+            return None;
+        }
+        self.no_nul(e.at, &e.label, s).then_some(s)
+    }
+
+    fn no_nul(&mut self, at: usize, label: &str, s: &str) -> bool {
+        if s.contains('\0') {
+            self.error(at, format!("`{label}` must not contain a NUL character"));
+        }
+        !s.contains('\0')
+    }
+
+    fn integer(&mut self, e: &Entry<'_>) -> Option<i64> {
+        let n = e.item.as_integer();
+        if n.is_none() {
+            self.type_error(e, "an integer");
+        }
+        n
+    }
+
+    /// An integer that is at least `min`.
+    fn uint(&mut self, e: &Entry<'_>, min: u64) -> Option<u64> {
+        let n = self.integer(e)?;
+        match u64::try_from(n) {
+            Ok(n) if n >= min => Some(n),
+            _ if min == 0 => {
+                self.error(
+                    e.at,
+                    format!("`{}` must not be negative, found {n}", e.label),
+                );
+                None
+            }
+            _ => {
+                self.error(
+                    e.at,
+                    format!("`{}` must be at least {min}, found {n}", e.label),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, e: &Entry<'_>) -> Option<Duration> {
+        let Some(text) = e.item.as_str() else {
+            self.type_error(e, "a duration string such as \"30s\"");
+            return None;
+        };
+        match parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(why) => {
+                self.error(
+                    e.at,
+                    format!("invalid duration \"{text}\" for `{}`: {why}", e.label),
+                );
+                None
+            }
+        }
+    }
+
+    fn array<'d>(&mut self, e: &Entry<'d>, expected: &str) -> Option<&'d Array> {
+        let array = e.item.as_array();
+        if array.is_none() {
+            self.type_error(e, expected);
+        }
+        array
+    }
+
+    fn table<'d>(&mut self, e: &Entry<'d>, expected: &str) -> Option<&'d dyn TableLike> {
+        let table = e.item.as_table_like();
+        if table.is_none() {
+            self.type_error(e, expected);
+        }
+        table
+    }
+
+    /// An array of tables (`[[name]]`, or an inline array of inline tables), each with the
+    /// position of its header (or opening brace).
+    fn tables<'d>(
+        &mut self,
+        e: &Entry<'d>,
+        header: &str,
+    ) -> Option<Vec<(&'d dyn TableLike, usize)>> {
+        match e.item {
+            Item::ArrayOfTables(array) => Some(
+                array
+                    .iter()
+                    .map(|t| (t as &dyn TableLike, t.span().map_or(e.at, |s| s.start)))
+                    .collect(),
+            ),
+            Item::Value(Value::Array(array)) if array.iter().all(Value::is_inline_table) => Some(
+                array
+                    .iter()
+                    .filter_map(|v| {
+                        let at = v.span().map_or(e.at, |s| s.start);
+                        v.as_inline_table().map(|t| (t as &dyn TableLike, at))
+                    })
+                    .collect(),
+            ),
+            _ => {
+                self.type_error(e, &format!("an array of tables, written {header}"));
+                None
+            }
+        }
+    }
+}
+
+/// A key found in a table.
+#[derive(Clone)]
+struct Entry<'d> {
+    /// How messages name it: `nth`, `trigger.syscall`.
+    label: String,
+    /// Where the key is.
+    key_at: usize,
+    /// Where the value is (for a `[header]` table, its header; for a dotted-key table, its key).
+    at: usize,
+    item: &'d Item,
+}
+
+/// Takes the keys of one table by name; `finish` then reports every key never asked for.
+struct Reader<'d> {
+    table: &'d dyn TableLike,
+    /// Where messages say the table is: "in [[fault]]", "at the top level".
+    what: &'static str,
+    /// Prefix for key labels: "trigger." for keys of the trigger table.
+    prefix: &'static str,
+    /// Where the table is (header, opening brace, or key): where missing keys are reported.
+    at: usize,
+    /// Every key this table understands, present or not.
+    known: Vec<&'static str>,
+}
+
+impl<'d> Reader<'d> {
+    fn new(table: &'d dyn TableLike, what: &'static str, prefix: &'static str, at: usize) -> Self {
+        Reader {
+            table,
+            what,
+            prefix,
+            at,
+            known: Vec::new(),
+        }
+    }
+
+    /// The entry for `key`, if present. Every key of the table must be asked for (even if its
+    /// value is then ignored), as `finish` reports the ones that were not as unknown.
+    fn get(&mut self, key: &'static str) -> Option<Entry<'d>> {
+        self.known.push(key);
+        let (k, item) = self.table.get_key_value(key)?;
+        if item.is_none() {
+            return None;
+        }
+        let key_at = k.span().map_or(self.at, |s| s.start);
+        Some(Entry {
+            label: format!("{}{key}", self.prefix),
+            key_at,
+            at: item.span().map_or(key_at, |s| s.start),
+            item,
+        })
+    }
+
+    /// Like `get`, reporting a missing key at the table's position.
+    fn required(&mut self, cx: &mut Cx<'_>, key: &'static str) -> Option<Entry<'d>> {
+        let entry = self.get(key);
+        if entry.is_none() {
+            cx.error(
+                self.at,
+                format!("missing required key `{key}` {}", self.what),
+            );
+        }
+        entry
+    }
+
+    /// Reports every key of the table that was never asked for.
+    fn finish(self, cx: &mut Cx<'_>) {
+        for (key, _) in self.table.iter() {
+            if self.known.contains(&key) {
+                continue;
+            }
+            let at = self
+                .table
+                .key(key)
+                .and_then(|k| k.span())
+                .map_or(self.at, |s| s.start);
+            cx.error(
+                at,
+                format!(
+                    "unknown key `{key}` {}{}",
+                    self.what,
+                    did_you_mean(key, self.known.iter().copied())
+                ),
+            );
+        }
+    }
+}
+
+fn describe(item: &Item) -> &'static str {
+    match item {
+        Item::None => "nothing",
+        Item::Value(value) => describe_value(value),
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+    }
+}
+
+fn describe_value(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "an array",
+        Value::InlineTable(_) => "a table",
+    }
+}
+
+/// " (did you mean `x`?)" if some candidate is close to `word`, else "".
+fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    suggest(word, candidates)
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
+}
+
+/// The candidate closest to `word` (ignoring ASCII case), if it is close enough to be a typo.
+fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word: Vec<char> = word.to_ascii_lowercase().chars().collect();
+    candidates
+        .into_iter()
+        .filter_map(|c| {
+            let lower: Vec<char> = c.to_ascii_lowercase().chars().collect();
+            let mut d = edit_distance(&word, &lower);
+            // An abbreviation ("proc" for "process") counts as a near miss too.
+            if word.len() >= 3 && lower.starts_with(&word) {
+                d = d.min(1);
+            }
+            (d <= (lower.len() / 3).max(1)).then_some((d, c))
+        })
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and transpositions
+/// of adjacent characters each cost 1.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines 1–3: a valid target named `w`; faults can follow from line 4.
+    const TARGET: &str = "[[target]]\nname = \"w\"\ncommand = [\"true\"]\n";
+
+    fn parse(text: &str) -> Result<Scenario, Diagnostics> {
+        parse_str(Path::new("x.toml"), text)
+    }
+
+    fn errors(text: &str) -> Vec<Diagnostic> {
+        match parse(text) {
+            Ok(scenario) => panic!("expected errors, parsed {scenario:#?}"),
+            Err(diags) => diags.0,
+        }
+    }
+
+    /// The single error in `text`, as (line, col, message).
+    fn error(text: &str) -> (usize, usize, String) {
+        match &errors(text)[..] {
+            [d] => (d.line, d.col, d.message.clone()),
+            diags => panic!("expected one error, got {}", Diagnostics(diags.to_vec())),
+        }
+    }
+
+    /// Asserts that `text` has exactly one error, at `line:col`, whose message contains `fragment`.
+    #[track_caller]
+    fn assert_error(text: &str, line: usize, col: usize, fragment: &str) {
+        let (l, c, message) = error(text);
+        assert_eq!((l, c), (line, col), "position of: {message}");
+        assert!(
+            message.contains(fragment),
+            "{message:?} does not contain {fragment:?}"
+        );
+    }
+
+    fn fault(body: &str) -> String {
+        format!("{TARGET}[[fault]]\nname = \"f\"\ntarget = \"w\"\n{body}")
+    }
+
+    #[test]
+    fn full_scenario_parses_to_expected_value() {
+        let text = r#"
+seed = 42
+duration = "30s"
+
+[[target]]
+name = "worker"
+command = ["python3", "worker.py"]
+cwd = "dir"
+env = { KEY = "value", OTHER = "2" }
+
+[[target]]
+name = "db"
+pid = 1234
+
+[[fault]]
+name = "kill-on-5th-write"
+target = "worker"
+action = "kill"
+trigger = { syscall = "write" }
+nth = 5
+
+[[fault]]
+name = "term-db"
+target = "db"
+action = "signal"
+signal = "SIGTERM"
+nth = 3
+every = 2
+after = "1.5s"
+count = 4
+per = "target"
+[fault.trigger]
+syscall = "openat"
+"#;
+        let scenario = parse_str(Path::new("scenarios/full.toml"), text).unwrap();
+        let expected = Scenario {
+            path: PathBuf::from("scenarios/full.toml"),
+            seed: Some(42),
+            duration: Some(Duration::from_secs(30)),
+            targets: vec![
+                Target {
+                    name: "worker".into(),
+                    source: TargetSource::Command {
+                        argv: vec!["python3".into(), "worker.py".into()],
+                        cwd: Some(PathBuf::from("scenarios/dir")),
+                        env: vec![("KEY".into(), "value".into()), ("OTHER".into(), "2".into())],
+                    },
+                },
+                Target {
+                    name: "db".into(),
+                    source: TargetSource::Pid(1234),
+                },
+            ],
+            faults: vec![
+                Fault {
+                    name: "kill-on-5th-write".into(),
+                    target: 0,
+                    action: Action::Kill,
+                    trigger: Trigger::Syscall {
+                        name: "write".into(),
+                        nr: libc::SYS_write as u32,
+                    },
+                    nth: Some(5),
+                    every: None,
+                    after: None,
+                    count: 1,
+                    per: Per::Process,
+                },
+                Fault {
+                    name: "term-db".into(),
+                    target: 1,
+                    action: Action::Signal(libc::SIGTERM),
+                    trigger: Trigger::Syscall {
+                        name: "openat".into(),
+                        nr: libc::SYS_openat as u32,
+                    },
+                    nth: Some(3),
+                    every: Some(2),
+                    after: Some(Duration::from_millis(1500)),
+                    count: 4,
+                    per: Per::Target,
+                },
+            ],
+        };
+        assert_eq!(scenario, expected);
+    }
+
+    #[test]
+    fn minimal_scenario_and_other_spellings() {
+        // No seed, duration or faults; targets as an inline array; trigger as a dotted key.
+        let text = r#"
+target = [{ name = "a", command = ["/bin/a"] }, { name = "b", pid = 99 }]
+[[fault]]
+name = "f"
+target = "b"
+action = "signal"
+signal = 10
+trigger.syscall = "read"
+"#;
+        let scenario = parse(text).unwrap();
+        assert_eq!(scenario.seed, None);
+        assert_eq!(scenario.duration, None);
+        assert_eq!(
+            scenario.targets[0].source,
+            TargetSource::Command {
+                argv: vec!["/bin/a".into()],
+                cwd: None,
+                env: vec![]
+            }
+        );
+        assert_eq!(scenario.targets[1].source, TargetSource::Pid(99));
+        let f = &scenario.faults[0];
+        assert_eq!(
+            (f.target, f.action, f.count, f.per),
+            (1, Action::Signal(10), 1, Per::Process)
+        );
+        assert_eq!(
+            f.trigger,
+            Trigger::Syscall {
+                name: "read".into(),
+                nr: libc::SYS_read as u32
+            }
+        );
+        assert_eq!((f.nth, f.every, f.after), (None, None, None));
+
+        assert!(parse(TARGET).unwrap().faults.is_empty());
+    }
+
+    #[test]
+    fn syscall_write_resolves_to_host_number() {
+        let scenario = parse(&fault(
+            "action = \"kill\"\ntrigger = { syscall = \"write\" }\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            scenario.faults[0].trigger,
+            Trigger::Syscall {
+                name: "write".into(),
+                nr: libc::SYS_write as u32
+            }
+        );
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("2s", Duration::from_secs(2)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("0.25s", Duration::from_millis(250)),
+            ("1m", Duration::from_secs(60)),
+            ("1h", Duration::from_secs(3600)),
+            ("250us", Duration::from_micros(250)),
+            ("100ns", Duration::from_nanos(100)),
+            ("1m 30s", Duration::from_secs(90)),
+            ("1h30m", Duration::from_secs(5400)),
+            (" 2 s ", Duration::from_secs(2)),
+            ("0s", Duration::ZERO),
+        ];
+        for (text, expected) in ok {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        }
+        let bad = [
+            ("", "empty"),
+            ("   ", "empty"),
+            ("-1s", "negative"),
+            ("30", "no unit"),
+            ("3x", "unknown unit `x`"),
+            ("1.2.3s", "not a number"),
+            ("1.s", "not a number"),
+            ("s", "expected a number"),
+            ("1s!", "unexpected `!`"),
+            ("99999999999999999999999h", "too large"),
+        ];
+        for (text, fragment) in bad {
+            let err = parse_duration(text).unwrap_err();
+            assert!(
+                err.contains(fragment),
+                "{text:?}: {err:?} does not contain {fragment:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn duration_errors_in_file() {
+        assert_error(
+            &format!("duration = \"0s\"\n{TARGET}"),
+            1,
+            12,
+            "`duration` must be greater than 0",
+        );
+        assert_error(
+            &format!("duration = \"abc\"\n{TARGET}"),
+            1,
+            12,
+            "invalid duration \"abc\" for `duration`",
+        );
+        assert_error(
+            &format!("duration = 30\n{TARGET}"),
+            1,
+            12,
+            "expected a duration string such as \"30s\", found an integer",
+        );
+        let (line, col, message) = error(&fault(
+            "action = \"kill\"\ntrigger = { syscall = \"write\" }\nafter = \"-2s\"\n",
+        ));
+        assert_eq!((line, col), (9, 9));
+        assert!(message.contains("negative"), "{message}");
+    }
+
+    #[test]
+    fn unknown_keys_with_suggestions() {
+        let text = fault("action = \"kill\"\ntrigger = { syscall = \"write\" }\nnht = 5\n");
+        let diags = errors(&text);
+        assert_eq!(diags.len(), 1);
+        assert_eq!(
+            diags[0].to_string(),
+            "x.toml:9:1: unknown key `nht` in [[fault]] (did you mean `nth`?)"
+        );
+        assert_error(
+            &format!("sed = 1\n{TARGET}"),
+            1,
+            1,
+            "unknown key `sed` at the top level (did you mean `seed`?)",
+        );
+        assert_error(
+            &format!("{TARGET}colour = \"blue\"\n"),
+            4,
+            1,
+            "unknown key `colour` in [[target]]",
+        );
+        assert!(
+            !error(&format!("{TARGET}colour = 1\n"))
+                .2
+                .contains("did you mean")
+        );
+        assert_error(
+            &fault("action = \"kill\"\ntrigger = { syscall = \"write\", sycall = 1 }\n"),
+            8,
+            32,
+            "unknown key `sycall` in `trigger` (did you mean `syscall`?)",
+        );
+        assert_error(
+            &format!("[[targets]]\n{TARGET}"),
+            1,
+            3,
+            "unknown key `targets` at the top level (did you mean `target`?)",
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        let text = fault("action = \"kill\"\ntrigger = { syscall = \"write\" }\nnth = \"5\"\n");
+        assert_error(&text, 9, 7, "`nth`: expected an integer, found a string");
+        assert_error(
+            &format!("seed = 1.5\n{TARGET}"),
+            1,
+            8,
+            "`seed`: expected an integer, found a float",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = \"true\"\n",
+            3,
+            11,
+            "`command`: expected an array of strings",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"a\", 1]\n",
+            3,
+            17,
+            "`command[1]`: expected a string, found an integer",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"a\"]\nenv = { A = true }\n",
+            4,
+            13,
+            "`env.A`: expected a string, found a boolean",
+        );
+        assert_error(
+            &fault("action = \"kill\"\ntrigger = \"write\"\n"),
+            8,
+            11,
+            "`trigger`: expected a table",
+        );
+        assert_error(
+            "[target]\nname = \"w\"\ncommand = [\"a\"]\n",
+            1,
+            1,
+            "`target`: expected an array of tables, written [[target]], found a table",
+        );
+        assert_error(&format!("{TARGET}name2 = 1\n"), 4, 1, "unknown key `name2`");
+    }
+
+    #[test]
+    fn missing_required_keys_at_table_header() {
+        let text = format!("{TARGET}\n[[fault]]\nname = \"f\"\n");
+        let diags = errors(&text);
+        let got: Vec<_> = diags
+            .iter()
+            .map(|d| (d.line, d.col, d.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (5, 1, "missing required key `target` in [[fault]]"),
+                (5, 1, "missing required key `action` in [[fault]]"),
+                (5, 1, "missing required key `trigger` in [[fault]]"),
+            ]
+        );
+        assert_error(
+            "[[target]]\ncommand = [\"a\"]\n",
+            1,
+            1,
+            "missing required key `name` in [[target]]",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\n",
+            1,
+            1,
+            "missing `command` or `pid` in [[target]]",
+        );
+        assert_error(
+            &fault("action = \"kill\"\n[fault.trigger]\n"),
+            8,
+            1,
+            "missing required key `syscall` in `trigger`",
+        );
+        assert_error(
+            &fault("action = \"kill\"\ntrigger = {}\n"),
+            8,
+            11,
+            "missing required key `syscall` in `trigger`",
+        );
+    }
+
+    #[test]
+    fn duplicate_and_empty_names() {
+        assert_error(
+            &format!("{TARGET}{TARGET}"),
+            5,
+            8,
+            "duplicate target name `w` (first defined on line 2)",
+        );
+        let f = "[[fault]]\nname = \"f\"\ntarget = \"w\"\naction = \"kill\"\ntrigger.syscall = \"read\"\n";
+        assert_error(
+            &format!("{TARGET}{f}{f}"),
+            10,
+            8,
+            "duplicate fault name `f` (first defined on line 5)",
+        );
+        assert_error(
+            "[[target]]\nname = \"\"\npid = 5\n",
+            2,
+            8,
+            "target `name` must not be empty",
+        );
+    }
+
+    #[test]
+    fn at_least_one_target() {
+        assert_error("seed = 1\n", 1, 1, "no [[target]] defined");
+        assert_error("", 1, 1, "no [[target]] defined");
+        assert_error("target = []\n", 1, 10, "no [[target]] defined");
+    }
+
+    #[test]
+    fn undefined_target_lists_defined_names() {
+        let text = format!(
+            "{TARGET}[[target]]\nname = \"db\"\npid = 42\n[[fault]]\nname = \"f\"\ntarget = \"wx\"\n\
+             action = \"kill\"\ntrigger.syscall = \"read\"\n"
+        );
+        assert_error(
+            &text,
+            9,
+            10,
+            "undefined target `wx` (defined targets: `w`, `db`)",
+        );
+    }
+
+    #[test]
+    fn nth_every_count_ranges() {
+        let base = "action = \"kill\"\ntrigger = { syscall = \"write\" }\n";
+        assert_error(&fault(&format!("{base}nth = 0\n")), 9, 7, "nth is 1-based");
+        assert_error(
+            &fault(&format!("{base}nth = -2\n")),
+            9,
+            7,
+            "`nth` must be at least 1, found -2",
+        );
+        assert_error(
+            &fault(&format!("{base}every = 0\n")),
+            9,
+            9,
+            "`every` must be at least 1, found 0",
+        );
+        assert_error(
+            &fault(&format!("{base}count = 0\n")),
+            9,
+            9,
+            "`count` must be at least 1, found 0",
+        );
+        assert_error(
+            &format!("seed = -1\n{TARGET}"),
+            1,
+            8,
+            "`seed` must not be negative, found -1",
+        );
+        assert_error(
+            &fault(&format!("{base}per = \"proc\"\n")),
+            9,
+            7,
+            "(did you mean `process`?)",
+        );
+    }
+
+    #[test]
+    fn signal_rules() {
+        let signal = |value: &str| {
+            parse(&fault(&format!(
+                "action = \"signal\"\nsignal = {value}\ntrigger.syscall = \"read\"\n"
+            )))
+            .map(|s| s.faults[0].action)
+        };
+        for name in ["\"SIGTERM\"", "\"sigterm\"", "\"TERM\"", "\"term\"", "15"] {
+            assert_eq!(signal(name), Ok(Action::Signal(libc::SIGTERM)), "{name}");
+        }
+        assert_eq!(signal("\"SIGUSR1\""), Ok(Action::Signal(libc::SIGUSR1)));
+        assert_eq!(signal("64"), Ok(Action::Signal(64)));
+
+        let with = |value: &str| {
+            error(&fault(&format!(
+                "action = \"signal\"\nsignal = {value}\n\
+                                                       trigger.syscall = \"read\"\n"
+            )))
+        };
+        assert_eq!(with("0").2, "`signal` must be between 1 and 64, found 0");
+        assert_eq!((with("65").0, with("65").1), (8, 10));
+        assert!(with("\"SIGTERN\"").2.contains("unknown signal `SIGTERN`"));
+        assert!(with("\"SIGTERN\"").2.ends_with("(did you mean `SIGTERM`?)"));
+        assert!(with("1.0").2.contains("found a float"));
+
+        assert_error(
+            &fault("action = \"signal\"\ntrigger.syscall = \"read\"\n"),
+            4,
+            1,
+            "missing required key `signal` in [[fault]]",
+        );
+        assert_error(
+            &fault("action = \"kill\"\nsignal = \"SIGTERM\"\ntrigger.syscall = \"read\"\n"),
+            8,
+            1,
+            "`signal` cannot be used with `action = \"kill\"`",
+        );
+    }
+
+    #[test]
+    fn unsupported_and_unknown_actions() {
+        for action in ["crash", "stop", "partition"] {
+            assert_error(
+                &fault(&format!(
+                    "action = \"{action}\"\ntrigger.syscall = \"read\"\n"
+                )),
+                7,
+                10,
+                &format!("action `{action}` is not supported by this version"),
+            );
+        }
+        assert_error(
+            &fault("action = \"kil\"\ntrigger.syscall = \"read\"\n"),
+            7,
+            10,
+            "unknown action `kil`: expected `kill` or `signal` (did you mean `kill`?)",
+        );
+    }
+
+    #[test]
+    fn command_pid_cwd_env_rules() {
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"a\"]\npid = 5\n",
+            4,
+            1,
+            "`command` and `pid` cannot both be given",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = []\n",
+            3,
+            11,
+            "`command` must not be empty",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"\"]\n",
+            3,
+            12,
+            "`command[0]` (the program to run)",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\npid = 1\n",
+            3,
+            7,
+            "`pid` must be greater than 1, found 1",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\npid = -5\n",
+            3,
+            7,
+            "`pid` must be greater than 1",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\npid = 99999999\n",
+            3,
+            7,
+            "`pid` must be at most 4194304",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\npid = 7\ncwd = \"/tmp\"\n",
+            4,
+            1,
+            "`cwd` is only allowed with `command`",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\npid = 7\nenv = { A = \"1\" }\n",
+            4,
+            1,
+            "`env` is only allowed with `command`",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"a\"]\nenv = { \"A=B\" = \"1\" }\n",
+            4,
+            9,
+            "invalid environment variable name `A=B`",
+        );
+        // An absolute cwd stays as is; a relative one is relative to the scenario's directory.
+        let cwd =
+            |text: &str| match parse_str(Path::new("/s/x.toml"), text).unwrap().targets[0].source {
+                TargetSource::Command { ref cwd, .. } => cwd.clone(),
+                _ => unreachable!(),
+            };
+        assert_eq!(
+            cwd(&format!("{TARGET}cwd = \"/abs\"\n")),
+            Some(PathBuf::from("/abs"))
+        );
+        assert_eq!(
+            cwd(&format!("{TARGET}cwd = \"../d\"\n")),
+            Some(PathBuf::from("/s/../d"))
+        );
+    }
+
+    #[test]
+    fn unknown_syscall_at_value_position() {
+        let (line, col, message) = error(&fault(
+            "action = \"kill\"\ntrigger = { syscall = \"wrte\" }\n",
+        ));
+        assert_eq!((line, col), (8, 23));
+        assert!(message.starts_with("unknown syscall `wrte`"), "{message}");
+        assert!(message.ends_with("(did you mean `write`?)"), "{message}");
+    }
+
+    #[test]
+    fn toml_syntax_error_stops_at_its_position() {
+        let diags = errors("seed = 1\n[[target]\nname = \"w\"\nbogus = 1\n");
+        assert_eq!(diags.len(), 1);
+        assert_eq!((diags[0].line, diags[0].col), (2, 9));
+        assert!(
+            diags[0].message.starts_with("TOML syntax error: "),
+            "{}",
+            diags[0].message
+        );
+        assert!(!diags[0].message.contains('\n'));
+
+        let diags = errors("seed = 1\nseed = 2\n");
+        assert_eq!((diags.len(), diags[0].line, diags[0].col), (1, 2, 1));
+        assert!(
+            diags[0].message.contains("duplicate key `seed`"),
+            "{}",
+            diags[0].message
+        );
+    }
+
+    #[test]
+    fn three_separate_errors_are_all_reported() {
+        let text = format!(
+            "seed = -3\n{TARGET}[[fault]]\nname = \"f\"\ntarget = \"nope\"\naction = \"kill\"\n\
+             trigger = {{ syscall = \"write\" }}\nevry = 2\n"
+        );
+        let diags = errors(&text);
+        let got: Vec<_> = diags.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "x.toml:1:8: `seed` must not be negative, found -3",
+                "x.toml:7:10: undefined target `nope` (defined targets: `w`)",
+                "x.toml:10:1: unknown key `evry` in [[fault]] (did you mean `every`?)",
+            ]
+        );
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        // `5` is the 17th character of line 3 but its 18th byte.
+        assert_error(
+            "[[target]]\nname = \"é\"\ncommand = [\"é\", 5]\n",
+            3,
+            17,
+            "`command[1]`",
+        );
+    }
+
+    #[test]
+    fn unreadable_file_is_one_diagnostic_at_1_1() {
+        let path = Path::new("/nonexistent/fij-scenario.toml");
+        let diags = load(path).unwrap_err();
+        assert_eq!(diags.0.len(), 1);
+        let d = &diags.0[0];
+        assert_eq!((d.file.as_path(), d.line, d.col), (path, 1, 1));
+        assert!(
+            d.message.starts_with("cannot read the scenario file: "),
+            "{}",
+            d.message
+        );
+        assert!(d.message.contains("No such file"), "{}", d.message);
+    }
+
+    #[test]
+    fn display_formats() {
+        let d = |line, message: &str| Diagnostic {
+            file: PathBuf::from("s/x.toml"),
+            line,
+            col: 3,
+            message: message.into(),
+        };
+        assert_eq!(d(7, "boom").to_string(), "s/x.toml:7:3: boom");
+        let all = Diagnostics(vec![d(1, "a"), d(2, "b")]);
+        assert_eq!(all.to_string(), "s/x.toml:1:3: a\ns/x.toml:2:3: b");
+        let _: &dyn std::error::Error = &all;
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("nht", ["nth", "every"]), Some("nth"));
+        assert_eq!(suggest("NTH", ["nth"]), Some("nth"));
+        assert_eq!(suggest("xyz", ["nth", "every"]), None);
+        assert_eq!(suggest("proc", ["process", "target"]), Some("process"));
+    }
+}

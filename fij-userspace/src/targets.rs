@@ -1,0 +1,229 @@
+//! Target processes: spawning commands so that they are targets before their first instruction,
+//! adopting running pids, and the processes fij must never touch.
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// `task_struct::flags` bit of kernel threads, as shown in field 9 of /proc/PID/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// fij's own pid and every ancestor up to pid 1: never signalled, checked again in kernel.
+pub fn self_and_ancestors() -> Vec<u32> {
+    let mut chain = vec![std::process::id()];
+    while let Some(&pid) = chain.last() {
+        match stat_fields(pid).ok().and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok())) {
+            Some(ppid) if ppid > 0 && !chain.contains(&ppid) => chain.push(ppid),
+            _ => break,
+        }
+    }
+    chain
+}
+
+/// Fields of /proc/PID/stat after the `(comm)` field: state, ppid, pgrp, … (0-based from state).
+fn stat_fields(pid: u32) -> io::Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    Ok(after_comm.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Checks that `pid` may be adopted as a target: it exists, is a process (not a thread), is not
+/// a kernel thread, pid 1, fij, or an ancestor of fij.
+pub fn check_adoptable(pid: u32, protected: &[u32]) -> Result<()> {
+    if pid <= 1 {
+        bail!("pid {pid} is never a target");
+    }
+    if protected.contains(&pid) {
+        bail!("pid {pid} is fij itself or one of its ancestors, which fij never signals");
+    }
+    let fields = stat_fields(pid).with_context(|| format!("pid {pid} does not exist"))?;
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    if flags & PF_KTHREAD != 0 {
+        bail!("pid {pid} is a kernel thread, which fij never signals");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let tgid = status.lines().find_map(|l| l.strip_prefix("Tgid:")).map(str::trim);
+    if tgid != Some(pid.to_string().as_str()) {
+        bail!("pid {pid} is a thread of process {}; name the process", tgid.unwrap_or("?"));
+    }
+    Ok(())
+}
+
+/// Finds `program` like execvp would, so the child makes exactly one execve.
+pub fn resolve_program(program: &str, cwd: Option<&Path>) -> Result<PathBuf> {
+    if program.contains('/') {
+        let path = match cwd {
+            Some(dir) if Path::new(program).is_relative() => dir.join(program),
+            _ => PathBuf::from(program),
+        };
+        if !path.is_file() {
+            bail!("command `{program}` not found");
+        }
+        return Ok(path);
+    }
+    let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path_var)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+        .with_context(|| format!("command `{program}` not found in PATH"))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A forked child that waits, before its execve, until [`GatedChild::release`] is called.
+pub struct GatedChild {
+    pub pid: u32,
+    gate: Option<OwnedFd>,
+    exec_errors: OwnedFd,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds that we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn cstring(s: impl AsRef<[u8]>) -> Result<CString> {
+    CString::new(s.as_ref()).context("argument contains a NUL byte")
+}
+
+impl GatedChild {
+    /// Forks; the child puts itself in its own process group (so a Ctrl-C at fij's terminal
+    /// reaches fij, which then ends the campaign), waits for the gate, then execs.
+    pub fn spawn(program: &Path, argv: &[String], cwd: Option<&Path>, env: &[(String, String)]) -> Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        // Everything the child needs is prepared here: after fork it may only make raw syscalls.
+        let path = cstring(program.as_os_str().as_bytes())?;
+        let args: Vec<CString> = argv.iter().map(cstring).collect::<Result<_>>()?;
+        let mut envs: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| !env.iter().any(|(name, _)| k.as_bytes() == name.as_bytes()))
+            .map(|(k, v)| cstring([k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<Result<_>>()?;
+        for (k, v) in env {
+            envs.push(cstring(format!("{k}={v}"))?);
+        }
+        let dir = cwd.map(|d| cstring(d.as_os_str().as_bytes())).transpose()?;
+        let argv_ptrs: Vec<*const libc::c_char> =
+            args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let envp_ptrs: Vec<*const libc::c_char> =
+            envs.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let (gate_rx, gate_tx) = pipe()?;
+        let (err_rx, err_tx) = pipe()?;
+
+        // SAFETY: the child only calls async-signal-safe functions on memory prepared above.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error()).context("fork");
+        }
+        if pid == 0 {
+            unsafe {
+                libc::setpgid(0, 0);
+                let mut byte = 0u8;
+                // EOF without a byte means fij gave up: exit without running the command.
+                if libc::read(gate_rx.as_raw_fd(), (&raw mut byte).cast(), 1) != 1 {
+                    libc::_exit(127);
+                }
+                if let Some(dir) = &dir {
+                    if libc::chdir(dir.as_ptr()) != 0 {
+                        report_errno_and_exit(err_tx.as_raw_fd());
+                    }
+                }
+                libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+                report_errno_and_exit(err_tx.as_raw_fd());
+            }
+        }
+        drop((gate_rx, err_tx));
+        Ok(Self { pid: pid as u32, gate: Some(gate_tx), exec_errors: err_rx })
+    }
+
+    /// Lets the child exec, and waits until the exec has happened (or reports why it failed).
+    pub fn release(&mut self) -> Result<()> {
+        let gate = self.gate.take().context("child already released")?;
+        // SAFETY: writing one byte from our stack to a pipe we own.
+        if unsafe { libc::write(gate.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
+            return Err(io::Error::last_os_error()).context("releasing the child");
+        }
+        drop(gate);
+        let mut errno = [0u8; 4];
+        // The error pipe is close-on-exec: EOF means the exec succeeded.
+        let n = unsafe { libc::read(self.exec_errors.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
+        if n == 4 {
+            let err = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+            bail!("cannot start the command: {err}");
+        }
+        Ok(())
+    }
+}
+
+unsafe fn report_errno_and_exit(fd: libc::c_int) -> ! {
+    unsafe {
+        let errno = *libc::__errno_location();
+        libc::write(fd, errno.to_ne_bytes().as_ptr().cast(), 4);
+        libc::_exit(127)
+    }
+}
+
+impl Drop for GatedChild {
+    fn drop(&mut self) {
+        // Never released: closing the gate makes the child exit before running anything; reap it.
+        if self.gate.take().is_some() {
+            unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0) };
+        }
+    }
+}
+
+/// Reaps a child of fij once it has exited (non-blocking), returning its wait status.
+pub fn try_reap(pid: u32) -> Option<i32> {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with WNOHANG.
+    let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+    (r == pid as i32).then_some(status)
+}
+
+/// Describes a wait status (also the kernel's `task_struct::exit_code`) as "code N" or "signal NAME".
+pub fn describe_status(status: i32) -> (Option<i32>, Option<i32>) {
+    if status & 0x7f == 0 { (Some((status >> 8) & 0xff), None) } else { (None, Some(status & 0x7f)) }
+}
+
+/// Signal name for logs ("SIGKILL"), or the number when unknown.
+pub fn signal_name(sig: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "0", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
+        "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT",
+        "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF",
+        "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    ];
+    match NAMES.get(sig as usize) {
+        Some(name) if sig > 0 => (*name).to_owned(),
+        _ if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) => format!("SIGRTMIN+{}", sig - libc::SIGRTMIN()),
+        _ => sig.to_string(),
+    }
+}
+
+/// `pid` and all its current descendants (children forked later join in kernel).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| Some((p, stat_fields(p).ok()?.get(1)?.parse().ok()?)))
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}

@@ -1,0 +1,143 @@
+//! fij's development tasks, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
+//!
+//! Every task that builds or runs fij first runs `setup`, so a fresh Debian 12 machine (root,
+//! rustup's cargo on PATH) needs nothing but `cargo xtask test`; that is what `.ci/run` does.
+mod cmd;
+mod demo;
+mod setup;
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "fij's development tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing fij needs (Debian packages, bpf-linker, tracefs and
+    /// bpffs mounts); does only what is missing. Must run as root.
+    Setup,
+    /// Run setup, then build the `fij` binary and the test binaries (`fij-tests`).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run setup and build, then `cargo test --workspace` one test at a time, with `FIJ_BIN` set
+    /// to the built `fij` binary.
+    Test,
+    /// Run setup and build, then run `scenarios/demo.toml` and explain its JSON log.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => setup::run().and_then(|()| build(release)),
+        Task::Test => test(),
+        Task::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = e
+                .downcast_ref::<cmd::Failed>()
+                .map_or(1, cmd::Failed::exit_code);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+/// `cargo build [--release] --package fij --package fij-tests --bins`: fij itself and the test
+/// workload binaries. Does not run setup.
+fn build(release: bool) -> Result<()> {
+    let mut c = cargo_command();
+    c.arg("build").args(release.then_some("--release")).args([
+        "--package",
+        "fij",
+        "--package",
+        "fij-tests",
+        "--bins",
+    ]);
+    cmd::run(&mut c)?;
+    let fij = fij_bin(release);
+    if !fij.is_file() {
+        bail!("the build succeeded but {} does not exist", fij.display());
+    }
+    Ok(())
+}
+
+/// setup, build, then `FIJ_BIN=<target>/debug/fij cargo test --workspace -- --test-threads=1`.
+/// The privileged integration tests run one at a time: each checks that no fij program is left
+/// in the kernel, which a concurrent test would break.
+fn test() -> Result<()> {
+    setup::run()?;
+    build(false)?;
+    let mut c = cargo_command();
+    c.env("FIJ_BIN", fij_bin(false))
+        .args(["test", "--workspace", "--", "--test-threads=1"]);
+    cmd::run(&mut c)
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+/// The cargo that runs xtask (`CARGO`, set by `cargo run`), else `cargo` from PATH.
+fn cargo() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// A cargo command run in the workspace root, with `CARGO_TARGET_DIR` (if set) made absolute so
+/// it means what it meant where xtask was started.
+fn cargo_command() -> Command {
+    let mut c = Command::new(cargo());
+    c.current_dir(workspace_root());
+    if let Some(dir) = env::var_os("CARGO_TARGET_DIR") {
+        c.env("CARGO_TARGET_DIR", absolute(PathBuf::from(dir)));
+    }
+    c
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` if set, else `<workspace>/target`.
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| absolute(PathBuf::from(dir)))
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Where the build puts binaries: `<target>/debug` or `<target>/release`.
+fn bin_dir(release: bool) -> PathBuf {
+    target_dir().join(if release { "release" } else { "debug" })
+}
+
+/// The built `fij` binary (absolute path).
+fn fij_bin(release: bool) -> PathBuf {
+    bin_dir(release).join("fij")
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
