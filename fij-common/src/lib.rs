@@ -5,6 +5,8 @@
 //! sides at once; the kernel object is always built from this same source in the same build.
 #![no_std]
 
+pub mod random;
+
 /// Upper bound of faults in one scenario (size of the per-fault arrays).
 pub const MAX_FAULTS: u32 = 1024;
 /// Upper bound of faults that share one hook (same target and syscall); bounds the kernel loop.
@@ -49,6 +51,9 @@ pub struct HookFaults {
 
 /// `FaultRule::flags`: hits are counted per target (shared by all its processes), not per process.
 pub const RULE_PER_TARGET: u32 = 1 << 0;
+/// `FaultRule::flags`: the action is `crash`: before the signal, the victim is marked crashed so
+/// that every socket it releases while dying is silenced (see [`SilenceKey`]).
+pub const RULE_CRASH: u32 = 1 << 1;
 
 /// One fault's firing conditions, all combined with AND. Zero means "not set" for
 /// `nth`, `every` and `after_ns`.
@@ -108,11 +113,63 @@ pub struct ProcessCounter {
     pub hits: u64,
 }
 
+/// Capacity of the set of crashed processes and of silenced socket tuples.
+pub const MAX_CRASHED: u32 = 1024;
+pub const MAX_SILENCED: u32 = 65536;
+
+/// Value of the crashed-process set, keyed by tgid: set in kernel when a `crash` fires, before
+/// the signal, and removed by the loader once the process is a zombie (its sockets are released).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CrashMark {
+    pub fault_id: u32,
+    pub target_idx: u32,
+    pub ktime_ns: u64,
+}
+
+/// A socket tuple that must stay silent: no packet matching it passes fij's tc programs, in
+/// either direction. Addresses are 16-byte IPv6 form (IPv4 as `::ffff:a.b.c.d`), in network
+/// byte order; ports in host byte order. An all-zero `remote_*` (listening or unconnected
+/// sockets) and an all-zero `local_addr` (bound to any address) are wildcards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SilenceKey {
+    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    pub protocol: u8,
+    pub _pad: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad2: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// A bound UDP socket, by socket cookie: recorded at bind (where its address is readable) so
+/// that its release — where it is not — can still silence it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BoundUdp {
+    pub local_addr: [u8; 16],
+    pub local_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Why a tuple is silent: which crash, of which process, since when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SilenceEntry {
+    pub tgid: u32,
+    pub fault_id: u32,
+    pub ktime_ns: u64,
+}
+
 /// Index of campaign-wide settings in the `CONFIG` array map.
 pub const CONFIG_START_NS: u32 = 0;
 /// Non-zero while injecting is allowed; userspace clears it to stop injecting before detaching.
 pub const CONFIG_ARMED: u32 = 1;
-pub const CONFIG_LEN: u32 = 2;
+/// Number of silenced tuples (kept by the kernel): the tc programs skip parsing while it is 0.
+pub const CONFIG_SILENCED: u32 = 2;
+pub const CONFIG_LEN: u32 = 3;
 
 /// Layout facts of the running kernel, found by the loader (BTF, tracefs formats) and handed
 /// to the programs as a read-only global, since Rust eBPF has no CO-RE relocations.
@@ -127,7 +184,13 @@ pub struct KernelLayout {
     pub task_exit_code: u32,
     /// Offset of `group_dead` in the `sched/sched_process_exit` record.
     pub exit_group_dead: u32,
-    pub _pad: u32,
+    /// Offsets in the `sock/inet_sock_set_state` record (all must be known for `crash`).
+    pub tcp_oldstate: u32,
+    pub tcp_sport: u32,
+    pub tcp_dport: u32,
+    pub tcp_protocol: u32,
+    pub tcp_saddr_v6: u32,
+    pub tcp_daddr_v6: u32,
 }
 
 /// `task_struct::flags` bit of kernel threads.
@@ -140,6 +203,9 @@ pub const SIGNAL_REFUSED: i32 = -4096;
 pub const EVENT_INJECTION: u32 = 1;
 pub const EVENT_EXIT: u32 = 2;
 pub const EVENT_FORK: u32 = 3;
+/// A socket of a crashed process was silenced (`detail` = protocol << 32 | local_port << 16 |
+/// remote_port).
+pub const EVENT_SILENCED: u32 = 4;
 
 /// A record in the event ring buffer.
 #[repr(C)]
@@ -179,6 +245,10 @@ mod pod {
     unsafe impl aya::Pod for ProcessCounter {}
     unsafe impl aya::Pod for KernelLayout {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for CrashMark {}
+    unsafe impl aya::Pod for SilenceKey {}
+    unsafe impl aya::Pod for SilenceEntry {}
+    unsafe impl aya::Pod for BoundUdp {}
 }
 
 #[cfg(test)]

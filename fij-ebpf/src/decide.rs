@@ -4,11 +4,11 @@ use aya_ebpf::helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_k
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use fij_common::{
     CONFIG_ARMED, CONFIG_START_NS, EVENT_INJECTION, Event, HookKey, MAX_FAULTS_PER_HOOK,
-    PF_KTHREAD, ProcessCounter, SIGNAL_REFUSED, ProcessCounterKey, RULE_PER_TARGET, TargetProcess,
+    CrashMark, PF_KTHREAD, ProcessCounter, RULE_CRASH, SIGNAL_REFUSED, ProcessCounterKey, RULE_PER_TARGET, TargetProcess,
 };
 
 use crate::maps::{
-    COUNTERS, HOOKS, PROCESS_COUNTERS, PROTECTED, RULES, config, emit, layout,
+    COUNTERS, CRASHED, HOOKS, PROCESS_COUNTERS, PROTECTED, RULES, config, emit, layout,
 };
 
 /// Atomically adds `n` to `*ptr` and returns the previous value.
@@ -77,6 +77,11 @@ fn evaluate(
         return;
     }
     let result = if may_signal(tgid) {
+        // Marked before the signal, so the sockets it releases while dying are silenced.
+        if rule.flags & RULE_CRASH != 0 {
+            let mark = CrashMark { fault_id, target_idx: process.target_idx, ktime_ns: now };
+            let _ = CRASHED.insert(&tgid, &mark, 0);
+        }
         unsafe { bpf_send_signal(rule.signal) as i32 }
     } else {
         SIGNAL_REFUSED

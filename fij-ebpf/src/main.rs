@@ -8,11 +8,19 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod crash;
+#[cfg(target_arch = "bpf")]
 mod decide;
+#[cfg(target_arch = "bpf")]
+mod floor;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod net;
+#[cfg(target_arch = "bpf")]
+mod probes;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
 

@@ -4,7 +4,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, RingBuf},
 };
 use fij_common::{
-    CONFIG_LEN, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout,
+    BoundUdp, CONFIG_LEN, CrashMark, MAX_CRASHED, MAX_SILENCED, SilenceEntry, SilenceKey, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout,
     MAX_FAULTS, MAX_PROCESS_COUNTERS, MAX_PROTECTED, MAX_TARGET_PROCESSES, ProcessCounter,
     ProcessCounterKey, TargetProcess,
 };
@@ -35,6 +35,18 @@ pub static COUNTERS: Array<FaultCounters> = Array::with_max_entries(MAX_FAULTS, 
 pub static PROCESS_COUNTERS: LruHashMap<ProcessCounterKey, ProcessCounter> =
     LruHashMap::with_max_entries(MAX_PROCESS_COUNTERS, 0);
 
+/// Processes a `crash` fired on, until their task is freed (tgid → which crash).
+#[map]
+pub static CRASHED: HashMap<u32, CrashMark> = HashMap::with_max_entries(MAX_CRASHED, 0);
+
+/// Socket tuples that must stay silent (filled at socket release of a crashed process).
+#[map]
+pub static SILENCED: HashMap<SilenceKey, SilenceEntry> = HashMap::with_max_entries(MAX_SILENCED, 0);
+
+/// Bound UDP sockets by socket cookie (for `crash`; see `crash.rs`).
+#[map]
+pub static BOUND_UDP: HashMap<u64, BoundUdp> = HashMap::with_max_entries(MAX_SILENCED, 0);
+
 /// Campaign settings written by the loader (`CONFIG_*` indices).
 #[map]
 pub static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_LEN, 0);
@@ -53,7 +65,12 @@ pub static LAYOUT: KernelLayout = KernelLayout {
     task_flags: u32::MAX,
     task_exit_code: u32::MAX,
     exit_group_dead: u32::MAX,
-    _pad: 0,
+    tcp_oldstate: u32::MAX,
+    tcp_sport: u32::MAX,
+    tcp_dport: u32::MAX,
+    tcp_protocol: u32::MAX,
+    tcp_saddr_v6: u32::MAX,
+    tcp_daddr_v6: u32::MAX,
 };
 
 #[inline(always)]

@@ -3,7 +3,10 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
-use fij_common::{EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, Event, FaultRule, HookKey, RULE_PER_TARGET, TargetProcess};
+use fij_common::{
+    EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_SILENCED, Event, FaultRule, HookKey, RULE_CRASH,
+    RULE_PER_TARGET, TargetProcess,
+};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -15,7 +18,7 @@ use crate::{
     kernel::{Kernel, monotonic_ns},
     layout,
     log::{EndReason, EventLog, Record, TargetRecord},
-    scenario::{Per, Scenario, TargetSource, Trigger},
+    scenario::{Action, Per, Scenario, TargetSource, Trigger},
     targets::{self, GatedChild},
 };
 
@@ -61,7 +64,8 @@ pub fn compile_rules(scenario: &Scenario) -> (Vec<FaultRule>, BTreeMap<HookKey, 
                 after_ns: fault.after.map_or(0, |d| d.as_nanos() as u64),
                 count: fault.count,
                 signal: fault.action.signal() as u32,
-                flags: if fault.per == Per::Target { RULE_PER_TARGET } else { 0 },
+                flags: if fault.per == Per::Target { RULE_PER_TARGET } else { 0 }
+                    | if matches!(fault.action, Action::Crash { .. }) { RULE_CRASH } else { 0 },
             }
         })
         .collect();
@@ -99,6 +103,10 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     kernel.attach_lifecycle()?;
     if scenario.faults.iter().any(|f| matches!(f.trigger, Trigger::Syscall { .. })) {
         kernel.attach_syscalls()?;
+    }
+    if scenario.faults.iter().any(|f| matches!(f.action, Action::Crash { .. })) {
+        let interfaces = kernel.attach_crash(&layout).context("setting up crash (fij doctor tells what is missing)")?;
+        info!(interfaces = %interfaces.join(","), "crash: silencing hooks attached");
     }
     for pid in &protected {
         kernel.protect(*pid)?;
@@ -158,11 +166,13 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     let mut events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow!("polling the event ring: {e}"))?;
     let mut tally = Tally::default();
-    let mut ctx = EventContext { scenario, start_ns, log: &mut log, tally: &mut tally };
+    let mut later = Later::default();
+    let mut ctx = EventContext { scenario, start_ns, log: &mut log, tally: &mut tally, later: &mut later };
 
     let deadline = scenario.duration.map(|d| Instant::now() + d);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut waiting_told = false;
     let reason = loop {
         tokio::select! {
             guard = events.readable_mut() => {
@@ -171,18 +181,39 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
                 guard.clear_ready();
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break EndReason::Duration,
+            _ = sleep_until(ctx.later.next_at().unwrap_or_else(Instant::now)), if ctx.later.next_at().is_some() => {
+                for action in ctx.later.take_due(Instant::now()) {
+                    ctx.perform(&mut kernel, action)?;
+                }
+            }
             _ = sigint.recv() => break EndReason::Interrupted,
             _ = sigterm.recv() => break EndReason::Interrupted,
             // Exits are seen as events; this is the backstop for a target that died unseen.
             _ = sleep(Duration::from_millis(100)) => {}
         }
         reap(&armed);
+        // A crashed host stays silent until recover_after, duration or Ctrl-C, even when every
+        // target is gone: ending now would "reboot" it at once.
         if kernel.target_processes().is_empty() {
-            break EndReason::TargetsExited;
+            // A crashed process reports its exit before it releases its sockets; its mark stays
+            // until the task is freed, so wait for that before deciding whether silence holds.
+            if kernel.crashed().is_empty() && !kernel.silence_active() {
+                break EndReason::TargetsExited;
+            }
+            if !waiting_told {
+                info!("every target exited; crashed sockets stay silent until recover_after, duration or Ctrl-C");
+                waiting_told = true;
+            }
         }
     };
 
     kernel.disarm()?;
+    // A process fij stopped is not left stopped: resume what is still pending.
+    for action in ctx.later.take_all() {
+        if action.kind == LaterKind::Resume {
+            ctx.perform(&mut kernel, action)?;
+        }
+    }
     if reason != EndReason::TargetsExited {
         terminate_spawned(&kernel, scenario).await;
     }
@@ -248,6 +279,48 @@ fn random_seed() -> u64 {
     u64::from_ne_bytes(seed)
 }
 
+/// Actions fij takes some time after an injection: the end of a crash's silence, the SIGCONT
+/// after a stop.
+#[derive(Default)]
+struct Later {
+    pending: Vec<LaterAction>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LaterKind {
+    /// End of a crash's silence (`recover_after`).
+    Recover,
+    /// SIGCONT for a stopped process (`resume_after`, or the campaign's end).
+    Resume,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LaterAction {
+    at: Instant,
+    kind: LaterKind,
+    pid: u32,
+}
+
+impl Later {
+    fn schedule(&mut self, at: Instant, kind: LaterKind, pid: u32) {
+        self.pending.push(LaterAction { at, kind, pid });
+    }
+
+    fn next_at(&self) -> Option<Instant> {
+        self.pending.iter().map(|a| a.at).min()
+    }
+
+    fn take_due(&mut self, now: Instant) -> Vec<LaterAction> {
+        let (due, rest) = self.pending.iter().partition(|a| a.at <= now);
+        self.pending = rest;
+        due
+    }
+
+    fn take_all(&mut self) -> Vec<LaterAction> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     failed_injections: u64,
@@ -260,9 +333,31 @@ struct EventContext<'a> {
     start_ns: u64,
     log: &'a mut EventLog,
     tally: &'a mut Tally,
+    later: &'a mut Later,
 }
 
 impl EventContext<'_> {
+    fn perform(&mut self, kernel: &mut Kernel, action: LaterAction) -> Result<()> {
+        let t_ns = monotonic_ns().saturating_sub(self.start_ns);
+        match action.kind {
+            LaterKind::Recover => {
+                let tuples = kernel.recover(action.pid)?;
+                info!(pid = action.pid, tuples, "recovered: the crashed process's tuples speak again");
+                self.log.write(&Record::Recovered { t_ns, pid: action.pid, tuples })
+            }
+            LaterKind::Resume => {
+                // Only a process that is still a target: never a recycled pid.
+                if kernel.target_processes().iter().any(|(pid, _)| *pid == action.pid) {
+                    // SAFETY: kill on a live target process.
+                    unsafe { libc::kill(action.pid as i32, libc::SIGCONT) };
+                    info!(pid = action.pid, "resumed (SIGCONT)");
+                    self.log.write(&Record::Resumed { t_ns, pid: action.pid })?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
         while let Some(item) = ring.next() {
             if item.len() < size_of::<Event>() {
@@ -286,6 +381,18 @@ impl EventContext<'_> {
                 let signal = targets::signal_name(e.signal as i32);
                 let delivered = e.result == 0;
                 let error = (!delivered).then(|| injection_error(e.result));
+                let at = Instant::now();
+                match fault.action {
+                    Action::Crash { recover_after: Some(d) } if delivered => {
+                        self.later.schedule(at + d, LaterKind::Recover, e.tgid)
+                    }
+                    Action::Stop { resume_after } if delivered => {
+                        // Without resume_after the process stays stopped until the campaign ends.
+                        let at = resume_after.map_or(at + Duration::from_secs(u32::MAX as u64), |d| at + d);
+                        self.later.schedule(at, LaterKind::Resume, e.tgid)
+                    }
+                    _ => {}
+                }
                 if let Some(error) = &error {
                     self.tally.failed_injections += 1;
                     warn!(fault = %fault.name, target, pid = e.tgid, hit = e.hit, "{signal} not sent: {error}");
@@ -312,6 +419,13 @@ impl EventContext<'_> {
                 let signal = signal.map(targets::signal_name);
                 info!(target, pid = e.tgid, ?code, signal = signal.as_deref().unwrap_or("-"), "exited");
                 self.log.write(&Record::Exit { t_ns, ktime_ns: e.ktime_ns, target, pid: e.tgid, code, signal })
+            }
+            EVENT_SILENCED => {
+                let fault = self.scenario.faults.get(e.fault_id as usize).map_or("?", |f| f.name.as_str());
+                let protocol = if e.detail >> 32 == 6 { "tcp" } else { "udp" };
+                let (local_port, remote_port) = ((e.detail >> 16) as u16, e.detail as u16);
+                info!(target, pid = e.tgid, protocol, local_port, remote_port, "silenced");
+                self.log.write(&Record::Silenced { t_ns, target, pid: e.tgid, fault, protocol, local_port, remote_port })
             }
             EVENT_FORK => {
                 info!(target, parent = e.tgid, pid = e.detail, "forked");

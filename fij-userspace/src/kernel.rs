@@ -7,10 +7,10 @@ use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSock, RawTracePoint, SchedClassifier, TcAttachType, TracePoint},
 };
 use fij_common::{
-    CONFIG_ARMED, CONFIG_START_NS, FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout,
+    CONFIG_ARMED, CONFIG_SILENCED, CONFIG_START_NS, CrashMark, SilenceEntry, SilenceKey, FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout,
     MAX_FAULTS_PER_HOOK, TargetProcess,
 };
 
@@ -21,6 +21,12 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROG_SYS_ENTER: &str = "fij_sys_enter";
 pub const PROG_FORK: &str = "fij_fork";
 pub const PROG_EXIT: &str = "fij_exit";
+pub const PROG_SOCK_RELEASE: &str = "fij_sock_release";
+pub const PROG_UDP_BIND4: &str = "fij_udp_bind4";
+pub const PROG_UDP_BIND6: &str = "fij_udp_bind6";
+pub const PROG_TCP_STATE: &str = "fij_tcp_state";
+pub const PROG_TASK_FREE: &str = "fij_task_free";
+pub const PROG_TC: &str = "fij_tc";
 
 pub struct Kernel {
     ebpf: Ebpf,
@@ -31,6 +37,8 @@ pub struct Kernel {
     counters: Array<MapData, FaultCounters>,
     config: Array<MapData, u64>,
     lost: Array<MapData, u64>,
+    crashed: HashMap<MapData, u32, CrashMark>,
+    silenced: HashMap<MapData, SilenceKey, SilenceEntry>,
     events: Option<RingBuf<MapData>>,
 }
 
@@ -42,8 +50,13 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf
 impl Kernel {
     /// Loads the object (maps are created; no program is loaded or attached yet).
     pub fn load(layout: &KernelLayout) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .override_global("LAYOUT", layout, true)
+        let mut loader = EbpfLoader::new();
+        loader.override_global("LAYOUT", layout, true);
+        // FIJ_VERIFIER_LOG=1: the verifier's full trace in load errors, for debugging programs.
+        if std::env::var_os("FIJ_VERIFIER_LOG").is_some() {
+            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .context("loading fij's eBPF object")?;
         Ok(Self {
@@ -54,6 +67,8 @@ impl Kernel {
             counters: take(&mut ebpf, "COUNTERS")?,
             config: take(&mut ebpf, "CONFIG")?,
             lost: take(&mut ebpf, "EVENTS_LOST")?,
+            crashed: take(&mut ebpf, "CRASHED")?,
+            silenced: take(&mut ebpf, "SILENCED")?,
             events: Some(take(&mut ebpf, "EVENTS")?),
             ebpf,
         })
@@ -90,6 +105,74 @@ impl Kernel {
     /// The syscall-entry hook: only attached when a fault has a syscall trigger.
     pub fn attach_syscalls(&mut self) -> Result<()> {
         self.raw_tracepoint(PROG_SYS_ENTER, "sys_enter")
+    }
+
+    /// `crash`: the TCP state tracepoint, the UDP bind/release hooks on the cgroup v2 root (so
+    /// they see every process's sockets), the task-free hook, and the tc program on ingress and
+    /// egress of every interface of fij's network namespace. Returns those interfaces.
+    pub fn attach_crash(&mut self, layout: &KernelLayout) -> Result<Vec<String>> {
+        anyhow::ensure!(
+            [layout.tcp_oldstate, layout.tcp_sport, layout.tcp_saddr_v6].iter().all(|&o| o != u32::MAX),
+            "crash needs the sock:inet_sock_set_state tracepoint, whose format was not found in tracefs"
+        );
+        self.tracepoint(PROG_TCP_STATE, "sock", "inet_sock_set_state")?;
+        let root = crate::net::cgroup2_root()?;
+        let cgroup = std::fs::File::open(&root).with_context(|| format!("opening cgroup {}", root.display()))?;
+        for name in [PROG_UDP_BIND4, PROG_UDP_BIND6, PROG_SOCK_RELEASE] {
+            let program: &mut CgroupSock = self.program(name)?.try_into()?;
+            program.load().with_context(|| format!("loading {name} (verifier)"))?;
+            // Single = link flags 0: cgroup links are always multi-attach, other programs stay.
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to cgroup {}", root.display()))?;
+        }
+        self.raw_tracepoint(PROG_TASK_FREE, "sched_process_free")?;
+
+        let interfaces = crate::net::interfaces()?;
+        let program: &mut SchedClassifier = self.program(PROG_TC)?.try_into()?;
+        program.load().with_context(|| format!("loading {PROG_TC} (verifier)"))?;
+        for iface in &interfaces {
+            for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+                program
+                    .attach(iface, direction)
+                    .with_context(|| format!("attaching {PROG_TC} to {iface} {direction:?} (tcx, kernel ≥ 6.6)"))?;
+            }
+        }
+        Ok(interfaces)
+    }
+
+    fn program(&mut self, name: &str) -> Result<&mut aya::programs::Program> {
+        self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))
+    }
+
+    /// Forgets crashes that are over: lets the silenced tuples of `tgid` speak again (peers'
+    /// next segments then meet RSTs, as after a reboot). Returns how many tuples were freed.
+    pub fn recover(&mut self, tgid: u32) -> Result<usize> {
+        let keys: Vec<SilenceKey> = self
+            .silenced
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, entry)| entry.tgid == tgid)
+            .map(|(key, _)| key)
+            .collect();
+        for key in &keys {
+            self.silenced.remove(key).context("removing a silenced tuple")?;
+        }
+        if self.silenced.keys().next().is_none() {
+            self.config.set(CONFIG_SILENCED, 0, 0)?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Whether any tuple is silenced (a crash is in effect).
+    pub fn silence_active(&self) -> bool {
+        self.silenced.keys().next().is_some()
+    }
+
+    /// Crashed processes whose task is not freed yet (their sockets may still be closing); the
+    /// kernel drops each mark in `sched_process_free`.
+    pub fn crashed(&self) -> Vec<u32> {
+        self.crashed.keys().filter_map(Result::ok).collect()
     }
 
     pub fn protect(&mut self, pid: u32) -> Result<()> {

@@ -23,8 +23,18 @@ pub fn discover() -> Result<KernelLayout> {
         task_exit_code: member("exit_code")?.unwrap_or(u32::MAX),
         exit_group_dead: tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?
             .unwrap_or(u32::MAX),
-        _pad: 0,
+        tcp_oldstate: sock_state("oldstate"),
+        tcp_sport: sock_state("sport"),
+        tcp_dport: sock_state("dport"),
+        tcp_protocol: sock_state("protocol"),
+        tcp_saddr_v6: sock_state("saddr_v6"),
+        tcp_daddr_v6: sock_state("daddr_v6"),
     })
+}
+
+/// A field of `sock/inet_sock_set_state`, or `u32::MAX` (then `crash` refuses to start).
+fn sock_state(field: &str) -> u32 {
+    tracepoint_field_offset("sock", "inet_sock_set_state", field).ok().flatten().unwrap_or(u32::MAX)
 }
 
 /// Byte offset of `member` in `struct name`, looking into anonymous structs and unions.

@@ -6,5 +6,6 @@ pub mod doctor;
 pub mod kernel;
 pub mod layout;
 pub mod log;
+pub mod net;
 pub mod scenario;
 pub mod targets;

@@ -52,6 +52,28 @@ pub enum Record<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         signal: Option<String>,
     },
+    /// A socket of a crashed process went silent (its tuple is dropped by fij's tc programs).
+    Silenced {
+        t_ns: u64,
+        target: &'a str,
+        pid: u32,
+        fault: &'a str,
+        protocol: &'a str,
+        local_port: u16,
+        /// 0 for listening and unconnected sockets.
+        remote_port: u16,
+    },
+    /// `recover_after` passed: the crashed process's tuples speak again ("the host is back").
+    Recovered {
+        t_ns: u64,
+        pid: u32,
+        tuples: usize,
+    },
+    /// `resume_after` passed (or the campaign ended): SIGCONT for a stopped process.
+    Resumed {
+        t_ns: u64,
+        pid: u32,
+    },
     End {
         t_ns: u64,
         reason: EndReason,

@@ -13,14 +13,13 @@ use crate::cmd;
 const SCENARIO: &str = "scenarios/demo.toml";
 
 const EXPLANATION: &str = "\
-What happened: `fij run` read the scenario, loaded fij's eBPF programs into the kernel and \
-started the scenario's workload. For the system calls that the scenario's rules select, the \
-kernel programs made the call fail with the configured error (or behave as the rule says) \
-instead of running it normally, without any change to the workload's code or binary; the \
-workload's own output above shows how it coped. Each JSON line above is one record fij wrote to \
-its log while doing so (what it injected, into which process and system call, and when), so a \
-test can assert on exactly which failures happened. When the run ended fij removed its programs \
-from the kernel, leaving nothing behind.";
+What happened: fij loaded its eBPF programs, made the shell a target before its first \
+instruction, and counted its write(2) calls in the kernel. On entry to the 5th write the kernel \
+program sent SIGKILL with bpf_send_signal, in the shell's own context: the `injection` record \
+says which fault fired, on which hit, into which pid; the `exit` record shows that pid dying by \
+SIGKILL microseconds later (compare the ktime_ns fields). The file holds lines 1-4 only: the 5th \
+write never copied its data. `fork`/`exit` records for the `sleep` children show descendants \
+joining and leaving the target set. When the run ended fij detached everything.";
 
 pub fn run() -> Result<()> {
     let root = crate::workspace_root();
@@ -40,8 +39,10 @@ pub fn run() -> Result<()> {
         std::iter::once(crate::bin_dir(false))
             .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
     )?;
+    let output = dir.join("writer.txt");
     let mut fij = Command::new(crate::fij_bin(false));
     fij.current_dir(&root)
+        .env("FIJ_DEMO_OUT", &output)
         .env("PATH", path)
         .args(["run", SCENARIO, "--log"])
         .arg(&log);
@@ -58,6 +59,11 @@ pub fn run() -> Result<()> {
     if printed == 0 {
         bail!("fij succeeded but wrote nothing to {}", log.display());
     }
+    let written = fs::read_to_string(&output).unwrap_or_default();
+    println!();
+    println!("--- what the target wrote to {} ---", output.display());
+    print!("{written}");
+    println!("--- end ---");
     println!();
     println!("{EXPLANATION}");
     Ok(())

@@ -52,17 +52,24 @@ pub struct Fault {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// `action = "kill"`: SIGKILL.
+    /// `action = "kill"`: SIGKILL; the OS then closes the victim's connections as usual.
     Kill,
     /// `action = "signal"` with `signal = "SIGTERM"` (name with or without SIG, or a number).
     Signal(i32),
+    /// `action = "crash"`: SIGKILL, and the victim's sockets go silent (no FIN, RST or ICMP
+    /// leaves for them, nothing reaches them) until the campaign ends or `recover_after`.
+    Crash { recover_after: Option<Duration> },
+    /// `action = "stop"`: SIGSTOP; SIGCONT after `resume_after` (else the process stays stopped
+    /// until the campaign ends, when fij resumes it).
+    Stop { resume_after: Option<Duration> },
 }
 
 impl Action {
     pub fn signal(self) -> i32 {
         match self {
-            Action::Kill => libc::SIGKILL,
+            Action::Kill | Action::Crash { .. } => libc::SIGKILL,
             Action::Signal(sig) => sig,
+            Action::Stop { .. } => libc::SIGSTOP,
         }
     }
 }

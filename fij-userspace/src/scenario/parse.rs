@@ -388,9 +388,20 @@ fn environment(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Vec<(String, String)>> 
     ok.then_some(env)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum ActionKind {
     Kill,
     Signal,
+    Crash,
+    Stop,
+}
+
+impl ActionKind {
+    const NAMES: [&'static str; 4] = ["kill", "signal", "crash", "stop"];
+
+    fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
 }
 
 /// One [[fault]] table. `targets` has the name of each [[target]] table (`None` where it has no
@@ -434,13 +445,13 @@ fn fault(
         match action {
             "kill" => Some(ActionKind::Kill),
             "signal" => Some(ActionKind::Signal),
-            "crash" | "stop" | "partition" => {
+            "crash" => Some(ActionKind::Crash),
+            "stop" => Some(ActionKind::Stop),
+            "partition" => {
                 cx.error(
                     e.at,
-                    format!(
-                        "action `{action}` is not supported by this version of fij (it is \
-                         planned); supported actions: `kill`, `signal`"
-                    ),
+                    "action `partition` is not supported by this version of fij (it is \
+                     planned); supported actions: `kill`, `signal`, `crash`, `stop`",
                 );
                 None
             }
@@ -448,8 +459,8 @@ fn fault(
                 cx.error(
                     e.at,
                     format!(
-                        "unknown action `{action}`: expected `kill` or `signal`{}",
-                        did_you_mean(action, ["kill", "signal"])
+                        "unknown action `{action}`: expected `kill`, `signal`, `crash` or `stop`{}",
+                        did_you_mean(action, ActionKind::NAMES)
                     ),
                 );
                 None
@@ -458,6 +469,28 @@ fn fault(
     });
     let signal_entry = r.get("signal");
     let signal = signal_entry.as_ref().and_then(|e| signal(cx, e));
+    // Keys that belong to one action only: (key, action, its value if valid).
+    let recover_entry = r.get("recover_after");
+    let recover_after = recover_entry.as_ref().and_then(|e| cx.duration(e));
+    let resume_entry = r.get("resume_after");
+    let resume_after = resume_entry.as_ref().and_then(|e| cx.duration(e));
+    if let Some(kind) = action {
+        for (entry, key, owner) in [
+            (&recover_entry, "recover_after", ActionKind::Crash),
+            (&resume_entry, "resume_after", ActionKind::Stop),
+        ] {
+            if let Some(e) = entry.as_ref().filter(|_| kind != owner) {
+                cx.error(
+                    e.key_at,
+                    format!(
+                        "`{key}` only applies to `action = \"{}\"`, not `{}`",
+                        owner.name(),
+                        kind.name()
+                    ),
+                );
+            }
+        }
+    }
     let trigger = r.required(cx, "trigger").and_then(|e| trigger(cx, &e));
     let nth = r.get("nth").and_then(|e| {
         let n = cx.integer(&e)?;
@@ -495,11 +528,16 @@ fn fault(
 
     let action = match (action, &signal_entry) {
         (Some(ActionKind::Kill), None) => Some(Action::Kill),
-        (Some(ActionKind::Kill), Some(e)) => {
+        (Some(ActionKind::Crash), None) => Some(Action::Crash { recover_after }),
+        (Some(ActionKind::Stop), None) => Some(Action::Stop { resume_after }),
+        (Some(kind @ (ActionKind::Kill | ActionKind::Crash | ActionKind::Stop)), Some(e)) => {
             cx.error(
                 e.key_at,
-                "`signal` cannot be used with `action = \"kill\"`, which always sends SIGKILL; \
-                 use `action = \"signal\"` to send another signal",
+                format!(
+                    "`signal` cannot be used with `action = \"{}\"`, whose signal is fixed; \
+                     use `action = \"signal\"` to send another signal",
+                    kind.name()
+                ),
             );
             None
         }
