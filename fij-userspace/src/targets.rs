@@ -182,6 +182,18 @@ impl Drop for GatedChild {
     }
 }
 
+/// The only way fij signals a target from userspace (ending a campaign, SIGCONT after a stop):
+/// the same exclusions as the kernel's — never pid ≤ 1, fij itself or an ancestor (`protected`).
+/// Returns whether the signal was sent.
+pub fn signal_target(pid: u32, signal: i32, protected: &[u32]) -> bool {
+    if pid <= 1 || protected.contains(&pid) {
+        tracing::warn!(pid, "refused to signal a protected process (pid 1, fij or its ancestor)");
+        return false;
+    }
+    // SAFETY: kill has no memory preconditions; the pid is a live target by the caller's check.
+    unsafe { libc::kill(pid as i32, signal) == 0 }
+}
+
 /// Reaps a child of fij once it has exited (non-blocking), returning its wait status.
 pub fn try_reap(pid: u32) -> Option<i32> {
     let mut status = 0;
