@@ -76,7 +76,10 @@ fn evaluate(
     if unsafe { atomic_add(&raw mut (*counters).injections, 1) } >= rule.count {
         return;
     }
-    let result = if may_signal(tgid) {
+    // Signal 0 (partition): nothing is sent; the event tells userspace to act.
+    let result = if rule.signal == 0 {
+        if may_signal(tgid) { 0 } else { SIGNAL_REFUSED }
+    } else if may_signal(tgid) {
         // Marked before the signal, so the sockets it releases while dying are silenced.
         if rule.flags & RULE_CRASH != 0 {
             let mark = CrashMark { fault_id, target_idx: process.target_idx, ktime_ns: now };

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
 use fij_common::{
-    EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_SILENCED, Event, FaultRule, HookKey, RULE_CRASH,
+    SilenceEntry, EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_SILENCED, Event, FaultRule, HookKey, RULE_CRASH,
     RULE_PER_TARGET, TargetProcess,
 };
 use tokio::{
@@ -19,6 +19,7 @@ use crate::{
     layout,
     log::{EndReason, EventLog, Record, TargetRecord},
     scenario::{Action, Per, Scenario, TargetSource, Trigger},
+    sockets,
     targets::{self, GatedChild},
 };
 
@@ -104,9 +105,14 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     if scenario.faults.iter().any(|f| matches!(f.trigger, Trigger::Syscall { .. })) {
         kernel.attach_syscalls()?;
     }
-    if scenario.faults.iter().any(|f| matches!(f.action, Action::Crash { .. })) {
-        let interfaces = kernel.attach_crash(&layout).context("setting up crash (fij doctor tells what is missing)")?;
-        info!(interfaces = %interfaces.join(","), "crash: silencing hooks attached");
+    let crashes = scenario.faults.iter().any(|f| matches!(f.action, Action::Crash { .. }));
+    let partitions = scenario.faults.iter().any(|f| matches!(f.action, Action::Partition { .. }));
+    if crashes {
+        kernel.attach_crash(&layout).context("setting up crash (fij doctor tells what is missing)")?;
+    }
+    if crashes || partitions {
+        let interfaces = kernel.attach_silencer().context("setting up the silencer (fij doctor tells what is missing)")?;
+        info!(interfaces = %interfaces.join(","), "silencer attached");
     }
     for pid in &protected {
         kernel.protect(*pid)?;
@@ -167,7 +173,14 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         .map_err(|e| anyhow!("polling the event ring: {e}"))?;
     let mut tally = Tally::default();
     let mut later = Later::default();
-    let mut ctx = EventContext { scenario, start_ns, log: &mut log, tally: &mut tally, later: &mut later };
+    let mut ctx = EventContext {
+        scenario,
+        start_ns,
+        log: &mut log,
+        tally: &mut tally,
+        later: &mut later,
+        protected: &protected,
+    };
 
     let deadline = scenario.duration.map(|d| Instant::now() + d);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -177,7 +190,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard?;
-                ctx.drain(guard.get_inner_mut())?;
+                ctx.drain(&mut kernel, guard.get_inner_mut())?;
                 guard.clear_ready();
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break EndReason::Duration,
@@ -215,10 +228,10 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         }
     }
     if reason != EndReason::TargetsExited {
-        terminate_spawned(&kernel, scenario).await;
+        terminate_spawned(&kernel, scenario, &protected).await;
     }
     // Exits of the terminated targets, and anything still in the ring.
-    ctx.drain(events.get_mut())?;
+    ctx.drain(&mut kernel, events.get_mut())?;
     reap(&armed);
     let t_ns = monotonic_ns().saturating_sub(start_ns);
     let injections = (0..scenario.faults.len() as u32)
@@ -242,15 +255,20 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
 }
 
 /// Ends what fij spawned: SIGTERM to every live process of a spawned target, SIGKILL after a grace.
-async fn terminate_spawned(kernel: &Kernel, scenario: &Scenario) {
+async fn terminate_spawned(kernel: &Kernel, scenario: &Scenario, protected: &[u32]) {
     let spawned = |tp: &TargetProcess| {
         matches!(scenario.targets[tp.target_idx as usize].source, TargetSource::Command { .. })
     };
-    let live = || kernel.target_processes().into_iter().filter(|(_, tp)| spawned(tp)).map(|(pid, _)| pid);
+    let live = || {
+        kernel
+            .target_processes()
+            .into_iter()
+            .filter(|(pid, tp)| spawned(tp) && !protected.contains(pid))
+            .map(|(pid, _)| pid)
+    };
     for pid in live() {
-        info!(pid, "duration over: terminating");
-        // SAFETY: kill on a pid the kernel still lists as a live target process.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        info!(pid, "campaign over: terminating");
+        targets::signal_target(pid, libc::SIGTERM, protected);
     }
     let give_up = Instant::now() + TERMINATE_GRACE;
     while live().next().is_some() && Instant::now() < give_up {
@@ -258,7 +276,7 @@ async fn terminate_spawned(kernel: &Kernel, scenario: &Scenario) {
     }
     for pid in live() {
         warn!(pid, "still running after SIGTERM: SIGKILL");
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        targets::signal_target(pid, libc::SIGKILL, protected);
     }
     let give_up = Instant::now() + TERMINATE_GRACE;
     while live().next().is_some() && Instant::now() < give_up {
@@ -290,6 +308,8 @@ struct Later {
 enum LaterKind {
     /// End of a crash's silence (`recover_after`).
     Recover,
+    /// End of a partition (its `duration`).
+    Heal,
     /// SIGCONT for a stopped process (`resume_after`, or the campaign's end).
     Resume,
 }
@@ -334,6 +354,8 @@ struct EventContext<'a> {
     log: &'a mut EventLog,
     tally: &'a mut Tally,
     later: &'a mut Later,
+    /// fij and its ancestors: never signalled from userspace either.
+    protected: &'a [u32],
 }
 
 impl EventContext<'_> {
@@ -345,11 +367,16 @@ impl EventContext<'_> {
                 info!(pid = action.pid, tuples, "recovered: the crashed process's tuples speak again");
                 self.log.write(&Record::Recovered { t_ns, pid: action.pid, tuples })
             }
+            LaterKind::Heal => {
+                let tuples = kernel.recover(action.pid)?;
+                info!(pid = action.pid, tuples, "partition healed");
+                self.log.write(&Record::Healed { t_ns, pid: action.pid, tuples })
+            }
             LaterKind::Resume => {
                 // Only a process that is still a target: never a recycled pid.
-                if kernel.target_processes().iter().any(|(pid, _)| *pid == action.pid) {
-                    // SAFETY: kill on a live target process.
-                    unsafe { libc::kill(action.pid as i32, libc::SIGCONT) };
+                if kernel.target_processes().iter().any(|(pid, _)| *pid == action.pid)
+                    && targets::signal_target(action.pid, libc::SIGCONT, self.protected)
+                {
                     info!(pid = action.pid, "resumed (SIGCONT)");
                     self.log.write(&Record::Resumed { t_ns, pid: action.pid })?;
                 }
@@ -358,7 +385,7 @@ impl EventContext<'_> {
         }
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+    fn drain(&mut self, kernel: &mut Kernel, ring: &mut RingBuf<MapData>) -> Result<()> {
         while let Some(item) = ring.next() {
             if item.len() < size_of::<Event>() {
                 warn!(len = item.len(), "short event record ignored");
@@ -366,12 +393,12 @@ impl EventContext<'_> {
             }
             // SAFETY: the kernel wrote an `Event` (same repr(C) definition, same build).
             let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-            self.handle(&event)?;
+            self.handle(kernel, &event)?;
         }
         Ok(())
     }
 
-    fn handle(&mut self, e: &Event) -> Result<()> {
+    fn handle(&mut self, kernel: &mut Kernel, e: &Event) -> Result<()> {
         let t_ns = e.ktime_ns.saturating_sub(self.start_ns);
         let target = self.scenario.targets.get(e.target_idx as usize).map_or("?", |t| t.name.as_str());
         match e.kind {
@@ -382,9 +409,22 @@ impl EventContext<'_> {
                 let delivered = e.result == 0;
                 let error = (!delivered).then(|| injection_error(e.result));
                 let at = Instant::now();
-                match fault.action {
+                match &fault.action {
+                    Action::Partition { duration, ports } if delivered => {
+                        let keys = sockets::process_sockets(e.tgid, ports).unwrap_or_else(|err| {
+                            warn!(pid = e.tgid, "partition: cannot read its sockets: {err:#}");
+                            Vec::new()
+                        });
+                        let entry = SilenceEntry { tgid: e.tgid, fault_id: e.fault_id, ktime_ns: e.ktime_ns };
+                        kernel.silence(&keys, entry)?;
+                        info!(pid = e.tgid, tuples = keys.len(), "partitioned");
+                        self.log.write(&Record::Partitioned { t_ns, pid: e.tgid, fault: &fault.name, tuples: keys.len() })?;
+                        if let Some(d) = duration {
+                            self.later.schedule(at + *d, LaterKind::Heal, e.tgid);
+                        }
+                    }
                     Action::Crash { recover_after: Some(d) } if delivered => {
-                        self.later.schedule(at + d, LaterKind::Recover, e.tgid)
+                        self.later.schedule(at + *d, LaterKind::Recover, e.tgid)
                     }
                     Action::Stop { resume_after } if delivered => {
                         // Without resume_after the process stays stopped until the campaign ends.

@@ -108,9 +108,8 @@ impl Kernel {
     }
 
     /// `crash`: the TCP state tracepoint, the UDP bind/release hooks on the cgroup v2 root (so
-    /// they see every process's sockets), the task-free hook, and the tc program on ingress and
-    /// egress of every interface of fij's network namespace. Returns those interfaces.
-    pub fn attach_crash(&mut self, layout: &KernelLayout) -> Result<Vec<String>> {
+    /// they see every process's sockets) and the task-free hook, which together fill `SILENCED`.
+    pub fn attach_crash(&mut self, layout: &KernelLayout) -> Result<()> {
         anyhow::ensure!(
             [layout.tcp_oldstate, layout.tcp_sport, layout.tcp_saddr_v6].iter().all(|&o| o != u32::MAX),
             "crash needs the sock:inet_sock_set_state tracepoint, whose format was not found in tracefs"
@@ -126,8 +125,12 @@ impl Kernel {
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to cgroup {}", root.display()))?;
         }
-        self.raw_tracepoint(PROG_TASK_FREE, "sched_process_free")?;
+        self.raw_tracepoint(PROG_TASK_FREE, "sched_process_free")
+    }
 
+    /// The tc program that drops silenced tuples (`crash`, `partition`), on ingress and egress
+    /// of every interface of fij's network namespace. Returns those interfaces.
+    pub fn attach_silencer(&mut self) -> Result<Vec<String>> {
         let interfaces = crate::net::interfaces()?;
         let program: &mut SchedClassifier = self.program(PROG_TC)?.try_into()?;
         program.load().with_context(|| format!("loading {PROG_TC} (verifier)"))?;
@@ -139,6 +142,17 @@ impl Kernel {
             }
         }
         Ok(interfaces)
+    }
+
+    /// Silences `keys` on behalf of `entry` (a partition; crashes are silenced in kernel).
+    pub fn silence(&mut self, keys: &[SilenceKey], entry: SilenceEntry) -> Result<()> {
+        for key in keys {
+            self.silenced.insert(key, entry, 0).context("silencing a tuple")?;
+        }
+        if !keys.is_empty() {
+            self.config.set(CONFIG_SILENCED, 1, 0)?;
+        }
+        Ok(())
     }
 
     fn program(&mut self, name: &str) -> Result<&mut aya::programs::Program> {

@@ -8,4 +8,5 @@ pub mod layout;
 pub mod log;
 pub mod net;
 pub mod scenario;
+pub mod sockets;
 pub mod targets;

@@ -69,6 +69,19 @@ pub enum Record<'a> {
         pid: u32,
         tuples: usize,
     },
+    /// A partition began: the process's current tuples are silent both ways.
+    Partitioned {
+        t_ns: u64,
+        pid: u32,
+        fault: &'a str,
+        tuples: usize,
+    },
+    /// The partition's `duration` passed: its tuples speak again.
+    Healed {
+        t_ns: u64,
+        pid: u32,
+        tuples: usize,
+    },
     /// `resume_after` passed (or the campaign ended): SIGCONT for a stopped process.
     Resumed {
         t_ns: u64,

@@ -50,7 +50,7 @@ pub struct Fault {
     pub per: Per,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// `action = "kill"`: SIGKILL; the OS then closes the victim's connections as usual.
     Kill,
@@ -62,14 +62,19 @@ pub enum Action {
     /// `action = "stop"`: SIGSTOP; SIGCONT after `resume_after` (else the process stays stopped
     /// until the campaign ends, when fij resumes it).
     Stop { resume_after: Option<Duration> },
+    /// `action = "partition"`: nothing is signalled; the process's connections (those on
+    /// `ports`, when given) go silent both ways for `duration` (else until the campaign ends).
+    Partition { duration: Option<Duration>, ports: Vec<u16> },
 }
 
 impl Action {
-    pub fn signal(self) -> i32 {
+    /// The signal sent in kernel, or 0 for none (`partition`).
+    pub fn signal(&self) -> i32 {
         match self {
             Action::Kill | Action::Crash { .. } => libc::SIGKILL,
-            Action::Signal(sig) => sig,
+            Action::Signal(sig) => *sig,
             Action::Stop { .. } => libc::SIGSTOP,
+            Action::Partition { .. } => 0,
         }
     }
 }

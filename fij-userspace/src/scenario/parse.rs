@@ -281,6 +281,24 @@ fn target(
     (name, target)
 }
 
+/// `ports = [6379, 2380]`: TCP/UDP port numbers (1..=65535).
+fn ports(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Vec<u16>> {
+    let array = cx.array(e, "an array of port numbers such as [6379, 2380]")?;
+    let mut ports = Vec::new();
+    let mut ok = true;
+    for (i, value) in array.iter().enumerate() {
+        let at = value.span().map_or(e.at, |s| s.start);
+        match value.as_integer().map(u16::try_from) {
+            Some(Ok(port)) if port > 0 => ports.push(port),
+            _ => {
+                cx.error(at, format!("`{}[{i}]`: expected a port number from 1 to 65535", e.label));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(ports)
+}
+
 fn argv(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Vec<String>> {
     let array = cx.array(
         e,
@@ -394,10 +412,11 @@ enum ActionKind {
     Signal,
     Crash,
     Stop,
+    Partition,
 }
 
 impl ActionKind {
-    const NAMES: [&'static str; 4] = ["kill", "signal", "crash", "stop"];
+    const NAMES: [&'static str; 5] = ["kill", "signal", "crash", "stop", "partition"];
 
     fn name(self) -> &'static str {
         Self::NAMES[self as usize]
@@ -447,19 +466,13 @@ fn fault(
             "signal" => Some(ActionKind::Signal),
             "crash" => Some(ActionKind::Crash),
             "stop" => Some(ActionKind::Stop),
-            "partition" => {
-                cx.error(
-                    e.at,
-                    "action `partition` is not supported by this version of fij (it is \
-                     planned); supported actions: `kill`, `signal`, `crash`, `stop`",
-                );
-                None
-            }
+            "partition" => Some(ActionKind::Partition),
             _ => {
                 cx.error(
                     e.at,
                     format!(
-                        "unknown action `{action}`: expected `kill`, `signal`, `crash` or `stop`{}",
+                        "unknown action `{action}`: expected `kill`, `signal`, `crash`, `stop` or \
+                         `partition`{}",
                         did_you_mean(action, ActionKind::NAMES)
                     ),
                 );
@@ -474,10 +487,16 @@ fn fault(
     let recover_after = recover_entry.as_ref().and_then(|e| cx.duration(e));
     let resume_entry = r.get("resume_after");
     let resume_after = resume_entry.as_ref().and_then(|e| cx.duration(e));
+    let heal_entry = r.get("duration");
+    let heal_after = heal_entry.as_ref().and_then(|e| cx.duration(e));
+    let ports_entry = r.get("ports");
+    let ports = ports_entry.as_ref().and_then(|e| ports(cx, e));
     if let Some(kind) = action {
         for (entry, key, owner) in [
             (&recover_entry, "recover_after", ActionKind::Crash),
             (&resume_entry, "resume_after", ActionKind::Stop),
+            (&heal_entry, "duration", ActionKind::Partition),
+            (&ports_entry, "ports", ActionKind::Partition),
         ] {
             if let Some(e) = entry.as_ref().filter(|_| kind != owner) {
                 cx.error(
@@ -530,7 +549,16 @@ fn fault(
         (Some(ActionKind::Kill), None) => Some(Action::Kill),
         (Some(ActionKind::Crash), None) => Some(Action::Crash { recover_after }),
         (Some(ActionKind::Stop), None) => Some(Action::Stop { resume_after }),
-        (Some(kind @ (ActionKind::Kill | ActionKind::Crash | ActionKind::Stop)), Some(e)) => {
+        (Some(ActionKind::Partition), None) => Some(Action::Partition {
+            duration: heal_after,
+            ports: ports.unwrap_or_default(),
+        }),
+        (
+            Some(
+                kind @ (ActionKind::Kill | ActionKind::Crash | ActionKind::Stop | ActionKind::Partition),
+            ),
+            Some(e),
+        ) => {
             cx.error(
                 e.key_at,
                 format!(
@@ -1229,7 +1257,7 @@ trigger.syscall = "read"
         assert_eq!(scenario.targets[1].source, TargetSource::Pid(99));
         let f = &scenario.faults[0];
         assert_eq!(
-            (f.target, f.action, f.count, f.per),
+            (f.target, f.action.clone(), f.count, f.per),
             (1, Action::Signal(10), 1, Per::Process)
         );
         assert_eq!(
@@ -1537,7 +1565,7 @@ trigger.syscall = "read"
             parse(&fault(&format!(
                 "action = \"signal\"\nsignal = {value}\ntrigger.syscall = \"read\"\n"
             )))
-            .map(|s| s.faults[0].action)
+            .map(|s| s.faults[0].action.clone())
         };
         for name in ["\"SIGTERM\"", "\"sigterm\"", "\"TERM\"", "\"term\"", "15"] {
             assert_eq!(signal(name), Ok(Action::Signal(libc::SIGTERM)), "{name}");
@@ -1572,22 +1600,37 @@ trigger.syscall = "read"
     }
 
     #[test]
-    fn unsupported_and_unknown_actions() {
-        for action in ["crash", "stop", "partition"] {
-            assert_error(
-                &fault(&format!(
-                    "action = \"{action}\"\ntrigger.syscall = \"read\"\n"
-                )),
-                7,
-                10,
-                &format!("action `{action}` is not supported by this version"),
-            );
-        }
+    fn crash_stop_partition_and_unknown_actions() {
+        let action = |body: &str| parse(&fault(body)).map(|s| s.faults[0].action.clone());
+        assert_eq!(
+            action("action = \"crash\"\nrecover_after = \"2s\"\ntrigger.syscall = \"read\"\n"),
+            Ok(Action::Crash { recover_after: Some(Duration::from_secs(2)) })
+        );
+        assert_eq!(
+            action("action = \"stop\"\ntrigger.syscall = \"read\"\n"),
+            Ok(Action::Stop { resume_after: None })
+        );
+        assert_eq!(
+            action("action = \"partition\"\nduration = \"3s\"\nports = [80]\ntrigger.syscall = \"read\"\n"),
+            Ok(Action::Partition { duration: Some(Duration::from_secs(3)), ports: vec![80] })
+        );
+        assert_error(
+            &fault("action = \"kill\"\nrecover_after = \"2s\"\ntrigger.syscall = \"read\"\n"),
+            8,
+            1,
+            "`recover_after` only applies to `action = \"crash\"`, not `kill`",
+        );
+        assert_error(
+            &fault("action = \"partition\"\nports = [0]\ntrigger.syscall = \"read\"\n"),
+            8,
+            10,
+            "`ports[0]`: expected a port number from 1 to 65535",
+        );
         assert_error(
             &fault("action = \"kil\"\ntrigger.syscall = \"read\"\n"),
             7,
             10,
-            "unknown action `kil`: expected `kill` or `signal` (did you mean `kill`?)",
+            "unknown action `kil`: expected `kill`, `signal`, `crash`, `stop` or `partition` (did you mean `kill`?)",
         );
     }
 
