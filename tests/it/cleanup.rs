@@ -1,0 +1,124 @@
+//! No fij program, link or map outlives fij: after a normal end, and after fij is SIGKILLed (its
+//! links are owned by its file descriptors, so the kernel drops them with the process).
+use std::time::{Duration, Instant};
+
+use fij_tests::{
+    BpfFds, CLEANUP_TIMEOUT, Fij, TempDir, alive, bpf_fds, fij_programs, kill_spawned_target,
+    leftover_fij_programs, links, maps, numbered_lines, read_lines, send_signal, wait_until,
+    workload,
+};
+
+/// A scenario whose target `w` runs `command` under a kill-on-write fault, so that every fij
+/// program (syscall entry, fork, exit) is attached.
+fn scenario(duration: &str, command: &str) -> String {
+    format!(
+        "{duration}[[target]]\nname = \"w\"\ncommand = {command}\n\n[[fault]]\nname = \"f\"\ntarget = \"w\"\n\
+         action = \"kill\"\ntrigger = {{ syscall = \"write\" }}\nnth = 100\n"
+    )
+}
+
+/// The BPF objects fij holds once armed; checks all three programs are there.
+fn armed_objects(fij_pid: u32) -> BpfFds {
+    let held = bpf_fds(fij_pid);
+    let mut names: Vec<String> = fij_programs()
+        .into_iter()
+        .filter(|p| held.progs.contains(&p.id))
+        .map(|p| p.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["fij_exit", "fij_fork", "fij_sys_enter"],
+        "programs held by fij"
+    );
+    assert_eq!(
+        held.links.len(),
+        3,
+        "fij holds one link per program: {held:?}"
+    );
+    assert!(!held.maps.is_empty(), "{held:?}");
+    held
+}
+
+/// Polls until none of `held`'s programs, links and maps exist and no `fij_` program is left
+/// over ([`leftover_fij_programs`]); fails after [`CLEANUP_TIMEOUT`].
+fn assert_all_released(held: &BpfFds) {
+    let give_up = Instant::now() + CLEANUP_TIMEOUT;
+    loop {
+        let progs: Vec<_> = fij_programs()
+            .into_iter()
+            .filter(|p| held.progs.contains(&p.id))
+            .chain(leftover_fij_programs())
+            .collect();
+        let links: Vec<u64> = links()
+            .iter()
+            .filter_map(|l| l["id"].as_u64())
+            .filter(|id| held.links.contains(id))
+            .collect();
+        let maps: Vec<u64> = maps()
+            .iter()
+            .filter_map(|m| m["id"].as_u64())
+            .filter(|id| held.maps.contains(id))
+            .collect();
+        if progs.is_empty() && links.is_empty() && maps.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{CLEANUP_TIMEOUT:?} after fij ended, still there: programs {progs:?}, links {links:?}, maps {maps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Test 12a: after a normal end, every program, link and map fij had is gone.
+#[test]
+fn nothing_remains_after_a_normal_end() {
+    let dir = TempDir::new("cleanup-normal");
+    let (out, go) = (dir.join("out.txt"), dir.join("go"));
+    let command = workload!().command(&[&"write-lines", &out, &"3", &"--wait-for", &go]);
+    let scenario = dir.write("s.toml", &scenario("", &command));
+
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    let held = armed_objects(fij.pid());
+    std::fs::write(&go, "").unwrap();
+    let run = fij.wait(); // also polls until no fij_ program is loaded
+    run.assert_exit(0);
+    assert_eq!(run.log.end()["reason"], "targets_exited", "{run}");
+    assert_eq!(read_lines(&out), numbered_lines(3));
+    assert_all_released(&held);
+}
+
+/// Test 12b: SIGKILL fij in the middle of a campaign: the kernel drops its programs, links and
+/// maps with it. Its target, spawned by fij, is left running (orphaned); the test ends it.
+#[test]
+fn nothing_remains_after_fij_is_sigkilled() {
+    let dir = TempDir::new("cleanup-sigkill");
+    let command = workload!().command(&[&"sleep", &"60000"]);
+    let scenario = dir.write("s.toml", &scenario("duration = \"60s\"\n", &command));
+
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    let target = fij.log().target_pid("w");
+    let held = armed_objects(fij.pid());
+    send_signal(fij.pid(), libc::SIGKILL);
+    let out = fij.finish();
+    assert_eq!(out.ended, fij_tests::Ended::Signal(libc::SIGKILL), "{out}");
+    assert_all_released(&held);
+
+    assert!(
+        alive(target),
+        "the orphaned target {target} should still be running"
+    );
+    let target_fds = bpf_fds(target);
+    assert_eq!(
+        target_fds,
+        BpfFds::default(),
+        "the target holds fij's BPF objects"
+    );
+    kill_spawned_target(target);
+    wait_until(Duration::from_secs(3), "the orphaned target to die", || {
+        (!alive(target)).then_some(())
+    });
+}

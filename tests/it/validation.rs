@@ -1,0 +1,218 @@
+//! Input that fij must refuse before it loads or runs anything: invalid scenario files (exit 2,
+//! every error at its exact `file:line:col`) and pids it must never adopt.
+use std::{path::Path, time::Duration};
+
+use fij_tests::{Ended, Fij, FijOutput, TempDir, bpf_fds_of, toml_array};
+
+/// Runs `fij run` on `scenario`, watching fij's file descriptors while it runs; returns the
+/// output and whether fij ever held a BPF program or map (it must load nothing).
+fn run_watching_programs(dir: &TempDir, scenario: &Path) -> (FijOutput, bool) {
+    let mut fij = Fij::run(dir, scenario).spawn();
+    let pid = fij.pid();
+    let mut loaded = false;
+    while fij.running() {
+        let held = bpf_fds_of(pid);
+        loaded |= !held.progs.is_empty() || !held.maps.is_empty();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (fij.wait(), loaded)
+}
+
+fn adopt(label: &str, pid: u32) -> (FijOutput, bool) {
+    let dir = TempDir::new(label);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"t\"\npid = {pid}\n\n[[fault]]\nname = \"f\"\ntarget = \"t\"\n\
+             action = \"signal\"\nsignal = \"SIGUSR1\"\ntrigger = {{ syscall = \"write\" }}\n"
+        ),
+    );
+    run_watching_programs(&dir, &scenario)
+}
+
+/// Test 10: the test process is an ancestor of the fij it starts: fij refuses to adopt it (exit
+/// 2, saying why), loads nothing, and the test is of course not signalled (SIGUSR1 would end it).
+#[test]
+fn adopting_an_ancestor_of_fij_is_refused() {
+    let (run, loaded) = adopt("adopt-ancestor", std::process::id());
+    run.assert_exit(2);
+    assert!(run.stderr.contains("never signals"), "{run}");
+    assert!(run.stderr.contains("ancestor"), "{run}");
+    assert!(!loaded, "fij loaded programs before refusing the scenario");
+    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+}
+
+#[test]
+fn adopting_pid_1_is_refused() {
+    let (run, loaded) = adopt("adopt-init", 1);
+    run.assert_exit(2);
+    // Refused by the scenario check (`pid` must be greater than 1) or by the adoption check.
+    assert!(
+        run.stderr.contains("greater than 1") || run.stderr.contains("pid 1 is never a target"),
+        "{run}"
+    );
+    assert!(!loaded);
+    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+}
+
+#[test]
+fn adopting_a_kernel_thread_is_refused() {
+    // kthreadd is pid 2 on every Linux system.
+    let (run, loaded) = adopt("adopt-kthread", 2);
+    run.assert_exit(2);
+    assert!(run.stderr.contains("kernel thread"), "{run}");
+    assert!(!loaded);
+    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+}
+
+#[test]
+fn adopting_a_nonexistent_pid_is_refused() {
+    // Above pid_max (so nothing has it) but within what the scenario format accepts.
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = (pid_max..=4_194_304).find(|p| !Path::new(&format!("/proc/{p}")).exists());
+    let pid = pid.expect("a pid no process has");
+    let (run, loaded) = adopt("adopt-none", pid);
+    run.assert_exit(2);
+    assert!(run.stderr.contains("does not exist"), "{run}");
+    assert!(!loaded);
+    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+}
+
+/// A valid scenario (lines 1-10) whose target would create `marker`, edited by `edit` into one
+/// with a single error.
+fn scenario_with(marker: &Path, edit: impl Fn(&str) -> String) -> String {
+    let command = toml_array(&["sh", "-c", &format!("touch {}", marker.display())]);
+    let valid = format!(
+        "[[target]]\n\
+         name = \"w\"\n\
+         command = {command}\n\
+         \n\
+         [[fault]]\n\
+         name = \"f\"\n\
+         target = \"w\"\n\
+         action = \"kill\"\n\
+         trigger = {{ syscall = \"write\" }}\n\
+         nth = 1\n"
+    );
+    edit(&valid)
+}
+
+/// Turns the valid scenario into one with an error.
+type Edit = &'static dyn Fn(&str) -> String;
+
+/// Test 11: one error per class; `fij validate` and `fij run` both exit 2, print the error at
+/// its exact position, and nothing runs (the target would create a marker file).
+#[test]
+fn invalid_scenarios_are_refused_at_the_exact_position() {
+    // (class, edit, line, col, message fragment)
+    let cases: &[(&str, Edit, usize, usize, &str)] = &[
+        (
+            "unknown-key",
+            &|s| s.replace("nth = 1", "nht = 1"),
+            10,
+            1,
+            "unknown key `nht` in [[fault]]",
+        ),
+        (
+            "wrong-type",
+            &|s| s.replace("nth = 1", "nth = \"1\""),
+            10,
+            7,
+            "`nth`: expected an integer, found a string",
+        ),
+        (
+            "unknown-syscall",
+            &|s| s.replace("syscall = \"write\"", "syscall = \"wrte\""),
+            9,
+            23,
+            "unknown syscall `wrte`",
+        ),
+        (
+            "undefined-target",
+            &|s| s.replace("target = \"w\"", "target = \"nope\""),
+            7,
+            10,
+            "undefined target `nope` (defined targets: `w`)",
+        ),
+        (
+            "nth-zero",
+            &|s| s.replace("nth = 1", "nth = 0"),
+            10,
+            7,
+            "nth is 1-based",
+        ),
+        (
+            "missing-key",
+            &|s| s.replace("action = \"kill\"\n", ""),
+            5,
+            1,
+            "missing required key `action` in [[fault]]",
+        ),
+        (
+            "toml-syntax",
+            &|s| s.replace("[[fault]]", "[[fault]"),
+            5,
+            8,
+            "TOML syntax error",
+        ),
+        (
+            "zero-duration",
+            &|s| format!("duration = \"0s\"\n{s}"),
+            1,
+            12,
+            "`duration` must be greater than 0",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (class, edit, line, col, fragment) in cases {
+        let dir = TempDir::new(&format!("invalid-{class}"));
+        let marker = dir.join("marker");
+        let scenario = dir.write("s.toml", &scenario_with(&marker, edit));
+        let expected = format!("{}:{line}:{col}: ", scenario.display());
+        for run in [
+            Fij::validate(&scenario).output(),
+            Fij::run(&dir, &scenario).output(),
+        ] {
+            let first = run.stderr.lines().find(|l| l.starts_with(&expected));
+            let ok = run.ended == Ended::Code(2)
+                && first.is_some_and(|l| l.contains(fragment))
+                && run.log.0.is_empty()
+                && !marker.exists();
+            if !ok {
+                failures.push(format!(
+                    "[{class}] expected exit 2 and `{expected}…{fragment}…`, nothing run (marker absent: {})\n{run}",
+                    !marker.exists()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The same errors are reported with the path as given on the command line (here relative).
+#[test]
+fn error_positions_name_the_file_as_given() {
+    let dir = TempDir::new("relative-path");
+    let marker = dir.join("marker");
+    dir.write(
+        "s.toml",
+        &scenario_with(&marker, |s| s.replace("nth = 1", "nth = 0")),
+    );
+    let run = Fij::validate(Path::new("s.toml"))
+        .current_dir(dir.path())
+        .output();
+    run.assert_exit(2);
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with("s.toml:10:7: ")),
+        "{run}"
+    );
+}

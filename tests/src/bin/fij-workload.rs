@@ -1,0 +1,201 @@
+//! `fij-workload`: the deterministic target program of fij's integration tests.
+//!
+//! Every `write(2)` it makes is an explicit `libc::write` of one whole line, so a test knows
+//! exactly which write is hit number N (Rust's runtime makes no `write` at startup or exit, and
+//! nothing here uses `std::io` on the standard streams). Reports that must not count as `write`
+//! hits go through `writev(2)`, a different syscall. On a usage or I/O error it exits 100+ with a
+//! message on stderr (a `write`, but then the test fails anyway).
+//!
+//! Modes:
+//!
+//! - `write-lines FILE N [--sleep-ms M] [--pause-after K --pause-ms P] [--wait-for PATH]`:
+//!   opens FILE for writing (created and truncated unless it is a FIFO), waits until PATH exists
+//!   if asked, then writes `line 1` … `line N`, one `write` per line, sleeping M ms between
+//!   lines, and P ms once after line K. Exits 0.
+//! - `usr1-lines FILE N`: counts SIGUSR1 in a handler, writes `line I usr1=C` for I in 1..=N,
+//!   where C is how many SIGUSR1 arrived before line I was formatted, then `end usr1=C`: N + 1
+//!   writes. A signal injected on write W shows up as C going up on line W + 1. Exits 0.
+//! - `fork FILE REPORT`: writes `parent 1`, `parent 2` to FILE, forks a child that writes
+//!   `child 1`, `child 2` to FILE and exits 0, waits for it, then writes (with `writev`) to
+//!   REPORT `child PID exited CODE` or `child PID killed SIGNO`. Parent writes: exactly 2.
+//! - `wait-for PATH`: exits 0 as soon as PATH exists (polls every 10 ms, no writes).
+//! - `sleep MS`: sleeps MS milliseconds and exits 0 (no writes).
+//!
+//! `--wait-for` and `wait-for` give up after 60 s (exit 104), so a forgotten workload does not
+//! linger; `sleep` sleeps as long as asked (the tests end such targets themselves).
+use std::{
+    ffi::CString,
+    path::Path,
+    process::exit,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+const GIVE_UP: Duration = Duration::from_secs(60);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["write-lines", file, n, opts @ ..] => write_lines(file, count(n), opts),
+        ["usr1-lines", file, n] => usr1_lines(file, count(n)),
+        ["fork", file, report] => fork(file, report),
+        ["wait-for", path] => wait_for(path),
+        ["sleep", ms] => std::thread::sleep(Duration::from_millis(count(ms))),
+        _ => fail(
+            100,
+            &format!("usage: see the top of fij-workload.rs; got {args:?}"),
+        ),
+    }
+}
+
+fn fail(code: i32, message: &str) -> ! {
+    eprintln!("fij-workload: {message}");
+    exit(code)
+}
+
+fn count(s: &str) -> u64 {
+    s.parse()
+        .unwrap_or_else(|_| fail(100, &format!("not a number: {s}")))
+}
+
+fn open_for_writing(path: &str) -> i32 {
+    let c = CString::new(path).unwrap_or_else(|_| fail(100, "NUL in path"));
+    let is_fifo = std::fs::metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_fifo()
+    });
+    let flags = if is_fifo {
+        libc::O_WRONLY
+    } else {
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC
+    };
+    // SAFETY: open on a NUL-terminated path we own.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+    if fd < 0 {
+        fail(
+            101,
+            &format!("cannot open {path}: {}", std::io::Error::last_os_error()),
+        );
+    }
+    fd
+}
+
+/// One `write(2)` of the whole line; anything else is an error.
+fn write_line(fd: i32, line: &str) {
+    // SAFETY: writing from a buffer we own.
+    let n = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+    if n != line.len() as isize {
+        fail(
+            102,
+            &format!("write returned {n}: {}", std::io::Error::last_os_error()),
+        );
+    }
+}
+
+fn wait_for(path: &str) {
+    let give_up = Instant::now() + GIVE_UP;
+    while !Path::new(path).exists() {
+        if Instant::now() > give_up {
+            fail(104, &format!("{path} never appeared"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn write_lines(file: &str, n: u64, opts: &[&str]) {
+    let (mut sleep_ms, mut pause_after, mut pause_ms, mut wait) = (0, 0, 0, None);
+    let mut opts = opts.iter();
+    while let Some(opt) = opts.next() {
+        let value = opts
+            .next()
+            .unwrap_or_else(|| fail(100, &format!("{opt} needs a value")));
+        match *opt {
+            "--sleep-ms" => sleep_ms = count(value),
+            "--pause-after" => pause_after = count(value),
+            "--pause-ms" => pause_ms = count(value),
+            "--wait-for" => wait = Some(*value),
+            _ => fail(100, &format!("unknown option {opt}")),
+        }
+    }
+    if let Some(path) = wait {
+        wait_for(path);
+    }
+    let fd = open_for_writing(file);
+    for i in 1..=n {
+        write_line(fd, &format!("line {i}\n"));
+        if i == pause_after {
+            std::thread::sleep(Duration::from_millis(pause_ms));
+        }
+        if sleep_ms > 0 && i < n {
+            std::thread::sleep(Duration::from_millis(sleep_ms));
+        }
+    }
+}
+
+static USR1: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    USR1.fetch_add(1, Ordering::SeqCst);
+}
+
+fn usr1_lines(file: &str, n: u64) {
+    // SAFETY: installing an async-signal-safe handler (one atomic add).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_usr1 as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()) != 0 {
+            fail(103, "sigaction failed");
+        }
+    }
+    let fd = open_for_writing(file);
+    for i in 1..=n {
+        write_line(
+            fd,
+            &format!("line {i} usr1={}\n", USR1.load(Ordering::SeqCst)),
+        );
+    }
+    write_line(fd, &format!("end usr1={}\n", USR1.load(Ordering::SeqCst)));
+}
+
+fn fork(file: &str, report: &str) {
+    let fd = open_for_writing(file);
+    let report_fd = open_for_writing(report);
+    write_line(fd, "parent 1\n");
+    write_line(fd, "parent 2\n");
+    // SAFETY: single-threaded process; the child only makes raw syscalls and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        fail(103, "fork failed");
+    }
+    if pid == 0 {
+        for line in ["child 1\n", "child 2\n"] {
+            // SAFETY: as in write_line, without allocating.
+            if unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) } != line.len() as isize {
+                unsafe { libc::_exit(102) };
+            }
+        }
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        fail(103, "waitpid failed");
+    }
+    let how = if libc::WIFSIGNALED(status) {
+        format!("killed {}", libc::WTERMSIG(status))
+    } else {
+        format!("exited {}", libc::WEXITSTATUS(status))
+    };
+    let line = format!("child {pid} {how}\n");
+    let iov = libc::iovec {
+        iov_base: line.as_ptr() as *mut _,
+        iov_len: line.len(),
+    };
+    // SAFETY: one iovec over a buffer we own. writev, not write: not a `write` hit.
+    if unsafe { libc::writev(report_fd, &iov, 1) } != line.len() as isize {
+        fail(102, "writev failed");
+    }
+}
