@@ -163,39 +163,24 @@ pub fn block(key: &Key, stream: u64, counter: u64) -> [u32; 16] {
 /// Only that block is computed.
 #[inline(always)]
 pub fn draw(key: &Key, stream: u64, position: u64) -> u64 {
-    let [
-        w0,
-        w1,
-        w2,
-        w3,
-        w4,
-        w5,
-        w6,
-        w7,
-        w8,
-        w9,
-        w10,
-        w11,
-        w12,
-        w13,
-        w14,
-        w15,
-    ] = block(key, stream, position / DRAWS_PER_BLOCK);
+    let w = block(key, stream, position / DRAWS_PER_BLOCK);
     let pair = |lo: u32, hi: u32| ((hi as u64) << 32) | lo as u64;
     // A three-level multiplexer on the bits of `position % 8`, without branches: a `match` would
-    // split the verifier's path eight ways at every draw.
+    // split the verifier's path eight ways at every draw, and a later draw at the same position
+    // would keep them apart (16 such draws in one program exceeded the 1M-instruction limit).
     let (b0, b1, b2) = (position & 1, (position >> 1) & 1, (position >> 2) & 1);
-    let p01 = mux(b0, pair(w0, w1), pair(w2, w3));
-    let p23 = mux(b0, pair(w4, w5), pair(w6, w7));
-    let p45 = mux(b0, pair(w8, w9), pair(w10, w11));
-    let p67 = mux(b0, pair(w12, w13), pair(w14, w15));
+    let p01 = mux(b0, pair(w[0], w[1]), pair(w[2], w[3]));
+    let p23 = mux(b0, pair(w[4], w[5]), pair(w[6], w[7]));
+    let p45 = mux(b0, pair(w[8], w[9]), pair(w[10], w[11]));
+    let p67 = mux(b0, pair(w[12], w[13]), pair(w[14], w[15]));
     mux(b2, mux(b1, p01, p23), mux(b1, p45, p67))
 }
 
-/// `a` when `bit` is 0, `b` when it is 1 — by masking, since BPF has no conditional move.
+/// `a` when `bit` is 0, `b` when it is 1, by masking. BPF has no conditional move: LLVM lowers a
+/// `select` to a branch, and it would turn the mask back into a `select` without the `black_box`.
 #[inline(always)]
 fn mux(bit: u64, a: u64, b: u64) -> u64 {
-    let mask = 0u64.wrapping_sub(bit);
+    let mask = core::hint::black_box(0u64.wrapping_sub(bit));
     a ^ ((a ^ b) & mask)
 }
 
