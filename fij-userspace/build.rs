@@ -16,36 +16,50 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
-    for dir in ["fij-ebpf/src", "fij-ebpf/Cargo.toml", "fij-common/src", "fij-common/Cargo.toml"] {
+    for dir in [
+        "fij-ebpf/src",
+        "fij-ebpf/Cargo.toml",
+        "fij-common/src",
+        "fij-common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=FIJ_EBPF_RUSTC");
     println!("cargo:rerun-if-env-changed=FIJ_EBPF_CARGO");
 
     // Overridable for other layouts; defaults are where Debian's rustc-web/cargo-web put them.
-    let rustc = env::var_os("FIJ_EBPF_RUSTC").map_or_else(|| PathBuf::from("/usr/bin/rustc"), PathBuf::from);
-    let cargo = env::var_os("FIJ_EBPF_CARGO").map_or_else(|| PathBuf::from("/usr/bin/cargo"), PathBuf::from);
+    let rustc = env::var_os("FIJ_EBPF_RUSTC")
+        .map_or_else(|| PathBuf::from("/usr/bin/rustc"), PathBuf::from);
+    let cargo = env::var_os("FIJ_EBPF_CARGO")
+        .map_or_else(|| PathBuf::from("/usr/bin/cargo"), PathBuf::from);
     let cargo_bin = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .map(|h| h.join("bin"))
         .unwrap_or_default();
     let path = env::join_paths(
-        std::iter::once(cargo_bin.clone()).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+        std::iter::once(cargo_bin.clone())
+            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
     )
     .unwrap();
 
     let missing: Vec<String> = [
         (!rustc.exists()).then(|| format!("{} (Debian package rustc-web)", rustc.display())),
         (!cargo.exists()).then(|| format!("{} (Debian package cargo-web)", cargo.display())),
-        (!core_sources_present(&rustc)).then(|| "core library sources (Debian package rust-web-src)".into()),
-        which("bpf-linker", &path).is_none().then(|| "bpf-linker (cargo install bpf-linker)".into()),
+        (!core_sources_present(&rustc))
+            .then(|| "core library sources (Debian package rust-web-src)".into()),
+        which("bpf-linker", &path)
+            .is_none()
+            .then(|| "bpf-linker (cargo install bpf-linker)".into()),
     ]
     .into_iter()
     .flatten()
     .collect();
     if !missing.is_empty() {
-        panic!("cannot build fij's eBPF programs, missing: {}; {SETUP_HINT}", missing.join(", "));
+        panic!(
+            "cannot build fij's eBPF programs, missing: {}; {SETUP_HINT}",
+            missing.join(", ")
+        );
     }
 
     let target_dir = out_dir.join("ebpf-target");
@@ -70,10 +84,19 @@ fn main() {
         .env("RUSTC", &rustc)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-        .args(["build", "--package", "fij-ebpf", "--release", "--target", "bpfel-unknown-none"])
+        .args([
+            "build",
+            "--package",
+            "fij-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir);
-    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {}: {e}; {SETUP_HINT}", cargo.display()));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {SETUP_HINT}", cargo.display()));
     if !status.success() {
         panic!("building fij-ebpf failed ({status}); if the toolchain is incomplete, {SETUP_HINT}");
     }
@@ -87,9 +110,13 @@ fn core_sources_present(rustc: &Path) -> bool {
         return false;
     };
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    sysroot.join("lib/rustlib/src/rust/library/core/src/lib.rs").exists()
+    sysroot
+        .join("lib/rustlib/src/rust/library/core/src/lib.rs")
+        .exists()
 }
 
 fn which(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
-    env::split_paths(path).map(|dir| dir.join(name)).find(|p| p.is_file())
+    env::split_paths(path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }

@@ -51,6 +51,8 @@ pub struct HookFaults {
 
 /// `FaultRule::flags`: hits are counted per target (shared by all its processes), not per process.
 pub const RULE_PER_TARGET: u32 = 1 << 0;
+/// `FaultRule::flags`: an eligible hit fires only when its draw passes `probability`.
+pub const RULE_PROBABILITY: u32 = 1 << 2;
 /// `FaultRule::flags`: the action is `crash`: before the signal, the victim is marked crashed so
 /// that every socket it releases while dying is silenced (see [`SilenceKey`]).
 pub const RULE_CRASH: u32 = 1 << 1;
@@ -68,7 +70,10 @@ pub struct FaultRule {
     pub after_ns: u64,
     /// At most this many injections for this fault over the whole campaign.
     pub count: u64,
-    /// Signal sent on fire.
+    /// With `RULE_PROBABILITY`: the threshold a hit's draw must pass
+    /// (`random::fires_with`; `random::probability_threshold(p)` on the loader's side).
+    pub probability: u64,
+    /// Signal sent on fire (0: none, the event alone tells the loader to act).
     pub signal: u32,
     pub flags: u32,
 }
@@ -167,9 +172,11 @@ pub struct SilenceEntry {
 pub const CONFIG_START_NS: u32 = 0;
 /// Non-zero while injecting is allowed; userspace clears it to stop injecting before detaching.
 pub const CONFIG_ARMED: u32 = 1;
-/// Number of silenced tuples (kept by the kernel): the tc programs skip parsing while it is 0.
+/// Non-zero while any tuple is silenced: the tc program skips parsing while it is 0.
 pub const CONFIG_SILENCED: u32 = 2;
-pub const CONFIG_LEN: u32 = 3;
+/// The campaign seed (key of every in-kernel draw, see `random`).
+pub const CONFIG_SEED: u32 = 3;
+pub const CONFIG_LEN: u32 = 4;
 
 /// Layout facts of the running kernel, found by the loader (BTF, tracefs formats) and handed
 /// to the programs as a read-only global, since Rust eBPF has no CO-RE relocations.
@@ -230,6 +237,8 @@ pub struct Event {
     /// Index of the target the process belongs to.
     pub target_idx: u32,
     pub _pad: u32,
+    /// The draw that decided a probabilistic injection (0 when the rule has no probability).
+    pub draw: u64,
 }
 
 #[cfg(feature = "user")]
@@ -256,14 +265,21 @@ mod tests {
     use super::*;
 
     fn rule(nth: u64, every: u64) -> FaultRule {
-        FaultRule { nth, every, ..Default::default() }
+        FaultRule {
+            nth,
+            every,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn nth_alone_fires_once() {
         let r = rule(5, 0);
         let fired: [bool; 8] = core::array::from_fn(|i| r.fires_on(i as u64 + 1));
-        assert_eq!(fired, [false, false, false, false, true, false, false, false]);
+        assert_eq!(
+            fired,
+            [false, false, false, false, true, false, false, false]
+        );
     }
 
     #[test]
@@ -277,7 +293,10 @@ mod tests {
     fn nth_and_every_is_strace_first_plus_step() {
         let r = rule(2, 3);
         let fired: [bool; 9] = core::array::from_fn(|i| r.fires_on(i as u64 + 1));
-        assert_eq!(fired, [false, true, false, false, true, false, false, true, false]);
+        assert_eq!(
+            fired,
+            [false, true, false, false, true, false, false, true, false]
+        );
     }
 
     #[test]

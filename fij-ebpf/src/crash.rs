@@ -11,7 +11,9 @@
 //!   release.
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{cgroup_sock, raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, SockContext, TracePointContext},
 };
@@ -26,7 +28,8 @@ const TCP_LISTEN: i32 = 10;
 /// The all-zero wildcard for "any address" in both of its spellings (`::`, `::ffff:0.0.0.0`).
 #[inline(always)]
 fn normalized(addr: [u8; 16]) -> [u8; 16] {
-    let v4_any = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff && addr[12..] == [0; 4];
+    let v4_any =
+        addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff && addr[12..] == [0; 4];
     if v4_any { [0; 16] } else { addr }
 }
 
@@ -34,7 +37,11 @@ fn normalized(addr: [u8; 16]) -> [u8; 16] {
 #[inline(always)]
 fn silence(key: &SilenceKey, tgid: u32, fault_id: u32, target_idx: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
-    let entry = SilenceEntry { tgid, fault_id, ktime_ns: now };
+    let entry = SilenceEntry {
+        tgid,
+        fault_id,
+        ktime_ns: now,
+    };
     if SILENCED.insert(key, &entry, 0).is_ok() {
         let _ = CONFIG.set(CONFIG_SILENCED, 1u64, 0);
     }
@@ -44,7 +51,9 @@ fn silence(key: &SilenceKey, tgid: u32, fault_id: u32, target_idx: u32) {
         ktime_ns: now,
         tgid,
         tid: bpf_get_current_pid_tgid() as u32,
-        detail: (key.protocol as u64) << 32 | (key.local_port as u64) << 16 | key.remote_port as u64,
+        detail: (key.protocol as u64) << 32
+            | (key.local_port as u64) << 16
+            | key.remote_port as u64,
         target_idx,
         ..Event::default()
     });
@@ -63,7 +72,13 @@ pub fn fij_tcp_state(ctx: TracePointContext) -> i32 {
 #[inline(always)]
 fn tcp_state(ctx: &TracePointContext, tgid: u32, fault_id: u32, target_idx: u32) -> Option<()> {
     let l = layout();
-    let read = |off: u32| if off == u32::MAX { None } else { Some(off as usize) };
+    let read = |off: u32| {
+        if off == u32::MAX {
+            None
+        } else {
+            Some(off as usize)
+        }
+    };
     let protocol: u16 = unsafe { ctx.read_at(read(l.tcp_protocol)?) }.ok()?;
     if protocol != IPPROTO_TCP as u16 {
         return None;
@@ -81,7 +96,11 @@ fn tcp_state(ctx: &TracePointContext, tgid: u32, fault_id: u32, target_idx: u32)
         remote_port: if listening { 0 } else { remote_port },
         _pad2: 0,
         local_addr: normalized(local),
-        remote_addr: if listening { [0; 16] } else { normalized(remote) },
+        remote_addr: if listening {
+            [0; 16]
+        } else {
+            normalized(remote)
+        },
     };
     silence(&key, tgid, fault_id, target_idx);
     Some(())
@@ -101,14 +120,23 @@ fn record_udp_bind(ctx: &SockContext, local_addr: [u8; 16]) {
         return;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let bound = BoundUdp { local_addr: normalized(local_addr), local_port: word(&sk.src_port) as u16, _pad: [0; 6] };
+    let bound = BoundUdp {
+        local_addr: normalized(local_addr),
+        local_port: word(&sk.src_port) as u16,
+        _pad: [0; 6],
+    };
     let _ = BOUND_UDP.insert(&cookie, &bound, 0);
 }
 
 #[cgroup_sock(post_bind4)]
 pub fn fij_udp_bind4(ctx: SockContext) -> i32 {
     let addr = word(unsafe { &(*ctx.sock).src_ip4 }).to_ne_bytes();
-    record_udp_bind(&ctx, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]);
+    record_udp_bind(
+        &ctx,
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+        ],
+    );
     1 // allow: fij never changes what a socket does
 }
 

@@ -1,10 +1,14 @@
 //! The one place where a hit becomes an injection. Every trigger kind calls [`on_hit`], so the
 //! conditions (`after`, `nth`, `every`, `count`, `per`) mean the same for all of them.
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_send_signal};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_send_signal,
+};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use fij_common::{
-    CONFIG_ARMED, CONFIG_START_NS, EVENT_INJECTION, Event, HookKey, MAX_FAULTS_PER_HOOK,
-    CrashMark, PF_KTHREAD, ProcessCounter, RULE_CRASH, SIGNAL_REFUSED, ProcessCounterKey, RULE_PER_TARGET, TargetProcess,
+    CONFIG_ARMED, CONFIG_SEED, CONFIG_START_NS, CrashMark, EVENT_INJECTION, Event, HookKey,
+    MAX_FAULTS_PER_HOOK, PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_CRASH,
+    RULE_PER_TARGET, RULE_PROBABILITY, SIGNAL_REFUSED, TargetProcess,
+    random::{fires_with, hit_draw, key_from_seed},
 };
 
 use crate::maps::{
@@ -40,7 +44,15 @@ pub fn on_hit(process: &TargetProcess, tgid: u32, tid: u32, key: &HookKey, detai
         if i >= len {
             break;
         }
-        evaluate(faults.fault_ids[i], process, tgid, tid, now, since_start, detail);
+        evaluate(
+            faults.fault_ids[i],
+            process,
+            tgid,
+            tid,
+            now,
+            since_start,
+            detail,
+        );
     }
 }
 
@@ -72,6 +84,17 @@ fn evaluate(
     if hit == 0 || !rule.fires_on(hit) {
         return;
     }
+    // Hit k of fault f always owns draw (f, k-1): the decision depends on the seed and the hit
+    // number only, never on timing, so `fij plan` computes the same one in userspace.
+    let draw = if rule.flags & RULE_PROBABILITY != 0 {
+        let draw = fault_hit_draw(config(CONFIG_SEED), fault_id, hit);
+        if !fires_with(draw, rule.probability) {
+            return;
+        }
+        draw
+    } else {
+        0
+    };
     // Claim one of the fault's `count` injections; losers of a race past the cap do nothing.
     if unsafe { atomic_add(&raw mut (*counters).injections, 1) } >= rule.count {
         return;
@@ -82,7 +105,11 @@ fn evaluate(
     } else if may_signal(tgid) {
         // Marked before the signal, so the sockets it releases while dying are silenced.
         if rule.flags & RULE_CRASH != 0 {
-            let mark = CrashMark { fault_id, target_idx: process.target_idx, ktime_ns: now };
+            let mark = CrashMark {
+                fault_id,
+                target_idx: process.target_idx,
+                ktime_ns: now,
+            };
             let _ = CRASHED.insert(&tgid, &mark, 0);
         }
         unsafe { bpf_send_signal(rule.signal) as i32 }
@@ -101,7 +128,16 @@ fn evaluate(
         result,
         target_idx: process.target_idx,
         _pad: 0,
+        draw,
     });
+}
+
+/// One ChaCha20 draw. A global, not inlined function: the verifier checks it once instead of
+/// at every call site (one draw is ~3k verified instructions).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn fault_hit_draw(seed: u64, fault_id: u32, hit: u64) -> u64 {
+    hit_draw(&key_from_seed(seed), fault_id, hit)
 }
 
 /// Counts a hit in the current process's counter for `fault_id`; returns the hit number
@@ -115,8 +151,15 @@ fn process_hit(fault_id: u32, tgid: u32, generation: u64) -> u64 {
             return unsafe { atomic_add(&raw mut (*counter).hits, 1) + 1 };
         }
     }
-    let first = ProcessCounter { generation, hits: 1 };
-    if PROCESS_COUNTERS.insert(&key, &first, 0).is_ok() { 1 } else { 0 }
+    let first = ProcessCounter {
+        generation,
+        hits: 1,
+    };
+    if PROCESS_COUNTERS.insert(&key, &first, 0).is_ok() {
+        1
+    } else {
+        0
+    }
 }
 
 /// The absolute exclusions, checked here in the kernel whatever userspace put in the maps:

@@ -1,7 +1,9 @@
 //! Keeps the target set exact: children of targets join it when they are forked, processes
 //! leave it when they exit, so a pid recycled later is never a target.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -26,14 +28,21 @@ pub fn fij_fork(ctx: RawTracePointContext) -> i32 {
     };
     let child: *const u8 = ctx.arg(1);
     let l = layout();
-    let (Some(pid), Some(tgid)) = (read_task_u32(child, l.task_pid), read_task_u32(child, l.task_tgid)) else {
+    let (Some(pid), Some(tgid)) = (
+        read_task_u32(child, l.task_pid),
+        read_task_u32(child, l.task_tgid),
+    ) else {
         return 0;
     };
     let now = unsafe { bpf_ktime_get_ns() };
     if pid != tgid {
         return 0; // a new thread: its process is already in the set
     }
-    let entry = TargetProcess { target_idx: parent.target_idx, _pad: 0, generation: now };
+    let entry = TargetProcess {
+        target_idx: parent.target_idx,
+        _pad: 0,
+        generation: now,
+    };
     let target_idx = parent.target_idx;
     if TARGETS.insert(&pid, &entry, 0).is_ok() {
         emit(&Event {

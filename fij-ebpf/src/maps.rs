@@ -4,9 +4,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, RingBuf},
 };
 use fij_common::{
-    BoundUdp, CONFIG_LEN, CrashMark, MAX_CRASHED, MAX_SILENCED, SilenceEntry, SilenceKey, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout,
-    MAX_FAULTS, MAX_PROCESS_COUNTERS, MAX_PROTECTED, MAX_TARGET_PROCESSES, ProcessCounter,
-    ProcessCounterKey, TargetProcess,
+    BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
+    HookKey, KernelLayout, MAX_CRASHED, MAX_FAULTS, MAX_PROCESS_COUNTERS, MAX_PROTECTED,
+    MAX_SILENCED, MAX_TARGET_PROCESSES, ProcessCounter, ProcessCounterKey, SilenceEntry,
+    SilenceKey, TargetProcess,
 };
 
 /// The target set: tgid (and tids of their threads) → which target it belongs to.

@@ -70,7 +70,9 @@ fn quoted(ctx: &TcContext, off: usize, v6: bool) -> Option<Flow> {
 
 #[inline(always)]
 fn mapped(addr: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
 }
 
 /// The IPv4 or IPv6 header at `off`: (protocol, offset of the L4 header, source, destination).
@@ -79,7 +81,12 @@ fn mapped(addr: [u8; 4]) -> [u8; 16] {
 fn l3(ctx: &TcContext, off: usize, v6: bool) -> Option<(u8, usize, [u8; 16], [u8; 16])> {
     if v6 {
         let protocol = ctx.load::<u8>(off + 6).ok()?;
-        Some((protocol, off + 40, ctx.load(off + 8).ok()?, ctx.load(off + 24).ok()?))
+        Some((
+            protocol,
+            off + 40,
+            ctx.load(off + 8).ok()?,
+            ctx.load(off + 24).ok()?,
+        ))
     } else {
         let ihl = (ctx.load::<u8>(off).ok()? & 0x0f) as usize * 4;
         let protocol = ctx.load::<u8>(off + 9).ok()?;
@@ -93,7 +100,13 @@ fn l3(ctx: &TcContext, off: usize, v6: bool) -> Option<(u8, usize, [u8; 16], [u8
 fn ports(ctx: &TcContext, l4: usize, protocol: u8, src: [u8; 16], dst: [u8; 16]) -> Option<Flow> {
     let sport = u16::from_be(ctx.load::<u16>(l4).ok()?);
     let dport = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
-    Some(Flow { protocol, src, dst, sport, dport })
+    Some(Flow {
+        protocol,
+        src,
+        dst,
+        sport,
+        dport,
+    })
 }
 
 /// Whether either endpoint of `f` is a silenced socket: its exact tuple, or a listening /

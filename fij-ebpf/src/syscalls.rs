@@ -1,5 +1,7 @@
 //! Syscall triggers: the raw `sys_enter` tracepoint, the cheapest syscall-entry hook here.
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+};
 use fij_common::HookKey;
 
 use crate::{decide::on_hit, maps::TARGETS};
@@ -14,7 +16,10 @@ pub fn fij_sys_enter(ctx: RawTracePointContext) -> i32 {
     };
     // sys_enter(struct pt_regs *regs, long id)
     let nr: i64 = ctx.arg(1);
-    let key = HookKey { target_idx: process.target_idx, syscall_nr: nr as u32 };
+    let key = HookKey {
+        target_idx: process.target_idx,
+        syscall_nr: nr as u32,
+    };
     on_hit(process, tgid, pid_tgid as u32, &key, nr as u64);
     0
 }

@@ -4,8 +4,8 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
 use fij_common::{
-    SilenceEntry, EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_SILENCED, Event, FaultRule, HookKey, RULE_CRASH,
-    RULE_PER_TARGET, TargetProcess,
+    EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_SILENCED, Event, FaultRule, HookKey, RULE_CRASH,
+    RULE_PER_TARGET, RULE_PROBABILITY, SilenceEntry, TargetProcess, random,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -58,15 +58,33 @@ pub fn compile_rules(scenario: &Scenario) -> (Vec<FaultRule>, BTreeMap<HookKey, 
         .enumerate()
         .map(|(id, fault)| {
             let Trigger::Syscall { nr, .. } = &fault.trigger;
-            hooks.entry(HookKey { target_idx: fault.target as u32, syscall_nr: *nr }).or_default().push(id as u32);
+            hooks
+                .entry(HookKey {
+                    target_idx: fault.target as u32,
+                    syscall_nr: *nr,
+                })
+                .or_default()
+                .push(id as u32);
             FaultRule {
                 nth: fault.nth.unwrap_or(0),
                 every: fault.every.unwrap_or(0),
                 after_ns: fault.after.map_or(0, |d| d.as_nanos() as u64),
                 count: fault.count,
+                probability: fault.probability.map_or(0, random::probability_threshold),
                 signal: fault.action.signal() as u32,
-                flags: if fault.per == Per::Target { RULE_PER_TARGET } else { 0 }
-                    | if matches!(fault.action, Action::Crash { .. }) { RULE_CRASH } else { 0 },
+                flags: if fault.per == Per::Target {
+                    RULE_PER_TARGET
+                } else {
+                    0
+                } | if matches!(fault.action, Action::Crash { .. }) {
+                    RULE_CRASH
+                } else {
+                    0
+                } | if fault.probability.is_some() {
+                    RULE_PROBABILITY
+                } else {
+                    0
+                },
             }
         })
         .collect();
@@ -102,16 +120,30 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     let layout = layout::discover()?;
     let mut kernel = Kernel::load(&layout)?;
     kernel.attach_lifecycle()?;
-    if scenario.faults.iter().any(|f| matches!(f.trigger, Trigger::Syscall { .. })) {
+    if scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.trigger, Trigger::Syscall { .. }))
+    {
         kernel.attach_syscalls()?;
     }
-    let crashes = scenario.faults.iter().any(|f| matches!(f.action, Action::Crash { .. }));
-    let partitions = scenario.faults.iter().any(|f| matches!(f.action, Action::Partition { .. }));
+    let crashes = scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.action, Action::Crash { .. }));
+    let partitions = scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.action, Action::Partition { .. }));
     if crashes {
-        kernel.attach_crash(&layout).context("setting up crash (fij doctor tells what is missing)")?;
+        kernel
+            .attach_crash(&layout)
+            .context("setting up crash (fij doctor tells what is missing)")?;
     }
     if crashes || partitions {
-        let interfaces = kernel.attach_silencer().context("setting up the silencer (fij doctor tells what is missing)")?;
+        let interfaces = kernel
+            .attach_silencer()
+            .context("setting up the silencer (fij doctor tells what is missing)")?;
         info!(interfaces = %interfaces.join(","), "silencer attached");
     }
     for pid in &protected {
@@ -125,19 +157,28 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
 
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(random_seed);
     let start_ns = monotonic_ns();
-    kernel.arm(start_ns)?;
+    kernel.arm(start_ns, seed)?;
 
     let mut armed = Vec::new();
     for (target_idx, (target, program)) in scenario.targets.iter().zip(&programs).enumerate() {
-        let entry = |generation| TargetProcess { target_idx: target_idx as u32, _pad: 0, generation };
+        let entry = |generation| TargetProcess {
+            target_idx: target_idx as u32,
+            _pad: 0,
+            generation,
+        };
         match (&target.source, program) {
             (TargetSource::Command { argv, cwd, env }, Some(program)) => {
                 let mut child = GatedChild::spawn(program, argv, cwd.as_deref(), env)
                     .with_context(|| format!("target `{}`", target.name))?;
                 kernel.add_target(child.pid, entry(monotonic_ns()))?;
-                child.release().with_context(|| format!("target `{}`", target.name))?;
+                child
+                    .release()
+                    .with_context(|| format!("target `{}`", target.name))?;
                 info!(target = %target.name, pid = child.pid, "spawned {}", argv.join(" "));
-                armed.push(ArmedTarget { pid: child.pid, spawned: true });
+                armed.push(ArmedTarget {
+                    pid: child.pid,
+                    spawned: true,
+                });
             }
             (TargetSource::Pid(pid), _) => {
                 for pid in targets::process_tree(*pid) {
@@ -145,10 +186,16 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
                 }
                 // It may have exited between the check and the insert: then no exit event comes.
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    return Err(anyhow!("target `{}`: pid {pid} exited before it was armed", target.name));
+                    return Err(anyhow!(
+                        "target `{}`: pid {pid} exited before it was armed",
+                        target.name
+                    ));
                 }
                 info!(target = %target.name, pid, "adopted");
-                armed.push(ArmedTarget { pid: *pid, spawned: false });
+                armed.push(ArmedTarget {
+                    pid: *pid,
+                    spawned: false,
+                });
             }
             _ => unreachable!("programs were resolved for every command target"),
         }
@@ -162,15 +209,20 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
             .targets
             .iter()
             .zip(&armed)
-            .map(|(t, a)| TargetRecord { name: &t.name, pid: a.pid, spawned: a.spawned })
+            .map(|(t, a)| TargetRecord {
+                name: &t.name,
+                pid: a.pid,
+                spawned: a.spawned,
+            })
             .collect(),
     })?;
     info!(seed, scenario = %scenario_path, "campaign armed");
 
     let ring = kernel.take_events().context("event ring already taken")?;
     // SAFETY: the ring owns its fd and keeps it open for as long as the AsyncFd holds it.
-    let mut events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow!("polling the event ring: {e}"))?;
+    let mut events =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow!("polling the event ring: {e}"))?;
     let mut tally = Tally::default();
     let mut later = Later::default();
     let mut ctx = EventContext {
@@ -214,7 +266,9 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
                 break EndReason::TargetsExited;
             }
             if !waiting_told {
-                info!("every target exited; crashed sockets stay silent until recover_after, duration or Ctrl-C");
+                info!(
+                    "every target exited; crashed sockets stay silent until recover_after, duration or Ctrl-C"
+                );
                 waiting_told = true;
             }
         }
@@ -235,11 +289,18 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     reap(&armed);
     let t_ns = monotonic_ns().saturating_sub(start_ns);
     let injections = (0..scenario.faults.len() as u32)
-        .map(|id| kernel.counters(id).map(|c| c.injections.min(rules[id as usize].count)))
+        .map(|id| {
+            kernel
+                .counters(id)
+                .map(|c| c.injections.min(rules[id as usize].count))
+        })
         .sum::<Result<u64>>()?;
     let events_lost = kernel.events_lost();
     if events_lost > 0 {
-        warn!(events_lost, "the kernel dropped events: the ring buffer was full");
+        warn!(
+            events_lost,
+            "the kernel dropped events: the ring buffer was full"
+        );
     }
     log.write(&Record::End {
         t_ns,
@@ -249,15 +310,27 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         exits: tally.exits,
         events_lost,
     })?;
-    info!(?reason, injections, failed = tally.failed_injections, "campaign ended");
+    info!(
+        ?reason,
+        injections,
+        failed = tally.failed_injections,
+        "campaign ended"
+    );
     drop(kernel); // detaches every program
-    Ok(Report { reason, injections, failed_injections: tally.failed_injections })
+    Ok(Report {
+        reason,
+        injections,
+        failed_injections: tally.failed_injections,
+    })
 }
 
 /// Ends what fij spawned: SIGTERM to every live process of a spawned target, SIGKILL after a grace.
 async fn terminate_spawned(kernel: &Kernel, scenario: &Scenario, protected: &[u32]) {
     let spawned = |tp: &TargetProcess| {
-        matches!(scenario.targets[tp.target_idx as usize].source, TargetSource::Command { .. })
+        matches!(
+            scenario.targets[tp.target_idx as usize].source,
+            TargetSource::Command { .. }
+        )
     };
     let live = || {
         kernel
@@ -364,21 +437,38 @@ impl EventContext<'_> {
         match action.kind {
             LaterKind::Recover => {
                 let tuples = kernel.recover(action.pid)?;
-                info!(pid = action.pid, tuples, "recovered: the crashed process's tuples speak again");
-                self.log.write(&Record::Recovered { t_ns, pid: action.pid, tuples })
+                info!(
+                    pid = action.pid,
+                    tuples, "recovered: the crashed process's tuples speak again"
+                );
+                self.log.write(&Record::Recovered {
+                    t_ns,
+                    pid: action.pid,
+                    tuples,
+                })
             }
             LaterKind::Heal => {
                 let tuples = kernel.recover(action.pid)?;
                 info!(pid = action.pid, tuples, "partition healed");
-                self.log.write(&Record::Healed { t_ns, pid: action.pid, tuples })
+                self.log.write(&Record::Healed {
+                    t_ns,
+                    pid: action.pid,
+                    tuples,
+                })
             }
             LaterKind::Resume => {
                 // Only a process that is still a target: never a recycled pid.
-                if kernel.target_processes().iter().any(|(pid, _)| *pid == action.pid)
+                if kernel
+                    .target_processes()
+                    .iter()
+                    .any(|(pid, _)| *pid == action.pid)
                     && targets::signal_target(action.pid, libc::SIGCONT, self.protected)
                 {
                     info!(pid = action.pid, "resumed (SIGCONT)");
-                    self.log.write(&Record::Resumed { t_ns, pid: action.pid })?;
+                    self.log.write(&Record::Resumed {
+                        t_ns,
+                        pid: action.pid,
+                    })?;
                 }
                 Ok(())
             }
@@ -400,7 +490,11 @@ impl EventContext<'_> {
 
     fn handle(&mut self, kernel: &mut Kernel, e: &Event) -> Result<()> {
         let t_ns = e.ktime_ns.saturating_sub(self.start_ns);
-        let target = self.scenario.targets.get(e.target_idx as usize).map_or("?", |t| t.name.as_str());
+        let target = self
+            .scenario
+            .targets
+            .get(e.target_idx as usize)
+            .map_or("?", |t| t.name.as_str());
         match e.kind {
             EVENT_INJECTION => {
                 let fault = &self.scenario.faults[e.fault_id as usize];
@@ -415,20 +509,30 @@ impl EventContext<'_> {
                             warn!(pid = e.tgid, "partition: cannot read its sockets: {err:#}");
                             Vec::new()
                         });
-                        let entry = SilenceEntry { tgid: e.tgid, fault_id: e.fault_id, ktime_ns: e.ktime_ns };
+                        let entry = SilenceEntry {
+                            tgid: e.tgid,
+                            fault_id: e.fault_id,
+                            ktime_ns: e.ktime_ns,
+                        };
                         kernel.silence(&keys, entry)?;
                         info!(pid = e.tgid, tuples = keys.len(), "partitioned");
-                        self.log.write(&Record::Partitioned { t_ns, pid: e.tgid, fault: &fault.name, tuples: keys.len() })?;
+                        self.log.write(&Record::Partitioned {
+                            t_ns,
+                            pid: e.tgid,
+                            fault: &fault.name,
+                            tuples: keys.len(),
+                        })?;
                         if let Some(d) = duration {
                             self.later.schedule(at + *d, LaterKind::Heal, e.tgid);
                         }
                     }
-                    Action::Crash { recover_after: Some(d) } if delivered => {
-                        self.later.schedule(at + *d, LaterKind::Recover, e.tgid)
-                    }
+                    Action::Crash {
+                        recover_after: Some(d),
+                    } if delivered => self.later.schedule(at + *d, LaterKind::Recover, e.tgid),
                     Action::Stop { resume_after } if delivered => {
                         // Without resume_after the process stays stopped until the campaign ends.
-                        let at = resume_after.map_or(at + Duration::from_secs(u32::MAX as u64), |d| at + d);
+                        let at = resume_after
+                            .map_or(at + Duration::from_secs(u32::MAX as u64), |d| at + d);
                         self.later.schedule(at, LaterKind::Resume, e.tgid)
                     }
                     _ => {}
@@ -449,27 +553,69 @@ impl EventContext<'_> {
                     hit: e.hit,
                     syscall,
                     signal,
+                    draw: fault.probability.map(|_| e.draw),
                     delivered,
                     error,
                 })
             }
             EVENT_EXIT => {
                 self.tally.exits += 1;
-                let (code, signal) = if e.result < 0 { (None, None) } else { targets::describe_status(e.result) };
+                let (code, signal) = if e.result < 0 {
+                    (None, None)
+                } else {
+                    targets::describe_status(e.result)
+                };
                 let signal = signal.map(targets::signal_name);
-                info!(target, pid = e.tgid, ?code, signal = signal.as_deref().unwrap_or("-"), "exited");
-                self.log.write(&Record::Exit { t_ns, ktime_ns: e.ktime_ns, target, pid: e.tgid, code, signal })
+                info!(
+                    target,
+                    pid = e.tgid,
+                    ?code,
+                    signal = signal.as_deref().unwrap_or("-"),
+                    "exited"
+                );
+                self.log.write(&Record::Exit {
+                    t_ns,
+                    ktime_ns: e.ktime_ns,
+                    target,
+                    pid: e.tgid,
+                    code,
+                    signal,
+                })
             }
             EVENT_SILENCED => {
-                let fault = self.scenario.faults.get(e.fault_id as usize).map_or("?", |f| f.name.as_str());
+                let fault = self
+                    .scenario
+                    .faults
+                    .get(e.fault_id as usize)
+                    .map_or("?", |f| f.name.as_str());
                 let protocol = if e.detail >> 32 == 6 { "tcp" } else { "udp" };
                 let (local_port, remote_port) = ((e.detail >> 16) as u16, e.detail as u16);
-                info!(target, pid = e.tgid, protocol, local_port, remote_port, "silenced");
-                self.log.write(&Record::Silenced { t_ns, target, pid: e.tgid, fault, protocol, local_port, remote_port })
+                info!(
+                    target,
+                    pid = e.tgid,
+                    protocol,
+                    local_port,
+                    remote_port,
+                    "silenced"
+                );
+                self.log.write(&Record::Silenced {
+                    t_ns,
+                    target,
+                    pid: e.tgid,
+                    fault,
+                    protocol,
+                    local_port,
+                    remote_port,
+                })
             }
             EVENT_FORK => {
                 info!(target, parent = e.tgid, pid = e.detail, "forked");
-                self.log.write(&Record::Fork { t_ns, target, parent_pid: e.tgid, pid: e.detail as u32 })
+                self.log.write(&Record::Fork {
+                    t_ns,
+                    target,
+                    parent_pid: e.tgid,
+                    pid: e.detail as u32,
+                })
             }
             other => {
                 warn!(kind = other, "unknown event kind");
@@ -483,6 +629,9 @@ fn injection_error(result: i32) -> String {
     if result == fij_common::SIGNAL_REFUSED {
         "refused: the process is protected (pid 1, a kernel thread, fij or its ancestor)".into()
     } else {
-        format!("bpf_send_signal failed: {}", std::io::Error::from_raw_os_error(-result))
+        format!(
+            "bpf_send_signal failed: {}",
+            std::io::Error::from_raw_os_error(-result)
+        )
     }
 }

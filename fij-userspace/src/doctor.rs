@@ -476,6 +476,7 @@ fn kill_on_execve(program: &Path) -> Scenario {
             every: None,
             after: None,
             count: 1,
+            probability: None,
             per: Per::Process,
         }],
     }
@@ -494,7 +495,7 @@ fn prove_send_signal(kernel: &mut Kernel) -> Result<String> {
         kernel.set_rule(id as u32, rule)?;
     }
     kernel.set_hooks(&hooks)?;
-    kernel.arm(monotonic_ns())?;
+    kernel.arm(monotonic_ns(), 0)?;
 
     let TargetSource::Command { argv, .. } = &scenario.targets[0].source else {
         unreachable!()

@@ -7,11 +7,14 @@ use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, RingBuf},
-    programs::{CgroupAttachMode, CgroupSock, RawTracePoint, SchedClassifier, TcAttachType, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSock, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
+    },
 };
 use fij_common::{
-    CONFIG_ARMED, CONFIG_SILENCED, CONFIG_START_NS, CrashMark, SilenceEntry, SilenceKey, FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout,
-    MAX_FAULTS_PER_HOOK, TargetProcess,
+    CONFIG_ARMED, CONFIG_SEED, CONFIG_SILENCED, CONFIG_START_NS, CrashMark, FaultCounters,
+    FaultRule, HookFaults, HookKey, KernelLayout, MAX_FAULTS_PER_HOOK, SilenceEntry, SilenceKey,
+    TargetProcess,
 };
 
 /// The eBPF object built from `fij-ebpf` by this crate's build script.
@@ -42,8 +45,13 @@ pub struct Kernel {
     events: Option<RingBuf<MapData>>,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
-    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -54,11 +62,10 @@ impl Kernel {
         loader.override_global("LAYOUT", layout, true);
         // FIJ_VERIFIER_LOG=1: the verifier's full trace in load errors, for debugging programs.
         if std::env::var_os("FIJ_VERIFIER_LOG").is_some() {
-            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+            loader
+                .verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
         }
-        let mut ebpf = loader
-            .load(OBJECT)
-            .context("loading fij's eBPF object")?;
+        let mut ebpf = loader.load(OBJECT).context("loading fij's eBPF object")?;
         Ok(Self {
             targets: take(&mut ebpf, "TARGETS")?,
             protected: take(&mut ebpf, "PROTECTED")?,
@@ -80,8 +87,12 @@ impl Kernel {
             .program_mut(prog)
             .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
             .try_into()?;
-        program.load().with_context(|| format!("loading {prog} (verifier)"))?;
-        program.attach(tracepoint).with_context(|| format!("attaching {prog} to raw tracepoint {tracepoint}"))?;
+        program
+            .load()
+            .with_context(|| format!("loading {prog} (verifier)"))?;
+        program
+            .attach(tracepoint)
+            .with_context(|| format!("attaching {prog} to raw tracepoint {tracepoint}"))?;
         Ok(())
     }
 
@@ -91,8 +102,12 @@ impl Kernel {
             .program_mut(prog)
             .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
             .try_into()?;
-        program.load().with_context(|| format!("loading {prog} (verifier)"))?;
-        program.attach(category, name).with_context(|| format!("attaching {prog} to tracepoint {category}:{name}"))?;
+        program
+            .load()
+            .with_context(|| format!("loading {prog} (verifier)"))?;
+        program
+            .attach(category, name)
+            .with_context(|| format!("attaching {prog} to tracepoint {category}:{name}"))?;
         Ok(())
     }
 
@@ -111,15 +126,20 @@ impl Kernel {
     /// they see every process's sockets) and the task-free hook, which together fill `SILENCED`.
     pub fn attach_crash(&mut self, layout: &KernelLayout) -> Result<()> {
         anyhow::ensure!(
-            [layout.tcp_oldstate, layout.tcp_sport, layout.tcp_saddr_v6].iter().all(|&o| o != u32::MAX),
+            [layout.tcp_oldstate, layout.tcp_sport, layout.tcp_saddr_v6]
+                .iter()
+                .all(|&o| o != u32::MAX),
             "crash needs the sock:inet_sock_set_state tracepoint, whose format was not found in tracefs"
         );
         self.tracepoint(PROG_TCP_STATE, "sock", "inet_sock_set_state")?;
         let root = crate::net::cgroup2_root()?;
-        let cgroup = std::fs::File::open(&root).with_context(|| format!("opening cgroup {}", root.display()))?;
+        let cgroup = std::fs::File::open(&root)
+            .with_context(|| format!("opening cgroup {}", root.display()))?;
         for name in [PROG_UDP_BIND4, PROG_UDP_BIND6, PROG_SOCK_RELEASE] {
             let program: &mut CgroupSock = self.program(name)?.try_into()?;
-            program.load().with_context(|| format!("loading {name} (verifier)"))?;
+            program
+                .load()
+                .with_context(|| format!("loading {name} (verifier)"))?;
             // Single = link flags 0: cgroup links are always multi-attach, other programs stay.
             program
                 .attach(&cgroup, CgroupAttachMode::Single)
@@ -133,12 +153,14 @@ impl Kernel {
     pub fn attach_silencer(&mut self) -> Result<Vec<String>> {
         let interfaces = crate::net::interfaces()?;
         let program: &mut SchedClassifier = self.program(PROG_TC)?.try_into()?;
-        program.load().with_context(|| format!("loading {PROG_TC} (verifier)"))?;
+        program
+            .load()
+            .with_context(|| format!("loading {PROG_TC} (verifier)"))?;
         for iface in &interfaces {
             for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
-                program
-                    .attach(iface, direction)
-                    .with_context(|| format!("attaching {PROG_TC} to {iface} {direction:?} (tcx, kernel ≥ 6.6)"))?;
+                program.attach(iface, direction).with_context(|| {
+                    format!("attaching {PROG_TC} to {iface} {direction:?} (tcx, kernel ≥ 6.6)")
+                })?;
             }
         }
         Ok(interfaces)
@@ -147,7 +169,9 @@ impl Kernel {
     /// Silences `keys` on behalf of `entry` (a partition; crashes are silenced in kernel).
     pub fn silence(&mut self, keys: &[SilenceKey], entry: SilenceEntry) -> Result<()> {
         for key in keys {
-            self.silenced.insert(key, entry, 0).context("silencing a tuple")?;
+            self.silenced
+                .insert(key, entry, 0)
+                .context("silencing a tuple")?;
         }
         if !keys.is_empty() {
             self.config.set(CONFIG_SILENCED, 1, 0)?;
@@ -156,7 +180,9 @@ impl Kernel {
     }
 
     fn program(&mut self, name: &str) -> Result<&mut aya::programs::Program> {
-        self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))
     }
 
     /// Forgets crashes that are over: lets the silenced tuples of `tgid` speak again (peers'
@@ -170,7 +196,9 @@ impl Kernel {
             .map(|(key, _)| key)
             .collect();
         for key in &keys {
-            self.silenced.remove(key).context("removing a silenced tuple")?;
+            self.silenced
+                .remove(key)
+                .context("removing a silenced tuple")?;
         }
         if self.silenced.keys().next().is_none() {
             self.config.set(CONFIG_SILENCED, 0, 0)?;
@@ -190,11 +218,15 @@ impl Kernel {
     }
 
     pub fn protect(&mut self, pid: u32) -> Result<()> {
-        self.protected.insert(pid, 1, 0).with_context(|| format!("protecting pid {pid}"))
+        self.protected
+            .insert(pid, 1, 0)
+            .with_context(|| format!("protecting pid {pid}"))
     }
 
     pub fn add_target(&mut self, pid: u32, entry: TargetProcess) -> Result<()> {
-        self.targets.insert(pid, entry, 0).with_context(|| format!("adding pid {pid} to the target set"))
+        self.targets
+            .insert(pid, entry, 0)
+            .with_context(|| format!("adding pid {pid} to the target set"))
     }
 
     /// Live target processes (tgid → entry), as the kernel sees them now.
@@ -203,22 +235,33 @@ impl Kernel {
     }
 
     pub fn set_rule(&mut self, fault_id: u32, rule: &FaultRule) -> Result<()> {
-        self.rules.set(fault_id, rule, 0).with_context(|| format!("writing rule {fault_id}"))
+        self.rules
+            .set(fault_id, rule, 0)
+            .with_context(|| format!("writing rule {fault_id}"))
     }
 
     /// Installs the hook table: for each (target, syscall), the faults to evaluate in order.
     pub fn set_hooks(&mut self, hooks: &BTreeMap<HookKey, Vec<u32>>) -> Result<()> {
         for (key, ids) in hooks {
-            anyhow::ensure!(ids.len() <= MAX_FAULTS_PER_HOOK, "more than {MAX_FAULTS_PER_HOOK} faults on one hook");
-            let mut value = HookFaults { len: ids.len() as u32, fault_ids: [0; MAX_FAULTS_PER_HOOK] };
+            anyhow::ensure!(
+                ids.len() <= MAX_FAULTS_PER_HOOK,
+                "more than {MAX_FAULTS_PER_HOOK} faults on one hook"
+            );
+            let mut value = HookFaults {
+                len: ids.len() as u32,
+                fault_ids: [0; MAX_FAULTS_PER_HOOK],
+            };
             value.fault_ids[..ids.len()].copy_from_slice(ids);
-            self.hooks.insert(key, value, 0).context("writing the hook table")?;
+            self.hooks
+                .insert(key, value, 0)
+                .context("writing the hook table")?;
         }
         Ok(())
     }
 
-    /// Starts the campaign clock and allows injections.
-    pub fn arm(&mut self, start_ns: u64) -> Result<()> {
+    /// Sets the seed, starts the campaign clock and allows injections.
+    pub fn arm(&mut self, start_ns: u64, seed: u64) -> Result<()> {
+        self.config.set(CONFIG_SEED, seed, 0)?;
         self.config.set(CONFIG_START_NS, start_ns, 0)?;
         self.config.set(CONFIG_ARMED, 1, 0)?;
         Ok(())
@@ -246,7 +289,10 @@ impl Kernel {
 
 /// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

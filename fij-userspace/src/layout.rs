@@ -13,8 +13,9 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// Reads the layout of the running kernel. Fails only when an offset that safety depends on
 /// (`task_struct::flags`, `pid`, `tgid`) cannot be found.
 pub fn discover() -> Result<KernelLayout> {
-    let btf = Btf::from_file(VMLINUX_BTF)
-        .with_context(|| format!("cannot read the kernel's BTF at {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF)"))?;
+    let btf = Btf::from_file(VMLINUX_BTF).with_context(|| {
+        format!("cannot read the kernel's BTF at {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF)")
+    })?;
     let member = |name: &str| member_offset(&btf, "task_struct", name);
     Ok(KernelLayout {
         task_pid: member("pid")?.context("task_struct has no member `pid`")?,
@@ -34,12 +35,18 @@ pub fn discover() -> Result<KernelLayout> {
 
 /// A field of `sock/inet_sock_set_state`, or `u32::MAX` (then `crash` refuses to start).
 fn sock_state(field: &str) -> u32 {
-    tracepoint_field_offset("sock", "inet_sock_set_state", field).ok().flatten().unwrap_or(u32::MAX)
+    tracepoint_field_offset("sock", "inet_sock_set_state", field)
+        .ok()
+        .flatten()
+        .unwrap_or(u32::MAX)
 }
 
 /// Byte offset of `member` in `struct name`, looking into anonymous structs and unions.
 pub fn member_offset(btf: &Btf, name: &str, member: &str) -> Result<Option<u32>> {
-    for ty in btf.resolve_types_by_name(name).with_context(|| format!("no type `{name}` in BTF"))? {
+    for ty in btf
+        .resolve_types_by_name(name)
+        .with_context(|| format!("no type `{name}` in BTF"))?
+    {
         if let Type::Struct(s) = ty {
             if let Some(bits) = find_member(btf, &s, member, 0)? {
                 if bits % 8 != 0 {
@@ -72,9 +79,17 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, wanted: &str, base_bits: u32) -> R
 
 /// Offset of `field` in the record of tracepoint `category/name`, from its tracefs `format`.
 pub fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Result<Option<u32>> {
-    let path = Path::new(TRACEFS).join("events").join(category).join(name).join("format");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {} (is tracefs mounted at {TRACEFS}?)", path.display()))?;
+    let path = Path::new(TRACEFS)
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {} (is tracefs mounted at {TRACEFS}?)",
+            path.display()
+        )
+    })?;
     Ok(parse_format_offset(&text, field))
 }
 
@@ -82,7 +97,9 @@ pub fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Resul
 fn parse_format_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
-        let ident = decl.rsplit(|c: char| c.is_whitespace() || c == '*').next()?;
+        let ident = decl
+            .rsplit(|c: char| c.is_whitespace() || c == '*')
+            .next()?;
         let ident = ident.split('[').next()?;
         if ident != field {
             return None;

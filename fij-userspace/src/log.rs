@@ -29,6 +29,9 @@ pub enum Record<'a> {
         hit: u64,
         syscall: &'a str,
         signal: String,
+        /// The seeded draw that decided a probabilistic fault (see docs/determinism.md).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        draw: Option<u64>,
         /// Whether `bpf_send_signal` queued the signal.
         delivered: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,11 +67,7 @@ pub enum Record<'a> {
         remote_port: u16,
     },
     /// `recover_after` passed: the crashed process's tuples speak again ("the host is back").
-    Recovered {
-        t_ns: u64,
-        pid: u32,
-        tuples: usize,
-    },
+    Recovered { t_ns: u64, pid: u32, tuples: usize },
     /// A partition began: the process's current tuples are silent both ways.
     Partitioned {
         t_ns: u64,
@@ -77,16 +76,9 @@ pub enum Record<'a> {
         tuples: usize,
     },
     /// The partition's `duration` passed: its tuples speak again.
-    Healed {
-        t_ns: u64,
-        pid: u32,
-        tuples: usize,
-    },
+    Healed { t_ns: u64, pid: u32, tuples: usize },
     /// `resume_after` passed (or the campaign ended): SIGCONT for a stopped process.
-    Resumed {
-        t_ns: u64,
-        pid: u32,
-    },
+    Resumed { t_ns: u64, pid: u32 },
     End {
         t_ns: u64,
         reason: EndReason,
@@ -122,7 +114,9 @@ pub struct EventLog {
 impl EventLog {
     pub fn create(path: Option<&Path>) -> Result<Self> {
         let out = path
-            .map(|p| File::create(p).with_context(|| format!("cannot create log file {}", p.display())))
+            .map(|p| {
+                File::create(p).with_context(|| format!("cannot create log file {}", p.display()))
+            })
             .transpose()?
             .map(BufWriter::new);
         Ok(Self { out })

@@ -41,14 +41,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIJ_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FIJ_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EXIT_INVALID) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_INVALID)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.command {
@@ -62,7 +67,11 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_INVALID)
             }
         },
-        Command::Run { scenario, seed, log } => {
+        Command::Run {
+            scenario,
+            seed,
+            log,
+        } => {
             let scenario = match scenario::load(&scenario) {
                 Ok(s) => s,
                 Err(diagnostics) => {
@@ -70,14 +79,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_INVALID);
                 }
             };
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             let result = runtime
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(campaign::run(&scenario, &RunOptions { seed, log })));
             match result {
                 Ok(report) if report.failed_injections == 0 => ExitCode::SUCCESS,
                 Ok(report) => {
-                    eprintln!("fij: {} injection(s) could not be delivered", report.failed_injections);
+                    eprintln!(
+                        "fij: {} injection(s) could not be delivered",
+                        report.failed_injections
+                    );
                     ExitCode::from(EXIT_RUNTIME)
                 }
                 Err(e) if e.is::<InvalidInput>() => {
@@ -93,7 +107,11 @@ fn main() -> ExitCode {
         Command::Doctor => {
             let report = fij::doctor::run();
             print!("{report}");
-            if report.all_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUNTIME) }
+            if report.all_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
         }
     }
 }

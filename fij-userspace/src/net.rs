@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 /// Mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` on unified systems,
 /// `/sys/fs/cgroup/unified` on hybrid ones), found in /proc/self/mountinfo.
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     mountinfo
         .lines()
         .find_map(|line| {

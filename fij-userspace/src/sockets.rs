@@ -23,11 +23,15 @@ pub fn process_sockets(pid: u32, ports: &[u16]) -> Result<Vec<SilenceKey>> {
     let mut keys = Vec::new();
     for (table, protocol) in [("tcp", 6u8), ("tcp6", 6), ("udp", 17), ("udp6", 17)] {
         let path = format!("/proc/{pid}/net/{table}");
-        let Ok(text) = std::fs::read_to_string(&path) else { continue }; // no IPv6, say
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        }; // no IPv6, say
         for line in text.lines().skip(1) {
             if let Some((inode, key)) = parse_line(line, protocol)
                 && inodes.contains(&inode)
-                && (ports.is_empty() || ports.contains(&key.local_port) || ports.contains(&key.remote_port))
+                && (ports.is_empty()
+                    || ports.contains(&key.local_port)
+                    || ports.contains(&key.remote_port))
             {
                 keys.push(key);
             }
@@ -93,7 +97,10 @@ mod tests {
     fn ipv4_endpoint_is_v4_mapped() {
         let (addr, port) = parse_endpoint("0100007F:1F90").unwrap();
         assert_eq!(port, 8080);
-        assert_eq!(addr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]);
+        assert_eq!(
+            addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]
+        );
         assert_eq!(parse_endpoint("00000000:0000").unwrap(), ([0; 16], 0));
     }
 
@@ -106,7 +113,12 @@ mod tests {
         loopback[15] = 1;
         assert_eq!(addr, loopback);
         // ::ffff:0.0.0.0 (a dual-stack wildcard) is the all-zero wildcard
-        assert_eq!(parse_endpoint("0000000000000000FFFF000000000000:0050").unwrap().0, [0; 16]);
+        assert_eq!(
+            parse_endpoint("0000000000000000FFFF000000000000:0050")
+                .unwrap()
+                .0,
+            [0; 16]
+        );
     }
 
     #[test]
@@ -114,7 +126,10 @@ mod tests {
         let line = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0";
         let (inode, key) = parse_line(line, 6).unwrap();
         assert_eq!(inode, 4242);
-        assert_eq!((key.protocol, key.local_port, key.remote_port), (6, 8080, 0));
+        assert_eq!(
+            (key.protocol, key.local_port, key.remote_port),
+            (6, 8080, 0)
+        );
         assert_eq!(key.remote_addr, [0; 16]);
     }
 }

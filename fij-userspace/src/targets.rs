@@ -16,7 +16,10 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 pub fn self_and_ancestors() -> Vec<u32> {
     let mut chain = vec![std::process::id()];
     while let Some(&pid) = chain.last() {
-        match stat_fields(pid).ok().and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok())) {
+        match stat_fields(pid)
+            .ok()
+            .and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
+        {
             Some(ppid) if ppid > 0 && !chain.contains(&ppid) => chain.push(ppid),
             _ => break,
         }
@@ -46,9 +49,15 @@ pub fn check_adoptable(pid: u32, protected: &[u32]) -> Result<()> {
         bail!("pid {pid} is a kernel thread, which fij never signals");
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let tgid = status.lines().find_map(|l| l.strip_prefix("Tgid:")).map(str::trim);
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .map(str::trim);
     if tgid != Some(pid.to_string().as_str()) {
-        bail!("pid {pid} is a thread of process {}; name the process", tgid.unwrap_or("?"));
+        bail!(
+            "pid {pid} is a thread of process {}; name the process",
+            tgid.unwrap_or("?")
+        );
     }
     Ok(())
 }
@@ -65,7 +74,8 @@ pub fn resolve_program(program: &str, cwd: Option<&Path>) -> Result<PathBuf> {
         }
         return Ok(path);
     }
-    let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let path_var =
+        std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     std::env::split_paths(&path_var)
         .map(|dir| dir.join(program))
         .find(|p| is_executable(p))
@@ -74,7 +84,8 @@ pub fn resolve_program(program: &str, cwd: Option<&Path>) -> Result<PathBuf> {
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A forked child that waits, before its execve, until [`GatedChild::release`] is called.
@@ -100,7 +111,12 @@ fn cstring(s: impl AsRef<[u8]>) -> Result<CString> {
 impl GatedChild {
     /// Forks; the child puts itself in its own process group (so a Ctrl-C at fij's terminal
     /// reaches fij, which then ends the campaign), waits for the gate, then execs.
-    pub fn spawn(program: &Path, argv: &[String], cwd: Option<&Path>, env: &[(String, String)]) -> Result<Self> {
+    pub fn spawn(
+        program: &Path,
+        argv: &[String],
+        cwd: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Self> {
         use std::os::unix::ffi::OsStrExt;
         // Everything the child needs is prepared here: after fork it may only make raw syscalls.
         let path = cstring(program.as_os_str().as_bytes())?;
@@ -113,10 +129,16 @@ impl GatedChild {
             envs.push(cstring(format!("{k}={v}"))?);
         }
         let dir = cwd.map(|d| cstring(d.as_os_str().as_bytes())).transpose()?;
-        let argv_ptrs: Vec<*const libc::c_char> =
-            args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let envp_ptrs: Vec<*const libc::c_char> =
-            envs.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let argv_ptrs: Vec<*const libc::c_char> = args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp_ptrs: Vec<*const libc::c_char> = envs
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
         let (gate_rx, gate_tx) = pipe()?;
         let (err_rx, err_tx) = pipe()?;
 
@@ -143,7 +165,11 @@ impl GatedChild {
             }
         }
         drop((gate_rx, err_tx));
-        Ok(Self { pid: pid as u32, gate: Some(gate_tx), exec_errors: err_rx })
+        Ok(Self {
+            pid: pid as u32,
+            gate: Some(gate_tx),
+            exec_errors: err_rx,
+        })
     }
 
     /// Lets the child exec, and waits until the exec has happened (or reports why it failed).
@@ -187,7 +213,10 @@ impl Drop for GatedChild {
 /// Returns whether the signal was sent.
 pub fn signal_target(pid: u32, signal: i32, protected: &[u32]) -> bool {
     if pid <= 1 || protected.contains(&pid) {
-        tracing::warn!(pid, "refused to signal a protected process (pid 1, fij or its ancestor)");
+        tracing::warn!(
+            pid,
+            "refused to signal a protected process (pid 1, fij or its ancestor)"
+        );
         return false;
     }
     // SAFETY: kill has no memory preconditions; the pid is a live target by the caller's check.
@@ -204,20 +233,54 @@ pub fn try_reap(pid: u32) -> Option<i32> {
 
 /// Describes a wait status (also the kernel's `task_struct::exit_code`) as "code N" or "signal NAME".
 pub fn describe_status(status: i32) -> (Option<i32>, Option<i32>) {
-    if status & 0x7f == 0 { (Some((status >> 8) & 0xff), None) } else { (None, Some(status & 0x7f)) }
+    if status & 0x7f == 0 {
+        (Some((status >> 8) & 0xff), None)
+    } else {
+        (None, Some(status & 0x7f))
+    }
 }
 
 /// Signal name for logs ("SIGKILL"), or the number when unknown.
 pub fn signal_name(sig: i32) -> String {
     const NAMES: [&str; 32] = [
-        "0", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
-        "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT",
-        "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF",
-        "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+        "0",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
     ];
     match NAMES.get(sig as usize) {
         Some(name) if sig > 0 => (*name).to_owned(),
-        _ if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) => format!("SIGRTMIN+{}", sig - libc::SIGRTMIN()),
+        _ if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) => {
+            format!("SIGRTMIN+{}", sig - libc::SIGRTMIN())
+        }
         _ => sig.to_string(),
     }
 }
@@ -234,7 +297,12 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     tree

@@ -25,7 +25,11 @@ pub struct Target {
 pub enum TargetSource {
     /// `command = [..]` (non-empty), with optional `cwd` and `env` (a table of strings).
     /// Relative `cwd` is relative to the scenario file's directory.
-    Command { argv: Vec<String>, cwd: Option<PathBuf>, env: Vec<(String, String)> },
+    Command {
+        argv: Vec<String>,
+        cwd: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    },
     /// `pid = N`: adopt a running process (N > 1).
     Pid(u32),
 }
@@ -46,6 +50,8 @@ pub struct Fault {
     pub after: Option<Duration>,
     /// `count`: at most this many injections (≥ 1); default 1.
     pub count: u64,
+    /// `probability`: an eligible hit fires when its seeded draw passes (0 < p ≤ 1).
+    pub probability: Option<f64>,
     /// `per`: "process" (default) or "target".
     pub per: Per,
 }
@@ -64,7 +70,10 @@ pub enum Action {
     Stop { resume_after: Option<Duration> },
     /// `action = "partition"`: nothing is signalled; the process's connections (those on
     /// `ports`, when given) go silent both ways for `duration` (else until the campaign ends).
-    Partition { duration: Option<Duration>, ports: Vec<u16> },
+    Partition {
+        duration: Option<Duration>,
+        ports: Vec<u16>,
+    },
 }
 
 impl Action {

@@ -291,7 +291,10 @@ fn ports(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Vec<u16>> {
         match value.as_integer().map(u16::try_from) {
             Some(Ok(port)) if port > 0 => ports.push(port),
             _ => {
-                cx.error(at, format!("`{}[{i}]`: expected a port number from 1 to 65535", e.label));
+                cx.error(
+                    at,
+                    format!("`{}[{i}]`: expected a port number from 1 to 65535", e.label),
+                );
                 ok = false;
             }
         }
@@ -525,6 +528,23 @@ fn fault(
     let every = r.get("every").and_then(|e| cx.uint(&e, 1));
     let after = r.get("after").and_then(|e| cx.duration(&e));
     let count = r.get("count").and_then(|e| cx.uint(&e, 1));
+    let probability = r.get("probability").and_then(|e| {
+        let p = e
+            .item
+            .as_float()
+            .or_else(|| e.item.as_integer().map(|n| n as f64));
+        match p {
+            None => {
+                cx.type_error(&e, "a number such as 0.25");
+                None
+            }
+            Some(p) if p > 0.0 && p <= 1.0 => Some(p),
+            Some(p) => {
+                cx.error(e.at, format!("`probability` must be in (0, 1], found {p}"));
+                None
+            }
+        }
+    });
     let per = r.get("per").and_then(|e| {
         let per = cx.string(&e)?;
         match per {
@@ -555,7 +575,10 @@ fn fault(
         }),
         (
             Some(
-                kind @ (ActionKind::Kill | ActionKind::Crash | ActionKind::Stop | ActionKind::Partition),
+                kind @ (ActionKind::Kill
+                | ActionKind::Crash
+                | ActionKind::Stop
+                | ActionKind::Partition),
             ),
             Some(e),
         ) => {
@@ -590,6 +613,7 @@ fn fault(
         every,
         after,
         count: count.unwrap_or(1),
+        probability,
         per: per.unwrap_or_default(),
     })
 }
@@ -1210,6 +1234,7 @@ syscall = "openat"
                     every: None,
                     after: None,
                     count: 1,
+                    probability: None,
                     per: Per::Process,
                 },
                 Fault {
@@ -1224,6 +1249,7 @@ syscall = "openat"
                     every: Some(2),
                     after: Some(Duration::from_millis(1500)),
                     count: 4,
+                    probability: None,
                     per: Per::Target,
                 },
             ],
@@ -1604,15 +1630,22 @@ trigger.syscall = "read"
         let action = |body: &str| parse(&fault(body)).map(|s| s.faults[0].action.clone());
         assert_eq!(
             action("action = \"crash\"\nrecover_after = \"2s\"\ntrigger.syscall = \"read\"\n"),
-            Ok(Action::Crash { recover_after: Some(Duration::from_secs(2)) })
+            Ok(Action::Crash {
+                recover_after: Some(Duration::from_secs(2))
+            })
         );
         assert_eq!(
             action("action = \"stop\"\ntrigger.syscall = \"read\"\n"),
             Ok(Action::Stop { resume_after: None })
         );
         assert_eq!(
-            action("action = \"partition\"\nduration = \"3s\"\nports = [80]\ntrigger.syscall = \"read\"\n"),
-            Ok(Action::Partition { duration: Some(Duration::from_secs(3)), ports: vec![80] })
+            action(
+                "action = \"partition\"\nduration = \"3s\"\nports = [80]\ntrigger.syscall = \"read\"\n"
+            ),
+            Ok(Action::Partition {
+                duration: Some(Duration::from_secs(3)),
+                ports: vec![80]
+            })
         );
         assert_error(
             &fault("action = \"kill\"\nrecover_after = \"2s\"\ntrigger.syscall = \"read\"\n"),
