@@ -200,7 +200,10 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
             _ => unreachable!("programs were resolved for every command target"),
         }
     }
-    let scenario_path = scenario.path.display().to_string();
+    // Absolute, so `fij run --replay LOG` finds the scenario from any directory.
+    let scenario_path =
+        std::fs::canonicalize(&scenario.path).unwrap_or_else(|_| scenario.path.clone());
+    let scenario_path = scenario_path.display().to_string();
     log.write(&Record::Start {
         seed,
         scenario: &scenario_path,

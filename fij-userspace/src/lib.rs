@@ -7,6 +7,8 @@ pub mod kernel;
 pub mod layout;
 pub mod log;
 pub mod net;
+pub mod plan;
+pub mod replay;
 pub mod scenario;
 pub mod sockets;
 pub mod targets;

@@ -18,13 +18,32 @@ struct Cli {
 enum Command {
     /// Run a scenario: spawn or adopt its targets and inject its faults from the kernel.
     Run {
-        scenario: PathBuf,
+        /// The scenario file (not needed with --replay).
+        #[arg(required_unless_present = "replay")]
+        scenario: Option<PathBuf>,
         /// Seed of the campaign (overrides the scenario's `seed`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "replay")]
         seed: Option<u64>,
         /// Write one JSON object per event to this file.
         #[arg(long)]
         log: Option<PathBuf>,
+        /// Rerun the campaign of this log (its scenario and seed) and report whether the
+        /// injections match.
+        #[arg(long, conflicts_with = "scenario")]
+        replay: Option<PathBuf>,
+    },
+    /// Print every decision that can be known before the run: which hits fire.
+    Plan {
+        scenario: PathBuf,
+        /// Seed to plan with (overrides the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// How many hits to consider per fault (per process for `per = "process"`).
+        #[arg(long, default_value_t = fij::plan::DEFAULT_HITS)]
+        hits: u64,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a scenario file; print every error as file:line:col: message.
     Validate { scenario: PathBuf },
@@ -67,11 +86,59 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_INVALID)
             }
         },
+        Command::Plan {
+            scenario,
+            seed,
+            hits,
+            json,
+        } => {
+            let scenario = match scenario::load(&scenario) {
+                Ok(s) => s,
+                Err(diagnostics) => {
+                    eprintln!("{diagnostics}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            let Some(seed) = seed.or(scenario.seed) else {
+                eprintln!(
+                    "fij plan: no seed: give --seed N (or `seed` in the scenario), and run with the same seed"
+                );
+                return ExitCode::from(EXIT_INVALID);
+            };
+            let plan = fij::plan::plan(&scenario, seed, hits);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("plan serializes")
+                );
+            } else {
+                print!("{plan}");
+            }
+            ExitCode::SUCCESS
+        }
         Command::Run {
             scenario,
             seed,
             log,
+            replay,
         } => {
+            let (scenario, seed, log) = match &replay {
+                Some(original) => match fij::replay::origin(original) {
+                    Ok((path, seed)) => {
+                        let log = log.unwrap_or_else(|| original.with_extension("replay.jsonl"));
+                        (path, Some(seed), Some(log))
+                    }
+                    Err(e) => {
+                        eprintln!("fij: {e:#}");
+                        return ExitCode::from(EXIT_INVALID);
+                    }
+                },
+                None => (
+                    scenario.expect("clap requires a scenario without --replay"),
+                    seed,
+                    log,
+                ),
+            };
             let scenario = match scenario::load(&scenario) {
                 Ok(s) => s,
                 Err(diagnostics) => {
@@ -82,9 +149,28 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
+            let options = RunOptions {
+                seed,
+                log: log.clone(),
+            };
             let result = runtime
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(campaign::run(&scenario, &RunOptions { seed, log })));
+                .and_then(|rt| rt.block_on(campaign::run(&scenario, &options)));
+            if let (Ok(_), Some(original), Some(replayed)) = (&result, &replay, &log) {
+                return match fij::replay::compare(original, replayed) {
+                    Ok(n) => {
+                        eprintln!(
+                            "fij: replay matched: the same {n} injection(s) as {}",
+                            original.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("fij: {e:#}");
+                        ExitCode::from(EXIT_RUNTIME)
+                    }
+                };
+            }
             match result {
                 Ok(report) if report.failed_injections == 0 => ExitCode::SUCCESS,
                 Ok(report) => {
