@@ -26,7 +26,8 @@ pub const EVENT_RING_BYTES: u32 = 1 << 20;
 pub struct TargetProcess {
     /// Index of the scenario's `[[target]]` this process belongs to.
     pub target_idx: u32,
-    pub _pad: u32,
+    /// Which instance of that target (`instances = N`): descendants inherit it.
+    pub instance: u32,
     /// Kernel time at which this process joined the set. Per-process counters carry it, so a
     /// counter left by a dead process is never reused by a later process with the same pid.
     pub generation: u64,
@@ -51,6 +52,8 @@ pub struct HookFaults {
 
 /// `FaultRule::flags`: hits are counted per target (shared by all its processes), not per process.
 pub const RULE_PER_TARGET: u32 = 1 << 0;
+/// `FaultRule::flags`: only the target instances in `SELECTED` take part (`select`).
+pub const RULE_SELECT: u32 = 1 << 3;
 /// `FaultRule::flags`: an eligible hit fires only when its draw passes `probability`.
 pub const RULE_PROBABILITY: u32 = 1 << 2;
 /// `FaultRule::flags`: the action is `crash`: before the signal, the victim is marked crashed so
@@ -86,8 +89,8 @@ impl FaultRule {
         match (self.nth, self.every) {
             (0, 0) => true,
             (n, 0) => hit == n,
-            (0, e) => hit % e == 0,
-            (n, e) => hit >= n && (hit - n) % e == 0,
+            (0, e) => hit.is_multiple_of(e),
+            (n, e) => hit >= n && (hit - n).is_multiple_of(e),
         }
     }
 }
@@ -100,6 +103,14 @@ pub struct FaultCounters {
     pub target_hits: u64,
     /// Injections attempted so far (bounded by `FaultRule::count`).
     pub injections: u64,
+}
+
+/// Key of the set of target instances a fault selected (`select`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SelectKey {
+    pub fault_id: u32,
+    pub instance: u32,
 }
 
 /// Key of the per-process hit counters.
@@ -176,7 +187,13 @@ pub const CONFIG_ARMED: u32 = 1;
 pub const CONFIG_SILENCED: u32 = 2;
 /// The campaign seed (key of every in-kernel draw, see `random`).
 pub const CONFIG_SEED: u32 = 3;
-pub const CONFIG_LEN: u32 = 4;
+/// Non-zero while a time-triggered fault is due (`DUE` not empty): lets the syscall hook skip
+/// the `DUE` lookup otherwise.
+pub const CONFIG_DUE: u32 = 4;
+pub const CONFIG_LEN: u32 = 5;
+
+/// Capacity of the set of instance root processes whose time-triggered fault is due.
+pub const MAX_DUE: u32 = 4096;
 
 /// Layout facts of the running kernel, found by the loader (BTF, tracefs formats) and handed
 /// to the programs as a read-only global, since Rust eBPF has no CO-RE relocations.
@@ -236,7 +253,8 @@ pub struct Event {
     pub result: i32,
     /// Index of the target the process belongs to.
     pub target_idx: u32,
-    pub _pad: u32,
+    /// Which instance of that target.
+    pub instance: u32,
     /// The draw that decided a probabilistic injection (0 when the rule has no probability).
     pub draw: u64,
 }
@@ -258,6 +276,7 @@ mod pod {
     unsafe impl aya::Pod for SilenceKey {}
     unsafe impl aya::Pod for SilenceEntry {}
     unsafe impl aya::Pod for BoundUdp {}
+    unsafe impl aya::Pod for SelectKey {}
 }
 
 #[cfg(test)]

@@ -54,8 +54,11 @@ pub const fn seed_bytes(seed: u64) -> [u8; 32] {
 /// ids below 2^32, including a fresh `ChaCha20Rng`'s stream 0) is never used by fij; domains 3 and
 /// up are free for new kinds of decision.
 pub const DOMAIN_FAULT_HITS: u32 = 1;
-/// Domain of the per-target draws made in userspace (times, selections).
-pub const DOMAIN_TARGET: u32 = 2;
+/// Domain of a time-triggered fault's due times (userspace, `rand_distr`): instance `i` samples
+/// from word position `i << 32` of the fault's stream.
+pub const DOMAIN_FAULT_TIMES: u32 = 2;
+/// Domain of a fault's `select` draw (userspace, `rand::seq::index::sample` from word 0).
+pub const DOMAIN_FAULT_SELECTION: u32 = 3;
 
 /// The stream id of `id` in `domain`: `domain << 32 | id`.
 #[inline(always)]
@@ -69,11 +72,16 @@ pub const fn stream_for_fault(fault_id: u32) -> u64 {
     stream_id(DOMAIN_FAULT_HITS, fault_id)
 }
 
-/// Stream of target `target_idx`'s time and selection draws, numbered in the order userspace
-/// makes them.
+/// Stream of fault `fault_id`'s due times (one region of 2^32 words per instance).
 #[inline(always)]
-pub const fn stream_for_target_draws(target_idx: u32) -> u64 {
-    stream_id(DOMAIN_TARGET, target_idx)
+pub const fn stream_for_fault_times(fault_id: u32) -> u64 {
+    stream_id(DOMAIN_FAULT_TIMES, fault_id)
+}
+
+/// Stream of fault `fault_id`'s instance selection.
+#[inline(always)]
+pub const fn stream_for_fault_selection(fault_id: u32) -> u64 {
+    stream_id(DOMAIN_FAULT_SELECTION, fault_id)
 }
 
 /// Position in the fault's stream of counted hit number `hit` (1-based): `hit - 1`, so hit k
@@ -224,7 +232,7 @@ mod tests {
         u64::MAX,
         0xdead_beef_0000_0001,
         stream_for_fault(3),
-        stream_for_target_draws(7),
+        stream_for_fault_times(7),
     ];
 
     fn reference(seed: u64, stream: u64) -> ChaCha20Rng {
@@ -380,12 +388,14 @@ mod tests {
     fn stream_domains_are_disjoint() {
         assert_eq!(stream_for_fault(0), 1 << 32);
         assert_eq!(stream_for_fault(u32::MAX), (2 << 32) - 1);
-        assert_eq!(stream_for_target_draws(0), 2 << 32);
-        assert!(stream_for_fault(u32::MAX) < stream_for_target_draws(0));
+        assert_eq!(stream_for_fault_times(0), 2 << 32);
+        assert_eq!(stream_for_fault_selection(0), 3 << 32);
+        assert!(stream_for_fault(u32::MAX) < stream_for_fault_times(0));
+        assert!(stream_for_fault_times(u32::MAX) < stream_for_fault_selection(0));
         let key = key_from_seed(1);
         assert_ne!(
             draw(&key, stream_for_fault(0), 0),
-            draw(&key, stream_for_target_draws(0), 0)
+            draw(&key, stream_for_fault_times(0), 0)
         );
     }
 

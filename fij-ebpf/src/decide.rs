@@ -1,19 +1,26 @@
 //! The one place where a hit becomes an injection. Every trigger kind calls [`on_hit`], so the
-//! conditions (`after`, `nth`, `every`, `count`, `per`) mean the same for all of them.
+//! conditions (`select`, `after`, `nth`, `every`, `probability`, `count`, `per`) mean the same
+//! for all of them; a time-triggered fault that fell due fires through [`claim_due`]. Both end
+//! in [`fire`].
 use aya_ebpf::helpers::{
     bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_send_signal,
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use fij_common::{
-    CONFIG_ARMED, CONFIG_SEED, CONFIG_START_NS, CrashMark, EVENT_INJECTION, Event, HookKey,
-    MAX_FAULTS_PER_HOOK, PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_CRASH,
-    RULE_PER_TARGET, RULE_PROBABILITY, SIGNAL_REFUSED, TargetProcess,
+    CONFIG_ARMED, CONFIG_DUE, CONFIG_SEED, CONFIG_START_NS, CrashMark, EVENT_INJECTION, Event,
+    FaultRule, HookKey, MAX_FAULTS_PER_HOOK, PF_KTHREAD, ProcessCounter, ProcessCounterKey,
+    RULE_CRASH, RULE_PER_TARGET, RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED, SelectKey,
+    TargetProcess,
     random::{fires_with, hit_draw, key_from_seed},
 };
 
 use crate::maps::{
-    COUNTERS, CRASHED, HOOKS, PROCESS_COUNTERS, PROTECTED, RULES, config, emit, layout,
+    COUNTERS, CRASHED, DUE, HOOKS, PROCESS_COUNTERS, PROTECTED, RULES, SELECTED, config, emit,
+    layout,
 };
+
+/// `Event::hit` of an injection fired by a time trigger (it has no hit number).
+pub const TIME_HIT: u64 = 0;
 
 /// Atomically adds `n` to `*ptr` and returns the previous value.
 ///
@@ -69,6 +76,9 @@ fn evaluate(
     let Some(rule) = RULES.get(fault_id) else {
         return;
     };
+    if !selected(rule, fault_id, process) {
+        return;
+    }
     // Hits before `after` are not counted at all: `nth` counts from that moment on.
     if since_start < rule.after_ns {
         return;
@@ -99,10 +109,60 @@ fn evaluate(
     if unsafe { atomic_add(&raw mut (*counters).injections, 1) } >= rule.count {
         return;
     }
-    // Signal 0 (partition): nothing is sent; the event tells userspace to act.
-    let result = if rule.signal == 0 {
-        if may_signal(tgid) { 0 } else { SIGNAL_REFUSED }
-    } else if may_signal(tgid) {
+    fire(rule, fault_id, process, tgid, tid, now, hit, detail, draw);
+}
+
+/// Whether the process's target instance takes part in the fault (`select`).
+#[inline(always)]
+fn selected(rule: &FaultRule, fault_id: u32, process: &TargetProcess) -> bool {
+    let key = SelectKey {
+        fault_id,
+        instance: process.instance,
+    };
+    rule.flags & RULE_SELECT == 0 || unsafe { SELECTED.get(&key) }.is_some()
+}
+
+/// A time-triggered fault fires in the context of the instance's root process when the loader
+/// marked it due: whoever removes the `DUE` entry first (this task, or the loader when the task
+/// sleeps) fires it, exactly once.
+#[inline(always)]
+pub fn claim_due(process: &TargetProcess, tgid: u32, tid: u32) {
+    if config(CONFIG_DUE) == 0 || config(CONFIG_ARMED) == 0 {
+        return;
+    }
+    let Some(&fault_id) = (unsafe { DUE.get(&tgid) }) else {
+        return;
+    };
+    if DUE.remove(&tgid).is_err() {
+        return; // the loader claimed it in the meantime
+    }
+    let Some(rule) = RULES.get(fault_id) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    fire(rule, fault_id, process, tgid, tid, now, TIME_HIT, 0, 0);
+}
+
+/// Carries out a fault on the current task: the crash mark, the signal (none for partition:
+/// the event tells the loader to act), and the event — also when fij refused.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fire(
+    rule: &FaultRule,
+    fault_id: u32,
+    process: &TargetProcess,
+    tgid: u32,
+    tid: u32,
+    now: u64,
+    hit: u64,
+    detail: u64,
+    draw: u64,
+) {
+    let result = if !may_signal(tgid) {
+        SIGNAL_REFUSED
+    } else if rule.signal == 0 {
+        0
+    } else {
         // Marked before the signal, so the sockets it releases while dying are silenced.
         if rule.flags & RULE_CRASH != 0 {
             let mark = CrashMark {
@@ -113,8 +173,6 @@ fn evaluate(
             let _ = CRASHED.insert(&tgid, &mark, 0);
         }
         unsafe { bpf_send_signal(rule.signal) as i32 }
-    } else {
-        SIGNAL_REFUSED
     };
     emit(&Event {
         kind: EVENT_INJECTION,
@@ -127,7 +185,7 @@ fn evaluate(
         signal: rule.signal,
         result,
         target_idx: process.target_idx,
-        _pad: 0,
+        instance: process.instance,
         draw,
     });
 }

@@ -40,7 +40,7 @@ pub fn fij_fork(ctx: RawTracePointContext) -> i32 {
     }
     let entry = TargetProcess {
         target_idx: parent.target_idx,
-        _pad: 0,
+        instance: parent.instance,
         generation: now,
     };
     let target_idx = parent.target_idx;

@@ -23,6 +23,8 @@ mod net;
 mod probes;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
+#[cfg(target_arch = "bpf")]
+mod timers;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

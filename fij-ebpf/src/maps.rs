@@ -5,8 +5,8 @@ use aya_ebpf::{
 };
 use fij_common::{
     BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
-    HookKey, KernelLayout, MAX_CRASHED, MAX_FAULTS, MAX_PROCESS_COUNTERS, MAX_PROTECTED,
-    MAX_SILENCED, MAX_TARGET_PROCESSES, ProcessCounter, ProcessCounterKey, SilenceEntry,
+    HookKey, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS, MAX_PROTECTED,
+    MAX_SILENCED, MAX_TARGET_PROCESSES, ProcessCounter, ProcessCounterKey, SelectKey, SilenceEntry,
     SilenceKey, TargetProcess,
 };
 
@@ -30,6 +30,15 @@ pub static RULES: Array<FaultRule> = Array::with_max_entries(MAX_FAULTS, 0);
 /// Fault id → per-target hits and injections.
 #[map]
 pub static COUNTERS: Array<FaultCounters> = Array::with_max_entries(MAX_FAULTS, 0);
+
+/// (fault, instance) present: the instance takes part in the fault (`select`).
+#[map]
+pub static SELECTED: HashMap<SelectKey, u8> = HashMap::with_max_entries(MAX_FAULTS * 4, 0);
+
+/// Root process (tgid) of an instance → the time-triggered fault now due for it. Whoever
+/// removes the entry first fires it: the victim itself in kernel, or the loader if it sleeps.
+#[map]
+pub static DUE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_DUE, 0);
 
 /// (fault, tgid) → hits of one process.
 #[map]

@@ -4,7 +4,10 @@ use aya_ebpf::{
 };
 use fij_common::HookKey;
 
-use crate::{decide::on_hit, maps::TARGETS};
+use crate::{
+    decide::{claim_due, on_hit},
+    maps::TARGETS,
+};
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn fij_sys_enter(ctx: RawTracePointContext) -> i32 {
@@ -21,5 +24,6 @@ pub fn fij_sys_enter(ctx: RawTracePointContext) -> i32 {
         syscall_nr: nr as u32,
     };
     on_hit(process, tgid, pid_tgid as u32, &key, nr as u64);
+    claim_due(process, tgid, pid_tgid as u32);
     0
 }

@@ -4,8 +4,9 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
 use fij_common::{
-    EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_SILENCED, Event, FaultRule, HookKey, RULE_CRASH,
-    RULE_PER_TARGET, RULE_PROBABILITY, SilenceEntry, TargetProcess, random,
+    CrashMark, EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_SILENCED, Event, FaultRule, HookKey,
+    RULE_CRASH, RULE_PER_TARGET, RULE_PROBABILITY, RULE_SELECT, SilenceEntry, TargetProcess,
+    random,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -18,8 +19,8 @@ use crate::{
     kernel::{Kernel, monotonic_ns},
     layout,
     log::{EndReason, EventLog, Record, TargetRecord},
-    scenario::{Action, Per, Scenario, TargetSource, Trigger},
-    sockets,
+    scenario::{Action, Per, Scenario, Select, TargetSource, Trigger},
+    schedule, sockets,
     targets::{self, GatedChild},
 };
 
@@ -43,11 +44,18 @@ pub struct Report {
 /// How long spawned targets get between SIGTERM and SIGKILL when the campaign ends early.
 const TERMINATE_GRACE: Duration = Duration::from_secs(2);
 
-/// A target as armed: who it is and whether fij spawned it (then fij also ends it).
+/// One instance of a target as armed: its root process, and whether fij spawned it (then fij
+/// also ends it).
 struct ArmedTarget {
+    target_idx: usize,
+    instance: u32,
     pid: u32,
     spawned: bool,
 }
+
+/// How long a due time-triggered fault waits for its victim to claim it in kernel (next syscall,
+/// or next 1 ms CPU tick) before fij fires it itself: the victim is asleep then.
+const CLAIM_GRACE: Duration = Duration::from_millis(3);
 
 /// Rules and hook table for the scenario's faults (fault id = index in `scenario.faults`).
 pub fn compile_rules(scenario: &Scenario) -> (Vec<FaultRule>, BTreeMap<HookKey, Vec<u32>>) {
@@ -57,14 +65,13 @@ pub fn compile_rules(scenario: &Scenario) -> (Vec<FaultRule>, BTreeMap<HookKey, 
         .iter()
         .enumerate()
         .map(|(id, fault)| {
-            let Trigger::Syscall { nr, .. } = &fault.trigger;
-            hooks
-                .entry(HookKey {
+            if let Trigger::Syscall { nr, .. } = &fault.trigger {
+                let key = HookKey {
                     target_idx: fault.target as u32,
                     syscall_nr: *nr,
-                })
-                .or_default()
-                .push(id as u32);
+                };
+                hooks.entry(key).or_default().push(id as u32);
+            }
             FaultRule {
                 nth: fault.nth.unwrap_or(0),
                 every: fault.every.unwrap_or(0),
@@ -82,6 +89,10 @@ pub fn compile_rules(scenario: &Scenario) -> (Vec<FaultRule>, BTreeMap<HookKey, 
                     0
                 } | if fault.probability.is_some() {
                     RULE_PROBABILITY
+                } else {
+                    0
+                } | if fault.select != Select::All {
+                    RULE_SELECT
                 } else {
                     0
                 },
@@ -149,40 +160,74 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     for pid in &protected {
         kernel.protect(*pid)?;
     }
+    let seed = opts.seed.or(scenario.seed).unwrap_or_else(random_seed);
     let (rules, hooks) = compile_rules(scenario);
     for (id, rule) in rules.iter().enumerate() {
         kernel.set_rule(id as u32, rule)?;
     }
     kernel.set_hooks(&hooks)?;
+    for (id, fault) in scenario
+        .faults
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.select != Select::All)
+    {
+        let instances = scenario.targets[fault.target].source.instances();
+        for instance in schedule::selected_instances(seed, id as u32, fault.select, instances) {
+            kernel.select(id as u32, instance)?;
+        }
+    }
+    let timed = scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.trigger, Trigger::Time(_)));
 
-    let seed = opts.seed.or(scenario.seed).unwrap_or_else(random_seed);
     let start_ns = monotonic_ns();
+    let start = Instant::now();
     kernel.arm(start_ns, seed)?;
 
     let mut armed = Vec::new();
     for (target_idx, (target, program)) in scenario.targets.iter().zip(&programs).enumerate() {
-        let entry = |generation| TargetProcess {
+        let entry = |instance, generation| TargetProcess {
             target_idx: target_idx as u32,
-            _pad: 0,
+            instance,
             generation,
         };
         match (&target.source, program) {
-            (TargetSource::Command { argv, cwd, env }, Some(program)) => {
-                let mut child = GatedChild::spawn(program, argv, cwd.as_deref(), env)
-                    .with_context(|| format!("target `{}`", target.name))?;
-                kernel.add_target(child.pid, entry(monotonic_ns()))?;
-                child
-                    .release()
-                    .with_context(|| format!("target `{}`", target.name))?;
-                info!(target = %target.name, pid = child.pid, "spawned {}", argv.join(" "));
-                armed.push(ArmedTarget {
-                    pid: child.pid,
-                    spawned: true,
-                });
+            (
+                TargetSource::Command {
+                    argv,
+                    cwd,
+                    env,
+                    instances,
+                },
+                Some(program),
+            ) => {
+                for instance in 0..*instances {
+                    let mut child = GatedChild::spawn(program, argv, cwd.as_deref(), env)
+                        .with_context(|| format!("target `{}`", target.name))?;
+                    kernel.add_target(child.pid, entry(instance, monotonic_ns()))?;
+                    if timed {
+                        kernel.attach_tick(child.pid)?;
+                    }
+                    child
+                        .release()
+                        .with_context(|| format!("target `{}`", target.name))?;
+                    info!(target = %target.name, instance, pid = child.pid, "spawned {}", argv.join(" "));
+                    armed.push(ArmedTarget {
+                        target_idx,
+                        instance,
+                        pid: child.pid,
+                        spawned: true,
+                    });
+                }
             }
             (TargetSource::Pid(pid), _) => {
                 for pid in targets::process_tree(*pid) {
-                    kernel.add_target(pid, entry(monotonic_ns()))?;
+                    kernel.add_target(pid, entry(0, monotonic_ns()))?;
+                }
+                if timed {
+                    kernel.attach_tick(*pid)?;
                 }
                 // It may have exited between the check and the insert: then no exit event comes.
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -193,6 +238,8 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
                 }
                 info!(target = %target.name, pid, "adopted");
                 armed.push(ArmedTarget {
+                    target_idx,
+                    instance: 0,
                     pid: *pid,
                     spawned: false,
                 });
@@ -208,12 +255,11 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         seed,
         scenario: &scenario_path,
         start_ktime_ns: start_ns,
-        targets: scenario
-            .targets
+        targets: armed
             .iter()
-            .zip(&armed)
-            .map(|(t, a)| TargetRecord {
-                name: &t.name,
+            .map(|a| TargetRecord {
+                name: &scenario.targets[a.target_idx].name,
+                instance: a.instance,
                 pid: a.pid,
                 spawned: a.spawned,
             })
@@ -235,9 +281,35 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         tally: &mut tally,
         later: &mut later,
         protected: &protected,
+        due_ktime: Default::default(),
     };
+    // Time-triggered faults: each selected instance's due time, drawn from the seed.
+    for (id, fault) in scenario.faults.iter().enumerate() {
+        let Trigger::Time(schedule_of) = &fault.trigger else {
+            continue;
+        };
+        let instances = scenario.targets[fault.target].source.instances();
+        for instance in schedule::selected_instances(seed, id as u32, fault.select, instances) {
+            let after = schedule::due_after(seed, id as u32, instance, schedule_of);
+            let root = armed
+                .iter()
+                .find(|a| a.target_idx == fault.target && a.instance == instance);
+            if let Some(root) = root {
+                ctx.due_ktime
+                    .insert((id as u32, root.pid), start_ns + after.as_nanos() as u64);
+                ctx.later.schedule(
+                    start + after,
+                    LaterKind::Due {
+                        fault_id: id as u32,
+                    },
+                    root.pid,
+                );
+                info!(fault = %fault.name, instance, pid = root.pid, "due {:.3} s after the start", after.as_secs_f64());
+            }
+        }
+    }
 
-    let deadline = scenario.duration.map(|d| Instant::now() + d);
+    let deadline = scenario.duration.map(|d| start + d);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut waiting_told = false;
@@ -291,13 +363,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     ctx.drain(&mut kernel, events.get_mut())?;
     reap(&armed);
     let t_ns = monotonic_ns().saturating_sub(start_ns);
-    let injections = (0..scenario.faults.len() as u32)
-        .map(|id| {
-            kernel
-                .counters(id)
-                .map(|c| c.injections.min(rules[id as usize].count))
-        })
-        .sum::<Result<u64>>()?;
+    let injections = tally.injections;
     let events_lost = kernel.events_lost();
     if events_lost > 0 {
         warn!(
@@ -388,6 +454,10 @@ enum LaterKind {
     Heal,
     /// SIGCONT for a stopped process (`resume_after`, or the campaign's end).
     Resume,
+    /// A time-triggered fault falls due for an instance's root process.
+    Due { fault_id: u32 },
+    /// The claim grace is over: fire the fault from userspace if the victim did not claim it.
+    Claim { fault_id: u32 },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -419,6 +489,8 @@ impl Later {
 
 #[derive(Default)]
 struct Tally {
+    /// Injections seen (delivered or not), from the events: one per injection record.
+    injections: u64,
     failed_injections: u64,
     exits: u64,
 }
@@ -432,6 +504,8 @@ struct EventContext<'a> {
     later: &'a mut Later,
     /// fij and its ancestors: never signalled from userspace either.
     protected: &'a [u32],
+    /// (fault, root pid) → kernel time the time-triggered fault was due, for the log.
+    due_ktime: std::collections::HashMap<(u32, u32), u64>,
 }
 
 impl EventContext<'_> {
@@ -459,6 +533,27 @@ impl EventContext<'_> {
                     tuples,
                 })
             }
+            LaterKind::Due { fault_id } => {
+                if kernel
+                    .target_processes()
+                    .iter()
+                    .any(|(pid, _)| *pid == action.pid)
+                {
+                    kernel.set_due(action.pid, fault_id)?;
+                    self.later.schedule(
+                        Instant::now() + CLAIM_GRACE,
+                        LaterKind::Claim { fault_id },
+                        action.pid,
+                    );
+                } else {
+                    info!(
+                        pid = action.pid,
+                        "due fault not injected: the instance already exited"
+                    );
+                }
+                Ok(())
+            }
+            LaterKind::Claim { fault_id } => self.fire_unclaimed(kernel, fault_id, action.pid),
             LaterKind::Resume => {
                 // Only a process that is still a target: never a recycled pid.
                 if kernel
@@ -476,6 +571,141 @@ impl EventContext<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// The victim of a due fault did not claim it in kernel within the grace: it is asleep and
+    /// runs no code, so fij fires the fault itself (the log says `by: "fij"`).
+    fn fire_unclaimed(&mut self, kernel: &mut Kernel, fault_id: u32, pid: u32) -> Result<()> {
+        if !kernel.claim_due(pid)? {
+            return Ok(()); // claimed in kernel: its injection event is on its way
+        }
+        let Some((_, process)) = kernel
+            .target_processes()
+            .into_iter()
+            .find(|(p, _)| *p == pid)
+        else {
+            info!(pid, "due fault not injected: the instance exited meanwhile");
+            return Ok(());
+        };
+        let fault = &self.scenario.faults[fault_id as usize];
+        let now = monotonic_ns();
+        let signal = fault.action.signal();
+        let allowed = pid > 1 && !self.protected.contains(&pid);
+        if allowed && matches!(fault.action, Action::Crash { .. }) {
+            let mark = CrashMark {
+                fault_id,
+                target_idx: process.target_idx,
+                ktime_ns: now,
+            };
+            kernel.mark_crashed(pid, mark)?;
+        }
+        let result = match (allowed, signal) {
+            (false, _) => fij_common::SIGNAL_REFUSED,
+            (true, 0) => 0,
+            (true, sig) if targets::signal_target(pid, sig, self.protected) => 0,
+            (true, _) => -std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::ESRCH),
+        };
+        let event = Event {
+            kind: EVENT_INJECTION,
+            fault_id,
+            ktime_ns: now,
+            tgid: pid,
+            tid: pid,
+            signal: signal as u32,
+            result,
+            target_idx: process.target_idx,
+            instance: process.instance,
+            ..Event::default()
+        };
+        self.injection(kernel, &event, "fij")
+    }
+
+    /// An injection, fired in kernel (`by = "kernel"`) or by fij for a sleeping victim of a
+    /// time trigger (`by = "fij"`): its follow-ups (silence, recovery, resume) and its record.
+    fn injection(&mut self, kernel: &mut Kernel, e: &Event, by: &'static str) -> Result<()> {
+        let t_ns = e.ktime_ns.saturating_sub(self.start_ns);
+        let target = self
+            .scenario
+            .targets
+            .get(e.target_idx as usize)
+            .map_or("?", |t| t.name.as_str());
+        let fault = &self.scenario.faults[e.fault_id as usize];
+        let syscall = match &fault.trigger {
+            Trigger::Syscall { name, .. } => Some(name.as_str()),
+            Trigger::Time(_) => None,
+        };
+        let due = self.due_ktime.get(&(e.fault_id, e.tgid)).copied();
+        let signal = match e.signal {
+            0 => "none".to_string(),
+            sig => targets::signal_name(sig as i32),
+        };
+        let delivered = e.result == 0;
+        let error = (!delivered).then(|| injection_error(e.result));
+        let at = Instant::now();
+        match &fault.action {
+            Action::Partition { duration, ports } if delivered => {
+                let keys = sockets::process_sockets(e.tgid, ports).unwrap_or_else(|err| {
+                    warn!(pid = e.tgid, "partition: cannot read its sockets: {err:#}");
+                    Vec::new()
+                });
+                let entry = SilenceEntry {
+                    tgid: e.tgid,
+                    fault_id: e.fault_id,
+                    ktime_ns: e.ktime_ns,
+                };
+                kernel.silence(&keys, entry)?;
+                info!(pid = e.tgid, tuples = keys.len(), "partitioned");
+                self.log.write(&Record::Partitioned {
+                    t_ns,
+                    pid: e.tgid,
+                    fault: &fault.name,
+                    tuples: keys.len(),
+                })?;
+                if let Some(d) = duration {
+                    self.later.schedule(at + *d, LaterKind::Heal, e.tgid);
+                }
+            }
+            Action::Crash {
+                recover_after: Some(d),
+            } if delivered => self.later.schedule(at + *d, LaterKind::Recover, e.tgid),
+            Action::Stop { resume_after } if delivered => {
+                // Without resume_after the process stays stopped until the campaign ends.
+                let at = resume_after.map_or(at + Duration::from_secs(u32::MAX as u64), |d| at + d);
+                self.later.schedule(at, LaterKind::Resume, e.tgid)
+            }
+            _ => {}
+        }
+        let what = match &fault.trigger {
+            Trigger::Syscall { name, .. } => format!("{name} #{}", e.hit),
+            Trigger::Time(_) => format!("its due time ({by})"),
+        };
+        self.tally.injections += 1;
+        if let Some(error) = &error {
+            self.tally.failed_injections += 1;
+            warn!(fault = %fault.name, target, pid = e.tgid, "{signal} on {what} not sent: {error}");
+        } else {
+            info!(fault = %fault.name, target, pid = e.tgid, tid = e.tid, "{signal} on {what}");
+        }
+        self.log.write(&Record::Injection {
+            t_ns,
+            ktime_ns: e.ktime_ns,
+            fault: &fault.name,
+            target,
+            pid: e.tgid,
+            tid: e.tid,
+            instance: e.instance,
+            hit: e.hit,
+            syscall,
+            signal,
+            by,
+            scheduled_t_ns: due.map(|d| d.saturating_sub(self.start_ns)),
+            late_ns: due.map(|d| e.ktime_ns.saturating_sub(d)),
+            draw: fault.probability.map(|_| e.draw),
+            delivered,
+            error,
+        })
     }
 
     fn drain(&mut self, kernel: &mut Kernel, ring: &mut RingBuf<MapData>) -> Result<()> {
@@ -499,68 +729,7 @@ impl EventContext<'_> {
             .get(e.target_idx as usize)
             .map_or("?", |t| t.name.as_str());
         match e.kind {
-            EVENT_INJECTION => {
-                let fault = &self.scenario.faults[e.fault_id as usize];
-                let Trigger::Syscall { name: syscall, .. } = &fault.trigger;
-                let signal = targets::signal_name(e.signal as i32);
-                let delivered = e.result == 0;
-                let error = (!delivered).then(|| injection_error(e.result));
-                let at = Instant::now();
-                match &fault.action {
-                    Action::Partition { duration, ports } if delivered => {
-                        let keys = sockets::process_sockets(e.tgid, ports).unwrap_or_else(|err| {
-                            warn!(pid = e.tgid, "partition: cannot read its sockets: {err:#}");
-                            Vec::new()
-                        });
-                        let entry = SilenceEntry {
-                            tgid: e.tgid,
-                            fault_id: e.fault_id,
-                            ktime_ns: e.ktime_ns,
-                        };
-                        kernel.silence(&keys, entry)?;
-                        info!(pid = e.tgid, tuples = keys.len(), "partitioned");
-                        self.log.write(&Record::Partitioned {
-                            t_ns,
-                            pid: e.tgid,
-                            fault: &fault.name,
-                            tuples: keys.len(),
-                        })?;
-                        if let Some(d) = duration {
-                            self.later.schedule(at + *d, LaterKind::Heal, e.tgid);
-                        }
-                    }
-                    Action::Crash {
-                        recover_after: Some(d),
-                    } if delivered => self.later.schedule(at + *d, LaterKind::Recover, e.tgid),
-                    Action::Stop { resume_after } if delivered => {
-                        // Without resume_after the process stays stopped until the campaign ends.
-                        let at = resume_after
-                            .map_or(at + Duration::from_secs(u32::MAX as u64), |d| at + d);
-                        self.later.schedule(at, LaterKind::Resume, e.tgid)
-                    }
-                    _ => {}
-                }
-                if let Some(error) = &error {
-                    self.tally.failed_injections += 1;
-                    warn!(fault = %fault.name, target, pid = e.tgid, hit = e.hit, "{signal} not sent: {error}");
-                } else {
-                    info!(fault = %fault.name, target, pid = e.tgid, tid = e.tid, hit = e.hit, "{signal} on {syscall} #{}", e.hit);
-                }
-                self.log.write(&Record::Injection {
-                    t_ns,
-                    ktime_ns: e.ktime_ns,
-                    fault: &fault.name,
-                    target,
-                    pid: e.tgid,
-                    tid: e.tid,
-                    hit: e.hit,
-                    syscall,
-                    signal,
-                    draw: fault.probability.map(|_| e.draw),
-                    delivered,
-                    error,
-                })
-            }
+            EVENT_INJECTION => self.injection(kernel, e, "kernel"),
             EVENT_EXIT => {
                 self.tally.exits += 1;
                 let (code, signal) = if e.result < 0 {

@@ -462,6 +462,7 @@ fn kill_on_execve(program: &Path) -> Scenario {
                 argv: vec![program.display().to_string()],
                 cwd: None,
                 env: Vec::new(),
+                instances: 1,
             },
         }],
         faults: vec![Fault {
@@ -477,6 +478,7 @@ fn kill_on_execve(program: &Path) -> Scenario {
             after: None,
             count: 1,
             probability: None,
+            select: Default::default(),
             per: Per::Process,
         }],
     }
@@ -505,7 +507,7 @@ fn prove_send_signal(kernel: &mut Kernel) -> Result<String> {
         child.pid(),
         TargetProcess {
             target_idx: 0,
-            _pad: 0,
+            instance: 0,
             generation: monotonic_ns(),
         },
     )?;

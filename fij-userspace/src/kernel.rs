@@ -8,13 +8,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSock, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
+        CgroupAttachMode, CgroupSock, PerfEvent, RawTracePoint, SchedClassifier, TcAttachType,
+        TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
 use fij_common::{
-    CONFIG_ARMED, CONFIG_SEED, CONFIG_SILENCED, CONFIG_START_NS, CrashMark, FaultCounters,
-    FaultRule, HookFaults, HookKey, KernelLayout, MAX_FAULTS_PER_HOOK, SilenceEntry, SilenceKey,
-    TargetProcess,
+    CONFIG_ARMED, CONFIG_DUE, CONFIG_SEED, CONFIG_SILENCED, CONFIG_START_NS, CrashMark,
+    FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout, MAX_FAULTS_PER_HOOK, SelectKey,
+    SilenceEntry, SilenceKey, TargetProcess,
 };
 
 /// The eBPF object built from `fij-ebpf` by this crate's build script.
@@ -30,6 +32,10 @@ pub const PROG_UDP_BIND6: &str = "fij_udp_bind6";
 pub const PROG_TCP_STATE: &str = "fij_tcp_state";
 pub const PROG_TASK_FREE: &str = "fij_task_free";
 pub const PROG_TC: &str = "fij_tc";
+pub const PROG_TICK: &str = "fij_tick";
+
+/// Task-clock sampling period of the time-trigger tick: 1 ms of the target's own CPU time.
+const TICK_PERIOD_NS: u64 = 1_000_000;
 
 pub struct Kernel {
     ebpf: Ebpf,
@@ -41,6 +47,10 @@ pub struct Kernel {
     config: Array<MapData, u64>,
     lost: Array<MapData, u64>,
     crashed: HashMap<MapData, u32, CrashMark>,
+    selected: HashMap<MapData, SelectKey, u8>,
+    due: HashMap<MapData, u32, u32>,
+    /// Whether `fij_tick` is loaded (it is attached once per instance root process).
+    tick_loaded: bool,
     silenced: HashMap<MapData, SilenceKey, SilenceEntry>,
     events: Option<RingBuf<MapData>>,
 }
@@ -75,6 +85,9 @@ impl Kernel {
             config: take(&mut ebpf, "CONFIG")?,
             lost: take(&mut ebpf, "EVENTS_LOST")?,
             crashed: take(&mut ebpf, "CRASHED")?,
+            selected: take(&mut ebpf, "SELECTED")?,
+            due: take(&mut ebpf, "DUE")?,
+            tick_loaded: false,
             silenced: take(&mut ebpf, "SILENCED")?,
             events: Some(take(&mut ebpf, "EVENTS")?),
             ebpf,
@@ -164,6 +177,59 @@ impl Kernel {
             }
         }
         Ok(interfaces)
+    }
+
+    /// Lets `instance` take part in fault `fault_id` (a fault with `select`).
+    pub fn select(&mut self, fault_id: u32, instance: u32) -> Result<()> {
+        self.selected
+            .insert(SelectKey { fault_id, instance }, 1, 0)
+            .context("writing a selection")
+    }
+
+    /// The time-trigger tick on process `pid` and its future children: lets a CPU-bound root
+    /// process claim its due fault in its own context.
+    pub fn attach_tick(&mut self, pid: u32) -> Result<()> {
+        let first = !std::mem::replace(&mut self.tick_loaded, true);
+        let program: &mut PerfEvent = self.program(PROG_TICK)?.try_into()?;
+        if first {
+            program
+                .load()
+                .with_context(|| format!("loading {PROG_TICK} (verifier)"))?;
+        }
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::TaskClock),
+                PerfEventScope::OneProcess { pid, cpu: None },
+                SamplePolicy::Period(TICK_PERIOD_NS),
+                true,
+            )
+            .with_context(|| {
+                format!("attaching {PROG_TICK} to pid {pid} (task-clock perf event)")
+            })?;
+        Ok(())
+    }
+
+    /// Marks fault `fault_id` due for root process `pid`: its next syscall or tick fires it.
+    pub fn set_due(&mut self, pid: u32, fault_id: u32) -> Result<()> {
+        self.due
+            .insert(pid, fault_id, 0)
+            .context("marking a fault due")?;
+        self.config.set(CONFIG_DUE, 1, 0)?;
+        Ok(())
+    }
+
+    /// Claims the fault due for `pid` if the kernel has not: true when fij must fire it itself.
+    pub fn claim_due(&mut self, pid: u32) -> Result<bool> {
+        let claimed = self.due.remove(&pid).is_ok();
+        if self.due.keys().next().is_none() {
+            self.config.set(CONFIG_DUE, 0, 0)?;
+        }
+        Ok(claimed)
+    }
+
+    /// Marks `pid` crashed before fij itself kills it (a sleeping victim of a time trigger).
+    pub fn mark_crashed(&mut self, pid: u32, mark: CrashMark) -> Result<()> {
+        self.crashed.insert(pid, mark, 0).context("marking a crash")
     }
 
     /// Silences `keys` on behalf of `entry` (a partition; crashes are silenced in kernel).

@@ -47,13 +47,13 @@ pub fn member_offset(btf: &Btf, name: &str, member: &str) -> Result<Option<u32>>
         .resolve_types_by_name(name)
         .with_context(|| format!("no type `{name}` in BTF"))?
     {
-        if let Type::Struct(s) = ty {
-            if let Some(bits) = find_member(btf, &s, member, 0)? {
-                if bits % 8 != 0 {
-                    bail!("{name}.{member} is a bitfield");
-                }
-                return Ok(Some(bits / 8));
+        if let Type::Struct(s) = ty
+            && let Some(bits) = find_member(btf, &s, member, 0)?
+        {
+            if bits % 8 != 0 {
+                bail!("{name}.{member} is a bitfield");
             }
+            return Ok(Some(bits / 8));
         }
     }
     Ok(None)
@@ -66,12 +66,11 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, wanted: &str, base_bits: u32) -> R
         if name == wanted {
             return Ok(Some(bits));
         }
-        if name.is_empty() {
-            if let Type::Struct(inner) | Type::Union(inner) = btf.resolve_chained_type(m)? {
-                if let Some(found) = find_member(btf, &inner, wanted, bits)? {
-                    return Ok(Some(found));
-                }
-            }
+        if name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = btf.resolve_chained_type(m)?
+            && let Some(found) = find_member(btf, &inner, wanted, bits)?
+        {
+            return Ok(Some(found));
         }
     }
     Ok(None)
@@ -93,7 +92,7 @@ pub fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Resul
     Ok(parse_format_offset(&text, field))
 }
 
-/// Parses a line like `field:bool group_dead;	offset:32;	size:1;	signed:0;`.
+/// Parses a line like `field:bool group_dead;<TAB>offset:32;<TAB>size:1;<TAB>signed:0;`.
 fn parse_format_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let decl = line.trim().strip_prefix("field:")?.split(';').next()?;

@@ -10,5 +10,6 @@ pub mod net;
 pub mod plan;
 pub mod replay;
 pub mod scenario;
+pub mod schedule;
 pub mod sockets;
 pub mod targets;

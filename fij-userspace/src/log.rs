@@ -26,9 +26,22 @@ pub enum Record<'a> {
         target: &'a str,
         pid: u32,
         tid: u32,
+        /// Instance of the target the process belongs to.
+        instance: u32,
+        /// Hit number of a syscall trigger (0 for a time trigger).
         hit: u64,
-        syscall: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        syscall: Option<&'a str>,
+        /// "none" for `partition`, which signals nothing.
         signal: String,
+        /// Who fired it: "kernel" (in the victim's context), or "fij" (a time trigger whose
+        /// victim slept through its due time and so could not claim it).
+        by: &'a str,
+        /// Time triggers: when it was due, and how late it fired.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        scheduled_t_ns: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        late_ns: Option<u64>,
         /// The seeded draw that decided a probabilistic fault (see docs/determinism.md).
         #[serde(skip_serializing_if = "Option::is_none")]
         draw: Option<u64>,
@@ -92,6 +105,7 @@ pub enum Record<'a> {
 #[derive(Debug, Serialize)]
 pub struct TargetRecord<'a> {
     pub name: &'a str,
+    pub instance: u32,
     pub pid: u32,
     pub spawned: bool,
 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::{
     campaign::compile_rules,
-    scenario::{Per, Scenario, Trigger},
+    scenario::{Per, Scenario, Select, Trigger},
+    schedule,
     targets::signal_name,
 };
 
@@ -33,8 +34,21 @@ pub struct FaultPlan {
     pub signal: String,
     pub probability: Option<f64>,
     pub count: u64,
-    /// The hits among the first `hits` that fire, in order, before the `count` cap.
+    /// The instances that take part (`select`); all of them when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<u32>>,
+    /// Syscall triggers: the hits among the first `hits` that fire, in order, before `count`.
     pub fires: Vec<PlannedHit>,
+    /// Time triggers: when the fault falls due for each selected instance.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub due: Vec<PlannedDue>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PlannedDue {
+    pub instance: u32,
+    /// Seconds after the campaign start.
+    pub after_s: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,7 +68,20 @@ pub fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
         .zip(&rules)
         .enumerate()
         .map(|(id, (fault, rule))| {
-            let fires = (1..=hits)
+            let instances = scenario.targets[fault.target].source.instances();
+            let selected = schedule::selected_instances(seed, id as u32, fault.select, instances);
+            let due = match &fault.trigger {
+                Trigger::Time(when) => selected
+                    .iter()
+                    .map(|&instance| PlannedDue {
+                        instance,
+                        after_s: schedule::due_after(seed, id as u32, instance, when).as_secs_f64(),
+                    })
+                    .collect(),
+                Trigger::Syscall { .. } => Vec::new(),
+            };
+            let is_syscall = matches!(fault.trigger, Trigger::Syscall { .. });
+            let fires = (1..=if is_syscall { hits } else { 0 })
                 .filter(|&hit| rule.fires_on(hit))
                 .filter_map(|hit| match fault.probability {
                     None => Some(PlannedHit { hit, draw: None }),
@@ -67,7 +94,10 @@ pub fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
                     }
                 })
                 .collect();
-            let Trigger::Syscall { name, .. } = &fault.trigger;
+            let trigger = match &fault.trigger {
+                Trigger::Syscall { name, .. } => format!("syscall {name}"),
+                Trigger::Time(when) => format!("time {when:?}"),
+            };
             FaultPlan {
                 fault: fault.name.clone(),
                 target: scenario.targets[fault.target].name.clone(),
@@ -75,14 +105,16 @@ pub fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
                     Per::Process => "process",
                     Per::Target => "target",
                 },
-                trigger: format!("syscall {name}"),
+                trigger,
                 signal: match fault.action.signal() {
                     0 => "none".into(),
                     sig => signal_name(sig),
                 },
                 probability: fault.probability,
                 count: fault.count,
+                instances: (fault.select != Select::All).then_some(selected),
                 fires,
+                due,
             }
         })
         .collect();
@@ -111,6 +143,19 @@ impl fmt::Display for Plan {
                 "fault {} — {} on {} of target {} (per {}{}, count {}):",
                 p.fault, p.signal, p.trigger, p.target, p.per, chance, p.count
             )?;
+            if let Some(instances) = &p.instances {
+                writeln!(f, "  selects instances {instances:?}")?;
+            }
+            if !p.due.is_empty() || p.trigger.starts_with("time") {
+                for d in &p.due {
+                    writeln!(
+                        f,
+                        "  instance {} fails {:.3} s after the start",
+                        d.instance, d.after_s
+                    )?;
+                }
+                continue;
+            }
             let hits: Vec<String> = p.fires.iter().map(|h| h.hit.to_string()).collect();
             match hits.is_empty() {
                 true => writeln!(f, "  fires on none of the first {} hits {whose}", self.hits)?,

@@ -20,15 +20,22 @@ pub fn origin(log: &Path) -> Result<(PathBuf, u64)> {
     Ok((PathBuf::from(scenario), seed))
 }
 
-/// The injections of a log, as (fault, target, hit, syscall, signal, draw): what a seed decides.
+/// The injections of a log, as (fault, target, instance, hit, syscall, signal, draw): what a
+/// seed decides. Pids, times and who fired (kernel or fij) are not part of it.
 pub fn injections(log: &Path) -> Result<Vec<String>> {
     Ok(records(log)?
         .iter()
         .filter(|r| r["event"] == "injection")
         .map(|r| {
             format!(
-                "fault {} target {} hit {} {} {} draw {}",
-                r["fault"], r["target"], r["hit"], r["syscall"], r["signal"], r["draw"]
+                "fault {} target {} instance {} hit {} {} {} draw {}",
+                r["fault"],
+                r["target"],
+                r["instance"],
+                r["hit"],
+                r["syscall"],
+                r["signal"],
+                r["draw"]
             )
         })
         .collect())

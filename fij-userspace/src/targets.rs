@@ -155,10 +155,10 @@ impl GatedChild {
                 if libc::read(gate_rx.as_raw_fd(), (&raw mut byte).cast(), 1) != 1 {
                     libc::_exit(127);
                 }
-                if let Some(dir) = &dir {
-                    if libc::chdir(dir.as_ptr()) != 0 {
-                        report_errno_and_exit(err_tx.as_raw_fd());
-                    }
+                if let Some(dir) = &dir
+                    && libc::chdir(dir.as_ptr()) != 0
+                {
+                    report_errno_and_exit(err_tx.as_raw_fd());
                 }
                 libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
                 report_errno_and_exit(err_tx.as_raw_fd());

@@ -23,12 +23,13 @@ pub struct Target {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum TargetSource {
-    /// `command = [..]` (non-empty), with optional `cwd` and `env` (a table of strings).
-    /// Relative `cwd` is relative to the scenario file's directory.
+    /// `command = [..]` (non-empty), with optional `cwd` and `env` (a table of strings), spawned
+    /// `instances` times (default 1). Relative `cwd` is relative to the scenario file's directory.
     Command {
         argv: Vec<String>,
         cwd: Option<PathBuf>,
         env: Vec<(String, String)>,
+        instances: u32,
     },
     /// `pid = N`: adopt a running process (N > 1).
     Pid(u32),
@@ -52,6 +53,8 @@ pub struct Fault {
     pub count: u64,
     /// `probability`: an eligible hit fires when its seeded draw passes (0 < p ≤ 1).
     pub probability: Option<f64>,
+    /// `select`: the instances of the target that take part.
+    pub select: Select,
     /// `per`: "process" (default) or "target".
     pub per: Per,
 }
@@ -88,10 +91,50 @@ impl Action {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl TargetSource {
+    /// How many instances the target has: `instances` of a command, 1 for an adopted pid.
+    pub fn instances(&self) -> u32 {
+        match self {
+            TargetSource::Command { instances, .. } => *instances,
+            TargetSource::Pid(_) => 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub enum Trigger {
     /// `trigger = { syscall = "write" }`: the name as in the host's syscall table, and its number.
     Syscall { name: String, nr: u32 },
+    /// `trigger = { at = "5s" }` or `trigger = { after = { exponential = { mean = "10s" } } }`:
+    /// each selected instance fails once, at a time drawn for it from the seed.
+    Time(Schedule),
+}
+
+/// When a time-triggered fault falls due for an instance, counted from the campaign start.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Schedule {
+    /// `at = "5s"`.
+    At(Duration),
+    /// `after = { exponential = { mean = "10s" } }`.
+    Exponential { mean: Duration },
+    /// `after = { weibull = { scale = "10s", shape = 1.5 } }`.
+    Weibull { scale: Duration, shape: f64 },
+    /// `after = { uniform = { min = "1s", max = "10s" } }`.
+    Uniform { min: Duration, max: Duration },
+}
+
+/// `select`: which instances of the target take part in a fault, drawn from the seed.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum Select {
+    /// `select = "all"` (default).
+    #[default]
+    All,
+    /// `select = "one"`.
+    One,
+    /// `select = { fixed = N }`.
+    Fixed(u32),
+    /// `select = { percent = P }`: ⌈P % of the instances⌉, at least one.
+    Percent(f64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -14,7 +14,7 @@ use std::{
 
 use toml_edit::{Array, ImDocument, Item, TableLike, Value};
 
-use super::model::{Action, Fault, Per, Scenario, Target, TargetSource, Trigger};
+use super::model::{Action, Fault, Per, Scenario, Schedule, Select, Target, TargetSource, Trigger};
 
 /// One error in a scenario file. `line` and `col` are 1-based; `col` counts characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,7 +224,19 @@ fn target(
     let pid = r.get("pid");
     let cwd = r.get("cwd");
     let env = r.get("env");
+    let instances = r.get("instances");
     r.finish(cx);
+    let instances_value = instances.as_ref().and_then(|e| {
+        let n = cx.uint(e, 1)?;
+        if n > MAX_INSTANCES {
+            cx.error(
+                e.at,
+                format!("`instances` must be at most {MAX_INSTANCES}, found {n}"),
+            );
+            return None;
+        }
+        Some(n as u32)
+    });
 
     let argv = command.as_ref().map(|e| argv(cx, e));
     let pid_value = pid.as_ref().map(|e| pid_number(cx, e));
@@ -256,9 +268,10 @@ fn target(
             argv,
             cwd: cwd_value,
             env: env_value.unwrap_or_default(),
+            instances: instances_value.unwrap_or(1),
         }),
         (None, Some(_)) => {
-            for e in [&cwd, &env].into_iter().flatten() {
+            for e in [&cwd, &env, &instances].into_iter().flatten() {
                 cx.error(
                     e.key_at,
                     format!(
@@ -528,6 +541,8 @@ fn fault(
     let every = r.get("every").and_then(|e| cx.uint(&e, 1));
     let after = r.get("after").and_then(|e| cx.duration(&e));
     let count = r.get("count").and_then(|e| cx.uint(&e, 1));
+    let select_entry = r.get("select");
+    let select_value = select_entry.as_ref().and_then(|e| select(cx, e));
     let probability = r.get("probability").and_then(|e| {
         let p = e
             .item
@@ -563,7 +578,24 @@ fn fault(
         }
     });
     let r_at = r.at;
+    let count_given = r.get("count").is_some();
     r.finish(cx);
+
+    // A time trigger fires once per selected instance: hit conditions have no meaning there.
+    if matches!(trigger, Some(Trigger::Time(_)))
+        && (nth.is_some()
+            || every.is_some()
+            || after.is_some()
+            || probability.is_some()
+            || count_given
+            || per.is_some())
+    {
+        cx.error(
+            r_at,
+            "`nth`, `every`, `after`, `count`, `probability` and `per` apply to syscall triggers; \
+             a time trigger (`at` / `after`) fires once per selected instance",
+        );
+    }
 
     let action = match (action, &signal_entry) {
         (Some(ActionKind::Kill), None) => Some(Action::Kill),
@@ -614,6 +646,7 @@ fn fault(
         after,
         count: count.unwrap_or(1),
         probability,
+        select: select_value.unwrap_or_default(),
         per: per.unwrap_or_default(),
     })
 }
@@ -621,9 +654,22 @@ fn fault(
 fn trigger(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
     let table = cx.table(e, "a table such as `{ syscall = \"write\" }`")?;
     let mut r = Reader::new(table, "in `trigger`", "trigger.", e.at);
-    let syscall = r.required(cx, "syscall");
+    let kinds = [r.get("syscall"), r.get("at"), r.get("after")];
     r.finish(cx);
-    let syscall = syscall?;
+    let [syscall, at, after] = kinds;
+    let syscall = match (syscall, at, after) {
+        (Some(s), None, None) => s,
+        (None, Some(at), None) => return cx.duration(&at).map(|d| Trigger::Time(Schedule::At(d))),
+        (None, None, Some(after)) => return schedule_after(cx, &after).map(Trigger::Time),
+        _ => {
+            cx.error(
+                e.at,
+                "`trigger` needs exactly one of `syscall`, `at` or `after`, e.g. \
+                 `{ syscall = \"write\" }` or `{ at = \"5s\" }`",
+            );
+            return None;
+        }
+    };
     let name = cx.string(&syscall)?;
     match syscalls::Sysno::from_str(name) {
         Ok(sysno) => Some(Trigger::Syscall {
@@ -639,6 +685,128 @@ fn trigger(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
                     did_you_mean(name, syscalls::Sysno::iter().map(|s| s.name()))
                 ),
             );
+            None
+        }
+    }
+}
+
+/// Upper bound of `instances` on one target.
+const MAX_INSTANCES: u64 = 1024;
+
+/// `trigger.after`: one distribution table.
+fn schedule_after(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Schedule> {
+    let table = cx.table(e, "a table such as `{ exponential = { mean = \"10s\" } }`")?;
+    let mut r = Reader::new(table, "in `trigger.after`", "trigger.after.", e.at);
+    let kinds = [r.get("exponential"), r.get("weibull"), r.get("uniform")];
+    r.finish(cx);
+    let given: Vec<&Entry<'_>> = kinds.iter().flatten().collect();
+    let [d] = given.as_slice() else {
+        cx.error(
+            e.at,
+            "`trigger.after` needs exactly one distribution: `exponential`, `weibull` or `uniform`",
+        );
+        return None;
+    };
+    let table = cx.table(d, "a table of the distribution's parameters")?;
+    let kind = d.label.rsplit('.').next().unwrap_or_default();
+    let prefix = match kind {
+        "exponential" => "trigger.after.exponential.",
+        "weibull" => "trigger.after.weibull.",
+        _ => "trigger.after.uniform.",
+    };
+    let mut r = Reader::new(table, "in the distribution", prefix, d.at);
+    let schedule = match kind {
+        "exponential" => {
+            let mean = r.required(cx, "mean").and_then(|e| positive(cx, &e));
+            Some(Schedule::Exponential { mean: mean? })
+        }
+        "weibull" => {
+            let scale = r.required(cx, "scale").and_then(|e| positive(cx, &e));
+            let shape = r.required(cx, "shape").and_then(|e| {
+                let v = number(cx, &e)?;
+                (v > 0.0).then_some(v).or_else(|| {
+                    cx.error(e.at, format!("`shape` must be greater than 0, found {v}"));
+                    None
+                })
+            });
+            match (scale, shape) {
+                (Some(scale), Some(shape)) => Some(Schedule::Weibull { scale, shape }),
+                _ => None,
+            }
+        }
+        _ => {
+            let min = r.required(cx, "min").and_then(|e| cx.duration(&e));
+            let max = r
+                .required(cx, "max")
+                .and_then(|e| cx.duration(&e).map(|d| (d, e.at)));
+            match (min, max) {
+                (Some(min), Some((max, _))) if max > min => Some(Schedule::Uniform { min, max }),
+                (Some(_), Some((_, at))) => {
+                    cx.error(at, "`max` must be later than `min`");
+                    None
+                }
+                _ => None,
+            }
+        }
+    };
+    r.finish(cx);
+    schedule
+}
+
+/// A duration that must be greater than zero.
+fn positive(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Duration> {
+    let d = cx.duration(e)?;
+    if d.is_zero() {
+        cx.error(e.at, format!("`{}` must be greater than 0", e.label));
+        return None;
+    }
+    Some(d)
+}
+
+/// A float or an integer.
+fn number(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<f64> {
+    let v = e
+        .item
+        .as_float()
+        .or_else(|| e.item.as_integer().map(|n| n as f64));
+    if v.is_none() {
+        cx.type_error(e, "a number");
+    }
+    v
+}
+
+/// `select = "all" | "one" | { fixed = N } | { percent = P }`.
+fn select(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Select> {
+    if let Some(word) = e.item.as_str() {
+        return match word {
+            "all" => Some(Select::All),
+            "one" => Some(Select::One),
+            _ => {
+                cx.error(e.at, format!("unknown `select` value `{word}`: expected \"all\", \"one\", {{ fixed = N }} or {{ percent = P }}"));
+                None
+            }
+        };
+    }
+    let table = cx.table(e, "\"all\", \"one\", { fixed = N } or { percent = P }")?;
+    let mut r = Reader::new(table, "in `select`", "select.", e.at);
+    let fixed = r.get("fixed");
+    let percent = r.get("percent");
+    r.finish(cx);
+    match (fixed, percent) {
+        (Some(f), None) => cx
+            .uint(&f, 1)
+            .map(|n| Select::Fixed(n.min(u32::MAX as u64) as u32)),
+        (None, Some(p)) => {
+            let v = number(cx, &p)?;
+            if v > 0.0 && v <= 100.0 {
+                Some(Select::Percent(v))
+            } else {
+                cx.error(p.at, format!("`percent` must be in (0, 100], found {v}"));
+                None
+            }
+        }
+        _ => {
+            cx.error(e.at, "`select` needs exactly one of `fixed` or `percent`");
             None
         }
     }
@@ -1214,6 +1382,7 @@ syscall = "openat"
                         argv: vec!["python3".into(), "worker.py".into()],
                         cwd: Some(PathBuf::from("scenarios/dir")),
                         env: vec![("KEY".into(), "value".into()), ("OTHER".into(), "2".into())],
+                        instances: 1,
                     },
                 },
                 Target {
@@ -1235,6 +1404,7 @@ syscall = "openat"
                     after: None,
                     count: 1,
                     probability: None,
+                    select: Select::All,
                     per: Per::Process,
                 },
                 Fault {
@@ -1250,6 +1420,7 @@ syscall = "openat"
                     after: Some(Duration::from_millis(1500)),
                     count: 4,
                     probability: None,
+                    select: Select::All,
                     per: Per::Target,
                 },
             ],
@@ -1277,7 +1448,8 @@ trigger.syscall = "read"
             TargetSource::Command {
                 argv: vec!["/bin/a".into()],
                 cwd: None,
-                env: vec![]
+                env: vec![],
+                instances: 1,
             }
         );
         assert_eq!(scenario.targets[1].source, TargetSource::Pid(99));
@@ -1495,13 +1667,13 @@ trigger.syscall = "read"
             &fault("action = \"kill\"\n[fault.trigger]\n"),
             8,
             1,
-            "missing required key `syscall` in `trigger`",
+            "`trigger` needs exactly one of `syscall`, `at` or `after`",
         );
         assert_error(
             &fault("action = \"kill\"\ntrigger = {}\n"),
             8,
             11,
-            "missing required key `syscall` in `trigger`",
+            "`trigger` needs exactly one of `syscall`, `at` or `after`",
         );
     }
 
