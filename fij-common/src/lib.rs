@@ -33,14 +33,24 @@ pub struct TargetProcess {
     pub generation: u64,
 }
 
-/// Key of the hook table: which faults watch this target's syscall.
+/// Key of the hook table: which faults watch this hook of this target.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HookKey {
     pub target_idx: u32,
-    /// Syscall number (the raw `sys_enter` id).
-    pub syscall_nr: u32,
+    /// Which hook: a syscall number (the raw `sys_enter` id), `HOOK_TRACEPOINT | event id`, or
+    /// `HOOK_PROBE | probe index`.
+    pub hook: u32,
 }
+
+/// Hook ids of tracepoint triggers: `HOOK_TRACEPOINT | slot`, one program slot per distinct
+/// tracepoint of a scenario.
+pub const HOOK_TRACEPOINT: u32 = 0x1_0000;
+/// Distinct tracepoints one scenario may use (program slots `fij_tracepoint_0..8`).
+pub const MAX_TRACEPOINTS: usize = 8;
+/// Hook ids of uprobe/uretprobe/kprobe/kretprobe triggers: the probe's index (its attach cookie
+/// for uprobes, `KPROBE_HOOKS[function address]` for kprobes).
+pub const HOOK_PROBE: u32 = 0x2_0000;
 
 /// Value of the hook table: the fault ids (indices into the rule array) to evaluate, in order.
 #[repr(C)]

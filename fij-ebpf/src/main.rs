@@ -25,6 +25,8 @@ mod probes;
 mod syscalls;
 #[cfg(target_arch = "bpf")]
 mod timers;
+#[cfg(target_arch = "bpf")]
+mod triggers;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -21,7 +21,7 @@ pub fn fij_sys_enter(ctx: RawTracePointContext) -> i32 {
     let nr: i64 = ctx.arg(1);
     let key = HookKey {
         target_idx: process.target_idx,
-        syscall_nr: nr as u32,
+        hook: nr as u32,
     };
     on_hit(process, tgid, pid_tgid as u32, &key, nr as u64);
     claim_due(process, tgid, pid_tgid as u32);

@@ -1,10 +1,10 @@
 //! `fij run`: scenario → rules in maps → targets armed → events streamed → clean end.
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
 use fij_common::{
-    CrashMark, EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_SILENCED, Event, FaultRule, HookKey,
+    CrashMark, EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_SILENCED, Event, FaultRule,
     RULE_CRASH, RULE_PER_TARGET, RULE_PROBABILITY, RULE_SELECT, SilenceEntry, TargetProcess,
     random,
 };
@@ -16,6 +16,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    hooks,
     kernel::{Kernel, monotonic_ns},
     layout,
     log::{EndReason, EventLog, Record, TargetRecord},
@@ -57,49 +58,26 @@ struct ArmedTarget {
 /// or next 1 ms CPU tick) before fij fires it itself: the victim is asleep then.
 const CLAIM_GRACE: Duration = Duration::from_millis(3);
 
-/// Rules and hook table for the scenario's faults (fault id = index in `scenario.faults`).
-pub fn compile_rules(scenario: &Scenario) -> (Vec<FaultRule>, BTreeMap<HookKey, Vec<u32>>) {
-    let mut hooks: BTreeMap<HookKey, Vec<u32>> = BTreeMap::new();
-    let rules = scenario
+/// The kernel rule of each fault (fault id = index in `scenario.faults`); where each one is
+/// evaluated is `hooks::plan_hooks`'s business.
+pub fn compile_rules(scenario: &Scenario) -> Vec<FaultRule> {
+    let flag = |on: bool, flag: u32| if on { flag } else { 0 };
+    scenario
         .faults
         .iter()
-        .enumerate()
-        .map(|(id, fault)| {
-            if let Trigger::Syscall { nr, .. } = &fault.trigger {
-                let key = HookKey {
-                    target_idx: fault.target as u32,
-                    syscall_nr: *nr,
-                };
-                hooks.entry(key).or_default().push(id as u32);
-            }
-            FaultRule {
-                nth: fault.nth.unwrap_or(0),
-                every: fault.every.unwrap_or(0),
-                after_ns: fault.after.map_or(0, |d| d.as_nanos() as u64),
-                count: fault.count,
-                probability: fault.probability.map_or(0, random::probability_threshold),
-                signal: fault.action.signal() as u32,
-                flags: if fault.per == Per::Target {
-                    RULE_PER_TARGET
-                } else {
-                    0
-                } | if matches!(fault.action, Action::Crash { .. }) {
-                    RULE_CRASH
-                } else {
-                    0
-                } | if fault.probability.is_some() {
-                    RULE_PROBABILITY
-                } else {
-                    0
-                } | if fault.select != Select::All {
-                    RULE_SELECT
-                } else {
-                    0
-                },
-            }
+        .map(|fault| FaultRule {
+            nth: fault.nth.unwrap_or(0),
+            every: fault.every.unwrap_or(0),
+            after_ns: fault.after.map_or(0, |d| d.as_nanos() as u64),
+            count: fault.count,
+            probability: fault.probability.map_or(0, random::probability_threshold),
+            signal: fault.action.signal() as u32,
+            flags: flag(fault.per == Per::Target, RULE_PER_TARGET)
+                | flag(matches!(fault.action, Action::Crash { .. }), RULE_CRASH)
+                | flag(fault.probability.is_some(), RULE_PROBABILITY)
+                | flag(fault.select != Select::All, RULE_SELECT),
         })
-        .collect();
-    (rules, hooks)
+        .collect()
 }
 
 pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
@@ -131,13 +109,12 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     let layout = layout::discover()?;
     let mut kernel = Kernel::load(&layout)?;
     kernel.attach_lifecycle()?;
-    if scenario
-        .faults
-        .iter()
-        .any(|f| matches!(f.trigger, Trigger::Syscall { .. }))
-    {
+    let hooks = hooks::plan_hooks(scenario)?;
+    if hooks.syscalls {
         kernel.attach_syscalls()?;
     }
+    kernel.attach_tracepoints(&hooks.tracepoints)?;
+    kernel.attach_probes(&hooks.probes)?;
     let crashes = scenario
         .faults
         .iter()
@@ -161,11 +138,10 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         kernel.protect(*pid)?;
     }
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(random_seed);
-    let (rules, hooks) = compile_rules(scenario);
-    for (id, rule) in rules.iter().enumerate() {
+    for (id, rule) in compile_rules(scenario).iter().enumerate() {
         kernel.set_rule(id as u32, rule)?;
     }
-    kernel.set_hooks(&hooks)?;
+    kernel.set_hooks(&hooks.table)?;
     for (id, fault) in scenario
         .faults
         .iter()
@@ -634,7 +610,7 @@ impl EventContext<'_> {
         let fault = &self.scenario.faults[e.fault_id as usize];
         let syscall = match &fault.trigger {
             Trigger::Syscall { name, .. } => Some(name.as_str()),
-            Trigger::Time(_) => None,
+            _ => None,
         };
         let due = self.due_ktime.get(&(e.fault_id, e.tgid)).copied();
         let signal = match e.signal {
@@ -678,8 +654,8 @@ impl EventContext<'_> {
             _ => {}
         }
         let what = match &fault.trigger {
-            Trigger::Syscall { name, .. } => format!("{name} #{}", e.hit),
             Trigger::Time(_) => format!("its due time ({by})"),
+            trigger => format!("{} #{}", trigger.describe(), e.hit),
         };
         self.tally.injections += 1;
         if let Some(error) = &error {
@@ -698,6 +674,7 @@ impl EventContext<'_> {
             instance: e.instance,
             hit: e.hit,
             syscall,
+            trigger: fault.trigger.describe(),
             signal,
             by,
             scheduled_t_ns: due.map(|d| d.saturating_sub(self.start_ns)),

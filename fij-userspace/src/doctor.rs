@@ -489,7 +489,8 @@ fn kill_on_execve(program: &Path) -> Scenario {
 fn prove_send_signal(kernel: &mut Kernel) -> Result<String> {
     let program = targets::resolve_program("true", None)?;
     let scenario = kill_on_execve(&program);
-    let (rules, hooks) = campaign::compile_rules(&scenario);
+    let rules = campaign::compile_rules(&scenario);
+    let hooks = crate::hooks::plan_hooks(&scenario)?.table;
     for pid in targets::self_and_ancestors() {
         kernel.protect(pid)?;
     }

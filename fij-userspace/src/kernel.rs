@@ -3,14 +3,16 @@
 //! this process, so they go away with it — also when fij is killed.
 use std::collections::BTreeMap;
 
+use crate::scenario::{Probe, ProbeKind, ProbeLocation};
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSock, PerfEvent, RawTracePoint, SchedClassifier, TcAttachType,
-        TracePoint,
+        CgroupAttachMode, CgroupSock, KProbe, PerfEvent, RawTracePoint, SchedClassifier,
+        TcAttachType, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
 use fij_common::{
@@ -33,6 +35,11 @@ pub const PROG_TCP_STATE: &str = "fij_tcp_state";
 pub const PROG_TASK_FREE: &str = "fij_task_free";
 pub const PROG_TC: &str = "fij_tc";
 pub const PROG_TICK: &str = "fij_tick";
+pub const PROG_TRACEPOINT: &str = "fij_tracepoint";
+pub const PROG_UPROBE: &str = "fij_uprobe";
+pub const PROG_URETPROBE: &str = "fij_uretprobe";
+pub const PROG_KPROBE: &str = "fij_kprobe";
+pub const PROG_KRETPROBE: &str = "fij_kretprobe";
 
 /// Task-clock sampling period of the time-trigger tick: 1 ms of the target's own CPU time.
 const TICK_PERIOD_NS: u64 = 1_000_000;
@@ -49,6 +56,7 @@ pub struct Kernel {
     crashed: HashMap<MapData, u32, CrashMark>,
     selected: HashMap<MapData, SelectKey, u8>,
     due: HashMap<MapData, u32, u32>,
+    kprobe_hooks: HashMap<MapData, u64, u32>,
     /// Whether `fij_tick` is loaded (it is attached once per instance root process).
     tick_loaded: bool,
     silenced: HashMap<MapData, SilenceKey, SilenceEntry>,
@@ -87,6 +95,7 @@ impl Kernel {
             crashed: take(&mut ebpf, "CRASHED")?,
             selected: take(&mut ebpf, "SELECTED")?,
             due: take(&mut ebpf, "DUE")?,
+            kprobe_hooks: take(&mut ebpf, "KPROBE_HOOKS")?,
             tick_loaded: false,
             silenced: take(&mut ebpf, "SILENCED")?,
             events: Some(take(&mut ebpf, "EVENTS")?),
@@ -133,6 +142,97 @@ impl Kernel {
     /// The syscall-entry hook: only attached when a fault has a syscall trigger.
     pub fn attach_syscalls(&mut self) -> Result<()> {
         self.raw_tracepoint(PROG_SYS_ENTER, "sys_enter")
+    }
+
+    /// Tracepoint triggers: tracepoint `i` gets program slot `fij_tracepoint_i`.
+    pub fn attach_tracepoints(&mut self, tracepoints: &[(String, String)]) -> Result<()> {
+        for (slot, (category, name)) in tracepoints.iter().enumerate() {
+            self.tracepoint(&format!("{PROG_TRACEPOINT}_{slot}"), category, name)?;
+        }
+        Ok(())
+    }
+
+    /// Probe triggers; probe `i` of `probes` counts under hook `HOOK_PROBE | i` (the attach
+    /// cookie for uprobes, `KPROBE_HOOKS[function address]` for kprobes).
+    pub fn attach_probes(&mut self, probes: &[Probe]) -> Result<()> {
+        for (index, probe) in probes.iter().enumerate() {
+            match probe.kind {
+                ProbeKind::Uprobe | ProbeKind::Uretprobe => {
+                    self.attach_uprobe(index as u64, probe)?
+                }
+                ProbeKind::Kprobe | ProbeKind::Kretprobe => {
+                    self.attach_kprobe(index as u32, probe)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_once(&mut self, name: &str) -> Result<()> {
+        let program = self.program(name)?;
+        if program.fd().is_err() {
+            match program {
+                aya::programs::Program::UProbe(p) => p.load()?,
+                aya::programs::Program::KProbe(p) => p.load()?,
+                _ => anyhow::bail!("{name} is not a probe program"),
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_uprobe(&mut self, cookie: u64, probe: &Probe) -> Result<()> {
+        let name = if probe.kind == ProbeKind::Uprobe {
+            PROG_UPROBE
+        } else {
+            PROG_URETPROBE
+        };
+        self.load_once(name)
+            .with_context(|| format!("loading {name} (verifier)"))?;
+        let program: &mut UProbe = self.program(name)?.try_into()?;
+        let location = match &probe.location {
+            ProbeLocation::Symbol(s) => UProbeAttachLocation::Symbol(s),
+            ProbeLocation::SymbolOffset(s, o) => UProbeAttachLocation::SymbolOffset(s, *o),
+            ProbeLocation::Address(a) => UProbeAttachLocation::AbsoluteOffset(*a),
+        };
+        program
+            .attach(
+                UProbeAttachPoint {
+                    location,
+                    cookie: Some(cookie),
+                },
+                &probe.binary,
+                UProbeScope::AllProcesses,
+            )
+            .with_context(|| format!("attaching {probe}"))?;
+        Ok(())
+    }
+
+    fn attach_kprobe(&mut self, index: u32, probe: &Probe) -> Result<()> {
+        anyhow::ensure!(
+            std::path::Path::new(crate::scenario::KPROBE_PMU).exists(),
+            "{probe}: this kernel has no kprobes (CONFIG_KPROBES is off); `fij doctor` lists what it supports"
+        );
+        let (function, offset) = match &probe.location {
+            ProbeLocation::Symbol(s) => (s.as_str(), 0),
+            ProbeLocation::SymbolOffset(s, o) => (s.as_str(), *o),
+            ProbeLocation::Address(_) => anyhow::bail!("{probe}: kprobes take a function name"),
+        };
+        let address = kallsyms_address(function)?;
+        self.kprobe_hooks
+            .insert(address + offset, index, 0)
+            .context("writing the kprobe table")?;
+        let name = if probe.kind == ProbeKind::Kprobe {
+            PROG_KPROBE
+        } else {
+            PROG_KRETPROBE
+        };
+        self.load_once(name)
+            .with_context(|| format!("loading {name} (verifier)"))?;
+        let program: &mut KProbe = self.program(name)?.try_into()?;
+        program
+            .attach(function, offset)
+            .with_context(|| format!("attaching {probe}"))?;
+        Ok(())
     }
 
     /// `crash`: the TCP state tracepoint, the UDP bind/release hooks on the cgroup v2 root (so
@@ -351,6 +451,21 @@ impl Kernel {
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
     }
+}
+
+/// The address of kernel function `name`, from /proc/kallsyms (as root it shows addresses).
+fn kallsyms_address(name: &str) -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    text.lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (address, _kind, symbol) = (fields.next()?, fields.next()?, fields.next()?);
+            (symbol == name)
+                .then(|| u64::from_str_radix(address, 16).ok())
+                .flatten()
+        })
+        .filter(|&a| a != 0)
+        .with_context(|| format!("kernel function `{name}` not found in /proc/kallsyms"))
 }
 
 /// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns`.

@@ -32,6 +32,8 @@ pub enum Record<'a> {
         hit: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         syscall: Option<&'a str>,
+        /// The trigger as written: `write`, `sched:sched_switch`, `uprobe /bin/x:f`, `time …`.
+        trigger: String,
         /// "none" for `partition`, which signals nothing.
         signal: String,
         /// Who fired it: "kernel" (in the victim's context), or "fij" (a time trigger whose

@@ -60,7 +60,7 @@ pub struct PlannedHit {
 }
 
 pub fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
-    let (rules, _) = compile_rules(scenario);
+    let rules = compile_rules(scenario);
     let key = key_from_seed(seed);
     let faults = scenario
         .faults
@@ -78,10 +78,10 @@ pub fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
                         after_s: schedule::due_after(seed, id as u32, instance, when).as_secs_f64(),
                     })
                     .collect(),
-                Trigger::Syscall { .. } => Vec::new(),
+                _ => Vec::new(),
             };
-            let is_syscall = matches!(fault.trigger, Trigger::Syscall { .. });
-            let fires = (1..=if is_syscall { hits } else { 0 })
+            let counts_hits = !matches!(fault.trigger, Trigger::Time(_));
+            let fires = (1..=if counts_hits { hits } else { 0 })
                 .filter(|&hit| rule.fires_on(hit))
                 .filter_map(|hit| match fault.probability {
                     None => Some(PlannedHit { hit, draw: None }),
@@ -96,7 +96,7 @@ pub fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
                 .collect();
             let trigger = match &fault.trigger {
                 Trigger::Syscall { name, .. } => format!("syscall {name}"),
-                Trigger::Time(when) => format!("time {when:?}"),
+                other => other.describe(),
             };
             FaultPlan {
                 fault: fault.name.clone(),

@@ -105,9 +105,74 @@ impl TargetSource {
 pub enum Trigger {
     /// `trigger = { syscall = "write" }`: the name as in the host's syscall table, and its number.
     Syscall { name: String, nr: u32 },
+    /// `trigger = { tracepoint = "sched:sched_process_fork" }`: a hit is the tracepoint firing
+    /// in the context of a target process.
+    Tracepoint { category: String, name: String },
+    /// `trigger = { uprobe = "PATH:SYMBOL" }` (and uretprobe, kprobe, kretprobe).
+    Probe(Probe),
     /// `trigger = { at = "5s" }` or `trigger = { after = { exponential = { mean = "10s" } } }`:
     /// each selected instance fails once, at a time drawn for it from the seed.
     Time(Schedule),
+}
+
+impl Trigger {
+    /// How the trigger reads in logs and plans: `write`, `sched:sched_switch`, `uprobe /bin/x:f`.
+    pub fn describe(&self) -> String {
+        match self {
+            Trigger::Syscall { name, .. } => name.clone(),
+            Trigger::Tracepoint { category, name } => format!("{category}:{name}"),
+            Trigger::Probe(p) => p.to_string(),
+            Trigger::Time(schedule) => format!("time {schedule:?}"),
+        }
+    }
+}
+
+/// A uprobe, uretprobe, kprobe or kretprobe.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    /// The binary or library (uprobes): a path, or a name like `libc` resolved as aya does.
+    /// Empty for kprobes.
+    pub binary: String,
+    pub location: ProbeLocation,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    Uprobe,
+    Uretprobe,
+    Kprobe,
+    Kretprobe,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeLocation {
+    /// `SYMBOL`
+    Symbol(String),
+    /// `SYMBOL+OFFSET`
+    SymbolOffset(String, u64),
+    /// `0xADDR`: an offset in the file (uprobes only).
+    Address(u64),
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            ProbeKind::Uprobe => "uprobe",
+            ProbeKind::Uretprobe => "uretprobe",
+            ProbeKind::Kprobe => "kprobe",
+            ProbeKind::Kretprobe => "kretprobe",
+        };
+        let location = match &self.location {
+            ProbeLocation::Symbol(s) => s.clone(),
+            ProbeLocation::SymbolOffset(s, o) => format!("{s}+{o:#x}"),
+            ProbeLocation::Address(a) => format!("{a:#x}"),
+        };
+        match self.binary.is_empty() {
+            true => write!(f, "{kind} {location}"),
+            false => write!(f, "{kind} {}:{location}", self.binary),
+        }
+    }
 }
 
 /// When a time-triggered fault falls due for an instance, counted from the campaign start.

@@ -14,7 +14,10 @@ use std::{
 
 use toml_edit::{Array, ImDocument, Item, TableLike, Value};
 
-use super::model::{Action, Fault, Per, Scenario, Schedule, Select, Target, TargetSource, Trigger};
+use super::model::{
+    Action, Fault, Per, Probe, ProbeKind, ProbeLocation, Scenario, Schedule, Select, Target,
+    TargetSource, Trigger,
+};
 
 /// One error in a scenario file. `line` and `col` are 1-based; `col` counts characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -592,8 +595,9 @@ fn fault(
     {
         cx.error(
             r_at,
-            "`nth`, `every`, `after`, `count`, `probability` and `per` apply to syscall triggers; \
-             a time trigger (`at` / `after`) fires once per selected instance",
+            "`nth`, `every`, `after`, `count`, `probability` and `per` count hits of syscall, \
+             tracepoint and probe triggers; a time trigger (`at` / `after`) fires once per \
+             selected instance",
         );
     }
 
@@ -654,21 +658,33 @@ fn fault(
 fn trigger(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
     let table = cx.table(e, "a table such as `{ syscall = \"write\" }`")?;
     let mut r = Reader::new(table, "in `trigger`", "trigger.", e.at);
-    let kinds = [r.get("syscall"), r.get("at"), r.get("after")];
+    let kinds = [
+        r.get("syscall"),
+        r.get("at"),
+        r.get("after"),
+        r.get("tracepoint"),
+        r.get("uprobe"),
+        r.get("uretprobe"),
+        r.get("kprobe"),
+        r.get("kretprobe"),
+    ];
     r.finish(cx);
-    let [syscall, at, after] = kinds;
-    let syscall = match (syscall, at, after) {
-        (Some(s), None, None) => s,
-        (None, Some(at), None) => return cx.duration(&at).map(|d| Trigger::Time(Schedule::At(d))),
-        (None, None, Some(after)) => return schedule_after(cx, &after).map(Trigger::Time),
-        _ => {
-            cx.error(
-                e.at,
-                "`trigger` needs exactly one of `syscall`, `at` or `after`, e.g. \
-                 `{ syscall = \"write\" }` or `{ at = \"5s\" }`",
-            );
-            return None;
-        }
+    let mut given = kinds.into_iter().flatten();
+    let (Some(one), None) = (given.next(), given.next()) else {
+        cx.error(
+            e.at,
+            "`trigger` needs exactly one of `syscall`, `at`, `after`, `tracepoint`, `uprobe`, \
+             `uretprobe`, `kprobe` or `kretprobe`, e.g. `{ syscall = \"write\" }` or `{ at = \"5s\" }`",
+        );
+        return None;
+    };
+    let kind = one.label.rsplit('.').next().unwrap_or_default().to_string();
+    let syscall = match kind.as_str() {
+        "syscall" => one,
+        "at" => return cx.duration(&one).map(|d| Trigger::Time(Schedule::At(d))),
+        "after" => return schedule_after(cx, &one).map(Trigger::Time),
+        "tracepoint" => return tracepoint(cx, &one),
+        _ => return probe(cx, &one, &kind),
     };
     let name = cx.string(&syscall)?;
     match syscalls::Sysno::from_str(name) {
@@ -689,6 +705,148 @@ fn trigger(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
         }
     }
 }
+
+/// Tracepoint categories whose events fire in interrupt context, where "current" is whatever
+/// task was interrupted: a fault there would hit a random process.
+const INTERRUPT_CATEGORIES: [&str; 3] = ["irq", "irq_vectors", "napi"];
+
+/// `tracepoint = "category:name"`, checked against tracefs when it is mounted.
+fn tracepoint(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
+    let text = cx.string(e)?;
+    let Some((category, name)) = text
+        .split_once(':')
+        .filter(|(c, n)| !c.is_empty() && !n.is_empty())
+    else {
+        cx.error(
+            e.at,
+            format!(
+                "`{}`: expected \"category:name\", e.g. \"sched:sched_process_fork\"",
+                e.label
+            ),
+        );
+        return None;
+    };
+    if category == "syscalls" {
+        let syscall = name
+            .strip_prefix("sys_enter_")
+            .or(name.strip_prefix("sys_exit_"))
+            .unwrap_or(name);
+        cx.error(
+            e.at,
+            format!(
+                "use `trigger = {{ syscall = \"{syscall}\" }}` for syscalls: BPF programs on \
+                 `syscalls:*` tracepoints cannot tell which one fired"
+            ),
+        );
+        return None;
+    }
+    if INTERRUPT_CATEGORIES.contains(&category) {
+        cx.error(
+            e.at,
+            format!(
+                "tracepoints of `{category}` fire in interrupt context, where the current task is \
+                 whichever one was interrupted: fij refuses them as triggers"
+            ),
+        );
+        return None;
+    }
+    let events = Path::new(crate::layout::TRACEFS).join("events");
+    if events.is_dir() && !events.join(category).join(name).join("id").is_file() {
+        cx.error(
+            e.at,
+            format!(
+                "no tracepoint `{category}:{name}` on this kernel (see {})",
+                events.display()
+            ),
+        );
+        return None;
+    }
+    Some(Trigger::Tracepoint {
+        category: category.to_string(),
+        name: name.to_string(),
+    })
+}
+
+/// `uprobe = "PATH:SYMBOL"`, `"PATH:SYMBOL+OFFSET"`, `"PATH:0xADDR"` (and `uretprobe`);
+/// `kprobe = "function"` (and `kretprobe`).
+fn probe(cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<Trigger> {
+    let text = cx.string(e)?;
+    let kind = match kind {
+        "uprobe" => ProbeKind::Uprobe,
+        "uretprobe" => ProbeKind::Uretprobe,
+        "kprobe" => ProbeKind::Kprobe,
+        _ => ProbeKind::Kretprobe,
+    };
+    let user = matches!(kind, ProbeKind::Uprobe | ProbeKind::Uretprobe);
+    let (binary, location) = if user {
+        match text.rsplit_once(':') {
+            Some((binary, location)) if !binary.is_empty() && !location.is_empty() => {
+                (binary, location)
+            }
+            _ => {
+                cx.error(
+                    e.at,
+                    format!(
+                        "`{}`: expected \"PATH:SYMBOL\", \"PATH:SYMBOL+OFFSET\" or \"PATH:0xADDR\"",
+                        e.label
+                    ),
+                );
+                return None;
+            }
+        }
+    } else {
+        ("", text)
+    };
+    let parse_offset = |o: &str| match o.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => o.parse().ok(),
+    };
+    let location = if let Some(address) = location.strip_prefix("0x") {
+        match (user, u64::from_str_radix(address, 16)) {
+            (true, Ok(a)) => ProbeLocation::Address(a),
+            _ => {
+                cx.error(
+                    e.at,
+                    format!(
+                        "`{}`: `{location}` is not a file offset of a uprobe",
+                        e.label
+                    ),
+                );
+                return None;
+            }
+        }
+    } else if let Some((symbol, offset)) = location.split_once('+') {
+        match parse_offset(offset) {
+            Some(o) if !symbol.is_empty() => ProbeLocation::SymbolOffset(symbol.to_string(), o),
+            _ => {
+                cx.error(e.at, format!("`{}`: bad offset in `{location}`", e.label));
+                return None;
+            }
+        }
+    } else {
+        ProbeLocation::Symbol(location.to_string())
+    };
+    if user && binary.starts_with('/') && !Path::new(binary).is_file() {
+        cx.error(e.at, format!("`{}`: no file {binary}", e.label));
+        return None;
+    }
+    if !user && !Path::new(KPROBE_PMU).exists() {
+        cx.error(
+            e.at,
+            "kprobe triggers need a kernel with kprobes (CONFIG_KPROBES); this kernel has none \
+             (`fij doctor` lists what it supports); use a tracepoint or uprobe trigger instead",
+        );
+        return None;
+    }
+    Some(Trigger::Probe(Probe {
+        kind,
+        binary: binary.to_string(),
+        location,
+    }))
+}
+
+/// Present when the kernel can create kprobes through perf (what aya uses).
+pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 /// Upper bound of `instances` on one target.
 const MAX_INSTANCES: u64 = 1024;
