@@ -1825,13 +1825,13 @@ trigger.syscall = "read"
             &fault("action = \"kill\"\n[fault.trigger]\n"),
             8,
             1,
-            "`trigger` needs exactly one of `syscall`, `at` or `after`",
+            "`trigger` needs exactly one of `syscall`, `at`, `after`, `tracepoint`",
         );
         assert_error(
             &fault("action = \"kill\"\ntrigger = {}\n"),
             8,
             11,
-            "`trigger` needs exactly one of `syscall`, `at` or `after`",
+            "`trigger` needs exactly one of `syscall`, `at`, `after`, `tracepoint`",
         );
     }
 
