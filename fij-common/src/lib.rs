@@ -200,7 +200,20 @@ pub const CONFIG_SEED: u32 = 3;
 /// Non-zero while a time-triggered fault is due (`DUE` not empty): lets the syscall hook skip
 /// the `DUE` lookup otherwise.
 pub const CONFIG_DUE: u32 = 4;
-pub const CONFIG_LEN: u32 = 5;
+/// `SELECTOR_*` bits of the selector targets a scenario has (`comm`, `exe`, `uid`, `cgroup`):
+/// the exec and fork hooks skip matching while it is 0.
+pub const CONFIG_SELECTORS: u32 = 5;
+pub const CONFIG_LEN: u32 = 6;
+
+/// Selector kinds, as `CONFIG_SELECTORS` bits and as the `detail` of `EVENT_JOINED`.
+pub const SELECTOR_COMM: u64 = 1 << 0;
+pub const SELECTOR_EXE: u64 = 1 << 1;
+pub const SELECTOR_UID: u64 = 1 << 2;
+pub const SELECTOR_CGROUP: u64 = 1 << 3;
+/// Bytes of an `exe` selector key: the executable's path, zero-padded.
+pub const EXE_KEY_LEN: usize = 128;
+/// Bytes of a `comm` selector key (TASK_COMM_LEN), zero-padded.
+pub const COMM_KEY_LEN: usize = 16;
 
 /// Capacity of the set of instance root processes whose time-triggered fault is due.
 pub const MAX_DUE: u32 = 4096;
@@ -218,6 +231,8 @@ pub struct KernelLayout {
     pub task_exit_code: u32,
     /// Offset of `group_dead` in the `sched/sched_process_exit` record.
     pub exit_group_dead: u32,
+    /// Offset of the `filename` `__data_loc` in the `sched/sched_process_exec` record.
+    pub exec_filename: u32,
     /// Offsets in the `sock/inet_sock_set_state` record (all must be known for `crash`).
     pub tcp_oldstate: u32,
     pub tcp_sport: u32,
@@ -240,6 +255,8 @@ pub const EVENT_FORK: u32 = 3;
 /// A socket of a crashed process was silenced (`detail` = protocol << 32 | local_port << 16 |
 /// remote_port).
 pub const EVENT_SILENCED: u32 = 4;
+/// A process joined the target set by matching a selector target (`detail` = `SELECTOR_*`).
+pub const EVENT_JOINED: u32 = 5;
 
 /// A record in the event ring buffer.
 #[repr(C)]

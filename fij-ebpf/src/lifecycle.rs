@@ -7,9 +7,14 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use fij_common::{EVENT_EXIT, EVENT_FORK, Event, TargetProcess};
+use fij_common::{
+    CONFIG_SELECTORS, EVENT_EXIT, EVENT_FORK, Event, SELECTOR_CGROUP, SELECTOR_UID, TargetProcess,
+};
 
-use crate::maps::{TARGETS, emit, layout};
+use crate::{
+    maps::{TARGETS, config, emit, layout},
+    selectors::{join, match_inherited},
+};
 
 #[inline(always)]
 fn read_task_u32(task: *const u8, offset: u32) -> Option<u32> {
@@ -23,9 +28,16 @@ fn read_task_u32(task: *const u8, offset: u32) -> Option<u32> {
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn fij_fork(ctx: RawTracePointContext) -> i32 {
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(parent) = (unsafe { TARGETS.get(&parent_tgid) }) else {
-        return 0;
+    let parent = unsafe { TARGETS.get(&parent_tgid) };
+    // A non-target parent's child joins when the parent matches a uid or cgroup selector.
+    let selectors = config(CONFIG_SELECTORS) & (SELECTOR_UID | SELECTOR_CGROUP);
+    let inherited = match parent {
+        None if selectors != 0 => match_inherited(selectors),
+        _ => None,
     };
+    if parent.is_none() && inherited.is_none() {
+        return 0;
+    }
     let child: *const u8 = ctx.arg(1);
     let l = layout();
     let (Some(pid), Some(tgid)) = (
@@ -38,6 +50,12 @@ pub fn fij_fork(ctx: RawTracePointContext) -> i32 {
     if pid != tgid {
         return 0; // a new thread: its process is already in the set
     }
+    let Some(parent) = parent else {
+        if let Some((idx, reason)) = inherited {
+            join(pid, idx, reason);
+        }
+        return 0;
+    };
     let entry = TargetProcess {
         target_idx: parent.target_idx,
         instance: parent.instance,

@@ -75,6 +75,7 @@ pub static LAYOUT: KernelLayout = KernelLayout {
     task_flags: u32::MAX,
     task_exit_code: u32::MAX,
     exit_group_dead: u32::MAX,
+    exec_filename: u32::MAX,
     tcp_oldstate: u32::MAX,
     tcp_sport: u32::MAX,
     tcp_dport: u32::MAX,

@@ -4,9 +4,9 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
 use fij_common::{
-    CrashMark, EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_SILENCED, Event, FaultRule,
-    RULE_CRASH, RULE_PER_TARGET, RULE_PROBABILITY, RULE_SELECT, SilenceEntry, TargetProcess,
-    random,
+    CrashMark, EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_JOINED, EVENT_SILENCED, Event,
+    FaultRule, RULE_CRASH, RULE_PER_TARGET, RULE_PROBABILITY, RULE_SELECT, SilenceEntry,
+    TargetProcess, random,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -21,7 +21,7 @@ use crate::{
     layout,
     log::{EndReason, EventLog, Record, TargetRecord},
     scenario::{Action, Per, Scenario, Select, TargetSource, Trigger},
-    schedule, sockets,
+    schedule, selectors, sockets,
     targets::{self, GatedChild},
 };
 
@@ -91,17 +91,35 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
 
     // Everything that can be wrong with the input is checked before anything is loaded.
     let mut programs = Vec::new();
-    for target in &scenario.targets {
+    let mut selectors = Vec::new();
+    for (target_idx, target) in scenario.targets.iter().enumerate() {
+        let invalid = |e: anyhow::Error| InvalidInput(format!("target `{}`: {e:#}", target.name));
         match &target.source {
             TargetSource::Command { argv, cwd, .. } => programs.push(Some(
-                targets::resolve_program(&argv[0], cwd.as_deref())
-                    .map_err(|e| InvalidInput(format!("target `{}`: {e:#}", target.name)))?,
+                targets::resolve_program(&argv[0], cwd.as_deref()).map_err(invalid)?,
             )),
             TargetSource::Pid(pid) => {
-                targets::check_adoptable(*pid, &protected)
-                    .map_err(|e| InvalidInput(format!("target `{}`: {e:#}", target.name)))?;
+                targets::check_adoptable(*pid, &protected).map_err(invalid)?;
                 programs.push(None);
             }
+            TargetSource::Selector(selector) => {
+                selectors.push((target_idx, selectors::resolve(selector).map_err(invalid)?));
+                programs.push(None);
+            }
+        }
+    }
+    for fault in &scenario.faults {
+        if matches!(fault.trigger, Trigger::Time(_))
+            && matches!(
+                scenario.targets[fault.target].source,
+                TargetSource::Selector(_)
+            )
+        {
+            return Err(InvalidInput(format!(
+                "fault `{}`: a time trigger needs a `command` or `pid` target (whose instances it fails)",
+                fault.name
+            ))
+            .into());
         }
     }
     let mut log = EventLog::create(opts.log.as_deref())?;
@@ -114,6 +132,12 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         kernel.attach_syscalls()?;
     }
     kernel.attach_tracepoints(&hooks.tracepoints)?;
+    for (target_idx, selector) in &selectors {
+        kernel.add_selector(selector, *target_idx as u32)?;
+    }
+    if !selectors.is_empty() {
+        kernel.attach_exec()?;
+    }
     kernel.attach_probes(&hooks.probes)?;
     let crashes = scenario
         .faults
@@ -220,6 +244,23 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
                     spawned: false,
                 });
             }
+            (TargetSource::Selector(_), _) => {
+                let (_, selector) = selectors
+                    .iter()
+                    .find(|(i, _)| *i == target_idx)
+                    .expect("resolved above");
+                let matching: Vec<u32> = targets::processes()
+                    .filter(|&pid| {
+                        !protected.contains(&pid)
+                            && targets::check_adoptable(pid, &protected).is_ok()
+                    })
+                    .filter(|&pid| selectors::matches(pid, selector))
+                    .collect();
+                for pid in matching.iter().flat_map(|&pid| targets::process_tree(pid)) {
+                    kernel.add_target(pid, entry(0, monotonic_ns()))?;
+                }
+                info!(target = %target.name, running = matching.len(), "selector armed: {selector:?}");
+            }
             _ => unreachable!("programs were resolved for every command target"),
         }
     }
@@ -310,7 +351,8 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         reap(&armed);
         // A crashed host stays silent until recover_after, duration or Ctrl-C, even when every
         // target is gone: ending now would "reboot" it at once.
-        if kernel.target_processes().is_empty() {
+        // Selector targets may gain processes at any time: only duration or Ctrl-C ends those.
+        if kernel.target_processes().is_empty() && selectors.is_empty() {
             // A crashed process reports its exit before it releases its sockets; its mark stays
             // until the task is freed, so wait for that before deciding whether silence holds.
             if kernel.crashed().is_empty() && !kernel.silence_active() {
@@ -755,6 +797,21 @@ impl EventContext<'_> {
                     protocol,
                     local_port,
                     remote_port,
+                })
+            }
+            EVENT_JOINED => {
+                let by = match e.detail {
+                    fij_common::SELECTOR_COMM => "comm",
+                    fij_common::SELECTOR_EXE => "exe",
+                    fij_common::SELECTOR_UID => "uid",
+                    _ => "cgroup",
+                };
+                info!(target, pid = e.tgid, by, "joined");
+                self.log.write(&Record::Joined {
+                    t_ns,
+                    target,
+                    pid: e.tgid,
+                    by,
                 })
             }
             EVENT_FORK => {

@@ -16,9 +16,10 @@ use aya::{
     },
 };
 use fij_common::{
-    CONFIG_ARMED, CONFIG_DUE, CONFIG_SEED, CONFIG_SILENCED, CONFIG_START_NS, CrashMark,
-    FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout, MAX_FAULTS_PER_HOOK, SelectKey,
-    SilenceEntry, SilenceKey, TargetProcess,
+    COMM_KEY_LEN, CONFIG_ARMED, CONFIG_DUE, CONFIG_SEED, CONFIG_SELECTORS, CONFIG_SILENCED,
+    CONFIG_START_NS, CrashMark, EXE_KEY_LEN, FaultCounters, FaultRule, HookFaults, HookKey,
+    KernelLayout, MAX_FAULTS_PER_HOOK, SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE, SELECTOR_UID,
+    SelectKey, SilenceEntry, SilenceKey, TargetProcess,
 };
 
 /// The eBPF object built from `fij-ebpf` by this crate's build script.
@@ -35,6 +36,7 @@ pub const PROG_TCP_STATE: &str = "fij_tcp_state";
 pub const PROG_TASK_FREE: &str = "fij_task_free";
 pub const PROG_TC: &str = "fij_tc";
 pub const PROG_TICK: &str = "fij_tick";
+pub const PROG_EXEC: &str = "fij_exec";
 pub const PROG_TRACEPOINT: &str = "fij_tracepoint";
 pub const PROG_UPROBE: &str = "fij_uprobe";
 pub const PROG_URETPROBE: &str = "fij_uretprobe";
@@ -277,6 +279,55 @@ impl Kernel {
             }
         }
         Ok(interfaces)
+    }
+
+    /// Registers a selector target: processes that match join the set in kernel (exec, fork).
+    pub fn add_selector(
+        &mut self,
+        selector: &crate::selectors::Resolved,
+        target_idx: u32,
+    ) -> Result<()> {
+        use crate::selectors::Resolved;
+        let bit = match selector {
+            Resolved::Comm(name) => {
+                let mut key = [0u8; COMM_KEY_LEN];
+                key[..name.len()].copy_from_slice(name.as_bytes());
+                HashMap::<_, [u8; COMM_KEY_LEN], u32>::try_from(self.map("COMM_TARGETS")?)?
+                    .insert(key, target_idx, 0)?;
+                SELECTOR_COMM
+            }
+            Resolved::Exe(path) => {
+                let mut key = [0u8; EXE_KEY_LEN];
+                key[..path.len()].copy_from_slice(path.as_bytes());
+                HashMap::<_, [u8; EXE_KEY_LEN], u32>::try_from(self.map("EXE_TARGETS")?)?
+                    .insert(key, target_idx, 0)?;
+                SELECTOR_EXE
+            }
+            Resolved::Uid(uid) => {
+                HashMap::<_, u32, u32>::try_from(self.map("UID_TARGETS")?)?
+                    .insert(uid, target_idx, 0)?;
+                SELECTOR_UID
+            }
+            Resolved::Cgroup(id, _) => {
+                HashMap::<_, u64, u32>::try_from(self.map("CGROUP_TARGETS")?)?
+                    .insert(id, target_idx, 0)?;
+                SELECTOR_CGROUP
+            }
+        };
+        let bits = self.config.get(&CONFIG_SELECTORS, 0).unwrap_or(0) | bit;
+        self.config.set(CONFIG_SELECTORS, bits, 0)?;
+        Ok(())
+    }
+
+    /// The exec hook that catches processes matching a selector target.
+    pub fn attach_exec(&mut self) -> Result<()> {
+        self.tracepoint(PROG_EXEC, "sched", "sched_process_exec")
+    }
+
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
     }
 
     /// Lets `instance` take part in fault `fault_id` (a fault with `select`).

@@ -24,6 +24,8 @@ pub fn discover() -> Result<KernelLayout> {
         task_exit_code: member("exit_code")?.unwrap_or(u32::MAX),
         exit_group_dead: tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?
             .unwrap_or(u32::MAX),
+        exec_filename: tracepoint_field_offset("sched", "sched_process_exec", "filename")?
+            .unwrap_or(u32::MAX),
         tcp_oldstate: sock_state("oldstate"),
         tcp_sport: sock_state("sport"),
         tcp_dport: sock_state("dport"),

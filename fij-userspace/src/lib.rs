@@ -12,5 +12,6 @@ pub mod plan;
 pub mod replay;
 pub mod scenario;
 pub mod schedule;
+pub mod selectors;
 pub mod sockets;
 pub mod targets;

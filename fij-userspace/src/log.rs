@@ -70,6 +70,14 @@ pub enum Record<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         signal: Option<String>,
     },
+    /// A process joined the target set by matching a selector target (`comm`, `exe`, `uid`,
+    /// `cgroup`) at exec, or at fork by a matching parent.
+    Joined {
+        t_ns: u64,
+        target: &'a str,
+        pid: u32,
+        by: &'a str,
+    },
     /// A socket of a crashed process went silent (its tuple is dropped by fij's tc programs).
     Silenced {
         t_ns: u64,

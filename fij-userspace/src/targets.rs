@@ -285,12 +285,17 @@ pub fn signal_name(sig: i32) -> String {
     }
 }
 
-/// `pid` and all its current descendants (children forked later join in kernel).
-pub fn process_tree(pid: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+/// Every process (tgid) now in /proc.
+pub fn processes() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// `pid` and all its current descendants (children forked later join in kernel).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = processes()
         .filter_map(|p| Some((p, stat_fields(p).ok()?.get(1)?.parse().ok()?)))
         .collect();
     let mut tree = vec![pid];

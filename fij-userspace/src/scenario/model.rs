@@ -33,6 +33,27 @@ pub enum TargetSource {
     },
     /// `pid = N`: adopt a running process (N > 1).
     Pid(u32),
+    /// `comm = "name"`, `exe = "/path"`, `uid = N`, `cgroup = "/sys/fs/cgroup/…"`: every process
+    /// that matches, now or later (on exec, or when forked by a matching parent), and its
+    /// descendants.
+    Selector(Selector),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// The task name (comm, at most 15 bytes), as set by exec.
+    Comm(String),
+    /// The executable's absolute path, as passed to exec (at most 127 bytes).
+    Exe(PathBuf),
+    Uid(u32),
+    /// A cgroup v2 directory, or its id.
+    Cgroup(CgroupRef),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CgroupRef {
+    Path(PathBuf),
+    Id(u64),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -92,11 +113,11 @@ impl Action {
 }
 
 impl TargetSource {
-    /// How many instances the target has: `instances` of a command, 1 for an adopted pid.
+    /// How many instances the target has: `instances` of a command, 1 otherwise.
     pub fn instances(&self) -> u32 {
         match self {
             TargetSource::Command { instances, .. } => *instances,
-            TargetSource::Pid(_) => 1,
+            TargetSource::Pid(_) | TargetSource::Selector(_) => 1,
         }
     }
 }

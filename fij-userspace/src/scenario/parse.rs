@@ -15,8 +15,8 @@ use std::{
 use toml_edit::{Array, ImDocument, Item, TableLike, Value};
 
 use super::model::{
-    Action, Fault, Per, Probe, ProbeKind, ProbeLocation, Scenario, Schedule, Select, Target,
-    TargetSource, Trigger,
+    Action, CgroupRef, Fault, Per, Probe, ProbeKind, ProbeLocation, Scenario, Schedule, Select,
+    Selector, Target, TargetSource, Trigger,
 };
 
 /// One error in a scenario file. `line` and `col` are 1-based; `col` counts characters.
@@ -228,7 +228,36 @@ fn target(
     let cwd = r.get("cwd");
     let env = r.get("env");
     let instances = r.get("instances");
+    let selectors = [r.get("comm"), r.get("exe"), r.get("uid"), r.get("cgroup")];
     r.finish(cx);
+    let mut given = selectors.into_iter().flatten();
+    if let Some(first) = given.next() {
+        let second = given.next();
+        let others = [&command, &pid, &cwd, &env, &instances]
+            .into_iter()
+            .flatten()
+            .chain(second.as_ref());
+        let mut ok = true;
+        for e in others {
+            cx.error(
+                e.key_at,
+                format!(
+                    "`{}` cannot be combined with `{}`: a target has one source",
+                    e.label, first.label
+                ),
+            );
+            ok = false;
+        }
+        let selector = selector(cx, &first);
+        let target = match (&name, selector) {
+            (Some(name), Some(selector)) if ok => Some(Target {
+                name: name.clone(),
+                source: TargetSource::Selector(selector),
+            }),
+            _ => None,
+        };
+        return (name, target);
+    }
     let instances_value = instances.as_ref().and_then(|e| {
         let n = cx.uint(e, 1)?;
         if n > MAX_INSTANCES {
@@ -295,6 +324,53 @@ fn target(
         _ => None,
     };
     (name, target)
+}
+
+/// `comm = "etcd"`, `exe = "/usr/bin/etcd"`, `uid = 1000`, `cgroup = "/sys/fs/cgroup/x"` (or an id).
+fn selector(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Selector> {
+    match e.label.as_str() {
+        "comm" => {
+            let name = cx.non_empty_string(e)?;
+            if name.len() > 15 {
+                cx.error(
+                    e.at,
+                    format!(
+                        "`comm` is at most 15 bytes (the kernel's task name), found {}",
+                        name.len()
+                    ),
+                );
+                return None;
+            }
+            Some(Selector::Comm(name.to_string()))
+        }
+        "exe" => {
+            let path = cx.non_empty_string(e)?;
+            if !path.starts_with('/') || path.len() >= fij_common::EXE_KEY_LEN {
+                cx.error(
+                    e.at,
+                    format!(
+                        "`exe` must be an absolute path shorter than {} bytes",
+                        fij_common::EXE_KEY_LEN
+                    ),
+                );
+                return None;
+            }
+            Some(Selector::Exe(PathBuf::from(path)))
+        }
+        "uid" => cx.uint(e, 0).and_then(|n| match u32::try_from(n) {
+            Ok(uid) => Some(Selector::Uid(uid)),
+            Err(_) => {
+                cx.error(e.at, format!("`uid` {n} is out of range"));
+                None
+            }
+        }),
+        _ => match e.item.as_integer() {
+            Some(id) if id > 0 => Some(Selector::Cgroup(CgroupRef::Id(id as u64))),
+            _ => cx
+                .non_empty_string(e)
+                .map(|p| Selector::Cgroup(CgroupRef::Path(PathBuf::from(p)))),
+        },
+    }
 }
 
 /// `ports = [6379, 2380]`: TCP/UDP port numbers (1..=65535).
