@@ -90,180 +90,18 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     let protected = targets::self_and_ancestors();
 
     // Everything that can be wrong with the input is checked before anything is loaded.
-    let mut programs = Vec::new();
-    let mut selectors = Vec::new();
-    for (target_idx, target) in scenario.targets.iter().enumerate() {
-        let invalid = |e: anyhow::Error| InvalidInput(format!("target `{}`: {e:#}", target.name));
-        match &target.source {
-            TargetSource::Command { argv, cwd, .. } => programs.push(Some(
-                targets::resolve_program(&argv[0], cwd.as_deref()).map_err(invalid)?,
-            )),
-            TargetSource::Pid(pid) => {
-                targets::check_adoptable(*pid, &protected).map_err(invalid)?;
-                programs.push(None);
-            }
-            TargetSource::Selector(selector) => {
-                selectors.push((target_idx, selectors::resolve(selector).map_err(invalid)?));
-                programs.push(None);
-            }
-        }
-    }
-    for fault in &scenario.faults {
-        if matches!(fault.trigger, Trigger::Time(_))
-            && matches!(
-                scenario.targets[fault.target].source,
-                TargetSource::Selector(_)
-            )
-        {
-            return Err(InvalidInput(format!(
-                "fault `{}`: a time trigger needs a `command` or `pid` target (whose instances it fails)",
-                fault.name
-            ))
-            .into());
-        }
-    }
+    let sources = prepare(scenario, &protected)?;
     let mut log = EventLog::create(opts.log.as_deref())?;
-
-    let layout = layout::discover()?;
-    let mut kernel = Kernel::load(&layout)?;
-    kernel.attach_lifecycle()?;
-    let hooks = hooks::plan_hooks(scenario)?;
-    if hooks.syscalls {
-        kernel.attach_syscalls()?;
-    }
-    kernel.attach_tracepoints(&hooks.tracepoints)?;
-    for (target_idx, selector) in &selectors {
-        kernel.add_selector(selector, *target_idx as u32)?;
-    }
-    if !selectors.is_empty() {
-        kernel.attach_exec()?;
-    }
-    kernel.attach_probes(&hooks.probes)?;
-    let crashes = scenario
-        .faults
-        .iter()
-        .any(|f| matches!(f.action, Action::Crash { .. }));
-    let partitions = scenario
-        .faults
-        .iter()
-        .any(|f| matches!(f.action, Action::Partition { .. }));
-    if crashes {
-        kernel
-            .attach_crash(&layout)
-            .context("setting up crash (fij doctor tells what is missing)")?;
-    }
-    if crashes || partitions {
-        let interfaces = kernel
-            .attach_silencer()
-            .context("setting up the silencer (fij doctor tells what is missing)")?;
-        info!(interfaces = %interfaces.join(","), "silencer attached");
-    }
-    for pid in &protected {
-        kernel.protect(*pid)?;
-    }
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(random_seed);
-    for (id, rule) in compile_rules(scenario).iter().enumerate() {
-        kernel.set_rule(id as u32, rule)?;
-    }
-    kernel.set_hooks(&hooks.table)?;
-    for (id, fault) in scenario
-        .faults
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.select != Select::All)
-    {
-        let instances = scenario.targets[fault.target].source.instances();
-        for instance in schedule::selected_instances(seed, id as u32, fault.select, instances) {
-            kernel.select(id as u32, instance)?;
-        }
-    }
-    let timed = scenario
-        .faults
-        .iter()
-        .any(|f| matches!(f.trigger, Trigger::Time(_)));
+    let hooks = hooks::plan_hooks(scenario)?;
+    let mut kernel = load(scenario, &sources, &hooks, &protected, seed)?;
 
     let start_ns = monotonic_ns();
     let start = Instant::now();
     kernel.arm(start_ns, seed)?;
+    let armed = arm_targets(&mut kernel, scenario, &sources, hooks.timed, &protected)?;
+    let selector_targets = sources.iter().any(|s| matches!(s, Source::Select(_)));
 
-    let mut armed = Vec::new();
-    for (target_idx, (target, program)) in scenario.targets.iter().zip(&programs).enumerate() {
-        let entry = |instance, generation| TargetProcess {
-            target_idx: target_idx as u32,
-            instance,
-            generation,
-        };
-        match (&target.source, program) {
-            (
-                TargetSource::Command {
-                    argv,
-                    cwd,
-                    env,
-                    instances,
-                },
-                Some(program),
-            ) => {
-                for instance in 0..*instances {
-                    let mut child = GatedChild::spawn(program, argv, cwd.as_deref(), env)
-                        .with_context(|| format!("target `{}`", target.name))?;
-                    kernel.add_target(child.pid, entry(instance, monotonic_ns()))?;
-                    if timed {
-                        kernel.attach_tick(child.pid)?;
-                    }
-                    child
-                        .release()
-                        .with_context(|| format!("target `{}`", target.name))?;
-                    info!(target = %target.name, instance, pid = child.pid, "spawned {}", argv.join(" "));
-                    armed.push(ArmedTarget {
-                        target_idx,
-                        instance,
-                        pid: child.pid,
-                        spawned: true,
-                    });
-                }
-            }
-            (TargetSource::Pid(pid), _) => {
-                for pid in targets::process_tree(*pid) {
-                    kernel.add_target(pid, entry(0, monotonic_ns()))?;
-                }
-                if timed {
-                    kernel.attach_tick(*pid)?;
-                }
-                // It may have exited between the check and the insert: then no exit event comes.
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    return Err(anyhow!(
-                        "target `{}`: pid {pid} exited before it was armed",
-                        target.name
-                    ));
-                }
-                info!(target = %target.name, pid, "adopted");
-                armed.push(ArmedTarget {
-                    target_idx,
-                    instance: 0,
-                    pid: *pid,
-                    spawned: false,
-                });
-            }
-            (TargetSource::Selector(_), _) => {
-                let (_, selector) = selectors
-                    .iter()
-                    .find(|(i, _)| *i == target_idx)
-                    .expect("resolved above");
-                let matching: Vec<u32> = targets::processes()
-                    .filter(|&pid| {
-                        !protected.contains(&pid)
-                            && targets::check_adoptable(pid, &protected).is_ok()
-                    })
-                    .filter(|&pid| selectors::matches(pid, selector))
-                    .collect();
-                for pid in matching.iter().flat_map(|&pid| targets::process_tree(pid)) {
-                    kernel.add_target(pid, entry(0, monotonic_ns()))?;
-                }
-                info!(target = %target.name, running = matching.len(), "selector armed: {selector:?}");
-            }
-            _ => unreachable!("programs were resolved for every command target"),
-        }
-    }
     // Absolute, so `fij run --replay LOG` finds the scenario from any directory.
     let scenario_path =
         std::fs::canonicalize(&scenario.path).unwrap_or_else(|_| scenario.path.clone());
@@ -289,84 +127,284 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     let mut events =
         unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow!("polling the event ring: {e}"))?;
-    let mut tally = Tally::default();
-    let mut later = Later::default();
     let mut ctx = EventContext {
         scenario,
         start_ns,
-        log: &mut log,
-        tally: &mut tally,
-        later: &mut later,
+        log,
+        tally: Tally::default(),
+        later: Later::default(),
         protected: &protected,
         due_ktime: Default::default(),
     };
-    // Time-triggered faults: each selected instance's due time, drawn from the seed.
-    for (id, fault) in scenario.faults.iter().enumerate() {
-        let Trigger::Time(schedule_of) = &fault.trigger else {
-            continue;
-        };
-        let instances = scenario.targets[fault.target].source.instances();
-        for instance in schedule::selected_instances(seed, id as u32, fault.select, instances) {
-            let after = schedule::due_after(seed, id as u32, instance, schedule_of);
-            let root = armed
-                .iter()
-                .find(|a| a.target_idx == fault.target && a.instance == instance);
-            if let Some(root) = root {
-                ctx.due_ktime
-                    .insert((id as u32, root.pid), start_ns + after.as_nanos() as u64);
-                ctx.later.schedule(
-                    start + after,
-                    LaterKind::Due {
-                        fault_id: id as u32,
-                    },
-                    root.pid,
-                );
-                info!(fault = %fault.name, instance, pid = root.pid, "due {:.3} s after the start", after.as_secs_f64());
-            }
+    ctx.schedule_time_faults(seed, &armed, start);
+    let reason = event_loop(
+        &mut ctx,
+        &mut kernel,
+        &mut events,
+        &armed,
+        start,
+        selector_targets,
+    )
+    .await?;
+    finish(ctx, kernel, events, &armed, reason).await
+}
+
+/// How each target is brought in, found before anything is loaded.
+enum Source {
+    /// A command, resolved like execvp would.
+    Spawn(std::path::PathBuf),
+    /// A running process, checked adoptable.
+    Adopt(u32),
+    /// A selector, resolved (cgroup path → id).
+    Select(selectors::Resolved),
+}
+
+/// Checks everything about the input that can be wrong before anything is loaded.
+fn prepare(scenario: &Scenario, protected: &[u32]) -> Result<Vec<Source>> {
+    let sources = scenario
+        .targets
+        .iter()
+        .map(|target| {
+            let invalid =
+                |e: anyhow::Error| InvalidInput(format!("target `{}`: {e:#}", target.name));
+            Ok(match &target.source {
+                TargetSource::Command { argv, cwd, .. } => Source::Spawn(
+                    targets::resolve_program(&argv[0], cwd.as_deref()).map_err(invalid)?,
+                ),
+                TargetSource::Pid(pid) => {
+                    targets::check_adoptable(*pid, protected).map_err(invalid)?;
+                    Source::Adopt(*pid)
+                }
+                TargetSource::Selector(selector) => {
+                    Source::Select(selectors::resolve(selector).map_err(invalid)?)
+                }
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for fault in &scenario.faults {
+        if matches!(fault.trigger, Trigger::Time(_))
+            && matches!(sources[fault.target], Source::Select(_))
+        {
+            return Err(InvalidInput(format!(
+                "fault `{}`: a time trigger needs a `command` or `pid` target (whose instances it fails)",
+                fault.name
+            ))
+            .into());
         }
     }
+    Ok(sources)
+}
 
-    let deadline = scenario.duration.map(|d| start + d);
+/// Loads the programs the scenario needs, attaches them, and writes rules, hooks, selections
+/// and the protected set. Nothing is armed yet.
+fn load(
+    scenario: &Scenario,
+    sources: &[Source],
+    hooks: &hooks::HookPlan,
+    protected: &[u32],
+    seed: u64,
+) -> Result<Kernel> {
+    let layout = layout::discover()?;
+    let mut kernel = Kernel::load(&layout)?;
+    kernel.attach_lifecycle()?;
+    if hooks.syscalls {
+        kernel.attach_syscalls()?;
+    }
+    kernel.attach_tracepoints(&hooks.tracepoints)?;
+    kernel.attach_probes(&hooks.probes)?;
+    for (target_idx, source) in sources.iter().enumerate() {
+        if let Source::Select(selector) = source {
+            kernel.add_selector(selector, target_idx as u32)?;
+        }
+    }
+    if sources.iter().any(|s| matches!(s, Source::Select(_))) {
+        kernel.attach_exec()?;
+    }
+    let crashes = scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.action, Action::Crash { .. }));
+    let partitions = scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.action, Action::Partition { .. }));
+    if crashes {
+        kernel
+            .attach_crash(&layout)
+            .context("setting up crash (fij doctor tells what is missing)")?;
+    }
+    if crashes || partitions {
+        let interfaces = kernel
+            .attach_silencer()
+            .context("setting up the silencer (fij doctor tells what is missing)")?;
+        info!(interfaces = %interfaces.join(","), "silencer attached");
+    }
+    for pid in protected {
+        kernel.protect(*pid)?;
+    }
+    for (id, rule) in compile_rules(scenario).iter().enumerate() {
+        kernel.set_rule(id as u32, rule)?;
+    }
+    kernel.set_hooks(&hooks.table)?;
+    for (id, fault) in scenario
+        .faults
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.select != Select::All)
+    {
+        let instances = scenario.targets[fault.target].source.instances();
+        for instance in schedule::selected_instances(seed, id as u32, fault.select, instances) {
+            kernel.select(id as u32, instance)?;
+        }
+    }
+    Ok(kernel)
+}
+
+/// Brings every target into the armed kernel: spawns commands (each instance a target before
+/// its first instruction), adopts pids with their descendants, adds running processes that
+/// match selectors. Returns the instances' root processes.
+fn arm_targets(
+    kernel: &mut Kernel,
+    scenario: &Scenario,
+    sources: &[Source],
+    timed: bool,
+    protected: &[u32],
+) -> Result<Vec<ArmedTarget>> {
+    let mut armed = Vec::new();
+    for (target_idx, (target, source)) in scenario.targets.iter().zip(sources).enumerate() {
+        let entry = |instance, generation| TargetProcess {
+            target_idx: target_idx as u32,
+            instance,
+            generation,
+        };
+        match (&target.source, source) {
+            (
+                TargetSource::Command {
+                    argv,
+                    cwd,
+                    env,
+                    instances,
+                },
+                Source::Spawn(program),
+            ) => {
+                for instance in 0..*instances {
+                    let mut child = GatedChild::spawn(program, argv, cwd.as_deref(), env)
+                        .with_context(|| format!("target `{}`", target.name))?;
+                    kernel.add_target(child.pid, entry(instance, monotonic_ns()))?;
+                    if timed {
+                        kernel.attach_tick(child.pid)?;
+                    }
+                    child
+                        .release()
+                        .with_context(|| format!("target `{}`", target.name))?;
+                    info!(target = %target.name, instance, pid = child.pid, "spawned {}", argv.join(" "));
+                    armed.push(ArmedTarget {
+                        target_idx,
+                        instance,
+                        pid: child.pid,
+                        spawned: true,
+                    });
+                }
+            }
+            (_, Source::Adopt(pid)) => {
+                for pid in targets::process_tree(*pid) {
+                    kernel.add_target(pid, entry(0, monotonic_ns()))?;
+                }
+                if timed {
+                    kernel.attach_tick(*pid)?;
+                }
+                // It may have exited between the check and the insert: then no exit event comes.
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    return Err(anyhow!(
+                        "target `{}`: pid {pid} exited before it was armed",
+                        target.name
+                    ));
+                }
+                info!(target = %target.name, pid, "adopted");
+                armed.push(ArmedTarget {
+                    target_idx,
+                    instance: 0,
+                    pid: *pid,
+                    spawned: false,
+                });
+            }
+            (_, Source::Select(selector)) => {
+                let matching: Vec<u32> = targets::processes()
+                    .filter(|&pid| targets::check_adoptable(pid, protected).is_ok())
+                    .filter(|&pid| selectors::matches(pid, selector))
+                    .collect();
+                for pid in matching.iter().flat_map(|&pid| targets::process_tree(pid)) {
+                    kernel.add_target(pid, entry(0, monotonic_ns()))?;
+                }
+                info!(target = %target.name, running = matching.len(), "selector armed: {selector:?}");
+            }
+            (_, Source::Spawn(_)) => unreachable!("only command targets are spawned"),
+        }
+    }
+    Ok(armed)
+}
+
+/// Waits for events, due actions, the deadline or a signal; returns why the campaign ends.
+async fn event_loop(
+    ctx: &mut EventContext<'_>,
+    kernel: &mut Kernel,
+    events: &mut AsyncFd<RingBuf<MapData>>,
+    armed: &[ArmedTarget],
+    start: Instant,
+    selector_targets: bool,
+) -> Result<EndReason> {
+    let deadline = ctx.scenario.duration.map(|d| start + d);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut waiting_told = false;
-    let reason = loop {
+    loop {
         tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard?;
-                ctx.drain(&mut kernel, guard.get_inner_mut())?;
+                ctx.drain(kernel, guard.get_inner_mut())?;
                 guard.clear_ready();
             }
-            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break EndReason::Duration,
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => return Ok(EndReason::Duration),
             _ = sleep_until(ctx.later.next_at().unwrap_or_else(Instant::now)), if ctx.later.next_at().is_some() => {
                 for action in ctx.later.take_due(Instant::now()) {
-                    ctx.perform(&mut kernel, action)?;
+                    ctx.perform(kernel, action)?;
                 }
             }
-            _ = sigint.recv() => break EndReason::Interrupted,
-            _ = sigterm.recv() => break EndReason::Interrupted,
+            _ = sigint.recv() => return Ok(EndReason::Interrupted),
+            _ = sigterm.recv() => return Ok(EndReason::Interrupted),
             // Exits are seen as events; this is the backstop for a target that died unseen.
             _ = sleep(Duration::from_millis(100)) => {}
         }
-        reap(&armed);
-        // A crashed host stays silent until recover_after, duration or Ctrl-C, even when every
-        // target is gone: ending now would "reboot" it at once.
+        reap(armed);
         // Selector targets may gain processes at any time: only duration or Ctrl-C ends those.
-        if kernel.target_processes().is_empty() && selectors.is_empty() {
-            // A crashed process reports its exit before it releases its sockets; its mark stays
-            // until the task is freed, so wait for that before deciding whether silence holds.
-            if kernel.crashed().is_empty() && !kernel.silence_active() {
-                break EndReason::TargetsExited;
-            }
-            if !waiting_told {
-                info!(
-                    "every target exited; crashed sockets stay silent until recover_after, duration or Ctrl-C"
-                );
-                waiting_told = true;
-            }
+        if !kernel.target_processes().is_empty() || selector_targets {
+            continue;
         }
-    };
+        // A crashed host stays silent until recover_after, duration or Ctrl-C, even when every
+        // target is gone: ending now would "reboot" it at once. A crashed process reports its
+        // exit before it releases its sockets; its mark stays until the task is freed, so wait
+        // for that before deciding whether silence holds.
+        if kernel.crashed().is_empty() && !kernel.silence_active() {
+            return Ok(EndReason::TargetsExited);
+        }
+        if !waiting_told {
+            info!(
+                "every target exited; crashed sockets stay silent until recover_after, duration or Ctrl-C"
+            );
+            waiting_told = true;
+        }
+    }
+}
 
+/// Stops injecting, resumes what fij stopped, ends what it spawned (unless they all exited),
+/// logs the last events and the totals, and detaches everything.
+async fn finish(
+    mut ctx: EventContext<'_>,
+    mut kernel: Kernel,
+    mut events: AsyncFd<RingBuf<MapData>>,
+    armed: &[ArmedTarget],
+    reason: EndReason,
+) -> Result<Report> {
     kernel.disarm()?;
     // A process fij stopped is not left stopped: resume what is still pending.
     for action in ctx.later.take_all() {
@@ -375,13 +413,11 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         }
     }
     if reason != EndReason::TargetsExited {
-        terminate_spawned(&kernel, scenario, &protected).await;
+        terminate_spawned(&kernel, ctx.scenario, ctx.protected).await;
     }
     // Exits of the terminated targets, and anything still in the ring.
     ctx.drain(&mut kernel, events.get_mut())?;
-    reap(&armed);
-    let t_ns = monotonic_ns().saturating_sub(start_ns);
-    let injections = tally.injections;
+    reap(armed);
     let events_lost = kernel.events_lost();
     if events_lost > 0 {
         warn!(
@@ -389,26 +425,60 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
             "the kernel dropped events: the ring buffer was full"
         );
     }
-    log.write(&Record::End {
-        t_ns,
+    let tally = &ctx.tally;
+    ctx.log.write(&Record::End {
+        t_ns: monotonic_ns().saturating_sub(ctx.start_ns),
         reason,
-        injections,
+        injections: tally.injections,
         failed_injections: tally.failed_injections,
         exits: tally.exits,
         events_lost,
     })?;
     info!(
         ?reason,
-        injections,
+        injections = tally.injections,
         failed = tally.failed_injections,
         "campaign ended"
     );
     drop(kernel); // detaches every program
     Ok(Report {
         reason,
-        injections,
+        injections: tally.injections,
         failed_injections: tally.failed_injections,
     })
+}
+
+impl EventContext<'_> {
+    /// Time-triggered faults: each selected instance's due time, drawn from the seed.
+    fn schedule_time_faults(&mut self, seed: u64, armed: &[ArmedTarget], start: Instant) {
+        let scenario = self.scenario;
+        let start_ns = self.start_ns;
+        let ctx = self;
+        for (id, fault) in scenario.faults.iter().enumerate() {
+            let Trigger::Time(schedule_of) = &fault.trigger else {
+                continue;
+            };
+            let instances = scenario.targets[fault.target].source.instances();
+            for instance in schedule::selected_instances(seed, id as u32, fault.select, instances) {
+                let after = schedule::due_after(seed, id as u32, instance, schedule_of);
+                let root = armed
+                    .iter()
+                    .find(|a| a.target_idx == fault.target && a.instance == instance);
+                if let Some(root) = root {
+                    ctx.due_ktime
+                        .insert((id as u32, root.pid), start_ns + after.as_nanos() as u64);
+                    ctx.later.schedule(
+                        start + after,
+                        LaterKind::Due {
+                            fault_id: id as u32,
+                        },
+                        root.pid,
+                    );
+                    info!(fault = %fault.name, instance, pid = root.pid, "due {:.3} s after the start", after.as_secs_f64());
+                }
+            }
+        }
+    }
 }
 
 /// Ends what fij spawned: SIGTERM to every live process of a spawned target, SIGKILL after a grace.
@@ -517,9 +587,9 @@ struct Tally {
 struct EventContext<'a> {
     scenario: &'a Scenario,
     start_ns: u64,
-    log: &'a mut EventLog,
-    tally: &'a mut Tally,
-    later: &'a mut Later,
+    log: EventLog,
+    tally: Tally,
+    later: Later,
     /// fij and its ancestors: never signalled from userspace either.
     protected: &'a [u32],
     /// (fault, root pid) → kernel time the time-triggered fault was due, for the log.
