@@ -1,7 +1,12 @@
-//! The tc (tcx) program behind `crash`: drops every packet of a silenced tuple, in both
-//! directions, on every interface fij attached it to. One program serves ingress and egress:
-//! a packet matches when either of its endpoints is the silenced (local) side.
-use aya_ebpf::{macros::classifier, programs::TcContext};
+//! The tc (tcx) programs behind `crash` and `partition`: every packet of a silenced tuple is
+//! lost, in both directions, on every interface fij attached them to. A packet matches when
+//! either of its endpoints is the silenced (local) side.
+//!
+//! Packets are dropped on ingress only. On egress a silenced packet is turned around into the
+//! same interface's ingress and dropped there: a drop on egress would tell a local sender
+//! "dropped locally", which TCP treats as congestion (no backoff, no retransmission counted,
+//! keepalive never fires) — nothing like a packet lost on a cut cable.
+use aya_ebpf::{helpers::bpf_redirect, macros::classifier, programs::TcContext};
 use fij_common::{CONFIG_SILENCED, SilenceKey};
 
 use crate::maps::{SILENCED, config};
@@ -9,6 +14,8 @@ use crate::maps::{SILENCED, config};
 /// tcx verdicts: go on to the next program / drop.
 const TCX_NEXT: i32 = -1;
 const TCX_DROP: i32 = 2;
+/// `bpf_redirect` flag: deliver to the interface's ingress.
+const BPF_F_INGRESS: u64 = 1;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -27,16 +34,29 @@ struct Flow {
     dport: u16,
 }
 
+#[inline(always)]
+fn is_silenced(ctx: &TcContext) -> bool {
+    // Nothing silenced: the only cost for every packet is this array lookup.
+    config(CONFIG_SILENCED) != 0 && flow(ctx).is_some_and(|f| silenced(&f))
+}
+
 #[classifier]
-pub fn fij_tc(ctx: TcContext) -> i32 {
-    // Nothing crashed yet: the only cost for every packet is this array lookup.
-    if config(CONFIG_SILENCED) == 0 {
+pub fn fij_tc_ingress(ctx: TcContext) -> i32 {
+    if is_silenced(&ctx) {
+        TCX_DROP
+    } else {
+        TCX_NEXT
+    }
+}
+
+#[classifier]
+pub fn fij_tc_egress(ctx: TcContext) -> i32 {
+    if !is_silenced(&ctx) {
         return TCX_NEXT;
     }
-    match flow(&ctx) {
-        Some(f) if silenced(&f) => TCX_DROP,
-        _ => TCX_NEXT,
-    }
+    // Sent successfully, as far as the sender can tell; lost at ingress.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    unsafe { bpf_redirect(ifindex, BPF_F_INGRESS) as i32 }
 }
 
 /// The flow a packet belongs to. An ICMP/ICMPv6 port-unreachable belongs to the datagram it

@@ -57,6 +57,8 @@ struct ArmedTarget {
 /// How long a due time-triggered fault waits for its victim to claim it in kernel (next syscall,
 /// or next 1 ms CPU tick) before fij fires it itself: the victim is asleep then.
 const CLAIM_GRACE: Duration = Duration::from_millis(3);
+/// How soon a due fault tries again while another fault is still due for the same process.
+const DUE_RETRY: Duration = Duration::from_millis(1);
 
 /// The kernel rule of each fault (fault id = index in `scenario.faults`); where each one is
 /// evaluated is `hooks::plan_hooks`'s business.
@@ -406,6 +408,22 @@ async fn finish(
     reason: EndReason,
 ) -> Result<Report> {
     kernel.disarm()?;
+    // Crashed processes' orphaned sockets would send their FIN once fij's programs are gone.
+    let crashed_tuples: Vec<_> = kernel
+        .silenced()
+        .into_iter()
+        .filter(|(_, e)| {
+            matches!(
+                ctx.scenario
+                    .faults
+                    .get(e.fault_id as usize)
+                    .map(|f| &f.action),
+                Some(Action::Crash { .. })
+            )
+        })
+        .map(|(key, _)| key)
+        .collect();
+    sockets::destroy_orphans(&crashed_tuples)?;
     // A process fij stopped is not left stopped: resume what is still pending.
     for action in ctx.later.take_all() {
         if action.kind == LaterKind::Resume {
@@ -601,6 +619,8 @@ impl EventContext<'_> {
         let t_ns = monotonic_ns().saturating_sub(self.start_ns);
         match action.kind {
             LaterKind::Recover => {
+                // The host comes back with no state: its orphaned sockets go before the silence.
+                sockets::destroy_orphans(&kernel.silenced_of(action.pid))?;
                 let tuples = kernel.recover(action.pid)?;
                 info!(
                     pid = action.pid,
@@ -622,21 +642,25 @@ impl EventContext<'_> {
                 })
             }
             LaterKind::Due { fault_id } => {
-                if kernel
+                let live = kernel
                     .target_processes()
                     .iter()
-                    .any(|(pid, _)| *pid == action.pid)
-                {
+                    .any(|(pid, _)| *pid == action.pid);
+                if !live {
+                    info!(
+                        pid = action.pid,
+                        "due fault not injected: the instance already exited"
+                    );
+                } else if kernel.is_due(action.pid) {
+                    // One due fault per process at a time: this one waits for the other's claim.
+                    self.later
+                        .schedule(Instant::now() + DUE_RETRY, action.kind, action.pid);
+                } else {
                     kernel.set_due(action.pid, fault_id)?;
                     self.later.schedule(
                         Instant::now() + CLAIM_GRACE,
                         LaterKind::Claim { fault_id },
                         action.pid,
-                    );
-                } else {
-                    info!(
-                        pid = action.pid,
-                        "due fault not injected: the instance already exited"
                     );
                 }
                 Ok(())

@@ -34,7 +34,8 @@ pub const PROG_UDP_BIND4: &str = "fij_udp_bind4";
 pub const PROG_UDP_BIND6: &str = "fij_udp_bind6";
 pub const PROG_TCP_STATE: &str = "fij_tcp_state";
 pub const PROG_TASK_FREE: &str = "fij_task_free";
-pub const PROG_TC: &str = "fij_tc";
+pub const PROG_TC_INGRESS: &str = "fij_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "fij_tc_egress";
 pub const PROG_TICK: &str = "fij_tick";
 pub const PROG_EXEC: &str = "fij_exec";
 pub const PROG_TRACEPOINT: &str = "fij_tracepoint";
@@ -267,14 +268,17 @@ impl Kernel {
     /// of every interface of fij's network namespace. Returns those interfaces.
     pub fn attach_silencer(&mut self) -> Result<Vec<String>> {
         let interfaces = crate::net::interfaces()?;
-        let program: &mut SchedClassifier = self.program(PROG_TC)?.try_into()?;
-        program
-            .load()
-            .with_context(|| format!("loading {PROG_TC} (verifier)"))?;
-        for iface in &interfaces {
-            for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+        for (name, direction) in [
+            (PROG_TC_INGRESS, TcAttachType::Ingress),
+            (PROG_TC_EGRESS, TcAttachType::Egress),
+        ] {
+            let program: &mut SchedClassifier = self.program(name)?.try_into()?;
+            program
+                .load()
+                .with_context(|| format!("loading {name} (verifier)"))?;
+            for iface in &interfaces {
                 program.attach(iface, direction).with_context(|| {
-                    format!("attaching {PROG_TC} to {iface} {direction:?} (tcx, kernel ≥ 6.6)")
+                    format!("attaching {name} to {iface} {direction:?} (tcx, kernel ≥ 6.6)")
                 })?;
             }
         }
@@ -369,6 +373,11 @@ impl Kernel {
         Ok(())
     }
 
+    /// Whether a fault is due for `pid` and not claimed yet.
+    pub fn is_due(&self, pid: u32) -> bool {
+        self.due.get(&pid, 0).is_ok()
+    }
+
     /// Claims the fault due for `pid` if the kernel has not: true when fij must fire it itself.
     pub fn claim_due(&mut self, pid: u32) -> Result<bool> {
         let claimed = self.due.remove(&pid).is_ok();
@@ -402,16 +411,19 @@ impl Kernel {
             .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))
     }
 
-    /// Forgets crashes that are over: lets the silenced tuples of `tgid` speak again (peers'
-    /// next segments then meet RSTs, as after a reboot). Returns how many tuples were freed.
-    pub fn recover(&mut self, tgid: u32) -> Result<usize> {
-        let keys: Vec<SilenceKey> = self
-            .silenced
+    /// The silenced tuples held for process `tgid`.
+    pub fn silenced_of(&self, tgid: u32) -> Vec<SilenceKey> {
+        self.silenced
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, entry)| entry.tgid == tgid)
             .map(|(key, _)| key)
-            .collect();
+            .collect()
+    }
+
+    /// Lets the silenced tuples of `tgid` speak again. Returns how many were freed.
+    pub fn recover(&mut self, tgid: u32) -> Result<usize> {
+        let keys = self.silenced_of(tgid);
         for key in &keys {
             self.silenced
                 .remove(key)
@@ -421,6 +433,11 @@ impl Kernel {
             self.config.set(CONFIG_SILENCED, 0, 0)?;
         }
         Ok(keys.len())
+    }
+
+    /// Every silenced tuple, with why it is silent.
+    pub fn silenced(&self) -> Vec<(SilenceKey, SilenceEntry)> {
+        self.silenced.iter().filter_map(Result::ok).collect()
     }
 
     /// Whether any tuple is silenced (a crash is in effect).
