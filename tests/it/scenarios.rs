@@ -26,6 +26,13 @@ const EXPECTED: &[(&str, Check)] = &[
     ("demo.toml", demo),
     ("signal-every-3rd-write.toml", signal_every_3rd_write),
     ("kill-forked-child.toml", kill_forked_child),
+    ("crash-vs-kill-crash.toml", crash_vs_kill_crash),
+    ("crash-vs-kill-kill.toml", crash_vs_kill_kill),
+    ("probabilistic-write-kill.toml", probabilistic_write_kill),
+    ("mtbf-exponential-group.toml", mtbf_exponential_group),
+    ("two-consecutive-failures.toml", two_consecutive_failures),
+    ("redis-primary-kill.toml", redis_primary_kill),
+    ("redis-primary-crash.toml", redis_primary_crash),
 ];
 
 /// The shell is killed on its 5th write; its file holds lines 1-4.
@@ -70,6 +77,137 @@ fn kill_forked_child(run: &Run) {
     assert_eq!(out.log.exit_status(second), "signal SIGKILL", "{out}");
     assert_eq!(out.log.exit_status(first), "code 0", "{out}");
     assert_eq!(out.log.exit_status(shell), "code 0", "{out}");
+}
+
+/// The crash-vs-kill pair: the server dies on its first clock_nanosleep, and its client wrote
+/// what it saw in the next 2 s to `$FIJ_DEMO_OUT`.
+fn crash_vs_kill<'a>(run: &'a Run, seen: &str) -> (u32, &'a FijOutput) {
+    let out = &run.out;
+    out.assert_exit(0);
+    let server = out.log.target_pid("server");
+    out.log
+        .assert_injections("clock_nanosleep", "SIGKILL", &[(1, server)]);
+    assert_eq!(out.log.exit_status(server), "signal SIGKILL", "{out}");
+    let client = out.log.target_pid("client");
+    assert_eq!(out.log.exit_status(client), "code 0", "{out}");
+    assert_eq!(out.log.end()["reason"], "targets_exited", "{out}");
+    assert_eq!(read_lines(&run.demo_out), [seen], "{out}");
+    (server, out)
+}
+
+/// Crash: the client hears nothing (`silence`); the server's listener and connection were
+/// silenced, and spoke again at `recover_after`, when the campaign ended.
+fn crash_vs_kill_crash(run: &Run) {
+    let (server, out) = crash_vs_kill(run, "silence");
+    let mut silenced: Vec<(u64, bool)> = out
+        .log
+        .records("silenced")
+        .iter()
+        .map(|r| (r["local_port"].as_u64().unwrap(), r["remote_port"] == 0))
+        .collect();
+    silenced.sort();
+    assert_eq!(silenced, [(47931, false), (47931, true)], "{out}");
+    let recovered = out.log.one("recovered");
+    assert_eq!(recovered["pid"], server, "{out}");
+    assert_eq!(recovered["tuples"], 2, "{out}");
+}
+
+/// Kill: the client sees EOF at once (`eof`); nothing is silenced.
+fn crash_vs_kill_kill(run: &Run) {
+    let (_, out) = crash_vs_kill(run, "eof");
+    assert!(out.log.records("silenced").is_empty(), "{out}");
+}
+
+/// Seed 7, p = 0.2: the plan's first firing hit is the shell's 8th write (draw
+/// 80071570323394754 < ⌊0.2·2^64⌋); it dies there, and its file holds lines 1-7.
+fn probabilistic_write_kill(run: &Run) {
+    let out = &run.out;
+    out.assert_exit(0);
+    let shell = out.log.target_pid("writer");
+    out.log.assert_injections("write", "SIGKILL", &[(8, shell)]);
+    assert_eq!(
+        out.log.injections()[0]["draw"],
+        80_071_570_323_394_754_u64,
+        "{out}"
+    );
+    assert_eq!(out.log.exit_status(shell), "signal SIGKILL", "{out}");
+    assert_eq!(read_lines(&run.demo_out), numbered_lines(7));
+}
+
+/// Seed 2, exponential(mean 500 ms) per instance: each of the four sleeping workers is killed
+/// once, by fij (they sleep), at its planned time, in due order.
+fn mtbf_exponential_group(run: &Run) {
+    let out = &run.out;
+    out.assert_exit(0);
+    // (instance, scheduled_t_ns) as `fij plan --seed 2` prints them (0.067 s, 0.463 s, …).
+    let planned = [
+        (1, 66_957_597_u64),
+        (2, 463_270_139),
+        (3, 787_345_622),
+        (0, 1_035_270_621),
+    ];
+    let injections = out.log.injections();
+    let fired: Vec<(u64, u64)> = injections
+        .iter()
+        .map(|r| {
+            (
+                r["instance"].as_u64().unwrap(),
+                r["scheduled_t_ns"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(fired, planned, "{out}");
+    let targets = out.log.start()["targets"].as_array().unwrap().clone();
+    for record in injections {
+        let root = targets
+            .iter()
+            .find(|t| t["instance"] == record["instance"])
+            .expect("the instance's root");
+        assert_eq!(record["pid"], root["pid"], "{out}");
+        assert_eq!(record["signal"], "SIGKILL", "{out}");
+        assert_eq!(record["by"], "fij", "{out}");
+        assert!(record["late_ns"].as_u64().unwrap() < 50_000_000, "{out}");
+        assert_eq!(
+            out.log.exit_status(pid_of(record)),
+            "signal SIGKILL",
+            "{out}"
+        );
+    }
+    assert_eq!(out.log.end()["reason"], "targets_exited", "{out}");
+}
+
+/// Worker 1 dies on hit 3, the supervisor's "Killed" is hit 4, worker 2 dies on hit 6 (its 2nd
+/// write); worker 3 and the supervisor exit 0.
+fn two_consecutive_failures(run: &Run) {
+    let out = &run.out;
+    out.assert_exit(0);
+    let supervisor = out.log.target_pid("supervisor");
+    let workers: Vec<u32> = out.log.forks().iter().map(|f| pid_of(f)).collect();
+    assert_eq!(workers.len(), 3, "three workers expected:\n{out}");
+    assert!(
+        out.log
+            .forks()
+            .iter()
+            .all(|f| f["parent_pid"] == supervisor),
+        "{out}"
+    );
+    out.log
+        .assert_injections("write", "SIGKILL", &[(3, workers[0]), (6, workers[1])]);
+    assert_eq!(out.log.exit_status(workers[0]), "signal SIGKILL", "{out}");
+    assert_eq!(out.log.exit_status(workers[1]), "signal SIGKILL", "{out}");
+    assert_eq!(out.log.exit_status(workers[2]), "code 0", "{out}");
+    assert_eq!(out.log.exit_status(supervisor), "code 0", "{out}");
+    let expected: Vec<String> = ["worker 1 line 1", "worker 1 line 2", "worker 2 line 1"]
+        .into_iter()
+        .map(String::from)
+        .chain((1..=5).map(|i| format!("worker 3 line {i}")))
+        .collect();
+    assert_eq!(read_lines(&run.demo_out), expected, "{out}");
+    assert_eq!(
+        out.stderr.lines().filter(|l| l.trim() == "Killed").count(),
+        2,
+        "{out}"
+    );
 }
 
 fn run_scenario(file: &str) -> Run {
@@ -118,4 +256,65 @@ fn every_scenario_file_runs_with_its_expected_outcome() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The Redis scenarios: fij spawns a primary and a replica (both log to fij's stdout) and fails
+/// the primary at 2 s. Checks the injection and returns the replica's log lines with the time
+/// from its "sync: Finished with success" to its "Connection with master lost" (Redis's own
+/// millisecond timestamps).
+fn redis_primary_failed(run: &Run) -> (Vec<String>, u64) {
+    let out = &run.out;
+    out.assert_exit(0);
+    let primary = out.log.target_pid("primary");
+    let replica = out.log.target_pid("replica");
+    let injections = out.log.injections();
+    assert_eq!(injections.len(), 1, "{out}");
+    assert_eq!(pid_of(injections[0]), primary, "{out}");
+    assert_eq!(injections[0]["signal"], "SIGKILL", "{out}");
+    assert_eq!(injections[0]["delivered"], true, "{out}");
+    assert_eq!(out.log.exit_status(primary), "signal SIGKILL", "{out}");
+    assert_eq!(out.log.end()["reason"], "duration", "{out}");
+    // `PID:S 25 Nov 2026 13:08:03.735 # MASTER timeout: ...`
+    let prefix = format!("{replica}:");
+    let lines: Vec<String> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    let time_of = |needle: &str| -> u64 {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no replica line with {needle:?}:\n{}", lines.join("\n")));
+        let hms = line.split_whitespace().nth(4).expect("a time field");
+        let parts: Vec<f64> = hms.split(':').map(|p| p.parse().expect("h:m:s.ms")).collect();
+        ((parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]) * 1000.0).round() as u64
+    };
+    let synced = time_of("sync: Finished with success");
+    let lost = time_of("Connection with master lost");
+    let day = 24 * 3600 * 1000;
+    (lines, (lost + day - synced) % day)
+}
+
+/// kill at 2 s: the replica loses the link at once (less than 2.5 s after its first sync, which
+/// is after the campaign start), by the connection closing, not by its timeout.
+fn redis_primary_kill(run: &Run) {
+    let (lines, gap_ms) = redis_primary_failed(run);
+    assert!(gap_ms < 2500, "link lost {gap_ms} ms after the sync:\n{}", lines.join("\n"));
+    assert!(!lines.iter().any(|l| l.contains("MASTER timeout")), "{}", lines.join("\n"));
+    assert!(run.out.log.records("silenced").is_empty(), "{}", run.out);
+}
+
+/// crash at 2 s: the replica loses the link only by its 3 s repl-timeout: at least 3 s after its
+/// first sync (which is at most about 1 s after the campaign start).
+fn redis_primary_crash(run: &Run) {
+    let (lines, gap_ms) = redis_primary_failed(run);
+    assert!(gap_ms >= 3000, "link lost {gap_ms} ms after the sync:\n{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l.contains("MASTER timeout: no data nor PING received")),
+        "{}",
+        lines.join("\n")
+    );
+    assert!(!run.out.log.records("silenced").is_empty(), "{}", run.out);
 }

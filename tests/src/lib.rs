@@ -20,6 +20,9 @@ use std::{
 
 use serde_json::Value;
 
+pub mod net;
+pub mod systems;
+
 /// How long one `fij` invocation may take before the test kills it and fails.
 pub const FIJ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the kernel may take to free fij's programs after fij is gone (they are released

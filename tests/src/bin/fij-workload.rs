@@ -20,6 +20,12 @@
 //!   REPORT `child PID exited CODE` or `child PID killed SIGNO`. Parent writes: exactly 2.
 //! - `wait-for PATH`: exits 0 as soon as PATH exists (polls every 10 ms, no writes).
 //! - `sleep MS`: sleeps MS milliseconds and exits 0 (no writes).
+//! - `spin MS [--nice N]`: a pure CPU loop: makes no syscall at all (it reads the clock through
+//!   the vDSO, every 2^16 iterations) and exits 0 after MS milliseconds. `--nice N` first sets
+//!   its nice value to N (`setpriority`, before the loop), so that on a busy machine it still
+//!   gets a CPU most of the time.
+//! - `naps US MS`: `nanosleep`s US microseconds again and again (one syscall per nap, almost no
+//!   CPU time) and exits 0 after MS milliseconds.
 //!
 //! `--wait-for` and `wait-for` give up after 60 s (exit 104), so a forgotten workload does not
 //! linger; `sleep` sleeps as long as asked (the tests end such targets themselves).
@@ -42,6 +48,21 @@ fn main() {
         ["fork", file, report] => fork(file, report),
         ["wait-for", path] => wait_for(path),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(count(ms))),
+        ["spin", ms] => spin(Duration::from_millis(count(ms))),
+        ["spin", ms, "--nice", nice] => {
+            let nice: i32 = nice
+                .parse()
+                .unwrap_or_else(|_| fail(100, &format!("not a nice value: {nice}")));
+            // SAFETY: setpriority on this process.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+                fail(103, "setpriority failed");
+            }
+            spin(Duration::from_millis(count(ms)))
+        }
+        ["naps", us, ms] => naps(
+            Duration::from_micros(count(us)),
+            Duration::from_millis(count(ms)),
+        ),
         _ => fail(
             100,
             &format!("usage: see the top of fij-workload.rs; got {args:?}"),
@@ -197,5 +218,31 @@ fn fork(file: &str, report: &str) {
     // SAFETY: one iovec over a buffer we own. writev, not write: not a `write` hit.
     if unsafe { libc::writev(report_fd, &iov, 1) } != line.len() as isize {
         fail(102, "writev failed");
+    }
+}
+
+/// Busy-loops for `how_long` without a syscall: `Instant::now` is `clock_gettime` through the
+/// vDSO, and it is read only every 2^16 iterations.
+fn spin(how_long: Duration) {
+    let end = Instant::now() + how_long;
+    let mut i: u64 = 0;
+    loop {
+        i = std::hint::black_box(i.wrapping_add(1));
+        if i.trailing_zeros() >= 16 && Instant::now() >= end {
+            return;
+        }
+    }
+}
+
+/// Sleeps `nap` at a time (one `nanosleep` each) until `how_long` has passed.
+fn naps(nap: Duration, how_long: Duration) {
+    let end = Instant::now() + how_long;
+    let ts = libc::timespec {
+        tv_sec: nap.as_secs() as libc::time_t,
+        tv_nsec: nap.subsec_nanos() as libc::c_long,
+    };
+    while Instant::now() < end {
+        // SAFETY: nanosleep with a timespec we own; an interruption just ends this nap early.
+        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
     }
 }

@@ -1,0 +1,222 @@
+//! etcd: a 3-member cluster on 127.0.0.1 (`--heartbeat-interval 100 --election-timeout 1000`);
+//! fij fails the LEADER one second after the campaign starts. Two things are measured from the
+//! injection:
+//!
+//! - (a) the client: a client that keeps one HTTP/1.1 connection to the leader (etcd's JSON
+//!   gateway, `POST /v3/kv/put` every 50 ms, [`EtcdClient`]) and fails over to the next member
+//!   when a request fails or gets no answer within [`CLIENT_TIMEOUT`]. After a kill its next
+//!   request meets the leader's FIN or RST at once; after a crash it hears nothing and gives up
+//!   only at its own timeout.
+//! - (b) the election: how long until both survivors report a new leader (`etcdctl endpoint
+//!   status` every 100 ms). Raft followers detect a dead leader by missing heartbeats in both
+//!   cases, so this is expected to look the same for kill and crash: it is measured and printed,
+//!   and only bounded, not contrasted.
+use std::time::Duration;
+
+use fij_tests::{
+    TempDir,
+    systems::{EtcdClient, EtcdCluster, EtcdStatus, Outcome, Request, Sampler, etcd_status},
+};
+
+use super::*;
+
+/// The client's timeout for a connect or a request's answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+const HEARTBEAT_MS: u64 = 100;
+const ELECTION_MS: u64 = 1000;
+
+struct Observed {
+    /// The client's first failed request after the injection: what it got, and when (from the
+    /// injection).
+    first_failure: Outcome,
+    detected_after: Duration,
+    /// The client's first successful put on another member.
+    failed_over_after: Duration,
+    /// When both survivors first reported a new leader.
+    elected_after: Duration,
+    /// Every request of the client, and the injection's time.
+    requests: Vec<Request>,
+    t0: u64,
+    fij: FijOutput,
+}
+
+fn fail_leader(action: &str) -> Observed {
+    let dir = TempDir::new(&format!("etcd-{action}"));
+    let cluster = EtcdCluster::start(dir.path(), 3, HEARTBEAT_MS, ELECTION_MS);
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let old_leader = etcd_status(&[cluster.members[leader].endpoint()])
+        .first()
+        .expect("the leader's status")
+        .member_id;
+    let survivors: Vec<usize> = (0..cluster.members.len()).filter(|&i| i != leader).collect();
+    let survivor_endpoints: Vec<String> = survivors
+        .iter()
+        .map(|&i| cluster.members[i].endpoint())
+        .collect();
+
+    // The client, connected to the leader first, then the others in order.
+    let order: Vec<_> = std::iter::once(leader)
+        .chain(survivors.iter().copied())
+        .map(|i| cluster.members[i].client_addr())
+        .collect();
+    let client = EtcdClient::start(
+        order,
+        CLIENT_TIMEOUT,
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+    );
+    client.wait_for(Duration::from_secs(10), "5 puts on the leader", |r| {
+        r.iter().filter(|r| r.member == 0 && r.outcome.is_ok()).count() >= 5
+    });
+    let status = {
+        let endpoints = survivor_endpoints.clone();
+        Sampler::start(Duration::from_millis(100), Duration::from_secs(60), move || {
+            etcd_status(&endpoints)
+        })
+    };
+    let new_leader = move |s: &Vec<EtcdStatus>| {
+        s.len() == 2 && s.iter().all(|s| s.leader != 0 && s.leader != old_leader)
+    };
+
+    let scenario = adopting_scenario(
+        &[("leader", cluster.members[leader].server.pid())],
+        "leader",
+        action,
+        "trigger = { at = \"1s\" }",
+        "28s",
+    );
+    let mut fij = start_fij(&dir, &scenario);
+    let t0 = ktime(&wait_injection(&mut fij, Duration::from_secs(10)));
+    client.wait_for(
+        CLIENT_TIMEOUT * 4,
+        "a successful put on another member",
+        |r| r.iter().any(|r| r.sent_ns > t0 && r.member != 0 && r.outcome.is_ok()),
+    );
+    status.wait_for(Duration::from_secs(15), "a new leader", |samples| {
+        samples.iter().any(|(t, s)| *t > t0 && new_leader(s))
+    });
+    let requests = client.stop();
+    let samples = status.stop();
+    let fij = end_fij(fij);
+    let t0 = assert_killed(&fij.log, cluster.members[leader].server.pid());
+
+    let failure = requests
+        .iter()
+        .find(|r| r.done_ns > t0 && !r.outcome.is_ok())
+        .expect("a failed request after the injection");
+    let recovered = requests
+        .iter()
+        .find(|r| r.sent_ns > t0 && r.member != 0 && r.outcome.is_ok())
+        .expect("a successful put on a survivor");
+    let elected = samples
+        .iter()
+        .find(|(t, s)| *t > t0 && new_leader(s))
+        .expect("a new leader");
+    let observed = Observed {
+        first_failure: failure.outcome.clone(),
+        detected_after: since(t0, failure.done_ns),
+        failed_over_after: since(t0, recovered.done_ns),
+        elected_after: since(t0, elected.0),
+        requests,
+        t0,
+        fij,
+    };
+    println!(
+        "etcd {action} of the leader: the client's first failure {:?} {} after the injection \
+         (timeout {}), its first put on a survivor {} after; both survivors report a new leader \
+         {} after (election timeout {ELECTION_MS} ms)",
+        observed.first_failure,
+        ms(observed.detected_after),
+        ms(CLIENT_TIMEOUT),
+        ms(observed.failed_over_after),
+        ms(observed.elected_after),
+    );
+    print!("{}", after_injection(&observed));
+    observed
+}
+
+/// The client's requests after the injection, for failure messages.
+fn after_injection(seen: &Observed) -> String {
+    let first_ok_elsewhere = seen
+        .requests
+        .iter()
+        .position(|r| r.sent_ns > seen.t0 && r.member != 0 && r.outcome.is_ok())
+        .map_or(seen.requests.len(), |i| i + 1);
+    seen.requests[..first_ok_elsewhere]
+        .iter()
+        .filter(|r| r.done_ns > seen.t0)
+        .map(|r| {
+            format!(
+                "  request to member #{} sent at +{} ms, {:?} at +{} ms\n",
+                r.member,
+                r.sent_ns as i64 / 1_000_000 - seen.t0 as i64 / 1_000_000,
+                r.outcome,
+                since(seen.t0, r.done_ns).as_millis(),
+            )
+        })
+        .collect()
+}
+
+/// Bounds common to kill and crash: the cluster elects a new leader and the client gets its puts
+/// through a survivor, within a few election timeouts of the client's detection.
+fn assert_recovers(seen: &Observed) {
+    assert!(
+        seen.elected_after < Duration::from_secs(10),
+        "no new leader within 10 s: {:?}",
+        seen.elected_after
+    );
+    assert!(
+        seen.failed_over_after < seen.detected_after + Duration::from_secs(10),
+        "the client detected the failure after {:?} but got a put through only after {:?}",
+        seen.detected_after,
+        seen.failed_over_after
+    );
+}
+
+/// kill: the client's connection to the leader fails at once (EOF, reset or refused), long before
+/// its timeout.
+#[test]
+fn etcd_kill_leader_client_fails_over_at_once() {
+    let seen = fail_leader("kill");
+    let at_once = matches!(
+        seen.first_failure,
+        Outcome::Eof
+            | Outcome::Error(libc::ECONNRESET)
+            | Outcome::Error(libc::EPIPE)
+            | Outcome::Error(libc::ECONNREFUSED)
+    );
+    assert!(
+        at_once,
+        "the killed leader's connection must end with EOF/RST/refused, not {:?}\n{}",
+        seen.first_failure,
+        after_injection(&seen)
+    );
+    assert!(
+        seen.detected_after < CLIENT_TIMEOUT / 3,
+        "the client took {:?} to notice the killed leader (its timeout is {CLIENT_TIMEOUT:?})",
+        seen.detected_after
+    );
+    assert_recovers(&seen);
+    assert_eq!(seen.fij.log.end()["reason"], "targets_exited", "{}", seen.fij);
+}
+
+/// crash: the client's request to the crashed leader gets no answer at all, no FIN, no RST; the
+/// client notices only when its own timeout expires.
+#[test]
+fn etcd_crash_leader_client_notices_only_by_its_timeout() {
+    let seen = fail_leader("crash");
+    assert_eq!(
+        seen.first_failure,
+        Outcome::TimedOut,
+        "the crashed leader must say nothing\n{}",
+        after_injection(&seen)
+    );
+    assert!(
+        seen.detected_after.as_secs_f64() >= 0.8 * CLIENT_TIMEOUT.as_secs_f64(),
+        "the client noticed the crash after {:?}, before 0.8 × its timeout {CLIENT_TIMEOUT:?}",
+        seen.detected_after
+    );
+    assert_recovers(&seen);
+    assert!(!seen.fij.log.records("silenced").is_empty(), "{}", seen.fij);
+    assert_eq!(seen.fij.log.end()["reason"], "interrupted", "{}", seen.fij);
+}
