@@ -738,11 +738,7 @@ impl EventContext<'_> {
     /// time trigger (`by = "fij"`): its follow-ups (silence, recovery, resume) and its record.
     fn injection(&mut self, kernel: &mut Kernel, e: &Event, by: &'static str) -> Result<()> {
         let t_ns = e.ktime_ns.saturating_sub(self.start_ns);
-        let target = self
-            .scenario
-            .targets
-            .get(e.target_idx as usize)
-            .map_or("?", |t| t.name.as_str());
+        let target = self.scenario.target_name(e.target_idx);
         let fault = &self.scenario.faults[e.fault_id as usize];
         let syscall = match &fault.trigger {
             Trigger::Syscall { name, .. } => Some(name.as_str()),
@@ -836,11 +832,7 @@ impl EventContext<'_> {
 
     fn handle(&mut self, kernel: &mut Kernel, e: &Event) -> Result<()> {
         let t_ns = e.ktime_ns.saturating_sub(self.start_ns);
-        let target = self
-            .scenario
-            .targets
-            .get(e.target_idx as usize)
-            .map_or("?", |t| t.name.as_str());
+        let target = self.scenario.target_name(e.target_idx);
         match e.kind {
             EVENT_INJECTION => self.injection(kernel, e, "kernel"),
             EVENT_EXIT => {

@@ -14,6 +14,15 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
 }
 
+impl Scenario {
+    /// The name of target `idx` (as the kernel reports it), or "?" for an unknown index.
+    pub fn target_name(&self, idx: u32) -> &str {
+        self.targets
+            .get(idx as usize)
+            .map_or("?", |t| t.name.as_str())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target {
     /// `name`: unique among targets.
