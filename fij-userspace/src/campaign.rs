@@ -101,7 +101,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     let start_ns = monotonic_ns();
     let start = Instant::now();
     kernel.arm(start_ns, seed)?;
-    let armed = arm_targets(&mut kernel, scenario, &sources, hooks.timed, &protected)?;
+    let (armed, running) = arm_targets(&mut kernel, scenario, &sources, hooks.timed, &protected)?;
     let selector_targets = sources.iter().any(|s| matches!(s, Source::Select(_)));
 
     // Absolute, so `fij run --replay LOG` finds the scenario from any directory.
@@ -122,6 +122,15 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
             })
             .collect(),
     })?;
+    for (pid, target_idx, by) in running {
+        let target = scenario.target_name(target_idx as u32);
+        log.write(&Record::Joined {
+            t_ns: 0,
+            target,
+            pid,
+            by,
+        })?;
+    }
     info!(seed, scenario = %scenario_path, "campaign armed");
 
     let ring = kernel.take_events().context("event ring already taken")?;
@@ -213,7 +222,10 @@ fn load(
         kernel.attach_syscalls()?;
     }
     kernel.attach_tracepoints(&hooks.tracepoints)?;
-    kernel.attach_probes(&hooks.probes)?;
+    // A symbol or library that cannot be found is the scenario's fault, not fij's.
+    kernel
+        .attach_probes(&hooks.probes)
+        .map_err(|e| InvalidInput(format!("{e:#}")))?;
     for (target_idx, source) in sources.iter().enumerate() {
         if let Source::Select(selector) = source {
             kernel.add_selector(selector, target_idx as u32)?;
@@ -264,15 +276,17 @@ fn load(
 
 /// Brings every target into the armed kernel: spawns commands (each instance a target before
 /// its first instruction), adopts pids with their descendants, adds running processes that
-/// match selectors. Returns the instances' root processes.
+/// match selectors. Returns the instances' root processes, and the running processes that
+/// joined by matching a selector (pid, target, selector kind).
 fn arm_targets(
     kernel: &mut Kernel,
     scenario: &Scenario,
     sources: &[Source],
     timed: bool,
     protected: &[u32],
-) -> Result<Vec<ArmedTarget>> {
+) -> Result<(Vec<ArmedTarget>, Vec<(u32, usize, &'static str)>)> {
     let mut armed = Vec::new();
+    let mut running = Vec::new();
     for (target_idx, (target, source)) in scenario.targets.iter().zip(sources).enumerate() {
         let entry = |instance, generation| TargetProcess {
             target_idx: target_idx as u32,
@@ -337,13 +351,14 @@ fn arm_targets(
                     .collect();
                 for pid in matching.iter().flat_map(|&pid| targets::process_tree(pid)) {
                     kernel.add_target(pid, entry(0, monotonic_ns()))?;
+                    running.push((pid, target_idx, selector.kind()));
                 }
                 info!(target = %target.name, running = matching.len(), "selector armed: {selector:?}");
             }
             (_, Source::Spawn(_)) => unreachable!("only command targets are spawned"),
         }
     }
-    Ok(armed)
+    Ok((armed, running))
 }
 
 /// Waits for events, due actions, the deadline or a signal; returns why the campaign ends.

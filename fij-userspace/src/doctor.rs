@@ -638,9 +638,9 @@ impl Drop for Victim {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Program types and attach points fij does not use yet: the no-op programs of `probes.rs`.
+// Probe program types: the no-op programs of `probes.rs` try what triggers need.
 
-const DISABLES_UPROBE: &str = "uprobe triggers (not used by fij yet)";
+const DISABLES_UPROBE: &str = "uprobe/uretprobe triggers";
 const DISABLES_KPROBE: &str = "kprobe/kretprobe triggers";
 const DISABLES_KPROBE_NOT_BUILT: &str =
     "kprobe/kretprobe triggers (kernel built without CONFIG_KPROBES)";

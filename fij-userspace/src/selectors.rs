@@ -16,6 +16,18 @@ pub enum Resolved {
     Cgroup(u64, Option<String>),
 }
 
+impl Resolved {
+    /// The scenario key it came from, as the log's `joined.by` says it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resolved::Comm(_) => "comm",
+            Resolved::Exe(_) => "exe",
+            Resolved::Uid(_) => "uid",
+            Resolved::Cgroup(..) => "cgroup",
+        }
+    }
+}
+
 pub fn resolve(selector: &Selector) -> Result<Resolved> {
     Ok(match selector {
         Selector::Comm(c) => Resolved::Comm(c.clone()),

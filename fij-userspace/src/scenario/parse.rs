@@ -171,6 +171,25 @@ fn scenario(cx: &mut Cx<'_>, root: &toml_edit::Table) -> Option<Scenario> {
                 let mut seen = Seen::default();
                 for (table, at) in tables {
                     let fault = fault(cx, table, at, names, &mut seen);
+                    // A time trigger fails an instance's root process: selectors have none.
+                    if let Some(f) = &fault
+                        && matches!(f.trigger, Trigger::Time(_))
+                        && targets_ok
+                        && matches!(
+                            targets.get(f.target).map(|t: &Target| &t.source),
+                            Some(TargetSource::Selector(_))
+                        )
+                    {
+                        cx.error(
+                            at,
+                            format!(
+                                "fault `{}`: a time trigger needs a `command` or `pid` target (it fails an \
+                                 instance's root process); `{}` is a selector target",
+                                f.name, targets[f.target].name
+                            ),
+                        );
+                        faults_ok = false;
+                    }
                     faults_ok &= fault.is_some();
                     faults.extend(fault);
                 }
@@ -902,6 +921,16 @@ fn probe(cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<Trigger> {
     } else {
         ProbeLocation::Symbol(location.to_string())
     };
+    if user && binary.contains('/') && !binary.starts_with('/') {
+        cx.error(
+            e.at,
+            format!(
+                "`{}`: give an absolute path or a library name such as `libc`, not `{binary}`",
+                e.label
+            ),
+        );
+        return None;
+    }
     if user && binary.starts_with('/') && !Path::new(binary).is_file() {
         cx.error(e.at, format!("`{}`: no file {binary}", e.label));
         return None;
