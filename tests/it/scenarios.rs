@@ -33,6 +33,14 @@ const EXPECTED: &[(&str, Check)] = &[
     ("two-consecutive-failures.toml", two_consecutive_failures),
     ("redis-primary-kill.toml", redis_primary_kill),
     ("redis-primary-crash.toml", redis_primary_crash),
+    (
+        "kill-on-2nd-fork-tracepoint.toml",
+        kill_on_2nd_fork_tracepoint,
+    ),
+    (
+        "kill-before-2nd-fork-uprobe.toml",
+        kill_before_2nd_fork_uprobe,
+    ),
 ];
 
 /// The shell is killed on its 5th write; its file holds lines 1-4.
@@ -208,6 +216,53 @@ fn two_consecutive_failures(run: &Run) {
         2,
         "{out}"
     );
+}
+
+/// The shell dies on its 2nd fork, after that fork made the 2nd subshell: both subshells exit
+/// 0 and wrote their line; the third never ran.
+fn kill_on_2nd_fork_tracepoint(run: &Run) {
+    let out = &run.out;
+    out.assert_exit(0);
+    let shell = out.log.target_pid("forker");
+    let forks = out.log.forks();
+    assert_eq!(forks.len(), 2, "two subshells expected:\n{out}");
+    assert!(forks.iter().all(|f| f["parent_pid"] == shell), "{out}");
+    let injection = out.log.one("injection");
+    assert_eq!(injection["trigger"], "sched:sched_process_fork", "{out}");
+    assert_eq!(
+        (injection["hit"].as_u64(), pid_of(injection)),
+        (Some(2), shell),
+        "{out}"
+    );
+    assert_eq!(injection["delivered"], true, "{out}");
+    assert_eq!(out.log.exit_status(shell), "signal SIGKILL", "{out}");
+    for fork in forks {
+        assert_eq!(out.log.exit_status(pid_of(fork)), "code 0", "{out}");
+    }
+    assert_eq!(out.log.end()["reason"], "targets_exited", "{out}");
+    assert_eq!(read_lines(&run.demo_out), ["one", "two"], "{out}");
+}
+
+/// The shell dies entering its 2nd fork(): one subshell only, which wrote "one".
+fn kill_before_2nd_fork_uprobe(run: &Run) {
+    let out = &run.out;
+    out.assert_exit(0);
+    let shell = out.log.target_pid("forker");
+    let forks = out.log.forks();
+    assert_eq!(forks.len(), 1, "one subshell expected:\n{out}");
+    assert_eq!(forks[0]["parent_pid"], shell, "{out}");
+    let injection = out.log.one("injection");
+    assert_eq!(injection["trigger"], "uprobe libc:fork", "{out}");
+    assert_eq!(
+        (injection["hit"].as_u64(), pid_of(injection)),
+        (Some(2), shell),
+        "{out}"
+    );
+    assert_eq!(injection["delivered"], true, "{out}");
+    assert_eq!(out.log.exit_status(shell), "signal SIGKILL", "{out}");
+    assert_eq!(out.log.exit_status(pid_of(forks[0])), "code 0", "{out}");
+    assert_eq!(out.log.end()["reason"], "targets_exited", "{out}");
+    assert_eq!(read_lines(&run.demo_out), ["one"], "{out}");
 }
 
 fn run_scenario(file: &str) -> Run {
