@@ -12,7 +12,7 @@ use fij_common::{
 };
 
 use crate::{
-    maps::{TARGETS, config, emit, layout},
+    maps::{add_target, config, emit, layout, remove_target, target},
     selectors::{join, match_inherited},
 };
 
@@ -28,7 +28,7 @@ fn read_task_u32(task: *const u8, offset: u32) -> Option<u32> {
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn fij_fork(ctx: RawTracePointContext) -> i32 {
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let parent = unsafe { TARGETS.get(&parent_tgid) };
+    let parent = target(parent_tgid);
     // A non-target parent's child joins when the parent matches a uid or cgroup selector.
     let selectors = config(CONFIG_SELECTORS) & (SELECTOR_UID | SELECTOR_CGROUP);
     let inherited = match parent {
@@ -62,7 +62,7 @@ pub fn fij_fork(ctx: RawTracePointContext) -> i32 {
         generation: now,
     };
     let target_idx = parent.target_idx;
-    if TARGETS.insert(&pid, &entry, 0).is_ok() {
+    if add_target(pid, &entry) {
         emit(&Event {
             kind: EVENT_FORK,
             ktime_ns: now,
@@ -81,7 +81,7 @@ pub fn fij_fork(ctx: RawTracePointContext) -> i32 {
 pub fn fij_exit(ctx: TracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(process) = (unsafe { TARGETS.get(&tgid) }) else {
+    let Some(process) = target(tgid) else {
         return 0;
     };
     let l = layout();
@@ -96,7 +96,7 @@ pub fn fij_exit(ctx: TracePointContext) -> i32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let exit_code = read_task_u32(task, l.task_exit_code).map_or(-1, |c| c as i32);
     let target_idx = process.target_idx;
-    let _ = TARGETS.remove(&tgid);
+    remove_target(tgid);
     emit(&Event {
         kind: EVENT_EXIT,
         ktime_ns: unsafe { bpf_ktime_get_ns() },

@@ -10,10 +10,41 @@ use fij_common::{
     SilenceKey, TargetProcess,
 };
 
-/// The target set: tgid (and tids of their threads) → which target it belongs to.
+/// The target set: tgid → which target it belongs to. The source of truth; change it only
+/// through [`add_target`] and [`remove_target`], which keep [`TARGET_FLAGS`] in step.
 #[map]
 pub static TARGETS: HashMap<u32, TargetProcess> =
     HashMap::with_max_entries(MAX_TARGET_PROCESSES, 0);
+
+/// One byte per pid (the loader sizes it to `pid_max`): non-zero while that tgid is in
+/// `TARGETS`. An array lookup is inlined by the verifier, so a process outside the target set
+/// pays no hash on the syscall path; pids beyond the array fall back to the hash.
+#[map]
+pub static TARGET_FLAGS: Array<u8> = Array::with_max_entries(1, 0);
+
+/// The target-set entry of `tgid`, looked up through the flags first.
+#[inline(always)]
+pub fn target(tgid: u32) -> Option<&'static TargetProcess> {
+    if let Some(&0) = TARGET_FLAGS.get(tgid) {
+        return None;
+    }
+    unsafe { TARGETS.get(&tgid) }
+}
+
+#[inline(always)]
+pub fn add_target(tgid: u32, entry: &TargetProcess) -> bool {
+    let added = TARGETS.insert(&tgid, entry, 0).is_ok();
+    if added {
+        let _ = TARGET_FLAGS.set(tgid, 1u8, 0);
+    }
+    added
+}
+
+#[inline(always)]
+pub fn remove_target(tgid: u32) {
+    let _ = TARGET_FLAGS.set(tgid, 0u8, 0);
+    let _ = TARGETS.remove(&tgid);
+}
 
 /// fij itself and its ancestors: never signalled, whatever the rules say.
 #[map]

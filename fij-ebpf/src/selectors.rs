@@ -16,7 +16,7 @@ use fij_common::{
     SELECTOR_COMM, SELECTOR_EXE, SELECTOR_UID, TargetProcess,
 };
 
-use crate::maps::{TARGETS, config, emit, layout};
+use crate::maps::{add_target, config, emit, layout, remove_target, target};
 
 #[map]
 pub static COMM_TARGETS: HashMap<[u8; COMM_KEY_LEN], u32> = HashMap::with_max_entries(64, 0);
@@ -54,7 +54,7 @@ pub fn join(pid: u32, target_idx: u32, reason: u64) {
         instance: 0,
         generation: now,
     };
-    if TARGETS.insert(&pid, &entry, 0).is_ok() {
+    if add_target(pid, &entry) {
         emit(&Event {
             kind: EVENT_JOINED,
             ktime_ns: now,
@@ -74,7 +74,7 @@ pub fn fij_exec(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if unsafe { TARGETS.get(&tgid) }.is_some() {
+    if target(tgid).is_some() {
         return 0;
     }
     if let Some((idx, reason)) = match_exec(&ctx, selectors).or_else(|| match_inherited(selectors))

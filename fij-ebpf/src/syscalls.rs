@@ -6,7 +6,7 @@ use fij_common::HookKey;
 
 use crate::{
     decide::{claim_due, on_hit},
-    maps::TARGETS,
+    maps::target,
 };
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -14,7 +14,7 @@ pub fn fij_sys_enter(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // The only work a process outside the target set pays for: one hash lookup.
-    let Some(process) = (unsafe { TARGETS.get(&tgid) }) else {
+    let Some(process) = target(tgid) else {
         return 0;
     };
     // sys_enter(struct pt_regs *regs, long id)

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use fij_common::{HOOK_PROBE, HOOK_TRACEPOINT, HookKey};
 
-use crate::{decide::on_hit, maps::TARGETS};
+use crate::{decide::on_hit, maps::target};
 
 /// Function address → probe index, for kprobes (aya attaches them without a cookie).
 #[map]
@@ -21,7 +21,7 @@ pub static KPROBE_HOOKS: HashMap<u64, u32> = HashMap::with_max_entries(256, 0);
 fn hit(hook: u32, detail: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(process) = (unsafe { TARGETS.get(&tgid) }) else {
+    let Some(process) = target(tgid) else {
         return;
     };
     let key = HookKey {

@@ -50,6 +50,7 @@ const TICK_PERIOD_NS: u64 = 1_000_000;
 pub struct Kernel {
     ebpf: Ebpf,
     targets: HashMap<MapData, u32, TargetProcess>,
+    target_flags: Array<MapData, u8>,
     protected: HashMap<MapData, u32, u8>,
     hooks: HashMap<MapData, HookKey, HookFaults>,
     rules: Array<MapData, FaultRule>,
@@ -81,6 +82,8 @@ impl Kernel {
     pub fn load(layout: &KernelLayout) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         loader.override_global("LAYOUT", layout, true);
+        // One flag byte per possible pid (pids above a later-raised pid_max use the hash alone).
+        loader.map_max_entries("TARGET_FLAGS", pid_max());
         // FIJ_VERIFIER_LOG=1: the verifier's full trace in load errors, for debugging programs.
         if std::env::var_os("FIJ_VERIFIER_LOG").is_some() {
             loader
@@ -89,6 +92,7 @@ impl Kernel {
         let mut ebpf = loader.load(OBJECT).context("loading fij's eBPF object")?;
         Ok(Self {
             targets: take(&mut ebpf, "TARGETS")?,
+            target_flags: take(&mut ebpf, "TARGET_FLAGS")?,
             protected: take(&mut ebpf, "PROTECTED")?,
             hooks: take(&mut ebpf, "HOOKS")?,
             rules: take(&mut ebpf, "RULES")?,
@@ -457,10 +461,17 @@ impl Kernel {
             .with_context(|| format!("protecting pid {pid}"))
     }
 
+    /// Adds `pid` to the target set (the hash, then its flag, as the kernel does).
     pub fn add_target(&mut self, pid: u32, entry: TargetProcess) -> Result<()> {
         self.targets
             .insert(pid, entry, 0)
-            .with_context(|| format!("adding pid {pid} to the target set"))
+            .with_context(|| format!("adding pid {pid} to the target set"))?;
+        if pid < self.target_flags.len() {
+            self.target_flags
+                .set(pid, 1, 0)
+                .with_context(|| format!("flagging pid {pid}"))?;
+        }
+        Ok(())
     }
 
     /// Live target processes (tgid → entry), as the kernel sees them now.
@@ -519,6 +530,14 @@ impl Kernel {
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
     }
+}
+
+/// The kernel's pid_max (the size of the target flags), 4194304 (PID_MAX_LIMIT) if unreadable.
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(4_194_304, |n| n + 1)
 }
 
 /// The address of kernel function `name`, from /proc/kallsyms (as root it shows addresses).

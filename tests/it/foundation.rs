@@ -364,8 +364,8 @@ const FIJ_WAIT_SYSCALL: &str = if cfg!(target_arch = "x86_64") {
 
 /// Starts a campaign with a fault (SIGUSR1, count 1) on the syscall fij itself waits in, aimed
 /// at a sleeping workload; once armed, slips fij's own pid into the kernel's target set behind
-/// its back (`TARGETS`: tgid → `TargetProcess { target_idx: 0, _pad: 0, generation: 0 }`), so
-/// the fault hits fij. Checks that the kernel refused to signal it and that fij lives on.
+/// its back (`TARGETS`: tgid → `TargetProcess { target_idx: 0, instance: 0, generation: 0 }`,
+/// and its byte in `TARGET_FLAGS`, the syscall hook's filter), so the fault hits fij. Checks that the kernel refused to signal it and that fij lives on.
 /// Returns the running fij and the id of its TARGETS map.
 fn fij_in_its_own_target_set(dir: &TempDir) -> (RunningFij, u64) {
     let command = workload!().command(&[&"sleep", &"60000"]);
@@ -381,6 +381,8 @@ fn fij_in_its_own_target_set(dir: &TempDir) -> (RunningFij, u64) {
     let fij_pid = fij.pid();
     let targets = map_of_process(fij_pid, "TARGETS");
     map_update(targets, &fij_pid.to_le_bytes(), &[0; 16]);
+    let flags = map_of_process(fij_pid, "TARGET_FLAGS");
+    map_update(flags, &fij_pid.to_le_bytes(), &[1]);
     let injection = fij.wait_for_record("the refused injection", Duration::from_secs(2), |r| {
         r["event"] == "injection"
     });
