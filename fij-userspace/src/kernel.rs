@@ -81,6 +81,9 @@ impl Kernel {
     /// Loads the object (maps are created; no program is loaded or attached yet).
     pub fn load(layout: &KernelLayout) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        // No kernel BTF for the loader: it is only for CO-RE relocations, which Rust eBPF does
+        // not emit (offsets come in LAYOUT), and parsing it costs ~100 ms at every start.
+        loader.btf(None);
         loader.override_global("LAYOUT", layout, true);
         // One flag byte per possible pid (pids above a later-raised pid_max use the hash alone).
         loader.map_max_entries("TARGET_FLAGS", pid_max());

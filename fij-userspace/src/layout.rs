@@ -10,9 +10,67 @@ use fij_common::KernelLayout;
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// Where `discover` keeps the layout of the running kernel between runs: on tmpfs, named after
+/// the boot id (the kernel, and so its layout, cannot change within one boot) and after this
+/// fij executable (another build may lay `KernelLayout` out differently).
+const CACHE_DIR: &str = "/run/fij";
+
+fn cache_key() -> Option<String> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let exe = std::env::current_exe().ok()?.metadata().ok()?;
+    let mtime = exe
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(format!("layout-{}-{}-{mtime}", boot_id.trim(), exe.len()))
+}
+
+/// The layout of the running kernel, from this boot's cache or found anew (parsing the
+/// kernel's BTF takes a few hundred ms, the cache a few µs).
+pub fn discover() -> Result<KernelLayout> {
+    let cache = cache_key().map(|key| Path::new(CACHE_DIR).join(key));
+    if let Some(layout) = cache
+        .as_ref()
+        .and_then(|c| std::fs::read(c).ok())
+        .and_then(|b| from_bytes(&b))
+    {
+        return Ok(layout);
+    }
+    let layout = discover_anew()?;
+    if let Some(cache) = cache
+        && std::fs::create_dir_all(CACHE_DIR).is_ok()
+    {
+        // Written whole then renamed, so a concurrent reader never sees half a layout.
+        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, to_bytes(&layout)).is_ok() {
+            let _ = std::fs::rename(&tmp, &cache);
+        }
+    }
+    Ok(layout)
+}
+
+fn to_bytes(layout: &KernelLayout) -> Vec<u8> {
+    // SAFETY: KernelLayout is repr(C) plain u32s.
+    unsafe {
+        std::slice::from_raw_parts(
+            (layout as *const KernelLayout).cast::<u8>(),
+            size_of::<KernelLayout>(),
+        )
+    }
+    .to_vec()
+}
+
+fn from_bytes(bytes: &[u8]) -> Option<KernelLayout> {
+    // SAFETY: any bit pattern is a valid KernelLayout (plain u32s); the length is checked.
+    (bytes.len() == size_of::<KernelLayout>())
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<KernelLayout>()) })
+}
+
 /// Reads the layout of the running kernel. Fails only when an offset that safety depends on
 /// (`task_struct::flags`, `pid`, `tgid`) cannot be found.
-pub fn discover() -> Result<KernelLayout> {
+fn discover_anew() -> Result<KernelLayout> {
     // Read whole first: parsing from the file seeks once per type (over 100k seeks).
     let bytes = std::fs::read(VMLINUX_BTF).with_context(|| {
         format!("cannot read the kernel's BTF at {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF)")

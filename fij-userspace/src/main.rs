@@ -51,6 +51,12 @@ enum Command {
     Doctor,
 }
 
+/// Writes a command's output; a closed pipe (`fij doctor | head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 /// Exit statuses: the campaign ran as written / runtime failure / invalid input.
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_INVALID: u8 = 2;
@@ -107,12 +113,9 @@ fn main() -> ExitCode {
             };
             let plan = fij::plan::plan(&scenario, seed, hits);
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&plan).expect("plan serializes")
-                );
+                out(&(serde_json::to_string_pretty(&plan).expect("plan serializes") + "\n"));
             } else {
-                print!("{plan}");
+                out(&plan.to_string());
             }
             ExitCode::SUCCESS
         }
@@ -192,7 +195,7 @@ fn main() -> ExitCode {
         }
         Command::Doctor => {
             let report = fij::doctor::run();
-            print!("{report}");
+            out(&report.to_string());
             if report.all_ok() {
                 ExitCode::SUCCESS
             } else {
