@@ -885,12 +885,26 @@ impl Campaign {
     }
 
     /// Waits for the injection and the victim's death in the log.
+    /// Waits for the victim's `exit` record and then for the process to be gone (a zombie or
+    /// reaped): the record comes from `sched_process_exit`, before the dying process has closed
+    /// its files, so its sockets may still be open when the record arrives.
     pub fn wait_dead(&mut self) {
         let victim = self.victim;
         self.fij
             .wait_for_record("the victim's exit", Duration::from_secs(5), |r| {
                 r["event"] == "exit" && r["pid"] == victim
             });
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(format!("/proc/{victim}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        }) {
+            assert!(
+                Instant::now() < give_up,
+                "victim {victim} still running after its exit record"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Waits until `n` tuples are silenced.
