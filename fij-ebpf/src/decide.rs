@@ -16,7 +16,7 @@ use fij_common::{
 
 use crate::maps::{
     COUNTERS, CRASHED, DUE, HOOKS, PROCESS_COUNTERS, PROTECTED, RULES, SELECTED, config, emit,
-    layout,
+    emit_quietly, layout,
 };
 
 /// `Event::hit` of an injection fired by a time trigger (it has no hit number).
@@ -174,7 +174,7 @@ fn fire(
         }
         unsafe { bpf_send_signal(rule.signal) as i32 }
     };
-    emit(&Event {
+    let event = Event {
         kind: EVENT_INJECTION,
         fault_id,
         ktime_ns: now,
@@ -187,7 +187,13 @@ fn fire(
         target_idx: process.target_idx,
         instance: process.instance,
         draw,
-    });
+    };
+    // Signalled victims die and report it; a partition (signal 0) needs fij at once.
+    if rule.signal != 0 && result == 0 {
+        emit_quietly(&event)
+    } else {
+        emit(&event)
+    }
 }
 
 /// One ChaCha20 draw. A global, not inlined function: the verifier checks it once instead of

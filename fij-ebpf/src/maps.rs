@@ -126,9 +126,24 @@ pub fn config(index: u32) -> u64 {
     CONFIG.get(index).copied().unwrap_or(0)
 }
 
+/// `bpf_ringbuf_output` flag: do not wake the reader now.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 #[inline(always)]
 pub fn emit(event: &fij_common::Event) {
-    if EVENTS.output::<fij_common::Event>(event, 0).is_err()
+    emit_with(event, 0);
+}
+
+/// Emits an event without waking fij: for an injection whose victim is about to die, waking fij
+/// now would let it preempt the victim on a shared CPU; the victim's exit event wakes it.
+#[inline(always)]
+pub fn emit_quietly(event: &fij_common::Event) {
+    emit_with(event, BPF_RB_NO_WAKEUP);
+}
+
+#[inline(always)]
+fn emit_with(event: &fij_common::Event, flags: u64) {
+    if EVENTS.output::<fij_common::Event>(event, flags).is_err()
         && let Some(lost) = EVENTS_LOST.get_ptr_mut(0)
     {
         unsafe { crate::decide::atomic_add(lost, 1) };

@@ -389,8 +389,10 @@ async fn event_loop(
             }
             _ = sigint.recv() => return Ok(EndReason::Interrupted),
             _ = sigterm.recv() => return Ok(EndReason::Interrupted),
-            // Exits are seen as events; this is the backstop for a target that died unseen.
-            _ = sleep(Duration::from_millis(100)) => {}
+            // Exits are seen as events; this is the backstop for a target that died unseen. It
+            // also drains injections the kernel emits without a wakeup (a signalled victim that
+            // survives, e.g. SIGSTOP or a handled signal, sends no exit event to wake fij).
+            _ = sleep(Duration::from_millis(100)) => ctx.drain(kernel, events.get_mut())?,
         }
         reap(armed);
         // Selector targets may gain processes at any time: only duration or Ctrl-C ends those.
@@ -766,7 +768,8 @@ impl EventContext<'_> {
         };
         let delivered = e.result == 0;
         let error = (!delivered).then(|| injection_error(e.result));
-        let at = Instant::now();
+        // When it happened (not when fij read it: injection events may wait for fij's tick).
+        let at = Instant::now() - Duration::from_nanos(monotonic_ns().saturating_sub(e.ktime_ns));
         match &fault.action {
             Action::Partition { duration, ports } if delivered => {
                 let keys = sockets::process_sockets(e.tgid, ports).unwrap_or_else(|err| {
