@@ -160,6 +160,9 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     finish(ctx, kernel, events, &armed, reason).await
 }
 
+/// A running process a selector matched at the start: (pid, target index, selector kind).
+type RunningMatch = (u32, usize, &'static str);
+
 /// How each target is brought in, found before anything is loaded.
 enum Source {
     /// A command, resolved like execvp would.
@@ -284,7 +287,7 @@ fn arm_targets(
     sources: &[Source],
     timed: bool,
     protected: &[u32],
-) -> Result<(Vec<ArmedTarget>, Vec<(u32, usize, &'static str)>)> {
+) -> Result<(Vec<ArmedTarget>, Vec<RunningMatch>)> {
     let mut armed = Vec::new();
     let mut running = Vec::new();
     for (target_idx, (target, source)) in scenario.targets.iter().zip(sources).enumerate() {

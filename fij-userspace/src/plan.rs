@@ -96,6 +96,7 @@ pub fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
                 .collect();
             let trigger = match &fault.trigger {
                 Trigger::Syscall { name, .. } => format!("syscall {name}"),
+                Trigger::Time(schedule) => format!("time {schedule}"),
                 other => other.describe(),
             };
             FaultPlan {

@@ -55,9 +55,18 @@ fn start_fij(dir: &TempDir, scenario: &str) -> RunningFij {
     fij
 }
 
-/// Waits for the one injection of the campaign and returns its record.
+/// Waits for the one injection of the campaign and returns its record (printing, for a time
+/// trigger, who fired it and how late).
 fn wait_injection(fij: &mut RunningFij, timeout: Duration) -> serde_json::Value {
-    fij.wait_for_record("the injection", timeout, |r| r["event"] == "injection")
+    let record = fij.wait_for_record("the injection", timeout, |r| r["event"] == "injection");
+    if let Some(late) = record.get("late_ns").and_then(|l| l.as_u64()) {
+        println!(
+            "  the time trigger fired by {}, {:.1} ms late",
+            record["by"],
+            late as f64 / 1e6
+        );
+    }
+    record
 }
 
 /// Ends the campaign (SIGINT if it still runs: a crash keeps it going until `duration`), checks

@@ -343,7 +343,10 @@ fn redis_primary_failed(run: &Run) -> (Vec<String>, u64) {
             .find(|l| l.contains(needle))
             .unwrap_or_else(|| panic!("no replica line with {needle:?}:\n{}", lines.join("\n")));
         let hms = line.split_whitespace().nth(4).expect("a time field");
-        let parts: Vec<f64> = hms.split(':').map(|p| p.parse().expect("h:m:s.ms")).collect();
+        let parts: Vec<f64> = hms
+            .split(':')
+            .map(|p| p.parse().expect("h:m:s.ms"))
+            .collect();
         ((parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]) * 1000.0).round() as u64
     };
     let synced = time_of("sync: Finished with success");
@@ -356,8 +359,16 @@ fn redis_primary_failed(run: &Run) -> (Vec<String>, u64) {
 /// is after the campaign start), by the connection closing, not by its timeout.
 fn redis_primary_kill(run: &Run) {
     let (lines, gap_ms) = redis_primary_failed(run);
-    assert!(gap_ms < 2500, "link lost {gap_ms} ms after the sync:\n{}", lines.join("\n"));
-    assert!(!lines.iter().any(|l| l.contains("MASTER timeout")), "{}", lines.join("\n"));
+    assert!(
+        gap_ms < 2500,
+        "link lost {gap_ms} ms after the sync:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("MASTER timeout")),
+        "{}",
+        lines.join("\n")
+    );
     assert!(run.out.log.records("silenced").is_empty(), "{}", run.out);
 }
 
@@ -365,9 +376,15 @@ fn redis_primary_kill(run: &Run) {
 /// first sync (which is at most about 1 s after the campaign start).
 fn redis_primary_crash(run: &Run) {
     let (lines, gap_ms) = redis_primary_failed(run);
-    assert!(gap_ms >= 3000, "link lost {gap_ms} ms after the sync:\n{}", lines.join("\n"));
     assert!(
-        lines.iter().any(|l| l.contains("MASTER timeout: no data nor PING received")),
+        gap_ms >= 3000,
+        "link lost {gap_ms} ms after the sync:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("MASTER timeout: no data nor PING received")),
         "{}",
         lines.join("\n")
     );

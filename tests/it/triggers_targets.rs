@@ -1052,7 +1052,10 @@ fn cgroup_target_catches_processes_in_the_cgroup_only() {
     // The start scan logs the process it found (t_ns 0); the child joins later, in kernel.
     assert_eq!(
         joined(&run.log, "sel"),
-        [(early_pid, "cgroup".to_owned()), (child, "cgroup".to_owned())],
+        [
+            (early_pid, "cgroup".to_owned()),
+            (child, "cgroup".to_owned())
+        ],
         "{run}"
     );
     assert_injections(

@@ -422,7 +422,7 @@ fn capture_loop(fd: OwnedFd, stop: &AtomicBool, packets: &Mutex<Vec<Packet>>) {
             continue; // SO_RCVTIMEO: look at the stop flag again
         }
         let at = Instant::now();
-        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
+        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
         if let Some((src, dst, kind)) = parse_frame(&buf[..n as usize]) {
             packets.lock().unwrap().push(Packet {
                 at,

@@ -204,9 +204,12 @@ impl Server {
         &self.log
     }
 
-    /// Also SIGKILL `pid` on drop if it still runs `exe`.
-    pub fn also_kill(&self, pid: u32, exe: &Path) {
-        self.extra.lock().unwrap().push((pid, exe.to_path_buf()));
+    /// Also SIGKILL `pid` (a process that may outlive this one's tree, e.g. reparented) on drop,
+    /// if it still runs the program it runs now.
+    pub fn also_kill(&self, pid: u32) {
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            self.extra.lock().unwrap().push((pid, exe));
+        }
     }
 
     /// How it ended, if it has (reaps it).
@@ -240,7 +243,11 @@ impl Server {
             let _ = child.wait();
         }
         for (pid, exe) in self.extra.lock().unwrap().drain(..) {
-            if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(&exe) {
+            if std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .as_deref()
+                == Some(&exe)
+            {
                 sigkill(pid);
             }
         }
@@ -298,7 +305,9 @@ impl<T: Clone + Send + 'static> Sampler<T> {
 
     /// Polls (every 20 ms, at most `timeout`) until `done` holds for the samples so far.
     pub fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&[(u64, T)]) -> bool) {
-        wait_until(timeout, what, || done(&self.samples.lock().unwrap()).then_some(()));
+        wait_until(timeout, what, || {
+            done(&self.samples.lock().unwrap()).then_some(())
+        });
     }
 
     /// Stops the thread and returns every sample.
@@ -376,23 +385,17 @@ impl RedisPair {
         let timeout_s = repl_timeout.as_secs().max(1);
         let mut command = Command::new(&server);
         command.args(redis_args(primary_port, dir, timeout_s));
-        let primary = Server::spawn(
-            "redis primary",
-            command,
-            dir.join("redis-primary.log"),
+        let primary = Server::spawn("redis primary", command, dir.join("redis-primary.log"));
+        wait_until(
+            Duration::from_secs(10),
+            "the Redis primary to answer",
+            || redis_info(primary_port).filter(|i| i.contains("role:master")),
         );
-        wait_until(Duration::from_secs(10), "the Redis primary to answer", || {
-            redis_info(primary_port).filter(|i| i.contains("role:master"))
-        });
         let mut command = Command::new(&server);
         command
             .args(redis_args(replica_port, dir, timeout_s))
             .args(["--replicaof", "127.0.0.1", &primary_port.to_string()]);
-        let replica = Server::spawn(
-            "redis replica",
-            command,
-            dir.join("redis-replica.log"),
-        );
+        let replica = Server::spawn("redis replica", command, dir.join("redis-replica.log"));
         let pair = RedisPair {
             primary,
             replica,
@@ -417,7 +420,14 @@ impl RedisPair {
 /// `redis-cli -p PORT INFO replication` (None if it fails or takes more than 2 s).
 pub fn redis_info(port: u16) -> Option<String> {
     let out = output_within(
-        Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string(), "INFO", "replication"]),
+        Command::new("redis-cli").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "INFO",
+            "replication",
+        ]),
         Duration::from_secs(2),
     )?;
     out.status
@@ -482,8 +492,9 @@ impl EtcdCluster {
         let ports = free_ports(2 * n);
         let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
         let client_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i]);
-        let initial_cluster: Vec<String> =
-            (0..n).map(|i| format!("m{}={}", i + 1, peer_url(i))).collect();
+        let initial_cluster: Vec<String> = (0..n)
+            .map(|i| format!("m{}={}", i + 1, peer_url(i)))
+            .collect();
         let token = format!("fij-test-{}", dir.file_name().unwrap().to_string_lossy());
         let members = (0..n)
             .map(|i| {
@@ -526,17 +537,21 @@ impl EtcdCluster {
     /// Index of the member every member agrees is the leader, waiting at most `timeout`.
     pub fn wait_leader(&self, timeout: Duration) -> usize {
         let endpoints = self.endpoints();
-        wait_until(timeout, "every etcd member to report the same leader", || {
-            let status = etcd_status(&endpoints);
-            if status.len() != self.members.len() {
-                return None;
-            }
-            let leader = status[0].leader;
-            if leader == 0 || status.iter().any(|s| s.leader != leader) {
-                return None;
-            }
-            status.iter().position(|s| s.member_id == leader)
-        })
+        wait_until(
+            timeout,
+            "every etcd member to report the same leader",
+            || {
+                let status = etcd_status(&endpoints);
+                if status.len() != self.members.len() {
+                    return None;
+                }
+                let leader = status[0].leader;
+                if leader == 0 || status.iter().any(|s| s.leader != leader) {
+                    return None;
+                }
+                status.iter().position(|s| s.member_id == leader)
+            },
+        )
     }
 }
 
@@ -572,6 +587,24 @@ pub fn parse_etcd_status(json: &str) -> Vec<EtcdStatus> {
             })
         })
         .collect()
+}
+
+/// `etcdctl --endpoints=E1,E2,… --command-timeout=T put KEY VALUE`, a fresh client process (it
+/// dials every endpoint and picks one): Ok, or Err with the last line of its stderr.
+pub fn etcdctl_put(endpoints: &[String], timeout: Duration, value: &str) -> Result<(), String> {
+    let out = output_within(
+        Command::new("etcdctl")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg(format!("--command-timeout={}ms", timeout.as_millis()))
+            .args(["--dial-timeout=2s", "put", "fij-etcdctl-key", value]),
+        timeout + Duration::from_secs(10),
+    )
+    .ok_or_else(|| "etcdctl did not end".to_string())?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(stderr.lines().last().unwrap_or("").to_owned())
 }
 
 /// What one request of [`EtcdClient`] ended with.
@@ -626,7 +659,12 @@ pub struct EtcdClient {
 impl EtcdClient {
     /// Starts the client thread on `members` (client addresses), beginning with the first;
     /// it runs for at most `max`.
-    pub fn start(members: Vec<SocketAddr>, timeout: Duration, period: Duration, max: Duration) -> Self {
+    pub fn start(
+        members: Vec<SocketAddr>,
+        timeout: Duration,
+        period: Duration,
+        max: Duration,
+    ) -> Self {
         let mut current = 0usize;
         let mut conn: Option<TcpStream> = None;
         let mut n = 0u64;
@@ -737,7 +775,10 @@ fn read_http_response(stream: &mut TcpStream) -> Outcome {
     if status == 200 {
         Outcome::Ok
     } else {
-        Outcome::Http(status, String::from_utf8_lossy(&buf[header_end..]).into_owned())
+        Outcome::Http(
+            status,
+            String::from_utf8_lossy(&buf[header_end..]).into_owned(),
+        )
     }
 }
 
@@ -749,7 +790,11 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for group in bytes.chunks(3) {
-        let b = [group[0], *group.get(1).unwrap_or(&0), *group.get(2).unwrap_or(&0)];
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= group.len() {
@@ -784,15 +829,16 @@ pub fn build_mpi_program(dir: &Path, name: &str, source: &str) -> PathBuf {
     bin
 }
 
-/// An `mpirun` job on this machine over the TCP BTL on loopback (`--mca btl tcp,self --mca
-/// btl_tcp_if_include lo --mca pml ob1`). The program must print `rank R pid P` once per rank.
+/// An `mpirun` job over the TCP BTL (`--mca btl tcp,self --mca pml ob1`): on loopback
+/// ([`MpiJob::start`]) or across two "nodes" ([`MpiJob::start_two_nodes`]). The program must
+/// print `rank R pid P` once per rank.
 pub struct MpiJob {
     pub mpirun: Server,
     pub program: PathBuf,
     pub np: usize,
 }
 
-/// The `mpirun` options of the tests (the rank program and its arguments follow).
+/// The `mpirun` options of a job on this machine over loopback (the rank program follows).
 pub fn mpirun_args(np: usize) -> Vec<String> {
     [
         "--allow-run-as-root",
@@ -817,20 +863,143 @@ pub fn mpirun_args(np: usize) -> Vec<String> {
     .collect()
 }
 
+/// mpirun's TCP keepalive on its connections to remote daemons (`oob_tcp_keepalive_*`; Open
+/// MPI's defaults are 300 s, 20 s, 9 probes: about 8 minutes to notice a dead node).
+#[derive(Clone, Copy, Debug)]
+pub struct OobKeepalive {
+    pub time_s: u32,
+    pub intvl_s: u32,
+    pub probes: u32,
+}
+
+impl OobKeepalive {
+    /// The least time a silent peer takes to be declared dead: the unanswered probes (the first
+    /// one goes out up to `time_s` after the last traffic).
+    pub fn min_detection(&self) -> Duration {
+        Duration::from_secs((self.intvl_s * self.probes).into())
+    }
+
+    /// About the most it takes: idle time and the probes, plus one interval of timer slack
+    /// (observed: 4.2-5.0 s for 1 s / 1 s / 4 probes).
+    pub fn max_detection(&self) -> Duration {
+        Duration::from_secs((self.time_s + self.intvl_s * (self.probes + 1)).into())
+    }
+}
+
 impl MpiJob {
+    /// `np` ranks on this machine, over loopback.
     pub fn start(dir: &Path, np: usize, program: &Path, args: &[&str]) -> Self {
+        Self::spawn(dir, mpirun_args(np), &[], np, program, args)
+    }
+
+    /// `slots_a` ranks on node A (this network namespace) and `slots_b` on node B (`node`'s
+    /// namespace, where mpirun starts an `orted` through [`NodeB`]'s agent), by slot: ranks
+    /// 0..slots_a on A, the rest on B.
+    pub fn start_two_nodes(
+        dir: &Path,
+        node: &NodeB,
+        slots: (usize, usize),
+        keepalive: OobKeepalive,
+        program: &Path,
+        args: &[&str],
+    ) -> Self {
+        let hostfile = dir.join("hostfile");
+        std::fs::write(
+            &hostfile,
+            format!(
+                "{} slots={}\n{} slots={}\n",
+                node.host_addr, slots.0, node.ns_addr, slots.1
+            ),
+        )
+        .expect("writing the hostfile");
+        let np = slots.0 + slots.1;
+        let net = node.cidr();
+        let mut mpirun: Vec<String> = [
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            &np.to_string(),
+            "--hostfile",
+            hostfile.to_str().unwrap(),
+            "--mca",
+            "plm_rsh_agent",
+            node.agent.to_str().unwrap(),
+            "--mca",
+            "btl",
+            "tcp,self",
+            "--mca",
+            "btl_tcp_if_include",
+            &net,
+            "--mca",
+            "oob_tcp_if_include",
+            &net,
+            "--mca",
+            "pml",
+            "ob1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (name, value) in [
+            ("oob_tcp_keepalive_time", keepalive.time_s),
+            ("oob_tcp_keepalive_intvl", keepalive.intvl_s),
+            ("oob_tcp_keepalive_probes", keepalive.probes),
+        ] {
+            mpirun.extend(["--mca".into(), name.into(), value.to_string()]);
+        }
+        let env = [
+            ("FIJ_NODE_NETNS", node.netns.clone()),
+            ("FIJ_NODE_ADDR", node.host_addr.to_string()),
+        ];
+        Self::spawn(dir, mpirun, &env, np, program, args)
+    }
+
+    fn spawn(
+        dir: &Path,
+        mpirun_args: Vec<String>,
+        env: &[(&str, String)],
+        np: usize,
+        program: &Path,
+        args: &[&str],
+    ) -> Self {
         let mpirun = require_tool("mpirun", "openmpi-bin");
         let mut command = Command::new(mpirun);
         command
-            .args(mpirun_args(np))
+            .args(mpirun_args)
             .arg(program)
             .args(args)
-            .current_dir(dir);
+            .current_dir(dir)
+            // Open MPI's session directory (and PMIx's sockets) in the test's dir, not in /tmp.
+            .env("TMPDIR", dir)
+            .envs(env.iter().map(|(k, v)| (k, v)));
         MpiJob {
             mpirun: Server::spawn("mpirun", command, dir.join("mpirun.log")),
             program: program.to_path_buf(),
             np,
         }
+    }
+
+    /// The pid of the `orted` mpirun started on node B (through the agent), once it runs. It and
+    /// the agent are also killed when the job is dropped.
+    pub fn wait_daemon_pid(&self, timeout: Duration) -> u32 {
+        let mpirun = self.mpirun.pid();
+        let pid = wait_until(timeout, "the orted of node B", || {
+            descendants(mpirun).into_iter().find(|&p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "orted")
+            })
+        });
+        self.mpirun.also_kill(pid);
+        let agent = parent_of(pid).unwrap_or(0);
+        self.mpirun.also_kill(agent);
+        // The agent's child must be orted itself (bash exec'd it): then only orted holds the
+        // agent's connection, and node B's "sshd" dies with it.
+        assert_eq!(
+            parent_of(agent),
+            Some(mpirun),
+            "orted {pid} must be the node agent's own child, under mpirun {mpirun}"
+        );
+        pid
     }
 
     /// The pid of every rank, by rank (from the `rank R pid P` lines), once all have printed
@@ -847,15 +1016,188 @@ impl MpiJob {
             }
             pids.iter().all(|&p| p != 0).then_some(pids)
         });
-        let exe = std::fs::canonicalize(&self.program).unwrap_or(self.program.clone());
         for &pid in &pids {
-            self.mpirun.also_kill(pid, &exe);
+            self.mpirun.also_kill(pid);
         }
         pids
     }
 
     pub fn output(&self) -> String {
         self.mpirun.log_text()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A second node for MPI.
+
+/// The ssh stand-in of [`NodeB`], C compiled with `mpicc`: mpirun runs it as `AGENT HOST CMD…`
+/// (`plm_rsh_agent`) to start its daemon on HOST. It listens on node A's address, starts
+/// `ip netns exec NETNS unshare --uts AGENT --remote ADDR PORT NAME CMD` (the same binary, in
+/// node B's namespace, with its own hostname), which connects back to it and then becomes CMD
+/// (orted; bash execs the last command of mpirun's shell list), so the connection is orted's. Then the agent only reads that connection, like
+/// an ssh client its session: it exits when the connection ends (0 if the daemon exited 0, else
+/// 255: mpirun then declares the daemon lost), and never because its child died -- a node that
+/// loses power takes its sshd with it, and the ssh client on the other node hears nothing.
+const NODE_AGENT_C: &str = r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char *join(int n, char **words) {
+    size_t len = 1;
+    for (int i = 0; i < n; i++) len += strlen(words[i]) + 1;
+    char *s = calloc(len, 1);
+    for (int i = 0; i < n; i++) { if (i) strcat(s, " "); strcat(s, words[i]); }
+    return s;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 6 && strcmp(argv[1], "--remote") == 0) {
+        if (sethostname(argv[4], strlen(argv[4])) != 0) perror("node-agent: sethostname");
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[3])) };
+        inet_pton(AF_INET, argv[2], &a.sin_addr);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { perror("node-agent: connect"); return 255; }
+        /* mpirun's command is a shell list ("PATH=...; export PATH; ...; /usr/bin/orted ...");
+           bash runs its last command by exec, so orted holds the connection, alone. */
+        execl("/bin/bash", "bash", "-c", join(argc - 5, argv + 5), (char *)NULL);
+        perror("node-agent: exec bash");
+        return 255;
+    }
+    if (argc < 3) { fprintf(stderr, "usage: node-agent HOST CMD...\n"); return 255; }
+    const char *ns = getenv("FIJ_NODE_NETNS"), *addr = getenv("FIJ_NODE_ADDR");
+    if (!ns || !addr) { fprintf(stderr, "node-agent: FIJ_NODE_NETNS and FIJ_NODE_ADDR must be set\n"); return 255; }
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    inet_pton(AF_INET, addr, &a.sin_addr);
+    socklen_t alen = sizeof a;
+    if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 1) != 0) { perror("node-agent: listen"); return 255; }
+    getsockname(l, (struct sockaddr *)&a, &alen);
+    char port[16];
+    snprintf(port, sizeof port, "%d", ntohs(a.sin_port));
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return 255;
+    self[n] = 0;
+    pid_t child = fork();
+    if (child == 0) {
+        close(l);
+        execlp("ip", "ip", "netns", "exec", ns, "unshare", "--uts", self, "--remote", addr, port,
+               "fij-node-b", join(argc - 2, argv + 2), (char *)NULL);
+        perror("node-agent: exec ip");
+        _exit(255);
+    }
+    struct pollfd p = { .fd = l, .events = POLLIN };
+    if (poll(&p, 1, 30000) != 1) { fprintf(stderr, "node-agent: node B never connected\n"); return 255; }
+    int c = accept(l, NULL, NULL);
+    close(l);
+    char buf[256];
+    while (read(c, buf, sizeof buf) > 0) {}
+    int status = 0;
+    waitpid(child, &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 255;
+}
+"#;
+
+static NODE_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip (iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Node B of a two-node MPI job: a network namespace joined to this one by a veth pair (node A's
+/// end `host_addr`, node B's `ns_addr`, a /24), and the agent mpirun starts its daemon there
+/// with. Dropped: the pair and the namespace are deleted (after the processes in it are gone:
+/// drop the job first).
+pub struct NodeB {
+    pub netns: String,
+    pub host_if: String,
+    pub host_addr: Ipv4Addr,
+    pub ns_addr: Ipv4Addr,
+    pub agent: PathBuf,
+}
+
+impl NodeB {
+    /// Creates the namespace and the pair, and builds the agent into `dir`. Create it before
+    /// starting fij: fij's `crash` silences traffic on the interfaces present when it starts.
+    pub fn new(dir: &Path) -> Self {
+        require_tool("ip", "iproute2");
+        require_tool("unshare", "util-linux");
+        let seq = NODE_SEQ.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        // 10.233.X.0/24 (the crash tests use 10.231/16); interface names at most 15 characters.
+        let third = ((pid * 7 + seq) % 250) as u8;
+        let tag = format!("{}{}", pid % 100_000, seq % 100);
+        let node = NodeB {
+            netns: format!("fij-mpi-{pid}-{seq}"),
+            host_if: format!("fjma{tag}"),
+            host_addr: Ipv4Addr::new(10, 233, third, 1),
+            ns_addr: Ipv4Addr::new(10, 233, third, 2),
+            agent: build_mpi_program(dir, "node-agent", NODE_AGENT_C),
+        };
+        let ns_if = format!("fjmb{tag}");
+        let (host, nsa) = (
+            format!("{}/24", node.host_addr),
+            format!("{}/24", node.ns_addr),
+        );
+        // The guard exists before anything is created, so a failure half-way is cleaned up.
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &node.netns],
+            &[
+                "link",
+                "add",
+                &node.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ns_if,
+            ],
+            &["link", "set", &ns_if, "netns", &node.netns],
+            &["addr", "add", &host, "dev", &node.host_if],
+            &["link", "set", &node.host_if, "up"],
+            &["-n", &node.netns, "addr", "add", &nsa, "dev", &ns_if],
+            &["-n", &node.netns, "link", "set", &ns_if, "up"],
+            &["-n", &node.netns, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            if let Err(e) = ip(step) {
+                panic!("creating node B: {e}");
+            }
+        }
+        node
+    }
+
+    /// The /24 of both nodes, for `btl_tcp_if_include` / `oob_tcp_if_include`.
+    pub fn cidr(&self) -> String {
+        let [a, b, c, _] = self.host_addr.octets();
+        format!("{a}.{b}.{c}.0/24")
+    }
+}
+
+impl Drop for NodeB {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.netns]);
     }
 }
 
@@ -888,7 +1230,10 @@ mod tests {
     #[test]
     fn reads_info_fields() {
         let info = "# Replication\r\nrole:slave\r\nmaster_link_status:up\r\n";
-        assert_eq!(info_field(info, "master_link_status").as_deref(), Some("up"));
+        assert_eq!(
+            info_field(info, "master_link_status").as_deref(),
+            Some("up")
+        );
         assert_eq!(info_field(info, "role").as_deref(), Some("slave"));
         assert_eq!(info_field(info, "nope"), None);
     }

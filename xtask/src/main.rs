@@ -2,6 +2,7 @@
 //!
 //! Every task that builds or runs fij first runs `setup`, so a fresh Debian 12 machine (root,
 //! rustup's cargo on PATH) needs nothing but `cargo xtask test`; that is what `.ci/run` does.
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -41,8 +42,16 @@ enum Task {
     /// Run setup and build, then `cargo test --workspace` one test at a time, with `FIJ_BIN` set
     /// to the built `fij` binary.
     Test,
-    /// Run setup and build, then run `scenarios/demo.toml` and explain its JSON log.
+    /// Run setup and build, then crash and kill a Redis primary and show what its replica saw.
     Demo,
+    /// Run setup and a release build, then measure fij against its floor and its peers
+    /// (bpftrace, strace); writes bench/results.md and bench/results.json.
+    Bench {
+        /// A tiny configuration (a smoke test, well under a minute); writes to
+        /// <target>/bench-quick/ instead of bench/.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +61,7 @@ fn main() -> ExitCode {
         Task::Build { release } => setup::run().and_then(|()| build(release)),
         Task::Test => test(),
         Task::Demo => demo::run(),
+        Task::Bench { quick } => bench::run(quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

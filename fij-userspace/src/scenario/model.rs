@@ -152,7 +152,7 @@ impl Trigger {
             Trigger::Syscall { name, .. } => name.clone(),
             Trigger::Tracepoint { category, name } => format!("{category}:{name}"),
             Trigger::Probe(p) => p.to_string(),
-            Trigger::Time(schedule) => format!("time {schedule:?}"),
+            Trigger::Time(schedule) => schedule.to_string(),
         }
     }
 }
@@ -216,6 +216,20 @@ pub enum Schedule {
     Weibull { scale: Duration, shape: f64 },
     /// `after = { uniform = { min = "1s", max = "10s" } }`.
     Uniform { min: Duration, max: Duration },
+}
+
+impl std::fmt::Display for Schedule {
+    /// As written in the scenario: `at 5s`, `after exponential(mean 10s)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::At(at) => write!(f, "at {at:?}"),
+            Schedule::Exponential { mean } => write!(f, "after exponential(mean {mean:?})"),
+            Schedule::Weibull { scale, shape } => {
+                write!(f, "after weibull(scale {scale:?}, shape {shape})")
+            }
+            Schedule::Uniform { min, max } => write!(f, "after uniform({min:?}..{max:?})"),
+        }
+    }
 }
 
 /// `select`: which instances of the target take part in a fault, drawn from the seed.

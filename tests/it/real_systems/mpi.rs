@@ -1,19 +1,23 @@
-//! Open MPI: a token ring on 4 ranks on this machine (`mpirun --oversubscribe -np 4`, TCP BTL on
-//! loopback), built by the test with `mpicc`. Every rank prints `rank R pid P`, then waits for a
-//! "go" file, so the test can adopt the ranks by pid before the ring starts. fij fails rank 2 on
-//! its 20th `writev` (the TCP BTL sends each fragment with one writev, so: its 20th ring send).
+//! Open MPI: a token ring (C, built by the test with `mpicc`) over the TCP BTL. Every rank prints
+//! `rank R pid P`, then waits for a "go" file, so the test can adopt ranks by pid before the ring
+//! starts; the TCP BTL sends each fragment with one `writev`, so "its 20th writev" is "its 20th
+//! ring send".
 //!
-//! What was observed (docs/real-systems.md): on one machine `mpirun` is rank 2's PARENT, so it
-//! learns of the death by SIGCHLD/waitpid, not over the network; it aborts the job ("mpirun
-//! noticed that process rank 2 ... exited on signal 9") in about the same time after a kill and
-//! after a crash. What differs is the surviving ranks: after a kill, rank 2's connections are
-//! closed and its listening port refuses, so a survivor's TCP BTL reports the failure itself
-//! before mpirun's abort reaches it; after a crash they hear nothing and say nothing.
+//! - One machine (4 ranks on `lo`, rank 2 failed at its 20th writev): `mpirun` is rank 2's
+//!   PARENT, so it learns of the death by SIGCHLD/waitpid, not over the network, and aborts the
+//!   job ("mpirun noticed that process rank 2 ... exited on signal 9") about 1 s later after a
+//!   kill and after a crash alike. What differs is the surviving ranks: after a kill rank 1's
+//!   reconnect to rank 2 is refused and it says so; after a crash they hear nothing and say
+//!   nothing. ASSERTED.
+//! - Two nodes (ranks 0-2 on this network namespace, rank 3 on "node B", a namespace with its own
+//!   `orted`, see [`NodeB`]): fij fails the whole node, rank 3 at its 20th writev and `orted`
+//!   when it reaps it. After a kill mpirun reads the daemon's FIN and aborts at once; after a
+//!   crash it notices only when its TCP keepalive on the daemon's connection gives up. ASSERTED.
 use std::time::Duration;
 
 use fij_tests::{
     TempDir,
-    systems::{MpiJob, build_mpi_program, monotonic_ns},
+    systems::{MpiJob, NodeB, OobKeepalive, Sampler, build_mpi_program, monotonic_ns},
 };
 
 use super::*;
@@ -94,7 +98,11 @@ fn fail_rank(action: &str) -> Observed {
     let mut job = MpiJob::start(dir.path(), NP, &program, &[ROUNDS, go.to_str().unwrap()]);
     let pids = job.wait_rank_pids(Duration::from_secs(60));
     let names: Vec<String> = (0..NP).map(|r| format!("rank{r}")).collect();
-    let targets: Vec<(&str, u32)> = names.iter().map(String::as_str).zip(pids.iter().copied()).collect();
+    let targets: Vec<(&str, u32)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(pids.iter().copied())
+        .collect();
     let scenario = adopting_scenario(
         &targets,
         &names[VICTIM],
@@ -154,7 +162,11 @@ fn fail_rank(action: &str) -> Observed {
             .join(", "),
         survivor_complaint(&observed.output).unwrap_or("no"),
     );
-    for line in observed.output.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("---")) {
+    for line in observed
+        .output
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("---"))
+    {
         println!("  | {line}");
     }
     observed
@@ -225,6 +237,201 @@ fn mpi_crash_rank_survivors_hear_nothing() {
         survivor_complaint(&seen.output),
         None,
         "after a crash no surviving rank may hear from rank 2's sockets:\n{}",
+        seen.output
+    );
+    assert!(!seen.fij.log.records("silenced").is_empty(), "{}", seen.fij);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two nodes: node B loses power.
+
+/// mpirun's keepalive on its connection to node B's daemon, shortened from Open MPI's 8 minutes:
+/// probes after 1 s idle, every 1 s, 4 unanswered → the daemon is lost, 4 to 5 s after it fell
+/// silent.
+const KEEPALIVE: OobKeepalive = OobKeepalive {
+    time_s: 1,
+    intvl_s: 1,
+    probes: 4,
+};
+/// What mpirun prints when it loses a remote daemon (whatever the cause).
+const LOST_DAEMON: &str = "ORTE has lost communication with a remote daemon";
+
+struct NodeLoss {
+    /// When mpirun printed that it lost node B's daemon (from the first injection, within the
+    /// 20 ms polling of its output).
+    noticed_after: Duration,
+    /// How mpirun ended, and when.
+    mpirun: fij_tests::Ended,
+    ended_after: Duration,
+    output: String,
+    fij: FijOutput,
+}
+
+/// The ring on two "nodes": ranks 0-2 on node A (this namespace, under mpirun), rank 3 on node B
+/// (a network namespace, under its own `orted`, started through an ssh stand-in: see
+/// [`NodeB`]). fij adopts node B's orted (rank 3 joins as its descendant) and fails the whole
+/// node: rank 3 at its 20th send, and orted at its first `wait4` -- when it reaps rank 3, before
+/// it can report the death to mpirun (its report is a writev right after). Between the two:
+/// about 2 ms.
+fn fail_node_b(action: &str) -> NodeLoss {
+    let dir = TempDir::new(&format!("mpi-node-{action}"));
+    // Node B before fij starts (crash silences the interfaces present at its start), and dropped
+    // after the job.
+    let node = NodeB::new(dir.path());
+    let program = build_mpi_program(dir.path(), "ring", RING_C);
+    let go = dir.join("go");
+    let mut job = MpiJob::start_two_nodes(
+        dir.path(),
+        &node,
+        (3, 1),
+        KEEPALIVE,
+        &program,
+        &[ROUNDS, go.to_str().unwrap()],
+    );
+    let pids = job.wait_rank_pids(Duration::from_secs(60));
+    let orted = job.wait_daemon_pid(Duration::from_secs(10));
+    let node_b_rank = *pids.last().unwrap();
+    let scenario = format!(
+        "seed = 1\nduration = \"28s\"\n\n[[target]]\nname = \"node-b\"\npid = {orted}\n\n\
+         [[fault]]\nname = \"rank\"\ntarget = \"node-b\"\naction = {a}\n\
+         trigger = {{ syscall = \"writev\" }}\nnth = {NTH_SEND}\n\n\
+         [[fault]]\nname = \"daemon\"\ntarget = \"node-b\"\naction = {a}\n\
+         trigger = {{ syscall = \"wait4\" }}\nnth = 1\n",
+        a = toml_str(action)
+    );
+    let mut fij = start_fij(&dir, &scenario);
+    let log = job.mpirun.log_path().to_path_buf();
+    let lost = Sampler::start(
+        Duration::from_millis(20),
+        Duration::from_secs(90),
+        move || std::fs::read_to_string(&log).is_ok_and(|text| text.contains(LOST_DAEMON)),
+    );
+    std::fs::write(&go, "").expect("creating the go file");
+    let first = fij.wait_for_record("the injection into rank 3", Duration::from_secs(20), |r| {
+        r["event"] == "injection"
+    });
+    let t0 = ktime(&first);
+    fij.wait_for_record("the injection into orted", Duration::from_secs(5), |r| {
+        r["event"] == "injection" && r["fault"] == "daemon"
+    });
+    let ended = job.mpirun.wait_end(ABORT_LIMIT);
+    let waited = monotonic_ns();
+    let lost = lost.stop();
+    let output = job.output();
+    job.mpirun.kill_all();
+    let fij = end_fij(fij);
+    let Some((mpirun, end_ns)) = ended else {
+        panic!(
+            "mpirun still running {:?} after node B's {action}: killed it\n{output}\n{fij}",
+            since(t0, waited)
+        );
+    };
+    let noticed_ns = lost
+        .iter()
+        .find(|(_, seen)| *seen)
+        .map(|(t, _)| *t)
+        .unwrap_or_else(|| panic!("mpirun never said {LOST_DAEMON:?}:\n{output}"));
+    // The node died as planned: rank 3 at its 20th writev, then orted at its first wait4.
+    let injections = fij.log.injections();
+    assert_eq!(injections.len(), 2, "{fij}");
+    let (rank, daemon) = (injections[0], injections[1]);
+    assert_eq!(
+        (pid_of(rank), &rank["syscall"], &rank["hit"]),
+        (node_b_rank, &"writev".into(), &NTH_SEND.into()),
+        "{fij}"
+    );
+    assert_eq!(
+        (pid_of(daemon), &daemon["syscall"]),
+        (orted, &"wait4".into()),
+        "{fij}"
+    );
+    for pid in [node_b_rank, orted] {
+        assert_eq!(fij.log.exit_status(pid), "signal SIGKILL", "{fij}");
+    }
+    let observed = NodeLoss {
+        noticed_after: since(t0, noticed_ns),
+        mpirun,
+        ended_after: since(t0, end_ns),
+        output,
+        fij,
+    };
+    println!(
+        "mpi {action} of node B (rank 3 at its {NTH_SEND}th writev, orted at its first wait4, {} \
+         later): mpirun reports the lost daemon {} after the injection and ends {:?} {} after \
+         (its keepalive declares a silent peer dead after {}-{} s)",
+        ms(since(t0, ktime(daemon_injection(&observed.fij)))),
+        ms(observed.noticed_after),
+        observed.mpirun,
+        ms(observed.ended_after),
+        KEEPALIVE.min_detection().as_secs(),
+        KEEPALIVE.max_detection().as_secs(),
+    );
+    for line in observed
+        .output
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("---"))
+    {
+        println!("  | {line}");
+    }
+    observed
+}
+
+fn daemon_injection(fij: &FijOutput) -> &serde_json::Value {
+    fij.log.injections()[1]
+}
+
+fn assert_lost_daemon(seen: &NodeLoss) {
+    assert!(
+        !matches!(seen.mpirun, fij_tests::Ended::Code(0)),
+        "mpirun must fail the job:\n{}",
+        seen.output
+    );
+    assert!(seen.output.contains(LOST_DAEMON), "{}", seen.output);
+    assert!(!seen.output.contains("done, token"), "{}", seen.output);
+}
+
+/// kill of node B's processes: their connections close, mpirun reads its daemon's FIN (and the
+/// agent's session ends) and aborts the job at once.
+#[test]
+fn mpi_kill_node_mpirun_aborts_at_once() {
+    let seen = fail_node_b("kill");
+    assert_lost_daemon(&seen);
+    assert!(
+        seen.noticed_after < KEEPALIVE.min_detection() / 4,
+        "mpirun took {:?} to notice that node B's processes were killed",
+        seen.noticed_after
+    );
+    assert!(
+        seen.ended_after < Duration::from_secs(5),
+        "mpirun took {:?} to end the job",
+        seen.ended_after
+    );
+    assert!(seen.fij.log.records("silenced").is_empty(), "{}", seen.fij);
+}
+
+/// crash of node B (a power loss): nothing of node B speaks again; the ranks on node A wait for
+/// their token, and mpirun learns of the loss only from its own TCP keepalive on the daemon's
+/// connection.
+#[test]
+fn mpi_crash_node_mpirun_notices_only_by_its_keepalive() {
+    let seen = fail_node_b("crash");
+    assert_lost_daemon(&seen);
+    let least = KEEPALIVE.min_detection().as_secs_f64();
+    assert!(
+        seen.noticed_after.as_secs_f64() >= 0.8 * least,
+        "mpirun noticed node B's crash after {:?}, before its keepalive could have ({least} s \
+         at least)\n{}",
+        seen.noticed_after,
+        seen.output
+    );
+    assert!(
+        seen.noticed_after < KEEPALIVE.max_detection() + Duration::from_secs(10),
+        "mpirun took {:?} to notice",
+        seen.noticed_after
+    );
+    assert!(
+        survivor_complaint(&seen.output).is_none(),
+        "the ranks of node A must hear nothing from node B:\n{}",
         seen.output
     );
     assert!(!seen.fij.log.records("silenced").is_empty(), "{}", seen.fij);

@@ -79,7 +79,9 @@ fn fail_primary(action: &str) -> Observed {
         "redis {action} of the primary: replica reports master_link_status:down {} after the \
          injection (last `up` {}), --repl-timeout {} s",
         ms(observed.down_after),
-        observed.last_up_after.map_or("never".into(), |d| format!("{} after", ms(d))),
+        observed
+            .last_up_after
+            .map_or("never".into(), |d| format!("{} after", ms(d))),
         REPL_TIMEOUT.as_secs()
     );
     observed
@@ -107,7 +109,12 @@ fn redis_kill_primary_replica_sees_link_down_at_once() {
         "a kill must not be detected by the timeout:\n{}",
         seen.replica_log
     );
-    assert_eq!(seen.fij.log.end()["reason"], "targets_exited", "{}", seen.fij);
+    assert_eq!(
+        seen.fij.log.end()["reason"],
+        "targets_exited",
+        "{}",
+        seen.fij
+    );
     assert!(seen.fij.log.records("silenced").is_empty(), "{}", seen.fij);
 }
 
@@ -125,7 +132,9 @@ fn redis_crash_primary_replica_sees_link_down_only_after_repl_timeout() {
         REPL_TIMEOUT,
         seen.replica_log
     );
-    let last_up = seen.last_up_after.expect("an `up` sample after the injection");
+    let last_up = seen
+        .last_up_after
+        .expect("an `up` sample after the injection");
     assert!(
         last_up.as_secs_f64() >= 0.7 * timeout,
         "the link was last seen up {last_up:?} after the crash: it must stay up for most of \
@@ -144,10 +153,6 @@ fn redis_crash_primary_replica_sees_link_down_only_after_repl_timeout() {
         seen.replica_log
     );
     // The primary's sockets were silenced: its listener and its connection to the replica.
-    assert!(
-        seen.fij.log.records("silenced").len() >= 2,
-        "{}",
-        seen.fij
-    );
+    assert!(seen.fij.log.records("silenced").len() >= 2, "{}", seen.fij);
     assert_eq!(seen.fij.log.end()["reason"], "interrupted", "{}", seen.fij);
 }

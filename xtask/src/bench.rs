@@ -1,0 +1,1593 @@
+//! `cargo xtask bench [--quick]`: fij's costs measured side by side with their peers in one run,
+//! reported as ratios, in `bench/results.md` (a markdown table for the README) and
+//! `bench/results.json`; `--quick` runs a tiny configuration (for a smoke test) and writes to
+//! `<target>/bench-quick/` instead, leaving `bench/` alone.
+//!
+//! Runs setup and a release build first. Every syscall figure comes from `fij-syscall-loop`
+//! (`tests/src/bin/fij-syscall-loop.rs`), pinned to the last CPU: N `getppid` calls timed in 100
+//! chunks; the figure is the fastest chunk's ns/syscall, the cost least disturbed by other load
+//! on the machine. What is compared:
+//!
+//! 1. A non-target's syscall cost, over the baseline (nothing attached to `sys_enter`), with:
+//!    the floor (`fij-floor` attaching `fij_floor`, an empty program on the same raw tracepoint);
+//!    `fij run` on a scenario whose target is another process (`sleep`); bpftrace with the
+//!    equivalent filter for another pid. They are measured in turn in each round, each between
+//!    two baselines (nothing attached) whose mean it is compared with, so that changes of the
+//!    machine's speed cancel out unless they happen within seconds.
+//! 2. An armed target's syscall cost (the loop is the target of a `getppid` fault that never
+//!    fires) against `strace -e inject=...` of the same loop.
+//! 3. Kill latency: `injection` to `exit` record (`ktime_ns`) in fij's log, over many runs, with
+//!    fij pinned to another CPU than the target and to the target's CPU (where fij's own wake-up
+//!    for the injection event can preempt the dying target).
+//! 4. Start to armed: spawning `fij run` to its target running (the target prints when it
+//!    started), against spawning bpftrace to its "Attaching 1 probe..." line.
+//! 5. Peak RSS (VmHWM) of fij during a campaign, against bpftrace's.
+//! 6. Scale: non-target cost with 100 and 10,000 entries in the target set (fake pids above
+//!    `pid_max`, written with `bpftool batch`), armed-target cost with 16 faults on the hook and
+//!    with 1000 faults in the scenario.
+//!
+//! A measurement is repeated (up to 3 times) when `bpftool perf` shows a program on `sys_enter`
+//! that the bench did not start (say a test running at the same time); such disturbances are
+//! counted in the results. No figure is asserted on: `met?` is information, not a test.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::cmd;
+
+/// The sizes of one run.
+struct Config {
+    quick: bool,
+    /// Rounds of each comparison; every figure is the median over them.
+    reps: usize,
+    /// `getppid` calls per loop without strace.
+    loop_calls: u64,
+    /// `getppid` calls per loop under strace (~100× slower); with the warm-up, below strace's
+    /// `when` limit of 65535 so the injection never happens.
+    strace_calls: u64,
+    /// fij runs that kill the loop, for the latency percentiles (for each CPU placement of fij).
+    kill_runs: usize,
+    /// Target-set sizes for the non-target scale rows (the first is the plain campaign).
+    target_entries: [usize; 3],
+    /// Fault counts for the armed-target scale rows.
+    fault_counts: [usize; 3],
+    /// The CPU the loop is pinned to.
+    cpu: usize,
+}
+
+impl Config {
+    fn new(quick: bool) -> Self {
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu = cpus - 1;
+        if quick {
+            Self {
+                quick,
+                reps: 3,
+                loop_calls: 100_000,
+                strace_calls: 2_000,
+                kill_runs: 4,
+                target_entries: [1, 100, 1_000],
+                fault_counts: [1, 16, 100],
+                cpu,
+            }
+        } else {
+            Self {
+                quick,
+                reps: 11,
+                loop_calls: 2_000_000,
+                strace_calls: 20_000,
+                kill_runs: 50,
+                target_entries: [1, 100, 10_000],
+                fault_counts: [1, 16, 1_000],
+                cpu,
+            }
+        }
+    }
+}
+
+/// `nth` of the faults that must never fire.
+const NEVER: u64 = 4_000_000_000;
+/// Fake pids for the scale rows start here: above any `pid_max` (at most 4194304), so they can
+/// never be a real process.
+const FAKE_PID_BASE: u32 = 4_194_305;
+/// Most faults fij evaluates on one (target, syscall) hook (`fij_common::MAX_FAULTS_PER_HOOK`).
+const FAULTS_PER_HOOK: usize = 16;
+/// Syscalls that exist on x86_64 and aarch64 and that the loop does not make in its timed part:
+/// the faults of the 1000-fault scenario beyond the first 16 go there.
+const OTHER_SYSCALLS: &str = "\
+    read write close fstat lseek mmap mprotect munmap brk rt_sigaction rt_sigprocmask ioctl \
+    pread64 pwrite64 readv writev sched_yield mremap msync mincore madvise dup dup3 nanosleep \
+    getitimer setitimer getpid socket connect accept sendto recvfrom sendmsg recvmsg shutdown \
+    bind listen getsockname getpeername socketpair setsockopt getsockopt execve exit wait4 \
+    kill uname fcntl flock fsync fdatasync truncate ftruncate getcwd chdir fchdir fchmod \
+    fchown umask gettimeofday getrlimit getrusage sysinfo times getuid getgid geteuid getegid \
+    setpgid getpgid setsid getsid";
+
+const SIGINT: i32 = 2;
+const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;
+
+unsafe extern "C" {
+    fn clock_gettime(clock: i32, ts: *mut [i64; 2]) -> i32;
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of the loop's start stamp.
+fn monotonic_ns() -> u64 {
+    let mut ts = [0i64; 2];
+    // SAFETY: clock_gettime writes a struct timespec (two longs) into ts.
+    unsafe { clock_gettime(1, &mut ts) };
+    ts[0] as u64 * 1_000_000_000 + ts[1] as u64
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory effects; pid is a child of ours that has not been reaped.
+    unsafe { kill(pid as i32, sig) };
+}
+
+pub fn run(quick: bool) -> Result<()> {
+    crate::setup::run()?;
+    crate::build(true)?;
+    let started = Instant::now();
+    let cfg = Config::new(quick);
+    let mut bench = Bench::new(cfg)?;
+    let result = bench.measure_all();
+    let _ = fs::remove_dir_all(&bench.dir);
+    let results = result?;
+    let out_dir = if quick {
+        crate::target_dir().join("bench-quick")
+    } else {
+        crate::workspace_root().join("bench")
+    };
+    let took = started.elapsed();
+    let report = results.markdown(&bench, took);
+    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let md = out_dir.join("results.md");
+    let json = out_dir.join("results.json");
+    fs::write(&md, &report).with_context(|| format!("cannot write {}", md.display()))?;
+    fs::write(&json, results.json(&bench, took))
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    println!();
+    print!("{report}");
+    println!();
+    println!("wrote {} and {}", md.display(), json.display());
+    Ok(())
+}
+
+/// Figures of one measurement over the rounds.
+#[derive(Clone, Default)]
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn push(&mut self, x: f64) {
+        self.0.push(x);
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    fn median(&self) -> f64 {
+        let v = self.sorted();
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    /// Nearest-rank percentile (`p` in 0..=100).
+    fn percentile(&self, p: f64) -> f64 {
+        let v = self.sorted();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+        v[rank.min(v.len()) - 1]
+    }
+
+    fn min(&self) -> f64 {
+        self.sorted().first().copied().unwrap_or(f64::NAN)
+    }
+
+    fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// One line of `fij-syscall-loop`'s output.
+struct LoopRun {
+    /// Mean ns/syscall of the whole loop.
+    mean: f64,
+    /// ns/syscall of the fastest chunk: the figure the bench uses.
+    best: f64,
+    /// CLOCK_MONOTONIC when the loop's `main` began.
+    start_ns: u64,
+}
+
+fn parse_loop(output: &str) -> Result<LoopRun> {
+    let line = output
+        .lines()
+        .find(|l| l.contains("best_chunk_ns_per_syscall="))
+        .with_context(|| format!("no fij-syscall-loop result line in:\n{output}"))?;
+    let field = |name: &str| -> Result<&str> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .with_context(|| format!("no {name}= in `{line}`"))
+    };
+    Ok(LoopRun {
+        mean: field("ns_per_syscall")?.parse()?,
+        best: field("best_chunk_ns_per_syscall")?.parse()?,
+        start_ns: field("start_monotonic_ns")?.parse()?,
+    })
+}
+
+/// A background process the bench started: stopped with a signal, killed if still there when
+/// dropped (also on errors).
+struct Daemon {
+    name: &'static str,
+    child: Child,
+}
+
+impl Daemon {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Sends `sig` and waits up to `timeout`, then SIGKILL.
+    fn stop(mut self, sig: i32, timeout: Duration) -> Result<ExitStatus> {
+        if self.exited().is_none() {
+            signal(self.pid(), sig);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return Ok(status);
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        bail!(
+            "{} (pid {}) did not stop within {timeout:?}; killed it",
+            self.name,
+            self.pid()
+        )
+    }
+
+    /// Peak resident set size so far, in KiB (`VmHWM`).
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmHWM in /proc/{}/status", self.pid()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            // fij first gets the chance to end its targets.
+            signal(self.pid(), SIGTERM);
+            for _ in 0..2500 {
+                if self.exited().is_some() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+            signal(self.pid(), SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until `ready` holds, `daemon` exits (an error, with `log` shown) or `timeout` passes.
+fn wait_until(
+    daemon: &mut Daemon,
+    log: &Path,
+    timeout: Duration,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if let Some(status) = daemon.exited() {
+            let text = fs::read_to_string(log).unwrap_or_default();
+            bail!(
+                "{} exited ({status}) before it was ready:\n{text}",
+                daemon.name
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("{} was not ready within {timeout:?}", daemon.name);
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The processes with a program on `sys_enter`, from `bpftool perf show` (which lists raw
+/// tracepoint links and perf-event tracepoints, with the pid holding each).
+fn sys_enter_owners() -> Result<Vec<u32>> {
+    let out = cmd::query(Command::new("bpftool").args(["perf", "show"]))?
+        .context("`bpftool perf show` failed")?;
+    Ok(out
+        .lines()
+        .filter(|l| l.split_whitespace().last() == Some("sys_enter"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect())
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+struct Bench {
+    cfg: Config,
+    /// Scenarios, logs and outputs of this run (removed at the end).
+    dir: PathBuf,
+    fij: PathBuf,
+    syscall_loop: PathBuf,
+    floor: PathBuf,
+    bpftrace: PathBuf,
+    strace: PathBuf,
+    /// Measurements repeated because another program was on `sys_enter`.
+    disturbed: usize,
+    /// Measurements taken although another program stayed on `sys_enter`.
+    unclean: usize,
+    /// Syscall measurements taken with `kernel.bpf_stats_enabled` on (it adds two clock reads
+    /// to every program run, so it raises fij's, the floor's and bpftrace's cost alike), of all.
+    stats_on: usize,
+    measurements: usize,
+    load_before: String,
+    files: usize,
+}
+
+/// Everything measured, by name (see [`Results::rows`]).
+#[derive(Default)]
+struct Results {
+    /// ns/syscall per configuration, one sample per round (baselines: every one measured).
+    abs: BTreeMap<&'static str, Samples>,
+    /// ns/syscall over the mean of the baselines measured right before and after, per round.
+    over: BTreeMap<&'static str, Samples>,
+    /// Kill latency with fij pinned to another CPU than the target, and to the target's.
+    kill_other_us: Samples,
+    kill_same_us: Samples,
+    fij_start_ms: Samples,
+    bpftrace_start_ms: Samples,
+    fij_rss_mib: Samples,
+    bpftrace_rss_mib: Samples,
+    load_after: String,
+}
+
+impl Bench {
+    fn new(cfg: Config) -> Result<Self> {
+        let bin = crate::bin_dir(true);
+        let tool = |name: &str, package: &str| {
+            find_in_path(name).with_context(|| {
+                format!(
+                    "{name} is not installed (Debian package {package}), and the bench compares \
+                     fij with it; `cargo xtask setup` installs it"
+                )
+            })
+        };
+        let bpftrace = tool("bpftrace", "bpftrace")?;
+        let strace = tool("strace", "strace")?;
+        tool("bpftool", "bpftool")?;
+        let dir = std::env::temp_dir().join(format!("fij-bench-{}", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let bench = Self {
+            fij: crate::fij_bin(true),
+            syscall_loop: bin.join("fij-syscall-loop"),
+            floor: bin.join("fij-floor"),
+            bpftrace,
+            strace,
+            dir,
+            cfg,
+            disturbed: 0,
+            unclean: 0,
+            stats_on: 0,
+            measurements: 0,
+            load_before: loadavg(),
+            files: 0,
+        };
+        for bin in [&bench.fij, &bench.syscall_loop, &bench.floor] {
+            ensure!(bin.is_file(), "{} was not built", bin.display());
+        }
+        Ok(bench)
+    }
+
+    /// A new file name in the bench's directory.
+    fn file(&mut self, name: &str) -> PathBuf {
+        self.files += 1;
+        self.dir.join(format!("{}-{name}", self.files))
+    }
+
+    fn loop_args(&self, calls: u64) -> Vec<String> {
+        vec!["--cpu".into(), self.cfg.cpu.to_string(), calls.to_string()]
+    }
+
+    /// Runs `measure` once no program that the bench did not start (`ours`) is on `sys_enter`,
+    /// and again (up to 3 times) if one appeared meanwhile.
+    fn clean<T>(
+        &mut self,
+        ours: &[u32],
+        mut measure: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        let foreign =
+            || -> Result<bool> { Ok(sys_enter_owners()?.iter().any(|pid| !ours.contains(pid))) };
+        for attempt in 0..4 {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while foreign()? && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(100));
+            }
+            let before = foreign()?;
+            let stats = bpf_stats() == "1";
+            let value = measure(self)?;
+            self.measurements += 1;
+            self.stats_on += usize::from(stats && bpf_stats() == "1");
+            if !before && !foreign()? {
+                return Ok(value);
+            }
+            if attempt == 3 {
+                self.unclean += 1;
+                println!("warning: another program stayed on sys_enter; keeping this measurement");
+                return Ok(value);
+            }
+            self.disturbed += 1;
+            println!("note: another program was on sys_enter; repeating the measurement");
+        }
+        unreachable!()
+    }
+
+    /// The loop, not traced by anything of ours.
+    fn plain_loop(&mut self, calls: u64) -> Result<LoopRun> {
+        let out = Command::new(&self.syscall_loop)
+            .args(self.loop_args(calls))
+            .stdin(Stdio::null())
+            .output()
+            .context("running fij-syscall-loop")?;
+        ensure!(
+            out.status.success(),
+            "fij-syscall-loop failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_loop(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn measure_loop(&mut self, ours: &[u32]) -> Result<f64> {
+        let calls = self.cfg.loop_calls;
+        Ok(self.clean(ours, |b| b.plain_loop(calls))?.best)
+    }
+
+    fn write_scenario(&mut self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.file(&format!("{name}.toml"));
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// `fij run SCENARIO --log LOG` in the background, returned once the `start` record is in
+    /// the log (programs attached, rules loaded, targets armed).
+    fn start_fij(&mut self, scenario: &Path) -> Result<(Daemon, PathBuf)> {
+        let log = self.file("fij.jsonl");
+        let err = self.file("fij.err");
+        let child = Command::new(&self.fij)
+            .arg("run")
+            .arg(scenario)
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err)?)
+            .spawn()
+            .context("starting fij")?;
+        let mut fij = Daemon { name: "fij", child };
+        wait_until(&mut fij, &err, Duration::from_secs(60), || {
+            Ok(fs::read_to_string(&log).is_ok_and(|t| t.contains(r#""event":"start""#)))
+        })?;
+        Ok((fij, log))
+    }
+
+    /// Runs `fij run SCENARIO --log LOG` to its end, pinned to a CPU with `taskset` if `pin` is
+    /// given; returns its stdout (its targets') and log.
+    fn run_fij(
+        &mut self,
+        pin: Option<(&Path, usize)>,
+        scenario: &Path,
+    ) -> Result<(String, String)> {
+        let log = self.file("fij.jsonl");
+        let mut command = match pin {
+            Some((taskset, cpu)) => {
+                let mut c = Command::new(taskset);
+                c.arg("-c").arg(cpu.to_string()).arg(&self.fij);
+                c
+            }
+            None => Command::new(&self.fij),
+        };
+        let out = command
+            .arg("run")
+            .arg(scenario)
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .output()
+            .context("running fij")?;
+        ensure!(
+            out.status.success(),
+            "`fij run {}` failed ({}):\n{}",
+            scenario.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+        Ok((String::from_utf8_lossy(&out.stdout).into_owned(), log))
+    }
+
+    fn start_floor(&mut self) -> Result<Daemon> {
+        let child = Command::new(&self.floor)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting fij-floor")?;
+        let mut floor = Daemon {
+            name: "fij-floor",
+            child,
+        };
+        let mut line = String::new();
+        BufReader::new(floor.child.stdout.take().unwrap()).read_line(&mut line)?;
+        if !line.contains("attached") {
+            let mut err = String::new();
+            if let Some(mut e) = floor.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            bail!("fij-floor did not attach: {line}{err}");
+        }
+        Ok(floor)
+    }
+
+    /// bpftrace counting the `sys_enter`s of `pid` (not the loop); returned once its program is
+    /// attached, with the time from spawning it to its "Attaching 1 probe..." line.
+    fn start_bpftrace(&mut self, pid: u32) -> Result<(Daemon, Duration)> {
+        let err = self.file("bpftrace.err");
+        let script = format!("tracepoint:raw_syscalls:sys_enter /pid == {pid}/ {{ @ = count(); }}");
+        let t0 = Instant::now();
+        let child = Command::new(&self.bpftrace)
+            .args(["-e", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&err)?)
+            .spawn()
+            .context("starting bpftrace")?;
+        let mut bpftrace = Daemon {
+            name: "bpftrace",
+            child,
+        };
+        let mut out = BufReader::new(bpftrace.child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("Attaching") {
+            line.clear();
+            if out.read_line(&mut line)? == 0 {
+                let _ = bpftrace.child.wait();
+                let text = fs::read_to_string(&err).unwrap_or_default();
+                bail!("bpftrace exited before attaching:\n{text}");
+            }
+        }
+        let attaching = t0.elapsed();
+        thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let bpftrace_pid = bpftrace.pid();
+        wait_until(&mut bpftrace, &err, Duration::from_secs(30), || {
+            Ok(sys_enter_owners()?.contains(&bpftrace_pid))
+        })?;
+        Ok((bpftrace, attaching))
+    }
+
+    /// Adds fake pids to (or, with `count` 0, removes them from) fij's TARGETS map.
+    fn fill_targets(&mut self, fij: &Daemon, from: usize, to: usize, delete: bool) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let (id, value_size) = targets_map(fij.pid())?;
+        let mut batch = String::new();
+        for i in from..to {
+            let key = (FAKE_PID_BASE + i as u32).to_le_bytes();
+            let key = key.map(|b| format!("{b:02x}")).join(" ");
+            if delete {
+                writeln!(batch, "map delete id {id} key hex {key}")?;
+            } else {
+                let value = vec!["00"; value_size].join(" ");
+                writeln!(batch, "map update id {id} key hex {key} value hex {value}")?;
+            }
+        }
+        let file = self.file("targets.batch");
+        fs::write(&file, batch)?;
+        let out = Command::new("bpftool")
+            .arg("batch")
+            .arg("file")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "`bpftool batch file {}` failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    fn measure_all(&mut self) -> Result<Results> {
+        let mut r = Results::default();
+        let cfg = &self.cfg;
+        println!(
+            "bench: {} rounds; loops of {} getppid calls pinned to CPU {} ({} under strace); \
+             {} kill runs",
+            cfg.reps, cfg.loop_calls, cfg.cpu, cfg.strace_calls, cfg.kill_runs
+        );
+        self.non_target(&mut r)?;
+        self.armed(&mut r)?;
+        self.kill_latency(&mut r)?;
+        self.start_to_armed(&mut r)?;
+        r.load_after = loadavg();
+        Ok(r)
+    }
+
+    /// Part 1 (and the non-target scale rows, RSS, bpftrace's start time).
+    fn non_target(&mut self, r: &mut Results) -> Result<()> {
+        let sleeper = Daemon {
+            name: "sleep",
+            child: Command::new("sleep")
+                .arg("100000")
+                .spawn()
+                .context("starting sleep")?,
+        };
+        let other = self.write_scenario(
+            "other",
+            &format!(
+                "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"other\"\n\
+                 command = [\"sleep\", \"100000\"]\n\n{}",
+                fault("never", "other", "getppid", NEVER)
+            ),
+        )?;
+        let [_, entries_mid, entries_big] = self.cfg.target_entries;
+        println!(
+            "\n== 1. non-target syscall overhead: baseline / fij-floor / `fij run` (target: a \
+             sleep) / bpftrace (pid == {}) ==",
+            sleeper.pid()
+        );
+        for round in 0..self.cfg.reps {
+            // A baseline right before and after each configuration: the overhead is taken
+            // against their mean, so that the machine's speed changes only count when they
+            // happen within seconds.
+            let b0 = self.measure_loop(&[])?;
+
+            let floor = self.start_floor()?;
+            let floor_ns = self.measure_loop(&[floor.pid()])?;
+            floor.stop(SIGTERM, Duration::from_secs(10))?;
+            let b1 = self.measure_loop(&[])?;
+
+            let (fij, _log) = self.start_fij(&other)?;
+            let fij_ns = self.measure_loop(&[fij.pid()])?;
+            self.fill_targets(&fij, 0, entries_mid - 1, false)?;
+            let mid_ns = self.measure_loop(&[fij.pid()])?;
+            self.fill_targets(&fij, entries_mid - 1, entries_big - 1, false)?;
+            let big_ns = self.measure_loop(&[fij.pid()])?;
+            self.fill_targets(&fij, 0, entries_big - 1, true)?;
+            r.fij_rss_mib.push(fij.peak_rss_kib()? as f64 / 1024.0);
+            let status = fij.stop(SIGTERM, Duration::from_secs(30))?;
+            ensure!(status.success(), "fij ended with {status}");
+            let b2 = self.measure_loop(&[])?;
+
+            let (bpftrace, attaching) = self.start_bpftrace(sleeper.pid())?;
+            r.bpftrace_start_ms.push(attaching.as_secs_f64() * 1e3);
+            let bpftrace_ns = self.measure_loop(&[bpftrace.pid()])?;
+            r.bpftrace_rss_mib
+                .push(bpftrace.peak_rss_kib()? as f64 / 1024.0);
+            bpftrace.stop(SIGINT, Duration::from_secs(30))?;
+            let b3 = self.measure_loop(&[])?;
+
+            for b in [b0, b1, b2, b3] {
+                r.abs.entry("baseline").or_default().push(b);
+            }
+            for (name, ns, base) in [
+                ("floor", floor_ns, (b0 + b1) / 2.0),
+                ("fij_non_target", fij_ns, (b1 + b2) / 2.0),
+                ("fij_non_target_mid", mid_ns, (b1 + b2) / 2.0),
+                ("fij_non_target_big", big_ns, (b1 + b2) / 2.0),
+                ("bpftrace_non_target", bpftrace_ns, (b2 + b3) / 2.0),
+            ] {
+                r.abs.entry(name).or_default().push(ns);
+                r.over.entry(name).or_default().push(ns - base);
+            }
+            println!(
+                "round {}/{}: ns/syscall baseline {b0:.1}, floor {floor_ns:.1}, baseline \
+                 {b1:.1}, fij {fij_ns:.1} ({entries_mid} entries {mid_ns:.1}, {entries_big} \
+                 entries {big_ns:.1}), baseline {b2:.1}, bpftrace {bpftrace_ns:.1}, baseline \
+                 {b3:.1}",
+                round + 1,
+                self.cfg.reps
+            );
+        }
+        drop(sleeper);
+        Ok(())
+    }
+
+    /// Part 2 (and the armed scale rows).
+    fn armed(&mut self, r: &mut Results) -> Result<()> {
+        let loop_cmd = |b: &Self, calls| {
+            let mut argv = vec![b.syscall_loop.display().to_string()];
+            argv.extend(b.loop_args(calls));
+            argv.iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let others: Vec<&str> = OTHER_SYSCALLS.split_whitespace().collect();
+        let mut scenarios = Vec::new();
+        for (k, faults) in self.cfg.fault_counts.into_iter().enumerate() {
+            // The scale rows' loops are ~3× slower per call: a quarter of the calls keeps their
+            // time (and so the span their fastest chunk is picked from) close to the others'.
+            let calls = if k == 0 {
+                self.cfg.loop_calls
+            } else {
+                self.cfg.loop_calls / 4
+            };
+            let command = loop_cmd(self, calls);
+            let mut text = format!(
+                "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"loop\"\n\
+                 command = [{command}]\n"
+            );
+            for i in 0..faults {
+                let syscall = if i < FAULTS_PER_HOOK {
+                    "getppid"
+                } else {
+                    others[(i - FAULTS_PER_HOOK) / FAULTS_PER_HOOK % others.len()]
+                };
+                text.push('\n');
+                text.push_str(&fault(&format!("never-{i}"), "loop", syscall, NEVER));
+            }
+            scenarios.push(self.write_scenario(&format!("armed-{faults}"), &text)?);
+        }
+        let strace_args: Vec<String> = ["-f", "-e", "inject=getppid:error=EPERM:when=65535"]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                "-o".into(),
+                "/dev/null".into(),
+                self.syscall_loop.display().to_string(),
+            ])
+            .chain(self.loop_args(self.cfg.strace_calls))
+            .collect();
+        println!(
+            "\n== 2. armed-target syscall overhead: `fij run` (the loop is the target of a getppid \
+             fault with nth = {NEVER}) / {} ==",
+            cmd::display(Command::new(&self.strace).args(&strace_args))
+        );
+        for round in 0..self.cfg.reps {
+            // As in part 1: a baseline right before and after each configuration.
+            let mut bases = vec![self.measure_loop(&[])?];
+            let mut armed = Vec::new();
+            for scenario in scenarios.clone() {
+                let (out, _log) = self.clean(&[], |b| b.run_fij(None, &scenario))?;
+                armed.push(parse_loop(&out)?.best);
+                bases.push(self.measure_loop(&[])?);
+            }
+            let strace = self.clean(&[], |b| {
+                let out = Command::new(&b.strace)
+                    .args(&strace_args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running strace")?;
+                ensure!(
+                    out.status.success(),
+                    "strace failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                parse_loop(&String::from_utf8_lossy(&out.stdout))
+            })?;
+            bases.push(self.measure_loop(&[])?);
+            for &b in &bases {
+                r.abs.entry("armed_baseline").or_default().push(b);
+            }
+            let around = |i: usize| (bases[i] + bases[i + 1]) / 2.0;
+            for (name, ns, base) in [
+                ("fij_armed", armed[0], around(0)),
+                ("fij_armed_mid", armed[1], around(1)),
+                ("fij_armed_big", armed[2], around(2)),
+                ("strace_armed", strace.best, around(3)),
+            ] {
+                r.abs.entry(name).or_default().push(ns);
+                r.over.entry(name).or_default().push(ns - base);
+            }
+            r.abs
+                .entry("strace_armed_mean")
+                .or_default()
+                .push(strace.mean);
+            let [_, mid, big] = self.cfg.fault_counts;
+            println!(
+                "round {}/{}: ns/syscall baseline {:.1}, fij {:.1}, baseline {:.1}, {mid} faults \
+                 {:.1}, baseline {:.1}, {big} faults {:.1}, baseline {:.1}, strace {:.0}, \
+                 baseline {:.1}",
+                round + 1,
+                self.cfg.reps,
+                bases[0],
+                armed[0],
+                bases[1],
+                armed[1],
+                bases[2],
+                armed[2],
+                bases[3],
+                strace.best,
+                bases[4]
+            );
+        }
+        Ok(())
+    }
+
+    /// Part 3.
+    fn kill_latency(&mut self, r: &mut Results) -> Result<()> {
+        let mut argv = vec![self.syscall_loop.display().to_string()];
+        argv.extend(self.loop_args(self.cfg.loop_calls.max(100_000)));
+        let command = argv
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let scenario = self.write_scenario(
+            "kill",
+            &format!(
+                "seed = 1\nduration = \"1m\"\n\n[[target]]\nname = \"loop\"\n\
+                 command = [{command}]\n\n{}",
+                fault("kill-1000th", "loop", "getppid", 1000)
+            ),
+        )?;
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let other_cpu = (self.cfg.cpu + 1) % cpus;
+        println!(
+            "\n== 3. kill latency: `fij run` killing the loop (on CPU {}) on its 1000th getppid, \
+             injection → exit record; {} runs with fij pinned to CPU {other_cpu}, {} with fij \
+             pinned to the loop's CPU ==",
+            self.cfg.cpu, self.cfg.kill_runs, self.cfg.kill_runs
+        );
+        let taskset = find_in_path("taskset")
+            .context("taskset is not installed (Debian package util-linux)")?;
+        if other_cpu != self.cfg.cpu {
+            r.kill_other_us = self.kill_runs(&scenario, &taskset, other_cpu)?;
+        }
+        r.kill_same_us = self.kill_runs(&scenario, &taskset, self.cfg.cpu)?;
+        Ok(())
+    }
+
+    /// Kill latencies in µs of `kill_runs` runs of `taskset -c CPU fij run SCENARIO`.
+    fn kill_runs(&mut self, scenario: &Path, taskset: &Path, cpu: usize) -> Result<Samples> {
+        let mut samples = Samples::default();
+        for _ in 0..self.cfg.kill_runs {
+            let (_out, log) = self.run_fij(Some((taskset, cpu)), scenario)?;
+            let injection = record(&log, "injection")?;
+            let exit = record(&log, "exit")?;
+            let (inj_ns, exit_ns) = (
+                field_u64(injection, "ktime_ns")?,
+                field_u64(exit, "ktime_ns")?,
+            );
+            ensure!(
+                field_u64(injection, "pid")? == field_u64(exit, "pid")?,
+                "the exit record is not the killed process's:\n{log}"
+            );
+            samples.push(exit_ns.saturating_sub(inj_ns) as f64 / 1e3);
+        }
+        println!(
+            "fij on CPU {cpu}: kill latency µs: p50 {:.1}, p99 {:.1}, max {:.1}",
+            samples.percentile(50.0),
+            samples.percentile(99.0),
+            samples.max()
+        );
+        Ok(samples)
+    }
+
+    /// Part 4 (bpftrace's figure was taken in part 1).
+    fn start_to_armed(&mut self, r: &mut Results) -> Result<()> {
+        let scenario = self.write_scenario(
+            "stamp",
+            &format!(
+                "seed = 1\nduration = \"1m\"\n\n[[target]]\nname = \"stamp\"\n\
+                 command = [{:?}, \"0\"]\n\n{}",
+                self.syscall_loop.display().to_string(),
+                fault("never", "stamp", "getppid", NEVER)
+            ),
+        )?;
+        println!(
+            "\n== 4. start to armed: spawning `fij run` → its target starts (bpftrace: spawning \
+             it → \"Attaching 1 probe...\", measured in part 1) =="
+        );
+        for _ in 0..self.cfg.reps {
+            let t0 = monotonic_ns();
+            let (out, _log) = self.run_fij(None, &scenario)?;
+            let started = parse_loop(&out)?.start_ns;
+            r.fij_start_ms.push(started.saturating_sub(t0) as f64 / 1e6);
+        }
+        println!(
+            "fij: median {:.1} ms; bpftrace: median {:.1} ms",
+            r.fij_start_ms.median(),
+            r.bpftrace_start_ms.median()
+        );
+        Ok(())
+    }
+}
+
+/// A `[[fault]]` table: kill on hit `nth` of `syscall`.
+fn fault(name: &str, target: &str, syscall: &str, nth: u64) -> String {
+    format!(
+        "[[fault]]\nname = \"{name}\"\ntarget = \"{target}\"\naction = \"kill\"\n\
+         trigger = {{ syscall = \"{syscall}\" }}\nnth = {nth}\n"
+    )
+}
+
+/// The first log line with `"event":"<kind>"`.
+fn record<'a>(log: &'a str, kind: &str) -> Result<&'a str> {
+    let tag = format!(r#""event":"{kind}""#);
+    log.lines()
+        .find(|l| l.contains(&tag))
+        .with_context(|| format!("no {kind} record in the log:\n{log}"))
+}
+
+/// An unsigned integer field of a one-line JSON object (fij's records are flat where it matters).
+fn field_u64(line: &str, name: &str) -> Result<u64> {
+    let key = format!(r#""{name}":"#);
+    let rest = &line[line
+        .find(&key)
+        .with_context(|| format!("no {name} in {line}"))?
+        + key.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .with_context(|| format!("{name} is not a number in {line}"))
+}
+
+/// The id and value size of fij's TARGETS map: the map among the fds of process `pid` whose
+/// name is TARGETS.
+fn targets_map(pid: u32) -> Result<(u32, usize)> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
+        let Ok(info) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) else {
+            continue;
+        };
+        let show = cmd::query(Command::new("bpftool").args(["map", "show", "id", id.trim()]))?
+            .unwrap_or_default();
+        if show.split_whitespace().any(|w| w == "TARGETS") {
+            let value_size = info
+                .lines()
+                .find_map(|l| l.strip_prefix("value_size:"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("no value_size in the map's fdinfo")?;
+            return Ok((id.trim().parse()?, value_size));
+        }
+    }
+    bail!("fij (pid {pid}) holds no map named TARGETS")
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One line of the results table.
+struct Row {
+    measurement: String,
+    unit: &'static str,
+    fij: Samples,
+    peer_name: String,
+    peer: Option<Samples>,
+    /// (label, value)
+    ratio: Option<(String, f64)>,
+    /// (text, holds)
+    target: Option<(String, bool)>,
+    /// Show p99 (p50, max) instead of median (min–max).
+    percentiles: bool,
+}
+
+impl Row {
+    fn new(measurement: impl Into<String>, unit: &'static str, fij: &Samples) -> Self {
+        Self {
+            measurement: measurement.into(),
+            unit,
+            fij: fij.clone(),
+            peer_name: String::new(),
+            peer: None,
+            ratio: None,
+            target: None,
+            percentiles: false,
+        }
+    }
+
+    /// The peer (or floor) column, and the ratio fij/peer of the medians.
+    fn vs(mut self, name: &str, peer: &Samples) -> Self {
+        self.ratio = Some((format!("fij/{name}"), self.fij.median() / peer.median()));
+        self.peer_name = name.into();
+        self.peer = Some(peer.clone());
+        self
+    }
+
+    /// The ratio peer/fij instead.
+    fn inverse(mut self) -> Self {
+        if let (Some(peer), Some((label, _))) = (&self.peer, &self.ratio) {
+            let label = label.split('/').rev().collect::<Vec<_>>().join("/");
+            self.ratio = Some((label, peer.median() / self.fij.median()));
+        }
+        self
+    }
+
+    fn ratio(&self) -> f64 {
+        self.ratio.as_ref().map_or(f64::NAN, |(_, r)| *r)
+    }
+
+    fn target(mut self, text: &str, holds: impl FnOnce(&Self) -> bool) -> Self {
+        let holds = holds(&self);
+        self.target = Some((text.into(), holds));
+        self
+    }
+
+    fn percentiles(mut self) -> Self {
+        self.percentiles = true;
+        self
+    }
+
+    fn cell(&self, s: &Samples) -> String {
+        if self.percentiles {
+            format!(
+                "p99 {:.1} {} (p50 {:.1}, max {:.1})",
+                s.percentile(99.0),
+                self.unit,
+                s.percentile(50.0),
+                s.max()
+            )
+        } else {
+            format!(
+                "{:.1} {} ({:.1}–{:.1})",
+                s.median(),
+                self.unit,
+                s.min(),
+                s.max()
+            )
+        }
+    }
+}
+
+impl Results {
+    fn abs(&self, name: &str) -> Samples {
+        self.abs.get(name).cloned().unwrap_or_default()
+    }
+
+    fn over(&self, name: &str) -> Samples {
+        self.over.get(name).cloned().unwrap_or_default()
+    }
+
+    fn rows(&self, cfg: &Config) -> Vec<Row> {
+        let floor = self.over("floor");
+        let fij = self.over("fij_non_target");
+        let bpftrace = self.over("bpftrace_non_target");
+        let armed = self.over("fij_armed");
+        let strace = self.over("strace_armed");
+        let [_, e_mid, e_big] = cfg.target_entries;
+        let [_, f_mid, f_big] = cfg.fault_counts;
+        let mid = self.over("fij_non_target_mid");
+        let big = self.over("fij_non_target_big");
+        let a_mid = self.over("fij_armed_mid");
+        let a_big = self.over("fij_armed_big");
+        let kill = |fij_cpu: &str, samples: &Samples| {
+            Row::new(
+                format!(
+                    "Kill latency, fij on {fij_cpu} ({} runs, injection → exit record)",
+                    samples.0.len()
+                ),
+                "µs",
+                samples,
+            )
+            .percentiles()
+            .target("p99 ≤ 50 µs", |r| r.fij.percentile(99.0) <= 50.0)
+        };
+        [
+            Row::new(
+                "Non-target syscall overhead, vs floor (empty program on sys_enter)",
+                "ns",
+                &fij,
+            )
+            .vs("floor", &floor)
+            .target("≤ 1.1", |r| r.ratio() <= 1.1),
+            Row::new(
+                "Non-target syscall overhead, vs bpftrace (same pid filter)",
+                "ns",
+                &fij,
+            )
+            .vs("bpftrace", &bpftrace)
+            .target("≤ 0.8", |r| r.ratio() <= 0.8),
+            Row::new(
+                "Armed-target syscall overhead (fault never fires), vs strace inject",
+                "ns",
+                &armed,
+            )
+            .vs("strace", &strace)
+            .inverse()
+            .target("≥ 500", |r| r.ratio() >= 500.0),
+            kill("another CPU than the target", &self.kill_other_us),
+            kill("the target's CPU", &self.kill_same_us),
+            Row::new(
+                "Start to armed (fij: spawn → target runs; bpftrace: spawn → \"Attaching\")",
+                "ms",
+                &self.fij_start_ms,
+            )
+            .vs("bpftrace", &self.bpftrace_start_ms)
+            .target("fij ≤ 150 ms", |r| r.fij.median() <= 150.0),
+            Row::new(
+                "Peak RSS (VmHWM) during a campaign",
+                "MiB",
+                &self.fij_rss_mib,
+            )
+            .vs("bpftrace", &self.bpftrace_rss_mib),
+            Row::new(
+                format!("Scale: non-target overhead, {e_mid} target-set entries"),
+                "ns",
+                &mid,
+            )
+            .vs("1 entry", &fij),
+            Row::new(
+                format!("Scale: non-target overhead, {e_big} target-set entries"),
+                "ns",
+                &big,
+            )
+            .vs("1 entry", &fij),
+            Row::new(
+                format!("Scale: armed-target overhead, {f_mid} faults on the hook"),
+                "ns",
+                &a_mid,
+            )
+            .vs("1 fault", &armed),
+            Row::new(
+                format!(
+                    "Scale: armed-target overhead, {f_big} faults ({} on the hook)",
+                    f_big.min(FAULTS_PER_HOOK)
+                ),
+                "ns",
+                &a_big,
+            )
+            .vs("1 fault", &armed),
+        ]
+        .into_iter()
+        // The kill latency with fij on another CPU is not measured on a 1-CPU machine.
+        .filter(|row| !row.fij.0.is_empty())
+        .collect()
+    }
+
+    /// The syscall ratios again, from each configuration's fastest round (minimum minus the
+    /// minimum baseline): a cross-check that is less sensitive to a machine whose syscall speed
+    /// changes for seconds at a time than the medians of the rounds.
+    fn min_ratios(&self) -> Vec<(&'static str, f64)> {
+        let over = |name: &str, base: &str| self.abs(name).min() - self.abs(base).min();
+        let fij = over("fij_non_target", "baseline");
+        let armed = over("fij_armed", "armed_baseline");
+        vec![
+            ("fij/floor", fij / over("floor", "baseline")),
+            (
+                "fij/bpftrace",
+                fij / over("bpftrace_non_target", "baseline"),
+            ),
+            ("strace/fij", over("strace_armed", "armed_baseline") / armed),
+        ]
+    }
+
+    fn absolute_rows(&self) -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("baseline", "nothing attached (part 1 baselines)"),
+            ("floor", "fij-floor attached"),
+            ("fij_non_target", "`fij run` on another process"),
+            ("fij_non_target_mid", "… with the mid target-set size"),
+            ("fij_non_target_big", "… with the big target-set size"),
+            ("bpftrace_non_target", "bpftrace, filter on another pid"),
+            ("armed_baseline", "nothing attached (part 2 baselines)"),
+            ("fij_armed", "the loop as fij's armed target, 1 fault"),
+            ("fij_armed_mid", "… mid fault count"),
+            ("fij_armed_big", "… big fault count"),
+            ("strace_armed", "under strace inject (fastest chunk)"),
+            ("strace_armed_mean", "under strace inject (whole-loop mean)"),
+        ]
+    }
+
+    fn markdown(&self, bench: &Bench, took: Duration) -> String {
+        let cfg = &bench.cfg;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Machine: {}; kernel {}; {}; command `cargo xtask bench{}` (measurements took {:.0} \
+             s, after setup and the release build).",
+            machine(),
+            kernel(),
+            date(),
+            if cfg.quick { " --quick" } else { "" },
+            took.as_secs_f64()
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| measurement | fij | peer/floor | ratio | target | met? |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for row in self.rows(cfg) {
+            let fij = row.cell(&row.fij);
+            let peer = match &row.peer {
+                Some(p) => format!("{}: {}", row.peer_name, row.cell(p)),
+                None => "—".into(),
+            };
+            let ratio = match &row.ratio {
+                Some((label, v)) => format!("{v:.2} ({label})"),
+                None => "—".into(),
+            };
+            let (target, met) = match &row.target {
+                Some((t, ok)) => (t.clone(), if *ok { "yes" } else { "**no**" }.to_string()),
+                None => ("—".into(), "—".into()),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {fij} | {peer} | {ratio} | {target} | {met} |",
+                row.measurement
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Syscall figures: ns per `getppid` of `fij-syscall-loop` (pinned to CPU {}), the \
+             fastest of 100 chunks of a {}-call loop ({} under strace, a quarter for the \
+             armed scale rows); overhead = that minus the \
+             mean of the baselines measured right before and after it; median (min–max) over {} rounds; ratios are of the \
+             medians. Kill latency: {} runs per row, nearest-rank percentiles; the loop is pinned to \
+             CPU {}, fij (with `taskset`) to another CPU or to the same one: there, fij's own \
+             wake-up for the injection event competes with the dying target. Load average before / \
+             after: {} / {}; `kernel.bpf_stats_enabled` was on during {} of {} syscall measurements. \
+             Measurements repeated because \
+             another program was on sys_enter: {}; kept despite one: {}.",
+            cfg.cpu,
+            cfg.loop_calls,
+            cfg.strace_calls,
+            cfg.reps,
+            cfg.kill_runs,
+            cfg.cpu,
+            bench.load_before,
+            self.load_after,
+            bench.stats_on,
+            bench.measurements,
+            bench.disturbed,
+            bench.unclean
+        );
+        let _ = writeln!(s);
+        let min_ratios = self
+            .min_ratios()
+            .iter()
+            .map(|(label, r)| format!("{label} {r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            s,
+            "The same ratios from each configuration's fastest round (its minimum minus the \
+             minimum baseline), a cross-check less sensitive to a noisy machine: {min_ratios}."
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(s, "| absolute ns/syscall | median | min | max |");
+        let _ = writeln!(s, "|---|---|---|---|");
+        for (name, what) in self.absolute_rows() {
+            let v = self.abs(name);
+            let _ = writeln!(
+                s,
+                "| {what} | {:.1} | {:.1} | {:.1} |",
+                v.median(),
+                v.min(),
+                v.max()
+            );
+        }
+        s
+    }
+
+    fn json(&self, bench: &Bench, took: Duration) -> String {
+        let cfg = &bench.cfg;
+        let samples = |s: &Samples| {
+            Json::Obj(vec![
+                ("median", Json::Num(s.median())),
+                ("min", Json::Num(s.min())),
+                ("max", Json::Num(s.max())),
+                (
+                    "samples",
+                    Json::Arr(s.0.iter().map(|&x| Json::Num(x)).collect()),
+                ),
+            ])
+        };
+        let rows = self
+            .rows(cfg)
+            .iter()
+            .map(|row| {
+                let mut fields = vec![
+                    ("measurement", Json::Str(row.measurement.clone())),
+                    ("unit", Json::Str(row.unit.into())),
+                    ("fij", samples(&row.fij)),
+                ];
+                if row.percentiles {
+                    fields.push(("p50", Json::Num(row.fij.percentile(50.0))));
+                    fields.push(("p99", Json::Num(row.fij.percentile(99.0))));
+                }
+                if let Some(peer) = &row.peer {
+                    fields.push(("peer_name", Json::Str(row.peer_name.clone())));
+                    fields.push(("peer", samples(peer)));
+                }
+                if let Some((label, v)) = &row.ratio {
+                    fields.push(("ratio_label", Json::Str(label.clone())));
+                    fields.push(("ratio", Json::Num(*v)));
+                }
+                if let Some((t, ok)) = &row.target {
+                    fields.push(("target", Json::Str(t.clone())));
+                    fields.push(("met", Json::Bool(*ok)));
+                }
+                Json::Obj(fields)
+            })
+            .collect();
+        let absolute = self
+            .absolute_rows()
+            .into_iter()
+            .map(|(name, _)| (name, samples(&self.abs(name))))
+            .collect();
+        Json::Obj(vec![
+            ("machine", Json::Str(machine())),
+            ("kernel", Json::Str(kernel())),
+            ("date", Json::Str(date())),
+            (
+                "command",
+                Json::Str(format!(
+                    "cargo xtask bench{}",
+                    if cfg.quick { " --quick" } else { "" }
+                )),
+            ),
+            ("seconds", Json::Num(took.as_secs_f64())),
+            (
+                "config",
+                Json::Obj(vec![
+                    ("rounds", Json::Num(cfg.reps as f64)),
+                    ("loop_calls", Json::Num(cfg.loop_calls as f64)),
+                    ("strace_calls", Json::Num(cfg.strace_calls as f64)),
+                    ("kill_runs", Json::Num(cfg.kill_runs as f64)),
+                    ("cpu", Json::Num(cfg.cpu as f64)),
+                    (
+                        "target_entries",
+                        Json::Arr(
+                            cfg.target_entries
+                                .iter()
+                                .map(|&n| Json::Num(n as f64))
+                                .collect(),
+                        ),
+                    ),
+                    (
+                        "fault_counts",
+                        Json::Arr(
+                            cfg.fault_counts
+                                .iter()
+                                .map(|&n| Json::Num(n as f64))
+                                .collect(),
+                        ),
+                    ),
+                ]),
+            ),
+            ("load_before", Json::Str(bench.load_before.clone())),
+            ("load_after", Json::Str(self.load_after.clone())),
+            (
+                "measurements_with_bpf_stats_enabled",
+                Json::Num(bench.stats_on as f64),
+            ),
+            ("syscall_measurements", Json::Num(bench.measurements as f64)),
+            ("repeated_measurements", Json::Num(bench.disturbed as f64)),
+            ("unclean_measurements", Json::Num(bench.unclean as f64)),
+            ("rows", Json::Arr(rows)),
+            (
+                "ratios_of_fastest_rounds",
+                Json::Obj(
+                    self.min_ratios()
+                        .into_iter()
+                        .map(|(label, r)| (label, Json::Num(r)))
+                        .collect(),
+                ),
+            ),
+            ("absolute_ns_per_syscall", Json::Obj(absolute)),
+            (
+                "kill_latency_us",
+                Json::Obj(vec![
+                    ("fij_on_another_cpu", samples(&self.kill_other_us)),
+                    ("fij_on_the_targets_cpu", samples(&self.kill_same_us)),
+                ]),
+            ),
+        ])
+        .render()
+            + "\n"
+    }
+}
+
+/// Just enough JSON for the results file (xtask has no serde).
+enum Json {
+    Num(f64),
+    Str(String),
+    Bool(bool),
+    Arr(Vec<Json>),
+    Obj(Vec<(&'static str, Json)>),
+}
+
+impl Json {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn write(&self, out: &mut String, indent: usize) {
+        let pad = |n| "  ".repeat(n);
+        match self {
+            Json::Num(x) if x.is_finite() => {
+                let _ = write!(out, "{}", (x * 1000.0).round() / 1000.0);
+            }
+            Json::Num(_) => out.push_str("null"),
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Json::Str(s) => json_string(out, s),
+            Json::Arr(items) if items.iter().all(|i| matches!(i, Json::Num(_))) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    item.write(out, indent);
+                }
+                out.push(']');
+            }
+            Json::Arr(items) => {
+                out.push_str("[\n");
+                for (i, item) in items.iter().enumerate() {
+                    out.push_str(&pad(indent + 1));
+                    item.write(out, indent + 1);
+                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+                }
+                out.push_str(&pad(indent));
+                out.push(']');
+            }
+            Json::Obj(fields) => {
+                out.push_str("{\n");
+                for (i, (key, value)) in fields.iter().enumerate() {
+                    out.push_str(&pad(indent + 1));
+                    json_string(out, key);
+                    out.push_str(": ");
+                    value.write(out, indent + 1);
+                    out.push_str(if i + 1 < fields.len() { ",\n" } else { "\n" });
+                }
+                out.push_str(&pad(indent));
+                out.push('}');
+            }
+        }
+    }
+}
+
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn machine() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim())
+        })
+        .unwrap_or("unknown CPU");
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let hypervisor = cpuinfo.contains(" hypervisor");
+    format!(
+        "{model}, {cpus} CPUs{}",
+        if hypervisor { " (virtual machine)" } else { "" }
+    )
+}
+
+fn kernel() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn bpf_stats() -> String {
+    fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn date() -> String {
+    cmd::query(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .ok()
+        .flatten()
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown date".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics() {
+        let s = Samples(vec![5.0, 1.0, 3.0, 2.0, 4.0]);
+        assert_eq!(s.median(), 3.0);
+        assert_eq!((s.min(), s.max()), (1.0, 5.0));
+        assert_eq!(s.percentile(50.0), 3.0);
+        assert_eq!(s.percentile(99.0), 5.0);
+        assert_eq!(Samples(vec![1.0, 2.0]).median(), 1.5);
+    }
+
+    #[test]
+    fn parses_the_loop_line() {
+        let run = parse_loop(
+            "start_monotonic_ns=42 ns_per_syscall=250.5 best_chunk_ns_per_syscall=200.25 \
+             calls=10 total_ns=2505\n",
+        )
+        .unwrap();
+        assert_eq!((run.mean, run.best, run.start_ns), (250.5, 200.25, 42));
+    }
+
+    #[test]
+    fn reads_log_fields() {
+        let log = "{\"event\":\"start\",\"seed\":1}\n\
+                   {\"event\":\"injection\",\"t_ns\":5,\"ktime_ns\":1000,\"pid\":7}\n\
+                   {\"event\":\"exit\",\"t_ns\":9,\"ktime_ns\":3500,\"pid\":7}\n";
+        let exit = record(log, "exit").unwrap();
+        assert_eq!(field_u64(exit, "ktime_ns").unwrap(), 3500);
+        assert_eq!(
+            field_u64(record(log, "injection").unwrap(), "pid").unwrap(),
+            7
+        );
+        assert!(record(log, "end").is_err());
+    }
+
+    #[test]
+    fn json_is_escaped() {
+        let j = Json::Obj(vec![(
+            "a\"b",
+            Json::Arr(vec![Json::Num(1.5), Json::Num(f64::NAN)]),
+        )]);
+        assert_eq!(j.render(), "{\n  \"a\\\"b\": [1.5, null]\n}");
+    }
+}
