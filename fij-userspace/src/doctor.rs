@@ -389,8 +389,12 @@ fn skip_fij_programs(why: &str) -> Vec<Check> {
         Check::skipped("raw tracepoint", true, DISABLES_RAW_TP, why),
         Check::skipped("tracepoint", true, DISABLES_TP, why),
         Check::skipped("bpf_send_signal", true, DISABLES_SIGNAL, why),
+        Check::skipped("crash / partition", false, DISABLES_CRASH, why),
     ]
 }
+
+/// What a kernel without the silencing hooks loses.
+const DISABLES_CRASH: &str = "the crash and partition actions (kill, stop and signal still work)";
 
 /// Loads fij's object and attaches its programs; they are detached when `kernel` is dropped.
 fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
@@ -446,7 +450,26 @@ fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
             "needs the sys_enter hook (see raw tracepoint)",
         )
     };
-    vec![ring, raw_tp, tp, signal]
+    // The silencing hooks, attached for real (nothing is silenced, so no packet is touched), in
+    // an object of their own: the signal check above has consumed this one's event ring.
+    let crash = Check::new(
+        "crash / partition",
+        false,
+        DISABLES_CRASH,
+        Kernel::load(layout)
+            .and_then(|mut fresh| {
+                fresh.attach_crash(layout)?;
+                fresh.attach_silencer()
+            })
+            .map(|interfaces| {
+                format!(
+                    "sock:inet_sock_set_state, cgroup v2 sock hooks, sched_process_free attached; \
+                     tcx ingress/egress on {}",
+                    interfaces.join(", ")
+                )
+            }),
+    );
+    vec![ring, raw_tp, tp, signal, crash]
 }
 
 /// A scenario of one spawned `/bin/true` killed on its first `execve`, compiled into rules the
