@@ -64,6 +64,9 @@ pub struct HookFaults {
 pub const RULE_PER_TARGET: u32 = 1 << 0;
 /// `FaultRule::flags`: only the target instances in `SELECTED` take part (`select`).
 pub const RULE_SELECT: u32 = 1 << 3;
+/// `FaultRule::flags`: only calls whose sockaddr argument (`FaultRule::port_arg`) names
+/// `FaultRule::port` are hits (`trigger = { syscall = "connect", port = N }`).
+pub const RULE_PORT: u32 = 1 << 4;
 /// `FaultRule::flags`: an eligible hit fires only when its draw passes `probability`.
 pub const RULE_PROBABILITY: u32 = 1 << 2;
 /// `FaultRule::flags`: the action is `crash`: before the signal, the victim is marked crashed so
@@ -89,6 +92,10 @@ pub struct FaultRule {
     /// Signal sent on fire (0: none, the event alone tells the loader to act).
     pub signal: u32,
     pub flags: u32,
+    /// With `RULE_PORT`: the port (host order), and which syscall argument holds the sockaddr
+    /// (2 or 5).
+    pub port: u32,
+    pub port_arg: u32,
 }
 
 impl FaultRule {
@@ -233,6 +240,10 @@ pub struct KernelLayout {
     pub exit_group_dead: u32,
     /// Offset of the `filename` `__data_loc` in the `sched/sched_process_exec` record.
     pub exec_filename: u32,
+    /// Offsets in `struct pt_regs` of the syscall arguments 2 and 5 (x86_64: `si`, `r8`), where
+    /// connect/bind and sendto pass their sockaddr (the `port` filter).
+    pub regs_arg2: u32,
+    pub regs_arg5: u32,
     /// Offsets in the `sock/inet_sock_set_state` record (all must be known for `crash`).
     pub tcp_oldstate: u32,
     pub tcp_sport: u32,

@@ -3,14 +3,15 @@
 //! for all of them; a time-triggered fault that fell due fires through [`claim_due`]. Both end
 //! in [`fire`].
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_send_signal,
+    bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+    bpf_send_signal,
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use fij_common::{
     CONFIG_ARMED, CONFIG_DUE, CONFIG_SEED, CONFIG_START_NS, CrashMark, EVENT_INJECTION, Event,
     FaultRule, HookKey, MAX_FAULTS_PER_HOOK, PF_KTHREAD, ProcessCounter, ProcessCounterKey,
-    RULE_CRASH, RULE_PER_TARGET, RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED, SelectKey,
-    TargetProcess,
+    RULE_CRASH, RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED,
+    SelectKey, TargetProcess,
     random::{fires_with, hit_draw, key_from_seed},
 };
 
@@ -36,8 +37,16 @@ pub unsafe fn atomic_add(ptr: *mut u64, n: u64) -> u64 {
 }
 
 /// A hit of hook `key` by the current task, which belongs to target process `process`.
+/// `regs` are the user registers of a syscall trigger (null for other triggers).
 #[inline(always)]
-pub fn on_hit(process: &TargetProcess, tgid: u32, tid: u32, key: &HookKey, detail: u64) {
+pub fn on_hit(
+    process: &TargetProcess,
+    tgid: u32,
+    tid: u32,
+    key: &HookKey,
+    detail: u64,
+    regs: *const u8,
+) {
     let Some(faults) = (unsafe { HOOKS.get(key) }) else {
         return;
     };
@@ -59,11 +68,13 @@ pub fn on_hit(process: &TargetProcess, tgid: u32, tid: u32, key: &HookKey, detai
             now,
             since_start,
             detail,
+            regs,
         );
     }
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     fault_id: u32,
     process: &TargetProcess,
@@ -72,6 +83,7 @@ fn evaluate(
     now: u64,
     since_start: u64,
     detail: u64,
+    regs: *const u8,
 ) {
     let Some(rule) = RULES.get(fault_id) else {
         return;
@@ -81,6 +93,10 @@ fn evaluate(
     }
     // Hits before `after` are not counted at all: `nth` counts from that moment on.
     if since_start < rule.after_ns {
+        return;
+    }
+    // A call to another port is no hit of this fault.
+    if rule.flags & RULE_PORT != 0 && !port_matches(rule, regs) {
         return;
     }
     let Some(counters) = COUNTERS.get_ptr_mut(fault_id) else {
@@ -111,6 +127,38 @@ fn evaluate(
     }
     fire(rule, fault_id, process, tgid, tid, now, hit, detail, draw);
 }
+
+/// Whether the sockaddr argument of the current syscall (an IPv4 or IPv6 address) names the
+/// rule's port. The argument is read from the user registers, the sockaddr from user memory.
+#[inline(always)]
+fn port_matches(rule: &FaultRule, regs: *const u8) -> bool {
+    let l = layout();
+    let offset = if rule.port_arg == 5 {
+        l.regs_arg5
+    } else {
+        l.regs_arg2
+    };
+    if regs.is_null() || offset == u32::MAX {
+        return false;
+    }
+    let Ok(address) = (unsafe { bpf_probe_read_kernel(regs.add(offset as usize) as *const u64) })
+    else {
+        return false;
+    };
+    if address == 0 {
+        return false; // sendto on a connected socket: no address, so no port to match
+    }
+    // struct sockaddr_in / sockaddr_in6 start alike: u16 family, then the port in network order.
+    let Ok(head) = (unsafe { bpf_probe_read_user(address as *const [u8; 4]) }) else {
+        return false;
+    };
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    (family == AF_INET || family == AF_INET6)
+        && u16::from_be_bytes([head[2], head[3]]) as u32 == rule.port
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
 
 /// Whether the process's target instance takes part in the fault (`select`).
 #[inline(always)]

@@ -107,6 +107,8 @@ pub static LAYOUT: KernelLayout = KernelLayout {
     task_exit_code: u32::MAX,
     exit_group_dead: u32::MAX,
     exec_filename: u32::MAX,
+    regs_arg2: u32::MAX,
+    regs_arg5: u32::MAX,
     tcp_oldstate: u32::MAX,
     tcp_sport: u32::MAX,
     tcp_dport: u32::MAX,

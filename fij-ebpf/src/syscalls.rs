@@ -23,7 +23,9 @@ pub fn fij_sys_enter(ctx: RawTracePointContext) -> i32 {
         target_idx: process.target_idx,
         hook: nr as u32,
     };
-    on_hit(process, tgid, pid_tgid as u32, &key, nr as u64);
+    // sys_enter(struct pt_regs *regs, long id): the user registers, for the `port` filter.
+    let regs: *const u8 = ctx.arg(0);
+    on_hit(process, tgid, pid_tgid as u32, &key, nr as u64, regs);
     claim_due(process, tgid, pid_tgid as u32);
     0
 }

@@ -28,7 +28,14 @@ fn hit(hook: u32, detail: u64) {
         target_idx: process.target_idx,
         hook,
     };
-    on_hit(process, tgid, pid_tgid as u32, &key, detail);
+    on_hit(
+        process,
+        tgid,
+        pid_tgid as u32,
+        &key,
+        detail,
+        core::ptr::null(),
+    );
 }
 
 /// Tracepoint slots: slot `i` serves the scenario's `i`-th distinct tracepoint, under hook

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
 use fij_common::{
     CrashMark, EVENT_EXIT, EVENT_FORK, EVENT_INJECTION, EVENT_JOINED, EVENT_SILENCED, Event,
-    FaultRule, RULE_CRASH, RULE_PER_TARGET, RULE_PROBABILITY, RULE_SELECT, SilenceEntry,
+    FaultRule, RULE_CRASH, RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY, RULE_SELECT, SilenceEntry,
     TargetProcess, random,
 };
 use tokio::{
@@ -74,12 +74,31 @@ pub fn compile_rules(scenario: &Scenario) -> Vec<FaultRule> {
             count: fault.count,
             probability: fault.probability.map_or(0, random::probability_threshold),
             signal: fault.action.signal() as u32,
-            flags: flag(fault.per == Per::Target, RULE_PER_TARGET)
+            port: port_filter(&fault.trigger).map_or(0, |(port, _)| port),
+            port_arg: port_filter(&fault.trigger).map_or(0, |(_, arg)| arg),
+            flags: flag(port_filter(&fault.trigger).is_some(), RULE_PORT)
+                | flag(fault.per == Per::Target, RULE_PER_TARGET)
                 | flag(matches!(fault.action, Action::Crash { .. }), RULE_CRASH)
                 | flag(fault.probability.is_some(), RULE_PROBABILITY)
                 | flag(fault.select != Select::All, RULE_SELECT),
         })
         .collect()
+}
+
+/// The `port` filter of a syscall trigger: (port, the argument that holds the sockaddr).
+fn port_filter(trigger: &Trigger) -> Option<(u32, u32)> {
+    let Trigger::Syscall {
+        name,
+        port: Some(port),
+        ..
+    } = trigger
+    else {
+        return None;
+    };
+    let (_, arg) = crate::scenario::PORT_SYSCALLS
+        .iter()
+        .find(|(n, _)| n == name)?;
+    Some((*port as u32, *arg))
 }
 
 pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {

@@ -495,6 +495,7 @@ fn kill_on_execve(program: &Path) -> Scenario {
             trigger: Trigger::Syscall {
                 name: "execve".into(),
                 nr: syscalls::Sysno::execve as u32,
+                port: None,
             },
             nth: Some(1),
             every: None,

@@ -86,6 +86,8 @@ fn discover_anew() -> Result<KernelLayout> {
             .unwrap_or(u32::MAX),
         exec_filename: tracepoint_field_offset("sched", "sched_process_exec", "filename")?
             .unwrap_or(u32::MAX),
+        regs_arg2: syscall_arg_offset(&btf, 2)?,
+        regs_arg5: syscall_arg_offset(&btf, 5)?,
         tcp_oldstate: sock_state("oldstate"),
         tcp_sport: sock_state("sport"),
         tcp_dport: sock_state("dport"),
@@ -93,6 +95,17 @@ fn discover_anew() -> Result<KernelLayout> {
         tcp_saddr_v6: sock_state("saddr_v6"),
         tcp_daddr_v6: sock_state("daddr_v6"),
     })
+}
+
+/// Offset in `struct pt_regs` of syscall argument `n` (1-based), or `u32::MAX` where fij does
+/// not know the architecture's calling convention (then the `port` filter is refused).
+fn syscall_arg_offset(btf: &Btf, n: usize) -> Result<u32> {
+    // x86_64 syscall ABI: di, si, dx, r10, r8, r9.
+    const X86_64: [&str; 6] = ["di", "si", "dx", "r10", "r8", "r9"];
+    if !cfg!(target_arch = "x86_64") {
+        return Ok(u32::MAX);
+    }
+    Ok(member_offset(btf, "pt_regs", X86_64[n - 1])?.unwrap_or(u32::MAX))
 }
 
 /// A field of `sock/inet_sock_set_state`, or `u32::MAX` (then `crash` refuses to start).

@@ -1177,3 +1177,60 @@ fn targets_in_a_pid_namespace_are_logged_with_init_namespace_pids() {
         "{run}"
     );
 }
+
+/// Test 14: the `port` filter of syscall triggers, in kernel. A client connects alternately to
+/// two listeners (B, then A, four times); the fault `connect` with `port = A`, `nth = 2` counts
+/// only the connects to A, so the client dies entering its 2nd connect to A — after connecting
+/// to B twice and to A once — whatever its connects to B.
+#[test]
+fn port_filter_counts_only_calls_to_that_port() {
+    let dir = TempDir::new("port-filter");
+    let listen = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let port = l.local_addr().unwrap().port();
+        (l, port)
+    };
+    let ((_a, port_a), (_b, port_b)) = (listen(), listen());
+    let out_file = dir.join("out.txt");
+    let client = dir.write(
+        "client.py",
+        &format!(
+            "import socket\nout = open({out:?}, 'w', buffering=1)\n\
+             for i in range(1, 5):\n    for port in ({port_b}, {port_a}):\n        \
+             s = socket.socket(); s.connect(('127.0.0.1', port)); out.write(f'{{port}} #{{i}}\\n'); s.close()\n\
+             out.write('done\\n')\n",
+            out = path_str(&out_file)
+        ),
+    );
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"client\"\ncommand = [\"python3\", {client}]\n\n\
+             [[fault]]\nname = \"second-connect-to-a\"\ntarget = \"client\"\naction = \"kill\"\n\
+             trigger = {{ syscall = \"connect\", port = {port_a} }}\nnth = 2\n",
+            client = toml_str(path_str(&client))
+        ),
+    );
+    let run = Fij::run(&dir, &scenario).output();
+    run.assert_exit(0);
+    let injections = run.log.records("injection");
+    assert_eq!(injections.len(), 1, "{run}");
+    assert_eq!(injections[0]["hit"], 2, "{run}");
+    assert_eq!(injections[0]["syscall"], "connect", "{run}");
+    assert_eq!(
+        injections[0]["trigger"],
+        format!("connect port {port_a}"),
+        "{run}"
+    );
+    let pid = run.log.target_pid("client");
+    assert_eq!(run.log.exit_status(pid), "signal SIGKILL", "{run}");
+    assert_eq!(
+        read_lines(&out_file),
+        [
+            format!("{port_b} #1"),
+            format!("{port_a} #1"),
+            format!("{port_b} #2")
+        ],
+        "{run}"
+    );
+}

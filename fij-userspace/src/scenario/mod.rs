@@ -3,4 +3,4 @@ pub mod model;
 mod parse;
 
 pub use model::*;
-pub use parse::{Diagnostic, Diagnostics, KPROBE_PMU, load, parse_str};
+pub use parse::{Diagnostic, Diagnostics, KPROBE_PMU, PORT_SYSCALLS, load, parse_str};

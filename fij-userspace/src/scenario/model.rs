@@ -133,8 +133,13 @@ impl TargetSource {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Trigger {
-    /// `trigger = { syscall = "write" }`: the name as in the host's syscall table, and its number.
-    Syscall { name: String, nr: u32 },
+    /// `trigger = { syscall = "write" }`: the name as in the host's syscall table, and its number;
+    /// `port` (connect, bind, sendto): only calls whose address names this port are hits.
+    Syscall {
+        name: String,
+        nr: u32,
+        port: Option<u16>,
+    },
     /// `trigger = { tracepoint = "sched:sched_process_fork" }`: a hit is the tracepoint firing
     /// in the context of a target process.
     Tracepoint { category: String, name: String },
@@ -149,7 +154,14 @@ impl Trigger {
     /// How the trigger reads in logs and plans: `write`, `sched:sched_switch`, `uprobe /bin/x:f`.
     pub fn describe(&self) -> String {
         match self {
-            Trigger::Syscall { name, .. } => name.clone(),
+            Trigger::Syscall {
+                name, port: None, ..
+            } => name.clone(),
+            Trigger::Syscall {
+                name,
+                port: Some(port),
+                ..
+            } => format!("{name} port {port}"),
             Trigger::Tracepoint { category, name } => format!("{category}:{name}"),
             Trigger::Probe(p) => p.to_string(),
             Trigger::Time(schedule) => schedule.to_string(),

@@ -763,6 +763,7 @@ fn trigger(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
         r.get("kprobe"),
         r.get("kretprobe"),
     ];
+    let port = r.get("port");
     r.finish(cx);
     let mut given = kinds.into_iter().flatten();
     let (Some(one), None) = (given.next(), given.next()) else {
@@ -782,10 +783,32 @@ fn trigger(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
         _ => return probe(cx, &one, &kind),
     };
     let name = cx.string(&syscall)?;
+    // `port`: only calls whose sockaddr argument names it count as hits.
+    let port = match port {
+        None => None,
+        Some(e) if !PORT_SYSCALLS.iter().any(|(n, _)| *n == name) => {
+            cx.error(
+                e.key_at,
+                format!(
+                    "`port` filters only {} triggers, which take an address",
+                    PORT_SYSCALLS.map(|(n, _)| format!("`{n}`")).join(", ")
+                ),
+            );
+            return None;
+        }
+        Some(e) => match e.item.as_integer().map(u16::try_from) {
+            Some(Ok(p)) if p > 0 => Some(p),
+            _ => {
+                cx.error(e.at, "`port`: expected a port number from 1 to 65535");
+                return None;
+            }
+        },
+    };
     match syscalls::Sysno::from_str(name) {
         Ok(sysno) => Some(Trigger::Syscall {
             name: name.to_string(),
             nr: sysno.id() as u32,
+            port,
         }),
         Err(()) => {
             cx.error(
@@ -800,6 +823,10 @@ fn trigger(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
         }
     }
 }
+
+/// Syscalls whose `port` filter fij understands, with the argument (1-based) that holds the
+/// sockaddr.
+pub const PORT_SYSCALLS: [(&str, u32); 3] = [("connect", 2), ("bind", 2), ("sendto", 5)];
 
 /// Tracepoint categories whose events fire in interrupt context, where "current" is whatever
 /// task was interrupted: a fault there would hit a random process.
@@ -1661,6 +1688,7 @@ syscall = "openat"
                     trigger: Trigger::Syscall {
                         name: "write".into(),
                         nr: libc::SYS_write as u32,
+                        port: None,
                     },
                     nth: Some(5),
                     every: None,
@@ -1677,6 +1705,7 @@ syscall = "openat"
                     trigger: Trigger::Syscall {
                         name: "openat".into(),
                         nr: libc::SYS_openat as u32,
+                        port: None,
                     },
                     nth: Some(3),
                     every: Some(2),
@@ -1725,7 +1754,8 @@ trigger.syscall = "read"
             f.trigger,
             Trigger::Syscall {
                 name: "read".into(),
-                nr: libc::SYS_read as u32
+                nr: libc::SYS_read as u32,
+                port: None,
             }
         );
         assert_eq!((f.nth, f.every, f.after), (None, None, None));
@@ -1743,8 +1773,37 @@ trigger.syscall = "read"
             scenario.faults[0].trigger,
             Trigger::Syscall {
                 name: "write".into(),
-                nr: libc::SYS_write as u32
+                nr: libc::SYS_write as u32,
+                port: None,
             }
+        );
+    }
+
+    #[test]
+    fn port_filter_on_address_syscalls_only() {
+        let trigger = |t: &str| {
+            parse(&fault(&format!("action = \"kill\"\ntrigger = {t}\n")))
+                .map(|s| s.faults[0].trigger.clone())
+        };
+        assert_eq!(
+            trigger("{ syscall = \"connect\", port = 2379 }"),
+            Ok(Trigger::Syscall {
+                name: "connect".into(),
+                nr: libc::SYS_connect as u32,
+                port: Some(2379)
+            })
+        );
+        assert_error(
+            &fault("action = \"kill\"\ntrigger = { syscall = \"write\", port = 80 }\n"),
+            8,
+            32,
+            "`port` filters only `connect`, `bind`, `sendto` triggers",
+        );
+        assert_error(
+            &fault("action = \"kill\"\ntrigger = { syscall = \"bind\", port = 0 }\n"),
+            8,
+            38,
+            "`port`: expected a port number from 1 to 65535",
         );
     }
 
