@@ -67,16 +67,17 @@ pub fn compile_rules(scenario: &Scenario) -> Vec<FaultRule> {
     scenario
         .faults
         .iter()
-        .map(|fault| FaultRule {
+        .map(|fault| (fault, port_filter(&fault.trigger)))
+        .map(|(fault, port)| FaultRule {
             nth: fault.nth.unwrap_or(0),
             every: fault.every.unwrap_or(0),
             after_ns: fault.after.map_or(0, |d| d.as_nanos() as u64),
             count: fault.count,
             probability: fault.probability.map_or(0, random::probability_threshold),
             signal: fault.action.signal() as u32,
-            port: port_filter(&fault.trigger).map_or(0, |(port, _)| port),
-            port_arg: port_filter(&fault.trigger).map_or(0, |(_, arg)| arg),
-            flags: flag(port_filter(&fault.trigger).is_some(), RULE_PORT)
+            port: port.map_or(0, |(port, _)| port),
+            port_arg: port.map_or(0, |(_, arg)| arg),
+            flags: flag(port.is_some(), RULE_PORT)
                 | flag(fault.per == Per::Target, RULE_PER_TARGET)
                 | flag(matches!(fault.action, Action::Crash { .. }), RULE_CRASH)
                 | flag(fault.probability.is_some(), RULE_PROBABILITY)

@@ -61,8 +61,6 @@ pub struct Kernel {
     selected: HashMap<MapData, SelectKey, u8>,
     due: HashMap<MapData, u32, u32>,
     kprobe_hooks: HashMap<MapData, u64, u32>,
-    /// Whether `fij_tick` is loaded (it is attached once per instance root process).
-    tick_loaded: bool,
     silenced: HashMap<MapData, SilenceKey, SilenceEntry>,
     events: Option<RingBuf<MapData>>,
 }
@@ -106,7 +104,6 @@ impl Kernel {
             selected: take(&mut ebpf, "SELECTED")?,
             due: take(&mut ebpf, "DUE")?,
             kprobe_hooks: take(&mut ebpf, "KPROBE_HOOKS")?,
-            tick_loaded: false,
             silenced: take(&mut ebpf, "SILENCED")?,
             events: Some(take(&mut ebpf, "EVENTS")?),
             ebpf,
@@ -114,11 +111,7 @@ impl Kernel {
     }
 
     fn raw_tracepoint(&mut self, prog: &str, tracepoint: &str) -> Result<()> {
-        let program: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-            .try_into()?;
+        let program: &mut RawTracePoint = self.program(prog)?.try_into()?;
         program
             .load()
             .with_context(|| format!("loading {prog} (verifier)"))?;
@@ -129,11 +122,7 @@ impl Kernel {
     }
 
     fn tracepoint(&mut self, prog: &str, category: &str, name: &str) -> Result<()> {
-        let program: &mut TracePoint = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-            .try_into()?;
+        let program: &mut TracePoint = self.program(prog)?.try_into()?;
         program
             .load()
             .with_context(|| format!("loading {prog} (verifier)"))?;
@@ -178,13 +167,16 @@ impl Kernel {
         Ok(())
     }
 
+    /// Loads a program attached more than once (probes, the tick) the first time it is needed:
+    /// a program without an fd is not loaded yet.
     fn load_once(&mut self, name: &str) -> Result<()> {
         let program = self.program(name)?;
         if program.fd().is_err() {
             match program {
                 aya::programs::Program::UProbe(p) => p.load()?,
                 aya::programs::Program::KProbe(p) => p.load()?,
-                _ => anyhow::bail!("{name} is not a probe program"),
+                aya::programs::Program::PerfEvent(p) => p.load()?,
+                _ => anyhow::bail!("{name} is not loaded more than once"),
             }
         }
         Ok(())
@@ -351,13 +343,9 @@ impl Kernel {
     /// The time-trigger tick on process `pid` and its future children: lets a CPU-bound root
     /// process claim its due fault in its own context.
     pub fn attach_tick(&mut self, pid: u32) -> Result<()> {
-        let first = !std::mem::replace(&mut self.tick_loaded, true);
+        self.load_once(PROG_TICK)
+            .with_context(|| format!("loading {PROG_TICK} (verifier)"))?;
         let program: &mut PerfEvent = self.program(PROG_TICK)?.try_into()?;
-        if first {
-            program
-                .load()
-                .with_context(|| format!("loading {PROG_TICK} (verifier)"))?;
-        }
         program
             .attach(
                 PerfEventConfig::Software(SoftwareEvent::TaskClock),
