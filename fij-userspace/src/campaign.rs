@@ -122,6 +122,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     let start = Instant::now();
     kernel.arm(start_ns, seed)?;
     let (armed, running) = arm_targets(&mut kernel, scenario, &sources, hooks.timed, &protected)?;
+    kernel.attach_syscall_prefilter()?;
     let selector_targets = sources.iter().any(|s| matches!(s, Source::Select(_)));
 
     // Absolute, so `fij run --replay LOG` finds the scenario from any directory.
@@ -353,7 +354,7 @@ fn arm_targets(
                     kernel.attach_tick(*pid)?;
                 }
                 // It may have exited between the check and the insert: then no exit event comes.
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                if targets::has_exited(*pid) {
                     return Err(anyhow!(
                         "target `{}`: pid {pid} exited before it was armed",
                         target.name

@@ -536,6 +536,7 @@ fn prove_send_signal(kernel: &mut Kernel) -> Result<String> {
             generation: monotonic_ns(),
         },
     )?;
+    kernel.attach_syscall_prefilter()?;
     child.release()?;
     let status = child.wait(CHILD_TIMEOUT)?;
     kernel.disarm()?;

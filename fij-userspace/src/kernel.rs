@@ -7,7 +7,7 @@ use crate::scenario::{Probe, ProbeKind, ProbeLocation};
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSock, KProbe, PerfEvent, RawTracePoint, SchedClassifier,
         TcAttachType, TracePoint, UProbe,
@@ -27,6 +27,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Program names in the object, one per hook.
 pub const PROG_SYS_ENTER: &str = "fij_sys_enter";
+pub const PROG_SCHED_SWITCH: &str = "fij_sched_switch";
 pub const PROG_FORK: &str = "fij_fork";
 pub const PROG_EXIT: &str = "fij_exit";
 pub const PROG_SOCK_RELEASE: &str = "fij_sock_release";
@@ -63,6 +64,20 @@ pub struct Kernel {
     kprobe_hooks: HashMap<MapData, u64, u32>,
     silenced: HashMap<MapData, SilenceKey, SilenceEntry>,
     events: Option<RingBuf<MapData>>,
+    cpu_may_run_target: PerCpuArray<MapData, u32>,
+    /// Where the syscall prefilter stands (see [`Kernel::attach_syscall_prefilter`]).
+    prefilter: Prefilter,
+}
+
+/// The per-CPU "may the running task be a target" flags in front of `fij_sys_enter`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Prefilter {
+    /// No syscall hook: nothing to filter.
+    Off,
+    /// The flags say "maybe" on every CPU: every syscall takes the full check.
+    Maybe,
+    /// `fij_sched_switch` keeps the flags exact; userspace must not add targets any more.
+    Exact,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -106,6 +121,8 @@ impl Kernel {
             kprobe_hooks: take(&mut ebpf, "KPROBE_HOOKS")?,
             silenced: take(&mut ebpf, "SILENCED")?,
             events: Some(take(&mut ebpf, "EVENTS")?),
+            cpu_may_run_target: take(&mut ebpf, "CPU_MAY_RUN_TARGET")?,
+            prefilter: Prefilter::Off,
             ebpf,
         })
     }
@@ -140,7 +157,28 @@ impl Kernel {
 
     /// The syscall-entry hook: only attached when a fault has a syscall trigger.
     pub fn attach_syscalls(&mut self) -> Result<()> {
+        // "Maybe" on every CPU until `fij_sched_switch` keeps the flags: all take the full check.
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+        let maybe = PerCpuValues::try_from(vec![1u32; cpus]).context("per-CPU flags")?;
+        self.cpu_may_run_target
+            .set(0, maybe, 0)
+            .context("writing the per-CPU target flags")?;
+        self.prefilter = Prefilter::Maybe;
         self.raw_tracepoint(PROG_SYS_ENTER, "sys_enter")
+    }
+
+    /// From now on the kernel alone keeps the per-CPU flags that let a non-target leave
+    /// `fij_sys_enter` without a helper call: `fij_sched_switch` sets them at each context
+    /// switch from the target set. Called once every target userspace adds is in the set (a
+    /// process the loader added later could be running with its CPU's flag at "no"); the
+    /// kernel's own additions keep the flags right (a forked child has not run yet; an exec
+    /// join sets its CPU's flag). Does nothing without the syscall hook.
+    pub fn attach_syscall_prefilter(&mut self) -> Result<()> {
+        if self.prefilter == Prefilter::Maybe {
+            self.raw_tracepoint(PROG_SCHED_SWITCH, "sched_switch")?;
+            self.prefilter = Prefilter::Exact;
+        }
+        Ok(())
     }
 
     /// Tracepoint triggers: tracepoint `i` gets program slot `fij_tracepoint_i`.
@@ -454,6 +492,10 @@ impl Kernel {
 
     /// Adds `pid` to the target set (the hash, then its flag, as the kernel does).
     pub fn add_target(&mut self, pid: u32, entry: TargetProcess) -> Result<()> {
+        anyhow::ensure!(
+            self.prefilter != Prefilter::Exact,
+            "pid {pid} added to the target set after the syscall prefilter was attached"
+        );
         self.targets
             .insert(pid, entry, 0)
             .with_context(|| format!("adding pid {pid} to the target set"))?;

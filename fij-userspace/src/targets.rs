@@ -44,6 +44,9 @@ pub fn check_adoptable(pid: u32, protected: &[u32]) -> Result<()> {
         bail!("pid {pid} is fij itself or one of its ancestors, which fij never signals");
     }
     let fields = stat_fields(pid).with_context(|| format!("pid {pid} does not exist"))?;
+    if matches!(fields.first().map(String::as_str), Some("Z" | "X")) {
+        bail!("pid {pid} has exited (a zombie waiting for its parent)");
+    }
     let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
     if flags & PF_KTHREAD != 0 {
         bail!("pid {pid} is a kernel thread, which fij never signals");
@@ -60,6 +63,15 @@ pub fn check_adoptable(pid: u32, protected: &[u32]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether process `pid` has exited: gone, or a zombie (which runs no code and sends no exit
+/// event any more).
+pub fn has_exited(pid: u32) -> bool {
+    match stat_fields(pid) {
+        Ok(fields) => matches!(fields.first().map(String::as_str), Some("Z" | "X")),
+        Err(_) => true,
+    }
 }
 
 /// Finds `program` like execvp would, so the child makes exactly one execve.

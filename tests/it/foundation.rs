@@ -470,3 +470,51 @@ fn duration_ends_the_campaign_and_terminates_spawned_targets() {
         started.elapsed()
     );
 }
+
+/// A process that is already running, busy in a syscall loop on one CPU when fij adopts it by
+/// pid, is hit from fij's start on. It runs SCHED_FIFO (started through `chrt`), so nothing
+/// preempts it on its CPU while it lives (~0.6 s, under the 0.95 s RT throttle): the per-CPU
+/// "may run a target" flags that spare non-targets `fij_sys_enter`'s work must say "maybe" for
+/// a CPU until its next context switch, or this loop would never be seen. Its 1000th getppid
+/// after fij armed kills it.
+#[test]
+fn a_busy_process_adopted_by_pid_is_killed_on_its_nth_syscall() {
+    let dir = TempDir::new("adopt-busy");
+    // A first campaign fills fij's per-boot layout cache, so this one arms well within the
+    // loop's life.
+    let warm_up = dir.write(
+        "warm-up.toml",
+        "[[target]]\nname = \"t\"\ncommand = [\"true\"]\n\n[[fault]]\nname = \"f\"\n\
+         target = \"t\"\naction = \"kill\"\ntrigger = { syscall = \"getppid\" }\n",
+    );
+    Fij::run(&dir, &warm_up).output().assert_exit(0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = (cpus - 1).to_string();
+    let mut busy = std::process::Command::new("chrt")
+        .args(["--fifo", "10", env!("CARGO_BIN_EXE_fij-syscall-loop")])
+        .args(["--cpu", &cpu, "2000000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning chrt fij-syscall-loop");
+    let pid = busy.id(); // chrt execs the loop: same pid
+    wait_until(Duration::from_secs(5), "the loop to run", || {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        exe.ends_with("fij-syscall-loop").then_some(())
+    });
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"busy\"\npid = {pid}\n\n[[fault]]\nname = \"f\"\n\
+             target = \"busy\"\naction = \"kill\"\ntrigger = {{ syscall = \"getppid\" }}\n\
+             nth = 1000\n"
+        ),
+    );
+
+    let run = Fij::run(&dir, &scenario).output();
+    let ended = wait_child(&mut busy, Duration::from_secs(10), "the busy loop");
+    run.assert_exit(0);
+    run.log
+        .assert_injections("getppid", "SIGKILL", &[(1000, pid)]);
+    assert_eq!(ended, Ended::Signal(9), "{run}");
+    assert_eq!(run.log.exit_status(pid), "signal SIGKILL", "{run}");
+}

@@ -82,6 +82,35 @@ fn adopting_a_nonexistent_pid_is_refused() {
     assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
 }
 
+/// A zombie has exited: it runs no code and no exit event will ever come for it, so a campaign
+/// on it would never end. Refused like a pid that does not exist.
+#[test]
+fn adopting_a_zombie_is_refused() {
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawning true");
+    let pid = child.id();
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state().as_deref() != Some("Z") {
+        assert!(std::time::Instant::now() < deadline, "`true` did not exit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (run, loaded) = adopt("adopt-zombie", pid);
+    let _ = child.wait();
+    run.assert_exit(2);
+    assert!(run.stderr.contains("has exited"), "{run}");
+    assert!(!loaded);
+    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+}
+
 /// A valid scenario (lines 1-10) whose target would create `marker`, edited by `edit` into one
 /// with a single error.
 fn scenario_with(marker: &Path, edit: impl Fn(&str) -> String) -> String {

@@ -18,13 +18,16 @@
 //!    fires) against `strace -e inject=...` of the same loop.
 //! 3. Kill latency: `injection` to `exit` record (`ktime_ns`) in fij's log, over many runs, with
 //!    fij pinned to another CPU than the target and to the target's CPU (where fij's own wake-up
-//!    for the injection event can preempt the dying target).
+//!    for the injection event can preempt the dying target); bpftrace's `signal("KILL")` on the
+//!    same hit beside it.
 //! 4. Start to armed: spawning `fij run` to its target running (the target prints when it
 //!    started), against spawning bpftrace to its "Attaching 1 probe..." line.
 //! 5. Peak RSS (VmHWM) of fij during a campaign, against bpftrace's.
-//! 6. Scale: non-target cost with 100 and 10,000 entries in the target set (fake pids above
-//!    `pid_max`, written with `bpftool batch`), armed-target cost with 16 faults on the hook and
-//!    with 1000 faults in the scenario.
+//! 6. Scale: non-target and armed-target cost with 10,000 entries in the target set (fake pids
+//!    above `pid_max`, written with `bpftool batch`) and 1,000 faults in the scenario, against
+//!    1 × 1; armed-target cost with 16 faults counting the same syscall.
+//! 7. The cost fij moves to context switches (`fij_sched_switch`, which spares non-targets a
+//!    helper call on every syscall): pipe round trips between two processes on one CPU.
 //!
 //! A measurement is repeated (up to 3 times) when `bpftool perf` shows a program on `sys_enter`
 //! that the bench did not start (say a test running at the same time); such disturbances are
@@ -56,10 +59,11 @@ struct Config {
     strace_calls: u64,
     /// fij runs that kill the loop, for the latency percentiles (for each CPU placement of fij).
     kill_runs: usize,
-    /// Target-set sizes for the non-target scale rows (the first is the plain campaign).
-    target_entries: [usize; 3],
-    /// Fault counts for the armed-target scale rows.
-    fault_counts: [usize; 3],
+    /// The big scale configuration: target-set entries × faults in the scenario (against 1 × 1).
+    scale_targets: usize,
+    scale_faults: usize,
+    /// Pipe round trips of the context-switch measurement.
+    round_trips: u64,
     /// The CPU the loop is pinned to.
     cpu: usize,
 }
@@ -75,8 +79,9 @@ impl Config {
                 loop_calls: 100_000,
                 strace_calls: 2_000,
                 kill_runs: 4,
-                target_entries: [1, 100, 1_000],
-                fault_counts: [1, 16, 100],
+                scale_targets: 1_000,
+                scale_faults: 100,
+                round_trips: 2_000,
                 cpu,
             }
         } else {
@@ -85,13 +90,26 @@ impl Config {
                 reps: 11,
                 loop_calls: 2_000_000,
                 strace_calls: 20_000,
-                kill_runs: 50,
-                target_entries: [1, 100, 10_000],
-                fault_counts: [1, 16, 1_000],
+                kill_runs: 100,
+                scale_targets: 10_000,
+                scale_faults: 1_000,
+                round_trips: 100_000,
                 cpu,
             }
         }
     }
+}
+
+/// The syscalls of `n` faults on the loop: the first on `getppid`, the others on syscalls the
+/// loop does not make in its timed part, at most [`FAULTS_PER_HOOK`] on each.
+fn scale_syscalls(n: usize) -> Vec<&'static str> {
+    let others: Vec<&str> = OTHER_SYSCALLS.split_whitespace().collect();
+    (0..n)
+        .map(|i| match i {
+            0 => "getppid",
+            i => others[(i - 1) / FAULTS_PER_HOOK % others.len()],
+        })
+        .collect()
 }
 
 /// `nth` of the faults that must never fire.
@@ -373,6 +391,8 @@ struct Results {
     /// Kill latency with fij pinned to another CPU than the target, and to the target's.
     kill_other_us: Samples,
     kill_same_us: Samples,
+    /// The same kill by bpftrace's `signal()`, bpftrace on another CPU.
+    kill_bpftrace_us: Samples,
     fij_start_ms: Samples,
     bpftrace_start_ms: Samples,
     fij_rss_mib: Samples,
@@ -479,6 +499,28 @@ impl Bench {
     fn measure_loop(&mut self, ours: &[u32]) -> Result<f64> {
         let calls = self.cfg.loop_calls;
         Ok(self.clean(ours, |b| b.plain_loop(calls))?.best)
+    }
+
+    /// ns per pipe round trip between two processes on the loop's CPU (two context switches).
+    fn measure_round_trip(&mut self, ours: &[u32]) -> Result<f64> {
+        let trips = self.cfg.round_trips;
+        Ok(self
+            .clean(ours, |b| {
+                let out = Command::new(&b.syscall_loop)
+                    .arg("--pingpong")
+                    .args(b.loop_args(trips))
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running fij-syscall-loop --pingpong")?;
+                ensure!(
+                    out.status.success(),
+                    "fij-syscall-loop --pingpong failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                parse_loop(&String::from_utf8_lossy(&out.stdout))
+            })?
+            .best)
     }
 
     fn write_scenario(&mut self, name: &str, text: &str) -> Result<PathBuf> {
@@ -603,14 +645,14 @@ impl Bench {
         Ok((bpftrace, attaching))
     }
 
-    /// Adds fake pids to (or, with `count` 0, removes them from) fij's TARGETS map.
-    fn fill_targets(&mut self, fij: &Daemon, from: usize, to: usize, delete: bool) -> Result<()> {
-        if from >= to {
+    /// Adds `count` fake pids to (or, with `delete`, removes them from) fij's TARGETS map.
+    fn fill_targets(&mut self, fij: &Daemon, count: usize, delete: bool) -> Result<()> {
+        if count == 0 {
             return Ok(());
         }
         let (id, value_size) = targets_map(fij.pid())?;
         let mut batch = String::new();
-        for i in from..to {
+        for i in 0..count {
             let key = (FAKE_PID_BASE + i as u32).to_le_bytes();
             let key = key.map(|b| format!("{b:02x}")).join(" ");
             if delete {
@@ -653,7 +695,8 @@ impl Bench {
         Ok(r)
     }
 
-    /// Part 1 (and the non-target scale rows, RSS, bpftrace's start time).
+    /// Part 1 (and the non-target scale row, the context-switch row, RSS, bpftrace's start
+    /// time).
     fn non_target(&mut self, r: &mut Results) -> Result<()> {
         let sleeper = Daemon {
             name: "sleep",
@@ -662,18 +705,23 @@ impl Bench {
                 .spawn()
                 .context("starting sleep")?,
         };
-        let other = self.write_scenario(
-            "other",
-            &format!(
-                "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"other\"\n\
-                 command = [\"sleep\", \"100000\"]\n\n{}",
-                fault("never", "other", "getppid", NEVER)
-            ),
-        )?;
-        let [_, entries_mid, entries_big] = self.cfg.target_entries;
+        let other = |faults: usize| {
+            let mut text = "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"other\"\n\
+                            command = [\"sleep\", \"100000\"]\n"
+                .to_string();
+            for (i, syscall) in scale_syscalls(faults).into_iter().enumerate() {
+                text.push('\n');
+                text.push_str(&fault(&format!("never-{i}"), "other", syscall, NEVER));
+            }
+            text
+        };
+        let (targets, faults) = (self.cfg.scale_targets, self.cfg.scale_faults);
+        let small = self.write_scenario("other", &other(1))?;
+        let big = self.write_scenario("other-big", &other(faults))?;
         println!(
             "\n== 1. non-target syscall overhead: baseline / fij-floor / `fij run` (target: a \
-             sleep) / bpftrace (pid == {}) ==",
+             sleep; 1 × 1, then {targets} targets × {faults} faults) / bpftrace (pid == {}); \
+             pipe round trips without and with fij ==",
             sleeper.pid()
         );
         for round in 0..self.cfg.reps {
@@ -686,18 +734,22 @@ impl Bench {
             let floor_ns = self.measure_loop(&[floor.pid()])?;
             floor.stop(SIGTERM, Duration::from_secs(10))?;
             let b1 = self.measure_loop(&[])?;
+            let p1 = self.measure_round_trip(&[])?;
 
-            let (fij, _log) = self.start_fij(&other)?;
+            let (fij, _log) = self.start_fij(&small)?;
             let fij_ns = self.measure_loop(&[fij.pid()])?;
-            self.fill_targets(&fij, 0, entries_mid - 1, false)?;
-            let mid_ns = self.measure_loop(&[fij.pid()])?;
-            self.fill_targets(&fij, entries_mid - 1, entries_big - 1, false)?;
-            let big_ns = self.measure_loop(&[fij.pid()])?;
-            self.fill_targets(&fij, 0, entries_big - 1, true)?;
+            let fij_rt = self.measure_round_trip(&[fij.pid()])?;
             r.fij_rss_mib.push(fij.peak_rss_kib()? as f64 / 1024.0);
             let status = fij.stop(SIGTERM, Duration::from_secs(30))?;
             ensure!(status.success(), "fij ended with {status}");
+
+            let (fij, _log) = self.start_fij(&big)?;
+            self.fill_targets(&fij, targets - 1, false)?;
+            let big_ns = self.measure_loop(&[fij.pid()])?;
+            let status = fij.stop(SIGTERM, Duration::from_secs(30))?;
+            ensure!(status.success(), "fij ended with {status}");
             let b2 = self.measure_loop(&[])?;
+            let p2 = self.measure_round_trip(&[])?;
 
             let (bpftrace, attaching) = self.start_bpftrace(sleeper.pid())?;
             r.bpftrace_start_ms.push(attaching.as_secs_f64() * 1e3);
@@ -713,18 +765,22 @@ impl Bench {
             for (name, ns, base) in [
                 ("floor", floor_ns, (b0 + b1) / 2.0),
                 ("fij_non_target", fij_ns, (b1 + b2) / 2.0),
-                ("fij_non_target_mid", mid_ns, (b1 + b2) / 2.0),
                 ("fij_non_target_big", big_ns, (b1 + b2) / 2.0),
                 ("bpftrace_non_target", bpftrace_ns, (b2 + b3) / 2.0),
             ] {
                 r.abs.entry(name).or_default().push(ns);
                 r.over.entry(name).or_default().push(ns - base);
             }
+            r.abs
+                .entry("round_trip_baseline")
+                .or_default()
+                .push((p1 + p2) / 2.0);
+            r.abs.entry("round_trip_fij").or_default().push(fij_rt);
             println!(
                 "round {}/{}: ns/syscall baseline {b0:.1}, floor {floor_ns:.1}, baseline \
-                 {b1:.1}, fij {fij_ns:.1} ({entries_mid} entries {mid_ns:.1}, {entries_big} \
-                 entries {big_ns:.1}), baseline {b2:.1}, bpftrace {bpftrace_ns:.1}, baseline \
-                 {b3:.1}",
+                 {b1:.1}, fij {fij_ns:.1} ({targets} × {faults}: {big_ns:.1}), baseline {b2:.1}, \
+                 bpftrace {bpftrace_ns:.1}, baseline {b3:.1}; ns/round trip {p1:.0}, fij \
+                 {fij_rt:.0}, {p2:.0}",
                 round + 1,
                 self.cfg.reps
             );
@@ -735,40 +791,42 @@ impl Bench {
 
     /// Part 2 (and the armed scale rows).
     fn armed(&mut self, r: &mut Results) -> Result<()> {
-        let loop_cmd = |b: &Self, calls| {
+        let loop_cmd = |b: &Self, extra: &[String], calls| {
             let mut argv = vec![b.syscall_loop.display().to_string()];
+            argv.extend(extra.iter().cloned());
             argv.extend(b.loop_args(calls));
             argv.iter()
                 .map(|a| format!("{a:?}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let others: Vec<&str> = OTHER_SYSCALLS.split_whitespace().collect();
-        let mut scenarios = Vec::new();
-        for (k, faults) in self.cfg.fault_counts.into_iter().enumerate() {
-            // The scale rows' loops are ~3× slower per call: a quarter of the calls keeps their
-            // time (and so the span their fastest chunk is picked from) close to the others'.
-            let calls = if k == 0 {
-                self.cfg.loop_calls
-            } else {
-                self.cfg.loop_calls / 4
-            };
-            let command = loop_cmd(self, calls);
+        let scenario = |command: String, syscalls: Vec<&str>| {
             let mut text = format!(
                 "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"loop\"\n\
                  command = [{command}]\n"
             );
-            for i in 0..faults {
-                let syscall = if i < FAULTS_PER_HOOK {
-                    "getppid"
-                } else {
-                    others[(i - FAULTS_PER_HOOK) / FAULTS_PER_HOOK % others.len()]
-                };
+            for (i, syscall) in syscalls.into_iter().enumerate() {
                 text.push('\n');
                 text.push_str(&fault(&format!("never-{i}"), "loop", syscall, NEVER));
             }
-            scenarios.push(self.write_scenario(&format!("armed-{faults}"), &text)?);
-        }
+            text
+        };
+        let (targets, faults) = (self.cfg.scale_targets, self.cfg.scale_faults);
+        let calls = self.cfg.loop_calls;
+        let one = scenario(loop_cmd(self, &[], calls), scale_syscalls(1));
+        let one = self.write_scenario("armed-1", &one)?;
+        // 16 faults counting every getppid: ~3× slower per call, so a quarter of the calls
+        // keeps the loop's time (the span its fastest chunk is picked from) close to the others'.
+        let hook = scenario(
+            loop_cmd(self, &[], calls / 4),
+            vec!["getppid"; FAULTS_PER_HOOK],
+        );
+        let hook = self.write_scenario("armed-hook", &hook)?;
+        // The big one: the loop waits for the gate file while the bench fills the target set.
+        let gate = self.file("gate");
+        let gated = ["--wait-for".to_string(), gate.display().to_string()];
+        let big = scenario(loop_cmd(self, &gated, calls), scale_syscalls(faults));
+        let big = self.write_scenario("armed-big", &big)?;
         let strace_args: Vec<String> = ["-f", "-e", "inject=getppid:error=EPERM:when=65535"]
             .into_iter()
             .map(String::from)
@@ -781,18 +839,22 @@ impl Bench {
             .collect();
         println!(
             "\n== 2. armed-target syscall overhead: `fij run` (the loop is the target of a getppid \
-             fault with nth = {NEVER}) / {} ==",
+             fault with nth = {NEVER}; then of {FAULTS_PER_HOOK} such faults; then of 1 of \
+             {faults} faults, among {targets} targets) / {} ==",
             cmd::display(Command::new(&self.strace).args(&strace_args))
         );
         for round in 0..self.cfg.reps {
             // As in part 1: a baseline right before and after each configuration.
             let mut bases = vec![self.measure_loop(&[])?];
             let mut armed = Vec::new();
-            for scenario in scenarios.clone() {
-                let (out, _log) = self.clean(&[], |b| b.run_fij(None, &scenario))?;
+            for scenario in [&one, &hook] {
+                let (out, _log) = self.clean(&[], |b| b.run_fij(None, scenario))?;
                 armed.push(parse_loop(&out)?.best);
                 bases.push(self.measure_loop(&[])?);
             }
+            let out = self.clean(&[], |b| b.run_gated_fij(&big, &gate, targets - 1))?;
+            armed.push(parse_loop(&out)?.best);
+            bases.push(self.measure_loop(&[])?);
             let strace = self.clean(&[], |b| {
                 let out = Command::new(&b.strace)
                     .args(&strace_args)
@@ -814,7 +876,7 @@ impl Bench {
             let around = |i: usize| (bases[i] + bases[i + 1]) / 2.0;
             for (name, ns, base) in [
                 ("fij_armed", armed[0], around(0)),
-                ("fij_armed_mid", armed[1], around(1)),
+                ("fij_armed_hook", armed[1], around(1)),
                 ("fij_armed_big", armed[2], around(2)),
                 ("strace_armed", strace.best, around(3)),
             ] {
@@ -825,11 +887,10 @@ impl Bench {
                 .entry("strace_armed_mean")
                 .or_default()
                 .push(strace.mean);
-            let [_, mid, big] = self.cfg.fault_counts;
             println!(
-                "round {}/{}: ns/syscall baseline {:.1}, fij {:.1}, baseline {:.1}, {mid} faults \
-                 {:.1}, baseline {:.1}, {big} faults {:.1}, baseline {:.1}, strace {:.0}, \
-                 baseline {:.1}",
+                "round {}/{}: ns/syscall baseline {:.1}, fij {:.1}, baseline {:.1}, \
+                 {FAULTS_PER_HOOK} faults on getppid {:.1}, baseline {:.1}, {targets} × {faults} \
+                 {:.1}, baseline {:.1}, strace {:.0}, baseline {:.1}",
                 round + 1,
                 self.cfg.reps,
                 bases[0],
@@ -844,6 +905,45 @@ impl Bench {
             );
         }
         Ok(())
+    }
+
+    /// `fij run SCENARIO` whose target waits for `gate`: fills the target set with `fake` more
+    /// entries once fij is armed, opens the gate, and returns fij's stdout (its target's) when
+    /// the campaign ends.
+    fn run_gated_fij(&mut self, scenario: &Path, gate: &Path, fake: usize) -> Result<String> {
+        let _ = fs::remove_file(gate);
+        let out = self.file("fij.out");
+        let log = self.file("fij.jsonl");
+        let err = self.file("fij.err");
+        let child = Command::new(&self.fij)
+            .arg("run")
+            .arg(scenario)
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out)?)
+            .stderr(fs::File::create(&err)?)
+            .spawn()
+            .context("starting fij")?;
+        let mut fij = Daemon { name: "fij", child };
+        wait_until(&mut fij, &err, Duration::from_secs(60), || {
+            Ok(fs::read_to_string(&log).is_ok_and(|t| t.contains(r#""event":"start""#)))
+        })?;
+        self.fill_targets(&fij, fake, false)?;
+        fs::write(gate, "").with_context(|| format!("cannot create {}", gate.display()))?;
+        let status = loop {
+            if let Some(status) = fij.exited() {
+                break status;
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        ensure!(
+            status.success(),
+            "`fij run {}` failed ({status}):\n{}",
+            scenario.display(),
+            fs::read_to_string(&err).unwrap_or_default()
+        );
+        fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))
     }
 
     /// Part 3.
@@ -877,7 +977,50 @@ impl Bench {
             r.kill_other_us = self.kill_runs(&scenario, &taskset, other_cpu)?;
         }
         r.kill_same_us = self.kill_runs(&scenario, &taskset, self.cfg.cpu)?;
+        r.kill_bpftrace_us = self.bpftrace_kill_runs(&taskset, other_cpu)?;
         Ok(())
+    }
+
+    /// The same kill by bpftrace's `signal("KILL")` on the loop's 1000th getppid (the same
+    /// helper from the same kind of hook), hit → exit in µs, bpftrace pinned to `cpu`.
+    fn bpftrace_kill_runs(&mut self, taskset: &Path, cpu: usize) -> Result<Samples> {
+        let script = "tracepoint:raw_syscalls:sys_enter /pid == cpid && args->id == 110/ { \
+                      @n = @n + 1; if (@n == 1000) { @hit = nsecs; signal(\"KILL\"); } }\n\
+                      tracepoint:sched:sched_process_exit /pid == cpid && @hit != 0/ { \
+                      printf(\"kill_latency_ns=%llu\\n\", nsecs - @hit); exit(); }\n";
+        let mut command = vec![self.syscall_loop.display().to_string()];
+        command.extend(self.loop_args(self.cfg.loop_calls.max(100_000)));
+        let mut samples = Samples::default();
+        for _ in 0..self.cfg.kill_runs {
+            let out = Command::new(taskset)
+                .arg("-c")
+                .arg(cpu.to_string())
+                .arg(&self.bpftrace)
+                .args(["--unsafe", "-c", &command.join(" "), "-e", script])
+                .stdin(Stdio::null())
+                .output()
+                .context("running bpftrace")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let ns: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("kill_latency_ns="))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| {
+                    format!(
+                        "bpftrace did not report a kill ({}):\n{text}\n{}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })?;
+            samples.push(ns as f64 / 1e3);
+        }
+        println!(
+            "bpftrace signal(): kill latency µs: p50 {:.1}, p99 {:.1}, max {:.1}",
+            samples.percentile(50.0),
+            samples.percentile(99.0),
+            samples.max()
+        );
+        Ok(samples)
     }
 
     /// Kill latencies in µs of `kill_runs` runs of `taskset -c CPU fij run SCENARIO`.
@@ -1093,11 +1236,9 @@ impl Results {
         let bpftrace = self.over("bpftrace_non_target");
         let armed = self.over("fij_armed");
         let strace = self.over("strace_armed");
-        let [_, e_mid, e_big] = cfg.target_entries;
-        let [_, f_mid, f_big] = cfg.fault_counts;
-        let mid = self.over("fij_non_target_mid");
+        let (targets, faults) = (cfg.scale_targets, cfg.scale_faults);
         let big = self.over("fij_non_target_big");
-        let a_mid = self.over("fij_armed_mid");
+        let a_hook = self.over("fij_armed_hook");
         let a_big = self.over("fij_armed_big");
         let kill = |fij_cpu: &str, samples: &Samples| {
             Row::new(
@@ -1111,6 +1252,10 @@ impl Results {
             .percentiles()
             .target("p99 ≤ 50 µs", |r| r.fij.percentile(99.0) <= 50.0)
         };
+        let mut kill_other = kill("another CPU than the target", &self.kill_other_us);
+        if !self.kill_bpftrace_us.0.is_empty() {
+            kill_other = kill_other.vs("bpftrace signal()", &self.kill_bpftrace_us);
+        }
         [
             Row::new(
                 "Non-target syscall overhead, vs floor (empty program on sys_enter)",
@@ -1134,8 +1279,15 @@ impl Results {
             .vs("strace", &strace)
             .inverse()
             .target("≥ 500", |r| r.ratio() >= 500.0),
-            kill("another CPU than the target", &self.kill_other_us),
+            kill_other,
             kill("the target's CPU", &self.kill_same_us),
+            Row::new(
+                "Pipe round trip between two non-targets on one CPU (2 context switches, 4 \
+                 syscalls)",
+                "ns",
+                &self.abs("round_trip_fij"),
+            )
+            .vs("nothing attached", &self.abs("round_trip_baseline")),
             Row::new(
                 "Start to armed (fij: spawn → target runs; bpftrace: spawn → \"Attaching\")",
                 "ms",
@@ -1150,30 +1302,26 @@ impl Results {
             )
             .vs("bpftrace", &self.bpftrace_rss_mib),
             Row::new(
-                format!("Scale: non-target overhead, {e_mid} target-set entries"),
-                "ns",
-                &mid,
-            )
-            .vs("1 entry", &fij),
-            Row::new(
-                format!("Scale: non-target overhead, {e_big} target-set entries"),
+                format!("Scale: non-target overhead, {targets} targets × {faults} faults"),
                 "ns",
                 &big,
             )
-            .vs("1 entry", &fij),
-            Row::new(
-                format!("Scale: armed-target overhead, {f_mid} faults on the hook"),
-                "ns",
-                &a_mid,
-            )
-            .vs("1 fault", &armed),
+            .vs("1 × 1", &fij)
+            .target("≤ 1.1", |r| r.ratio() <= 1.1),
             Row::new(
                 format!(
-                    "Scale: armed-target overhead, {f_big} faults ({} on the hook)",
-                    f_big.min(FAULTS_PER_HOOK)
+                    "Scale: armed-target overhead, {targets} targets × {faults} faults (1 on \
+                     its syscall)"
                 ),
                 "ns",
                 &a_big,
+            )
+            .vs("1 × 1", &armed)
+            .target("≤ 1.1", |r| r.ratio() <= 1.1),
+            Row::new(
+                format!("Scale: armed-target overhead, {FAULTS_PER_HOOK} faults on its syscall"),
+                "ns",
+                &a_hook,
             )
             .vs("1 fault", &armed),
         ]
@@ -1205,13 +1353,12 @@ impl Results {
             ("baseline", "nothing attached (part 1 baselines)"),
             ("floor", "fij-floor attached"),
             ("fij_non_target", "`fij run` on another process"),
-            ("fij_non_target_mid", "… with the mid target-set size"),
-            ("fij_non_target_big", "… with the big target-set size"),
+            ("fij_non_target_big", "… with the big scale configuration"),
             ("bpftrace_non_target", "bpftrace, filter on another pid"),
             ("armed_baseline", "nothing attached (part 2 baselines)"),
             ("fij_armed", "the loop as fij's armed target, 1 fault"),
-            ("fij_armed_mid", "… mid fault count"),
-            ("fij_armed_big", "… big fault count"),
+            ("fij_armed_hook", "… 16 faults on getppid"),
+            ("fij_armed_big", "… the big scale configuration"),
             ("strace_armed", "under strace inject (fastest chunk)"),
             ("strace_armed_mean", "under strace inject (whole-loop mean)"),
         ]
@@ -1261,11 +1408,16 @@ impl Results {
             s,
             "Syscall figures: ns per `getppid` of `fij-syscall-loop` (pinned to CPU {}), the \
              fastest of 100 chunks of a {}-call loop ({} under strace, a quarter for the \
-             armed scale rows); overhead = that minus the \
-             mean of the baselines measured right before and after it; median (min–max) over {} rounds; ratios are of the \
-             medians. Kill latency: {} runs per row, nearest-rank percentiles; the loop is pinned to \
-             CPU {}, fij (with `taskset`) to another CPU or to the same one: there, fij's own \
-             wake-up for the injection event competes with the dying target. Load average before / \
+             16-fault row); overhead = that minus the mean of the baselines measured right \
+             before and after it; median (min–max) over {} rounds; ratios are of the medians. \
+             Scale rows: the target set is filled with fake pids (above `pid_max`) before the \
+             loop starts; the faults beyond the first are on syscalls the loop does not make. \
+             Pipe round trips: the fastest of 100 chunks, with fij running a campaign on another \
+             process (its sys_enter and sched_switch programs attached). Kill latency: {} runs \
+             per row, nearest-rank percentiles; the loop is pinned to CPU {}, fij (with \
+             `taskset`) to another CPU or to the same one: there, fij's own wake-up for the \
+             injection event competes with the dying target; bpftrace's `signal(\"KILL\")` on \
+             the same 1000th getppid, from its hit's `nsecs` to the exit's. Load average before / \
              after: {} / {}; `kernel.bpf_stats_enabled` was on during {} of {} syscall measurements. \
              Measurements repeated because \
              another program was on sys_enter: {}; kept despite one: {}.",
@@ -1376,24 +1528,9 @@ impl Results {
                     ("strace_calls", Json::Num(cfg.strace_calls as f64)),
                     ("kill_runs", Json::Num(cfg.kill_runs as f64)),
                     ("cpu", Json::Num(cfg.cpu as f64)),
-                    (
-                        "target_entries",
-                        Json::Arr(
-                            cfg.target_entries
-                                .iter()
-                                .map(|&n| Json::Num(n as f64))
-                                .collect(),
-                        ),
-                    ),
-                    (
-                        "fault_counts",
-                        Json::Arr(
-                            cfg.fault_counts
-                                .iter()
-                                .map(|&n| Json::Num(n as f64))
-                                .collect(),
-                        ),
-                    ),
+                    ("scale_targets", Json::Num(cfg.scale_targets as f64)),
+                    ("scale_faults", Json::Num(cfg.scale_faults as f64)),
+                    ("round_trips", Json::Num(cfg.round_trips as f64)),
                 ]),
             ),
             ("load_before", Json::Str(bench.load_before.clone())),
@@ -1421,6 +1558,7 @@ impl Results {
                 Json::Obj(vec![
                     ("fij_on_another_cpu", samples(&self.kill_other_us)),
                     ("fij_on_the_targets_cpu", samples(&self.kill_same_us)),
+                    ("bpftrace_signal", samples(&self.kill_bpftrace_us)),
                 ]),
             ),
         ])

@@ -12,6 +12,11 @@
 //! so `fij-syscall-loop 0` tells when the process started running. Without `--cpu`, the process
 //! stays on the CPU it started on.
 //!
+//! `--wait-for PATH` waits until PATH exists before the warm-up (the bench fills maps meanwhile).
+//! `--pingpong` times N round trips of one byte between this process and a forked child over two
+//! pipes, both on the same CPU, instead of `getppid`s: each round trip is two context switches
+//! and four syscalls (`ns_per_syscall` is then ns per round trip).
+//!
 //! No dependencies: `syscall`, `clock_gettime`, `sched_getcpu` and `sched_setaffinity` are
 //! declared here directly (the C library is linked by std anyway).
 use std::{ffi::c_long, hint::black_box, process::ExitCode};
@@ -34,6 +39,13 @@ unsafe extern "C" {
     fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
     fn sched_getcpu() -> i32;
     fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+    fn fork() -> i32;
+    fn pipe(fds: *mut i32) -> i32;
+    fn read(fd: i32, buf: *mut u8, count: usize) -> isize;
+    fn write(fd: i32, buf: *const u8, count: usize) -> isize;
+    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+    fn kill(pid: i32, sig: i32) -> i32;
+    fn _exit(status: i32) -> !;
 }
 
 fn monotonic_ns() -> u64 {
@@ -71,14 +83,78 @@ fn getppid_loop(n: u64) {
     }
 }
 
+/// Two pipes and a forked child that echoes every byte back: `round_trips(n)` makes n round
+/// trips. The child is killed when this is dropped.
+struct PingPong {
+    to_child: i32,
+    from_child: i32,
+    child: i32,
+}
+
+impl PingPong {
+    fn start() -> Result<Self, String> {
+        let (mut there, mut back) = ([0i32; 2], [0i32; 2]);
+        // SAFETY: pipe writes two fds into the arrays we own.
+        if unsafe { pipe(there.as_mut_ptr()) } != 0 || unsafe { pipe(back.as_mut_ptr()) } != 0 {
+            return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: the process is single-threaded; the child only reads, writes and exits.
+        match unsafe { fork() } {
+            -1 => Err(format!("fork: {}", std::io::Error::last_os_error())),
+            0 => {
+                let mut byte = 0u8;
+                // SAFETY: one-byte buffers we own; fds from pipe above.
+                while unsafe { read(there[0], &mut byte, 1) } == 1 {
+                    if unsafe { write(back[1], &byte, 1) } != 1 {
+                        break;
+                    }
+                }
+                unsafe { _exit(0) }
+            }
+            child => Ok(Self {
+                to_child: there[1],
+                from_child: back[0],
+                child,
+            }),
+        }
+    }
+
+    fn round_trips(&self, n: u64) {
+        let mut byte = 0u8;
+        for _ in 0..n {
+            // SAFETY: one-byte buffers we own; fds from pipe.
+            unsafe {
+                write(self.to_child, &byte, 1);
+                read(self.from_child, &mut byte, 1);
+            }
+        }
+    }
+}
+
+impl Drop for PingPong {
+    fn drop(&mut self) {
+        // SAFETY: our own child.
+        unsafe {
+            kill(self.child, 9);
+            waitpid(self.child, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 fn run() -> Result<(), String> {
     let start = monotonic_ns();
-    let usage = "usage: fij-syscall-loop [--cpu C] N";
+    let usage = "usage: fij-syscall-loop [--cpu C] [--wait-for PATH] [--pingpong] N";
     let mut args = std::env::args().skip(1);
     let mut cpu = None;
     let mut n = None;
+    let mut wait_for = None;
+    let mut pingpong = false;
     while let Some(arg) = args.next() {
-        if arg == "--cpu" {
+        if arg == "--wait-for" {
+            wait_for = Some(args.next().ok_or(usage)?);
+        } else if arg == "--pingpong" {
+            pingpong = true;
+        } else if arg == "--cpu" {
             let c = args.next().ok_or(usage)?;
             cpu = Some(c.parse::<usize>().map_err(|e| format!("--cpu {c}: {e}"))?);
         } else if n.is_none() {
@@ -94,8 +170,23 @@ fn run() -> Result<(), String> {
         None => usize::try_from(unsafe { sched_getcpu() }).map_err(|_| "sched_getcpu failed")?,
     };
     pin(cpu)?;
+    if let Some(path) = wait_for {
+        while !std::path::Path::new(&path).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    // The child inherits the pinning: every round trip switches between the two on one CPU.
+    let pingpong = if pingpong {
+        Some(PingPong::start()?)
+    } else {
+        None
+    };
+    let work = |calls: u64| match &pingpong {
+        Some(p) => p.round_trips(calls),
+        None => getppid_loop(calls),
+    };
 
-    getppid_loop(n.min(10_000) / 10);
+    work(n.min(10_000) / 10);
     // Timed in up to 100 chunks: the whole loop gives the mean, the fastest chunk the cost with
     // the least interference (preemption, other vCPUs), which varies much less between runs.
     let chunk = (n / 100).max(1);
@@ -105,7 +196,7 @@ fn run() -> Result<(), String> {
     while done < n {
         let calls = chunk.min(n - done);
         let c0 = monotonic_ns();
-        getppid_loop(calls);
+        work(calls);
         best = best.min((monotonic_ns() - c0) as f64 / calls as f64);
         done += calls;
     }
