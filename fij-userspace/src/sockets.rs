@@ -89,6 +89,30 @@ fn parse_endpoint(text: &str) -> Option<([u8; 16], u16)> {
     Some((bytes, port))
 }
 
+/// Destroys the sockets still holding the silenced TCP tuples of a crashed process (the orphans
+/// that outlive it in FIN_WAIT or LAST_ACK, retransmitting their FIN), so that lifting the
+/// silence lets peers meet a host with no state — RST for their next segment — instead of a
+/// late FIN. Uses SOCK_DESTROY through iproute2's `ss -K` (needs CONFIG_INET_DIAG_DESTROY);
+/// matches on the port pair. Listening and UDP tuples have no socket left to destroy.
+pub fn destroy_orphans(keys: &[SilenceKey]) -> Result<()> {
+    for key in keys
+        .iter()
+        .filter(|k| k.protocol == 6 && k.remote_port != 0)
+    {
+        let filter = format!(
+            "( sport = :{} and dport = :{} )",
+            key.local_port, key.remote_port
+        );
+        let status = std::process::Command::new("ss")
+            .args(["-K", "-t", "-n", "state", "all", &filter])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running `ss -K` (iproute2) to destroy a crashed process's sockets")?;
+        anyhow::ensure!(status.success(), "`ss -K {filter}` failed: {status}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,28 +156,4 @@ mod tests {
         );
         assert_eq!(key.remote_addr, [0; 16]);
     }
-}
-
-/// Destroys the sockets still holding the silenced TCP tuples of a crashed process (the orphans
-/// that outlive it in FIN_WAIT or LAST_ACK, retransmitting their FIN), so that lifting the
-/// silence lets peers meet a host with no state — RST for their next segment — instead of a
-/// late FIN. Uses SOCK_DESTROY through iproute2's `ss -K` (needs CONFIG_INET_DIAG_DESTROY);
-/// matches on the port pair. Listening and UDP tuples have no socket left to destroy.
-pub fn destroy_orphans(keys: &[SilenceKey]) -> Result<()> {
-    for key in keys
-        .iter()
-        .filter(|k| k.protocol == 6 && k.remote_port != 0)
-    {
-        let filter = format!(
-            "( sport = :{} and dport = :{} )",
-            key.local_port, key.remote_port
-        );
-        let status = std::process::Command::new("ss")
-            .args(["-K", "-t", "-n", "state", "all", &filter])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .context("running `ss -K` (iproute2) to destroy a crashed process's sockets")?;
-        anyhow::ensure!(status.success(), "`ss -K {filter}` failed: {status}");
-    }
-    Ok(())
 }
