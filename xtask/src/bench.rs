@@ -931,12 +931,12 @@ impl Bench {
         })?;
         self.fill_targets(&fij, fake, false)?;
         fs::write(gate, "").with_context(|| format!("cannot create {}", gate.display()))?;
-        let status = loop {
-            if let Some(status) = fij.exited() {
-                break status;
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
+        // The fake targets never exit, so the campaign does not end by itself: it is ended once
+        // the loop's exit is in the log.
+        wait_until(&mut fij, &err, Duration::from_secs(600), || {
+            Ok(fs::read_to_string(&log).is_ok_and(|t| t.contains(r#""event":"exit""#)))
+        })?;
+        let status = fij.stop(SIGTERM, Duration::from_secs(30))?;
         ensure!(
             status.success(),
             "`fij run {}` failed ({status}):\n{}",
