@@ -17,7 +17,8 @@ fn scenario(duration: &str, command: &str) -> String {
     )
 }
 
-/// The BPF objects fij holds once armed; checks all three programs are there.
+/// The BPF objects fij holds once armed; checks all four programs are there (a syscall trigger
+/// brings `fij_sys_enter` and its per-CPU prefilter `fij_sched_switch`).
 fn armed_objects(fij_pid: u32) -> BpfFds {
     let held = bpf_fds(fij_pid);
     let mut names: Vec<String> = fij_programs()
@@ -28,12 +29,12 @@ fn armed_objects(fij_pid: u32) -> BpfFds {
     names.sort();
     assert_eq!(
         names,
-        ["fij_exit", "fij_fork", "fij_sys_enter"],
+        ["fij_exit", "fij_fork", "fij_sched_switch", "fij_sys_enter"],
         "programs held by fij"
     );
     assert_eq!(
         held.links.len(),
-        3,
+        4,
         "fij holds one link per program: {held:?}"
     );
     assert!(!held.maps.is_empty(), "{held:?}");
