@@ -122,7 +122,6 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     let start = Instant::now();
     kernel.arm(start_ns, seed)?;
     let (armed, running) = arm_targets(&mut kernel, scenario, &sources, hooks.timed, &protected)?;
-    kernel.attach_syscall_prefilter()?;
     let selector_targets = sources.iter().any(|s| matches!(s, Source::Select(_)));
 
     // Absolute, so `fij run --replay LOG` finds the scenario from any directory.
@@ -311,6 +310,9 @@ fn arm_targets(
 ) -> Result<(Vec<ArmedTarget>, Vec<RunningMatch>)> {
     let mut armed = Vec::new();
     let mut running = Vec::new();
+    // Spawned instances wait at their gate until fij is wholly armed: attaching a program
+    // patches kernel text on every CPU, which would slow a target that already runs.
+    let mut gated = Vec::new();
     for (target_idx, (target, source)) in scenario.targets.iter().zip(sources).enumerate() {
         let entry = |instance, generation| TargetProcess {
             target_idx: target_idx as u32,
@@ -328,22 +330,19 @@ fn arm_targets(
                 Source::Spawn(program),
             ) => {
                 for instance in 0..*instances {
-                    let mut child = GatedChild::spawn(program, argv, cwd.as_deref(), env)
+                    let child = GatedChild::spawn(program, argv, cwd.as_deref(), env)
                         .with_context(|| format!("target `{}`", target.name))?;
                     kernel.add_target(child.pid, entry(instance, monotonic_ns()))?;
                     if timed {
                         kernel.attach_tick(child.pid)?;
                     }
-                    child
-                        .release()
-                        .with_context(|| format!("target `{}`", target.name))?;
-                    info!(target = %target.name, instance, pid = child.pid, "spawned {}", argv.join(" "));
                     armed.push(ArmedTarget {
                         target_idx,
                         instance,
                         pid: child.pid,
                         spawned: true,
                     });
+                    gated.push((child, target, instance, argv));
                 }
             }
             (_, Source::Adopt(pid)) => {
@@ -381,6 +380,14 @@ fn arm_targets(
             }
             (_, Source::Spawn(_)) => unreachable!("only command targets are spawned"),
         }
+    }
+    // Every target userspace adds is in the set now.
+    kernel.attach_syscall_prefilter()?;
+    for (mut child, target, instance, argv) in gated {
+        child
+            .release()
+            .with_context(|| format!("target `{}`", target.name))?;
+        info!(target = %target.name, instance, pid = child.pid, "spawned {}", argv.join(" "));
     }
     Ok((armed, running))
 }

@@ -64,6 +64,8 @@ struct Config {
     scale_faults: usize,
     /// Pipe round trips of the context-switch measurement.
     round_trips: u64,
+    /// fij runs with a time-triggered kill.
+    time_runs: usize,
     /// The CPU the loop is pinned to.
     cpu: usize,
 }
@@ -82,6 +84,7 @@ impl Config {
                 scale_targets: 1_000,
                 scale_faults: 100,
                 round_trips: 2_000,
+                time_runs: 3,
                 cpu,
             }
         } else {
@@ -94,6 +97,7 @@ impl Config {
                 scale_targets: 10_000,
                 scale_faults: 1_000,
                 round_trips: 100_000,
+                time_runs: 30,
                 cpu,
             }
         }
@@ -393,6 +397,8 @@ struct Results {
     kill_same_us: Samples,
     /// The same kill by bpftrace's `signal()`, bpftrace on another CPU.
     kill_bpftrace_us: Samples,
+    /// Time-triggered kills of a CPU-bound target: scheduled time → exit, ms.
+    time_kill_ms: Samples,
     fij_start_ms: Samples,
     bpftrace_start_ms: Samples,
     fij_rss_mib: Samples,
@@ -978,7 +984,39 @@ impl Bench {
         }
         r.kill_same_us = self.kill_runs(&scenario, &taskset, self.cfg.cpu)?;
         r.kill_bpftrace_us = self.bpftrace_kill_runs(&taskset, other_cpu)?;
+        r.time_kill_ms = self.time_kill_runs()?;
         Ok(())
+    }
+
+    /// A time trigger on a CPU-bound target (`fij-workload spin`, no syscalls: the victim
+    /// claims the due fault at its 1 ms task-clock tick): scheduled time → exit record, in ms.
+    fn time_kill_runs(&mut self) -> Result<Samples> {
+        let workload = crate::bin_dir(true).join("fij-workload");
+        let scenario = self.write_scenario(
+            "time",
+            &format!(
+                "seed = 1\nduration = \"1m\"\n\n[[target]]\nname = \"spin\"\n\
+                 command = [{:?}, \"spin\", \"10000\"]\n\n[[fault]]\nname = \"at\"\n\
+                 target = \"spin\"\naction = \"kill\"\ntrigger = {{ at = \"200ms\" }}\n",
+                workload.display().to_string()
+            ),
+        )?;
+        let mut samples = Samples::default();
+        for _ in 0..self.cfg.time_runs {
+            let (_out, log) = self.run_fij(None, &scenario)?;
+            let injection = record(&log, "injection")?;
+            let exit = record(&log, "exit")?;
+            let scheduled = field_u64(injection, "scheduled_t_ns")?;
+            let exited = field_u64(exit, "t_ns")?;
+            samples.push(exited.saturating_sub(scheduled) as f64 / 1e6);
+        }
+        println!(
+            "time trigger, CPU-bound target: scheduled → exit ms: p50 {:.2}, p99 {:.2}, max {:.2}",
+            samples.percentile(50.0),
+            samples.percentile(99.0),
+            samples.max()
+        );
+        Ok(samples)
     }
 
     /// The same kill by bpftrace's `signal("KILL")` on the loop's 1000th getppid (the same
@@ -1282,6 +1320,17 @@ impl Results {
             kill_other,
             kill("the target's CPU", &self.kill_same_us),
             Row::new(
+                format!(
+                    "Time-triggered kill of a CPU-bound target ({} runs, scheduled time → exit \
+                     record)",
+                    self.time_kill_ms.0.len()
+                ),
+                "ms",
+                &self.time_kill_ms,
+            )
+            .percentiles()
+            .target("p99 ≤ 5 ms", |r| r.fij.percentile(99.0) <= 5.0),
+            Row::new(
                 "Pipe round trip between two non-targets on one CPU (2 context switches, 4 \
                  syscalls)",
                 "ns",
@@ -1559,6 +1608,7 @@ impl Results {
                     ("fij_on_another_cpu", samples(&self.kill_other_us)),
                     ("fij_on_the_targets_cpu", samples(&self.kill_same_us)),
                     ("bpftrace_signal", samples(&self.kill_bpftrace_us)),
+                    ("time_trigger_ms", samples(&self.time_kill_ms)),
                 ]),
             ),
         ])
