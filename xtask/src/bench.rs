@@ -1466,7 +1466,7 @@ impl Results {
             "Syscall figures: ns per `getppid` of `fij-syscall-loop` (pinned to CPU {}), the \
              fastest of 100 chunks of a {}-call loop ({} under strace, a quarter for the \
              16-fault row); overhead = that minus the mean of the baselines measured right \
-             before and after it; median (min–max) over {} rounds; ratios are of the medians. \
+             before and after it; median (min–max) over {} rounds. \
              Scale rows: the target set is filled with fake pids (above `pid_max`) before the \
              loop starts; the faults beyond the first are on syscalls the loop does not make. \
              Pipe round trips: the fastest of 100 chunks, with fij running a campaign on another \
