@@ -123,3 +123,40 @@ fn nothing_remains_after_fij_is_sigkilled() {
         (!alive(target)).then_some(())
     });
 }
+
+/// Hooks a scenario does not need are not attached: a campaign with only a time trigger holds
+/// the fork and exit trackers and the time-trigger tick, and nothing on `sys_enter` or
+/// `sched_switch`, so the system's syscalls and context switches pay nothing for it.
+#[test]
+fn a_time_only_campaign_attaches_nothing_to_syscalls() {
+    let dir = TempDir::new("cleanup-time-only");
+    let command = workload!().command(&[&"sleep", &"60000"]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"w\"\ncommand = {command}\n\n[[fault]]\nname = \"f\"\n\
+             target = \"w\"\naction = \"kill\"\ntrigger = {{ at = \"50s\" }}\n"
+        ),
+    );
+
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    let held = bpf_fds(fij.pid());
+    let mut names: Vec<String> = fij_programs()
+        .into_iter()
+        .filter(|p| held.progs.contains(&p.id))
+        .map(|p| p.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["fij_exit", "fij_fork", "fij_tick"],
+        "programs held by fij"
+    );
+    send_signal(fij.pid(), libc::SIGINT);
+    let run = fij.wait();
+    run.assert_exit(0);
+    assert_eq!(run.log.end()["reason"], "interrupted", "{run}");
+    assert!(run.log.injections().is_empty(), "{run}");
+    assert_all_released(&held);
+}
