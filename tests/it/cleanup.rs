@@ -17,18 +17,23 @@ fn scenario(duration: &str, command: &str) -> String {
     )
 }
 
-/// The BPF objects fij holds once armed; checks all four programs are there (a syscall trigger
-/// brings `fij_sys_enter` and its per-CPU prefilter `fij_sched_switch`).
-fn armed_objects(fij_pid: u32) -> BpfFds {
-    let held = bpf_fds(fij_pid);
+/// The names of the fij programs among `held`, sorted.
+fn held_program_names(held: &BpfFds) -> Vec<String> {
     let mut names: Vec<String> = fij_programs()
         .into_iter()
         .filter(|p| held.progs.contains(&p.id))
         .map(|p| p.name)
         .collect();
     names.sort();
+    names
+}
+
+/// The BPF objects fij holds once armed; checks all four programs are there (a syscall trigger
+/// brings `fij_sys_enter` and its per-CPU prefilter `fij_sched_switch`).
+fn armed_objects(fij_pid: u32) -> BpfFds {
+    let held = bpf_fds(fij_pid);
     assert_eq!(
-        names,
+        held_program_names(&held),
         ["fij_exit", "fij_fork", "fij_sched_switch", "fij_sys_enter"],
         "programs held by fij"
     );
@@ -142,14 +147,8 @@ fn a_time_only_campaign_attaches_nothing_to_syscalls() {
     let mut fij = Fij::run(&dir, &scenario).spawn();
     fij.wait_armed();
     let held = bpf_fds(fij.pid());
-    let mut names: Vec<String> = fij_programs()
-        .into_iter()
-        .filter(|p| held.progs.contains(&p.id))
-        .map(|p| p.name)
-        .collect();
-    names.sort();
     assert_eq!(
-        names,
+        held_program_names(&held),
         ["fij_exit", "fij_fork", "fij_tick"],
         "programs held by fij"
     );

@@ -2,7 +2,9 @@
 //! every error at its exact `file:line:col`) and pids it must never adopt.
 use std::{path::Path, time::Duration};
 
-use fij_tests::{Ended, Fij, FijOutput, TempDir, bpf_fds_of, toml_array};
+use fij_tests::{
+    Ended, Fij, FijOutput, TempDir, bpf_fds_of, process_state, toml_array, wait_until,
+};
 
 /// Runs `fij run` on `scenario`, watching fij's file descriptors while it runs; returns the
 /// output and whether fij ever held a BPF program or map (it must load nothing).
@@ -90,19 +92,9 @@ fn adopting_a_zombie_is_refused() {
         .spawn()
         .expect("spawning true");
     let pid = child.id();
-    let state = || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .next()
-            .map(str::to_owned)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while state().as_deref() != Some("Z") {
-        assert!(std::time::Instant::now() < deadline, "`true` did not exit");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(Duration::from_secs(10), "`true` to become a zombie", || {
+        (process_state(pid) == Some('Z')).then_some(())
+    });
     let (run, loaded) = adopt("adopt-zombie", pid);
     let _ = child.wait();
     run.assert_exit(2);

@@ -535,9 +535,10 @@ impl Bench {
         Ok(path)
     }
 
-    /// `fij run SCENARIO --log LOG` in the background, returned once the `start` record is in
-    /// the log (programs attached, rules loaded, targets armed).
-    fn start_fij(&mut self, scenario: &Path) -> Result<(Daemon, PathBuf)> {
+    /// `fij run SCENARIO --log LOG` in the background with its stdout (its targets') to
+    /// `stdout`, returned once the `start` record is in the log (programs attached, rules loaded,
+    /// targets armed), with the paths of the log and of fij's stderr.
+    fn start_fij(&mut self, scenario: &Path, stdout: Stdio) -> Result<(Daemon, PathBuf, PathBuf)> {
         let log = self.file("fij.jsonl");
         let err = self.file("fij.err");
         let child = Command::new(&self.fij)
@@ -546,7 +547,7 @@ impl Bench {
             .arg("--log")
             .arg(&log)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(fs::File::create(&err)?)
             .spawn()
             .context("starting fij")?;
@@ -554,7 +555,7 @@ impl Bench {
         wait_until(&mut fij, &err, Duration::from_secs(60), || {
             Ok(fs::read_to_string(&log).is_ok_and(|t| t.contains(r#""event":"start""#)))
         })?;
-        Ok((fij, log))
+        Ok((fij, log, err))
     }
 
     /// Runs `fij run SCENARIO --log LOG` to its end, pinned to a CPU with `taskset` if `pin` is
@@ -742,14 +743,14 @@ impl Bench {
             let b1 = self.measure_loop(&[])?;
             let p1 = self.measure_round_trip(&[])?;
 
-            let (fij, _log) = self.start_fij(&small)?;
+            let (fij, _, _) = self.start_fij(&small, Stdio::null())?;
             let fij_ns = self.measure_loop(&[fij.pid()])?;
             let fij_rt = self.measure_round_trip(&[fij.pid()])?;
             r.fij_rss_mib.push(fij.peak_rss_kib()? as f64 / 1024.0);
             let status = fij.stop(SIGTERM, Duration::from_secs(30))?;
             ensure!(status.success(), "fij ended with {status}");
 
-            let (fij, _log) = self.start_fij(&big)?;
+            let (fij, _, _) = self.start_fij(&big, Stdio::null())?;
             self.fill_targets(&fij, targets - 1, false)?;
             let big_ns = self.measure_loop(&[fij.pid()])?;
             let status = fij.stop(SIGTERM, Duration::from_secs(30))?;
@@ -919,22 +920,7 @@ impl Bench {
     fn run_gated_fij(&mut self, scenario: &Path, gate: &Path, fake: usize) -> Result<String> {
         let _ = fs::remove_file(gate);
         let out = self.file("fij.out");
-        let log = self.file("fij.jsonl");
-        let err = self.file("fij.err");
-        let child = Command::new(&self.fij)
-            .arg("run")
-            .arg(scenario)
-            .arg("--log")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&out)?)
-            .stderr(fs::File::create(&err)?)
-            .spawn()
-            .context("starting fij")?;
-        let mut fij = Daemon { name: "fij", child };
-        wait_until(&mut fij, &err, Duration::from_secs(60), || {
-            Ok(fs::read_to_string(&log).is_ok_and(|t| t.contains(r#""event":"start""#)))
-        })?;
+        let (mut fij, log, err) = self.start_fij(scenario, fs::File::create(&out)?.into())?;
         self.fill_targets(&fij, fake, false)?;
         fs::write(gate, "").with_context(|| format!("cannot create {}", gate.display()))?;
         // The fake targets never exit, so the campaign does not end by itself: it is ended once
