@@ -5,6 +5,8 @@
 //! sides at once; the kernel object is always built from this same source in the same build.
 #![no_std]
 
+#[cfg(feature = "log")]
+pub mod log;
 pub mod random;
 
 /// Upper bound of faults in one scenario (size of the per-fault arrays).
