@@ -219,6 +219,12 @@ pub const SELECTOR_COMM: u64 = 1 << 0;
 pub const SELECTOR_EXE: u64 = 1 << 1;
 pub const SELECTOR_UID: u64 = 1 << 2;
 pub const SELECTOR_CGROUP: u64 = 1 << 3;
+/// Capacity of each selector table (`comm`, `exe`, `uid`, `cgroup`): targets of one kind.
+pub const MAX_SELECTORS_PER_KIND: u32 = 64;
+/// Capacity of the kprobe table (function address → probe index): distinct kprobes.
+pub const MAX_KPROBES: u32 = 256;
+/// Capacity of the `select` table: (fault, instance) pairs that take part in a fault.
+pub const MAX_SELECTIONS: u32 = MAX_FAULTS * 4;
 /// Bytes of an `exe` selector key: the executable's path, zero-padded.
 pub const EXE_KEY_LEN: usize = 128;
 /// Bytes of a `comm` selector key (TASK_COMM_LEN), zero-padded.
@@ -270,6 +276,39 @@ pub const EVENT_FORK: u32 = 3;
 pub const EVENT_SILENCED: u32 = 4;
 /// A process joined the target set by matching a selector target (`detail` = `SELECTOR_*`).
 pub const EVENT_JOINED: u32 = 5;
+
+/// Fires a fault on a process: the one decision record of an injection, for both places that
+/// fire — the kernel in its victim's context (`fij-ebpf`'s `decide::fire`) and the loader for
+/// a time-triggered victim that slept through its due time. `event` comes filled in but for
+/// `signal` and `result`, which this sets. A protected process (`may_signal` false: pid 1, a
+/// kernel thread, fij or its ancestor) is refused: nothing is marked or sent. A `crash` marks
+/// the process before the signal, so the sockets it releases while dying are silenced. A rule
+/// without a signal (`partition`) sends nothing. The result is the send's (0 = queued).
+#[inline(always)]
+pub fn fire(
+    rule: &FaultRule,
+    event: &mut Event,
+    may_signal: bool,
+    mark_crashed: impl FnOnce(&CrashMark),
+    send_signal: impl FnOnce(u32) -> i32,
+) {
+    event.kind = EVENT_INJECTION;
+    event.signal = rule.signal;
+    event.result = if !may_signal {
+        SIGNAL_REFUSED
+    } else if rule.signal == 0 {
+        0
+    } else {
+        if rule.flags & RULE_CRASH != 0 {
+            mark_crashed(&CrashMark {
+                fault_id: event.fault_id,
+                target_idx: event.target_idx,
+                ktime_ns: event.ktime_ns,
+            });
+        }
+        send_signal(rule.signal)
+    };
+}
 
 /// A record in the event ring buffer.
 #[repr(C)]

@@ -219,7 +219,9 @@ mod tests {
         ];
         let text: String = records.iter().map(|r| r.to_line() + "\n").collect();
         assert_eq!(parse_log(&text).unwrap(), records);
-        assert!(text.contains(r#"{"event":"exit","t_ns":5,"ktime_ns":17,"target":"w","pid":42,"signal":"SIGKILL"}"#));
+        assert!(text.contains(
+            r#"{"event":"exit","t_ns":5,"ktime_ns":17,"target":"w","pid":42,"signal":"SIGKILL"}"#
+        ));
     }
 
     #[test]

@@ -241,38 +241,29 @@ fn fire(
     detail: u64,
     draw: u64,
 ) {
-    let result = if !may_signal(tgid) {
-        SIGNAL_REFUSED
-    } else if rule.signal == 0 {
-        0
-    } else {
-        // Marked before the signal, so the sockets it releases while dying are silenced.
-        if rule.flags & RULE_CRASH != 0 {
-            let mark = CrashMark {
-                fault_id,
-                target_idx: process.target_idx,
-                ktime_ns: now,
-            };
-            let _ = CRASHED.insert(&tgid, &mark, 0);
-        }
-        unsafe { bpf_send_signal(rule.signal) as i32 }
-    };
-    let event = Event {
-        kind: EVENT_INJECTION,
+    let mut event = Event {
         fault_id,
         ktime_ns: now,
         tgid,
         tid,
         hit,
         detail,
-        signal: rule.signal,
-        result,
         target_idx: process.target_idx,
         instance: process.instance,
         draw,
+        ..Event::default()
     };
+    fij_common::fire(
+        rule,
+        &mut event,
+        may_signal(tgid),
+        |mark| {
+            let _ = CRASHED.insert(&tgid, mark, 0);
+        },
+        |signal| unsafe { bpf_send_signal(signal) as i32 },
+    );
     // Signalled victims die and report it; a partition (signal 0) needs fij at once.
-    if rule.signal != 0 && result == 0 {
+    if rule.signal != 0 && event.result == 0 {
         emit_quietly(&event)
     } else {
         emit(&event)

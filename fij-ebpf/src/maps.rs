@@ -6,8 +6,8 @@ use aya_ebpf::{
 use fij_common::{
     BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
     HookKey, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS, MAX_PROTECTED,
-    MAX_SILENCED, MAX_TARGET_PROCESSES, ProcessCounter, ProcessCounterKey, SelectKey, SilenceEntry,
-    SilenceKey, TargetProcess,
+    MAX_SELECTIONS, MAX_SILENCED, MAX_TARGET_PROCESSES, ProcessCounter, ProcessCounterKey,
+    SelectKey, SilenceEntry, SilenceKey, TargetProcess,
 };
 
 /// The target set: tgid → which target it belongs to. The source of truth; change it only
@@ -92,7 +92,7 @@ pub static COUNTERS: Array<FaultCounters> = Array::with_max_entries(MAX_FAULTS, 
 
 /// (fault, instance) present: the instance takes part in the fault (`select`).
 #[map]
-pub static SELECTED: HashMap<SelectKey, u8> = HashMap::with_max_entries(MAX_FAULTS * 4, 0);
+pub static SELECTED: HashMap<SelectKey, u8> = HashMap::with_max_entries(MAX_SELECTIONS, 0);
 
 /// Root process (tgid) of an instance → the time-triggered fault now due for it. Whoever
 /// removes the entry first fires it: the victim itself in kernel, or the loader if it sleeps.

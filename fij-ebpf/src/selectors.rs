@@ -12,20 +12,22 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use fij_common::{
-    COMM_KEY_LEN, CONFIG_SELECTORS, EVENT_JOINED, EXE_KEY_LEN, Event, SELECTOR_CGROUP,
-    SELECTOR_COMM, SELECTOR_EXE, SELECTOR_UID, TargetProcess,
+    COMM_KEY_LEN, CONFIG_SELECTORS, EVENT_JOINED, EXE_KEY_LEN, Event, MAX_SELECTORS_PER_KIND,
+    SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE, SELECTOR_UID, TargetProcess,
 };
 
 use crate::maps::{add_target, config, emit, layout, set_cpu_may_run_target, target};
 
 #[map]
-pub static COMM_TARGETS: HashMap<[u8; COMM_KEY_LEN], u32> = HashMap::with_max_entries(64, 0);
+pub static COMM_TARGETS: HashMap<[u8; COMM_KEY_LEN], u32> =
+    HashMap::with_max_entries(MAX_SELECTORS_PER_KIND, 0);
 #[map]
-pub static EXE_TARGETS: HashMap<[u8; EXE_KEY_LEN], u32> = HashMap::with_max_entries(64, 0);
+pub static EXE_TARGETS: HashMap<[u8; EXE_KEY_LEN], u32> =
+    HashMap::with_max_entries(MAX_SELECTORS_PER_KIND, 0);
 #[map]
-pub static UID_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+pub static UID_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SELECTORS_PER_KIND, 0);
 #[map]
-pub static CGROUP_TARGETS: HashMap<u64, u32> = HashMap::with_max_entries(64, 0);
+pub static CGROUP_TARGETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SELECTORS_PER_KIND, 0);
 
 /// The selector target the current task matches by its inherited attributes (uid, cgroup).
 #[inline(always)]

@@ -8,13 +8,13 @@ use aya_ebpf::{
     maps::HashMap,
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
-use fij_common::{HOOK_PROBE, HOOK_TRACEPOINT, HookKey};
+use fij_common::{HOOK_PROBE, HOOK_TRACEPOINT, HookKey, MAX_KPROBES};
 
 use crate::{decide::on_hit, maps::target};
 
 /// Function address → probe index, for kprobes (aya attaches them without a cookie).
 #[map]
-pub static KPROBE_HOOKS: HashMap<u64, u32> = HashMap::with_max_entries(256, 0);
+pub static KPROBE_HOOKS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_KPROBES, 0);
 
 /// A hit of `hook` by the current task, if it is a target.
 #[inline(always)]

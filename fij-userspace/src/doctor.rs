@@ -23,14 +23,15 @@ use aya::{
 };
 use fij_common::{
     EVENT_EXIT, EVENT_INJECTION, EVENT_RING_BYTES, Event, KernelLayout, SIGNAL_REFUSED,
-    TargetProcess,
+    TargetProcess, log::monotonic_ns,
 };
 
 use crate::{
-    campaign,
-    kernel::{self, Kernel, monotonic_ns},
+    compile::{CompiledCampaign, compile},
+    kernel::{self, Kernel},
     layout::{self, TRACEFS, VMLINUX_BTF},
-    scenario::{Action, Fault, Per, Scenario, Target, TargetSource, Trigger},
+    scenario::{Scenario, TargetSource},
+    signals,
     targets::{self, GatedChild},
 };
 
@@ -472,57 +473,27 @@ fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
     vec![ring, raw_tp, tp, signal, crash]
 }
 
-/// A scenario of one spawned `/bin/true` killed on its first `execve`, compiled into rules the
+/// A scenario of one spawned `/bin/true` killed on its first `execve`, read and compiled the
 /// same way `fij run` does.
-fn kill_on_execve(program: &Path) -> Scenario {
-    Scenario {
-        path: PathBuf::from("<fij doctor>"),
-        seed: None,
-        duration: None,
-        targets: vec![Target {
-            name: "true".into(),
-            source: TargetSource::Command {
-                argv: vec![program.display().to_string()],
-                cwd: None,
-                env: Vec::new(),
-                instances: 1,
-            },
-        }],
-        faults: vec![Fault {
-            name: "kill-on-execve".into(),
-            target: 0,
-            action: Action::Kill,
-            trigger: Trigger::Syscall {
-                name: "execve".into(),
-                nr: syscalls::Sysno::execve as u32,
-                port: None,
-            },
-            nth: Some(1),
-            every: None,
-            after: None,
-            count: 1,
-            probability: None,
-            select: Default::default(),
-            per: Per::Process,
-        }],
-    }
+fn kill_on_execve(program: &Path) -> Result<(Scenario, CompiledCampaign)> {
+    let text = format!(
+        "[[target]]\nname = \"true\"\ncommand = [{:?}]\n\
+         [[fault]]\nname = \"kill-on-execve\"\ntarget = \"true\"\naction = \"kill\"\n\
+         trigger = {{ syscall = \"execve\" }}\nnth = 1\n",
+        program.display().to_string()
+    );
+    let scenario = crate::scenario::parse_str(Path::new("<fij doctor>"), &text)?;
+    let compiled = compile(&scenario, 0)?;
+    Ok((scenario, compiled))
 }
 
 /// End to end: a gated child running `/bin/true` is made a target with a rule "SIGKILL on the
 /// first execve", released, and must die by SIGKILL — sent by the kernel program, not by fij.
 fn prove_send_signal(kernel: &mut Kernel) -> Result<String> {
     let program = targets::resolve_program("true", None)?;
-    let scenario = kill_on_execve(&program);
-    let rules = campaign::compile_rules(&scenario);
-    let hooks = crate::hooks::plan_hooks(&scenario)?.table;
-    for pid in targets::self_and_ancestors() {
-        kernel.protect(pid)?;
-    }
-    for (id, rule) in rules.iter().enumerate() {
-        kernel.set_rule(id as u32, rule)?;
-    }
-    kernel.set_hooks(&hooks)?;
-    kernel.arm(monotonic_ns(), 0)?;
+    let (scenario, compiled) = kill_on_execve(&program)?;
+    kernel.write_decisions(&compiled, &targets::self_and_ancestors())?;
+    kernel.arm(monotonic_ns(), compiled.seed)?;
 
     let TargetSource::Command { argv, .. } = &scenario.targets[0].source else {
         unreachable!()
@@ -560,7 +531,7 @@ fn prove_send_signal(kernel: &mut Kernel) -> Result<String> {
         (_, Some(sig)) => bail!(
             "{} died by {} instead of SIGKILL; events: {seen}",
             program.display(),
-            targets::signal_name(sig)
+            signals::name(sig)
         ),
         (Some(code), _) => bail!(
             "{} exited with code {code}: no signal was delivered; events: {seen}",
@@ -589,7 +560,7 @@ fn drain_events(kernel: &mut Kernel) -> String {
             EVENT_INJECTION => format!("injection (bpf_send_signal → {})", e.result),
             EVENT_EXIT if e.result < 0 => "exit (status unknown)".to_owned(),
             EVENT_EXIT => match targets::describe_status(e.result) {
-                (_, Some(sig)) => format!("exit ({})", targets::signal_name(sig)),
+                (_, Some(sig)) => format!("exit ({})", signals::name(sig)),
                 (code, _) => format!("exit (code {})", code.unwrap_or(-1)),
             },
             other => format!("event kind {other}"),

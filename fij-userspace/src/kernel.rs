@@ -3,7 +3,12 @@
 //! this process, so they go away with it — also when fij is killed.
 use std::collections::BTreeMap;
 
-use crate::scenario::{Probe, ProbeKind, ProbeLocation};
+use crate::{
+    InvalidInput,
+    compile::CompiledCampaign,
+    scenario::{Probe, ProbeKind, ProbeLocation},
+    selectors::Resolved,
+};
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
@@ -146,6 +151,71 @@ impl Kernel {
         program
             .attach(category, name)
             .with_context(|| format!("attaching {prog} to tracepoint {category}:{name}"))?;
+        Ok(())
+    }
+
+    /// Installs a compiled campaign: attaches what it needs (and nothing else) and writes its
+    /// rules, hook table and selections, the selector targets (resolved, with their target
+    /// index) and the protected pids. Nothing is armed yet; every target userspace adds comes
+    /// after this and before [`Kernel::attach_syscall_prefilter`]. Returns the interfaces the
+    /// silencer is attached to (none without crash or partition faults).
+    pub fn install(
+        &mut self,
+        compiled: &CompiledCampaign,
+        layout: &KernelLayout,
+        selectors: &[(u32, &Resolved)],
+        protected: &[u32],
+    ) -> Result<Vec<String>> {
+        let attach = &compiled.attach;
+        self.attach_lifecycle()?;
+        if attach.syscalls {
+            self.attach_syscalls()?;
+        }
+        self.attach_tracepoints(&attach.tracepoints)?;
+        // A symbol or library that cannot be found is the scenario's fault, not fij's.
+        self.attach_probes(&attach.probes)
+            .map_err(|e| InvalidInput(format!("{e:#}")))?;
+        for (target_idx, selector) in selectors {
+            self.add_selector(selector, *target_idx)?;
+        }
+        if attach.exec {
+            self.attach_exec()?;
+        }
+        if attach.crash {
+            self.attach_crash(layout)
+                .context("setting up crash (fij doctor tells what is missing)")?;
+        }
+        let mut interfaces = Vec::new();
+        if attach.silencer {
+            interfaces = self
+                .attach_silencer()
+                .context("setting up the silencer (fij doctor tells what is missing)")?;
+        }
+        self.write_decisions(compiled, protected)?;
+        Ok(interfaces)
+    }
+
+    /// Writes a compiled campaign's decisions (rules, hook table, selections) and the protected
+    /// pids into the maps; attaches nothing.
+    pub fn write_decisions(
+        &mut self,
+        compiled: &CompiledCampaign,
+        protected: &[u32],
+    ) -> Result<()> {
+        for pid in protected {
+            self.protect(*pid)?;
+        }
+        for (id, rule) in compiled.rules.iter().enumerate() {
+            self.rules
+                .set(id as u32, rule, 0)
+                .with_context(|| format!("writing rule {id}"))?;
+        }
+        self.set_hooks(&compiled.hooks)?;
+        for &(fault_id, instance) in &compiled.selections {
+            self.selected
+                .insert(SelectKey { fault_id, instance }, 1, 0)
+                .context("writing a selection")?;
+        }
         Ok(())
     }
 
@@ -323,12 +393,7 @@ impl Kernel {
     }
 
     /// Registers a selector target: processes that match join the set in kernel (exec, fork).
-    pub fn add_selector(
-        &mut self,
-        selector: &crate::selectors::Resolved,
-        target_idx: u32,
-    ) -> Result<()> {
-        use crate::selectors::Resolved;
+    pub fn add_selector(&mut self, selector: &Resolved, target_idx: u32) -> Result<()> {
         let bit = match selector {
             Resolved::Comm(name) => {
                 let mut key = [0u8; COMM_KEY_LEN];
@@ -369,13 +434,6 @@ impl Kernel {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
-    }
-
-    /// Lets `instance` take part in fault `fault_id` (a fault with `select`).
-    pub fn select(&mut self, fault_id: u32, instance: u32) -> Result<()> {
-        self.selected
-            .insert(SelectKey { fault_id, instance }, 1, 0)
-            .context("writing a selection")
     }
 
     /// The time-trigger tick on process `pid` and its future children: lets a CPU-bound root
@@ -507,23 +565,28 @@ impl Kernel {
         Ok(())
     }
 
+    /// Whether `pid` is in the target set now (a recycled pid is not).
+    pub fn is_target(&self, pid: u32) -> bool {
+        self.targets.get(&pid, 0).is_ok()
+    }
+
+    /// The target-set entry of `pid`, if it is a target now.
+    pub fn target_process(&self, pid: u32) -> Option<TargetProcess> {
+        self.targets.get(&pid, 0).ok()
+    }
+
     /// Live target processes (tgid → entry), as the kernel sees them now.
     pub fn target_processes(&self) -> Vec<(u32, TargetProcess)> {
         self.targets.iter().filter_map(Result::ok).collect()
     }
 
-    pub fn set_rule(&mut self, fault_id: u32, rule: &FaultRule) -> Result<()> {
-        self.rules
-            .set(fault_id, rule, 0)
-            .with_context(|| format!("writing rule {fault_id}"))
-    }
-
     /// Installs the hook table: for each (target, syscall), the faults to evaluate in order.
-    pub fn set_hooks(&mut self, hooks: &BTreeMap<HookKey, Vec<u32>>) -> Result<()> {
+    fn set_hooks(&mut self, hooks: &BTreeMap<HookKey, Vec<u32>>) -> Result<()> {
         for (key, ids) in hooks {
-            anyhow::ensure!(
+            // The compile stage refuses more, at the fault's position.
+            assert!(
                 ids.len() <= MAX_FAULTS_PER_HOOK,
-                "more than {MAX_FAULTS_PER_HOOK} faults on one hook"
+                "compile checks faults per hook"
             );
             let mut value = HookFaults {
                 len: ids.len() as u32,
@@ -586,15 +649,4 @@ fn kallsyms_address(name: &str) -> Result<u64> {
         })
         .filter(|&a| a != 0)
         .with_context(|| format!("kernel function `{name}` not found in /proc/kallsyms"))
-}
-
-/// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -1,9 +1,13 @@
-//! fij: kernel-level failure injection. The data path, one module per step:
-//! scenario file → [`scenario`] (validated model) → [`campaign::compile_rules`] (rules in maps,
-//! via [`kernel`]) → decision in the kernel programs (`fij-ebpf`) → events → [`log`].
+//! fij: kernel-level failure injection. The data path, one module per step (docs/architecture.md):
+//! scenario file → [`scenario`] (validated model) → [`compile`] (compiled campaign) → backend:
+//! [`kernel`] (eBPF maps and programs) → kernel events → [`events`] → [`log`]; [`campaign`] runs
+//! it, [`actions`] carries each action's follow-ups, [`time_faults`] the time triggers.
+pub mod actions;
 pub mod campaign;
+pub mod compile;
 pub mod doctor;
-pub mod hooks;
+pub mod draws;
+pub mod events;
 pub mod kernel;
 pub mod layout;
 pub mod log;
@@ -11,7 +15,15 @@ pub mod net;
 pub mod plan;
 pub mod replay;
 pub mod scenario;
-pub mod schedule;
 pub mod selectors;
+pub mod signals;
 pub mod sockets;
 pub mod targets;
+pub mod time_faults;
+
+/// An error in what the user asked for (exit status 2), found after the scenario file was read:
+/// a target that cannot be spawned or adopted, a probe whose symbol is missing. Anything else
+/// that stops a run is a runtime failure (exit status 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);

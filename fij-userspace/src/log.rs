@@ -1,5 +1,6 @@
 //! The campaign log: one JSON object per line (`--log FILE`), flushed line by line so the log is
-//! complete up to the last event even if fij itself is killed.
+//! complete up to the last event even if fij itself is killed. The record types live in
+//! `fij_common::log`, shared with every reader of the log.
 use std::{
     fs::File,
     io::{BufWriter, Write},
@@ -7,129 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde::Serialize;
-
-/// One line of the log. `t_ns` is nanoseconds since the campaign start (kernel clock).
-#[derive(Debug, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Record<'a> {
-    Start {
-        seed: u64,
-        scenario: &'a str,
-        start_ktime_ns: u64,
-        targets: Vec<TargetRecord<'a>>,
-    },
-    Injection {
-        t_ns: u64,
-        ktime_ns: u64,
-        fault: &'a str,
-        target: &'a str,
-        pid: u32,
-        tid: u32,
-        /// Instance of the target the process belongs to.
-        instance: u32,
-        /// Hit number of a syscall trigger (0 for a time trigger).
-        hit: u64,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        syscall: Option<&'a str>,
-        /// The trigger as written: `write`, `sched:sched_switch`, `uprobe /bin/x:f`, `time …`.
-        trigger: String,
-        /// "none" for `partition`, which signals nothing.
-        signal: String,
-        /// Who fired it: "kernel" (in the victim's context), or "fij" (a time trigger whose
-        /// victim slept through its due time and so could not claim it).
-        by: &'a str,
-        /// Time triggers: when it was due, and how late it fired.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        scheduled_t_ns: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        late_ns: Option<u64>,
-        /// The seeded draw that decided a probabilistic fault (see docs/determinism.md).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        draw: Option<u64>,
-        /// Whether `bpf_send_signal` queued the signal.
-        delivered: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-    },
-    Fork {
-        t_ns: u64,
-        target: &'a str,
-        parent_pid: u32,
-        pid: u32,
-    },
-    Exit {
-        t_ns: u64,
-        ktime_ns: u64,
-        target: &'a str,
-        pid: u32,
-        /// Exit code for a normal exit.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        code: Option<i32>,
-        /// Signal that ended the process.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        signal: Option<String>,
-    },
-    /// A process joined the target set by matching a selector target (`comm`, `exe`, `uid`,
-    /// `cgroup`) at exec, or at fork by a matching parent.
-    Joined {
-        t_ns: u64,
-        target: &'a str,
-        pid: u32,
-        by: &'a str,
-    },
-    /// A socket of a crashed process went silent (its tuple is dropped by fij's tc programs).
-    Silenced {
-        t_ns: u64,
-        target: &'a str,
-        pid: u32,
-        fault: &'a str,
-        protocol: &'a str,
-        local_port: u16,
-        /// 0 for listening and unconnected sockets.
-        remote_port: u16,
-    },
-    /// `recover_after` passed: the crashed process's tuples speak again ("the host is back").
-    Recovered { t_ns: u64, pid: u32, tuples: usize },
-    /// A partition began: the process's current tuples are silent both ways.
-    Partitioned {
-        t_ns: u64,
-        pid: u32,
-        fault: &'a str,
-        tuples: usize,
-    },
-    /// The partition's `duration` passed: its tuples speak again.
-    Healed { t_ns: u64, pid: u32, tuples: usize },
-    /// `resume_after` passed (or the campaign ended): SIGCONT for a stopped process.
-    Resumed { t_ns: u64, pid: u32 },
-    End {
-        t_ns: u64,
-        reason: EndReason,
-        injections: u64,
-        failed_injections: u64,
-        exits: u64,
-        events_lost: u64,
-    },
-}
-
-#[derive(Debug, Serialize)]
-pub struct TargetRecord<'a> {
-    pub name: &'a str,
-    pub instance: u32,
-    pub pid: u32,
-    pub spawned: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// Every target process exited.
-    TargetsExited,
-    /// `duration` passed.
-    Duration,
-    /// fij got SIGINT or SIGTERM.
-    Interrupted,
-}
+pub use fij_common::log::{EndReason, Record, TargetRecord};
 
 pub struct EventLog {
     out: Option<BufWriter<File>>,

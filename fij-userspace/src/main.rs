@@ -2,8 +2,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use fij::{
-    campaign::{self, InvalidInput, RunOptions},
-    scenario,
+    InvalidInput,
+    campaign::{self, RunOptions},
+    compile::{CompiledCampaign, compile},
+    scenario::{self, Scenario},
 };
 
 /// fij — kernel-level failure injection for distributed systems tests.
@@ -61,6 +63,23 @@ fn out(text: &str) {
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_INVALID: u8 = 2;
 
+/// Prints every error of a scenario (`file:line:col: message`): exit status 2.
+fn invalid(diagnostics: scenario::Diagnostics) -> ExitCode {
+    eprintln!("{diagnostics}");
+    ExitCode::from(EXIT_INVALID)
+}
+
+/// Reads and validates a scenario file, then compiles it with `seed` (the scenario's own
+/// unless given).
+fn load_and_compile(
+    path: &std::path::Path,
+    seed: impl FnOnce(&Scenario) -> Result<u64, ExitCode>,
+) -> Result<(Scenario, CompiledCampaign), ExitCode> {
+    let scenario = scenario::load(path).map_err(invalid)?;
+    let compiled = compile(&scenario, seed(&scenario)?).map_err(invalid)?;
+    Ok((scenario, compiled))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -82,15 +101,15 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Validate { scenario } => match scenario::load(&scenario) {
+        // Validation is the whole of the input check a run makes before it loads anything: the
+        // file, then the compile stage's limits for this machine (with any seed: limits do not
+        // depend on it).
+        Command::Validate { scenario: path } => match load_and_compile(&path, |_| Ok(0)) {
             Ok(_) => {
-                eprintln!("{}: ok", scenario.display());
+                eprintln!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
-            Err(diagnostics) => {
-                eprintln!("{diagnostics}");
-                ExitCode::from(EXIT_INVALID)
-            }
+            Err(code) => code,
         },
         Command::Plan {
             scenario,
@@ -98,20 +117,19 @@ fn main() -> ExitCode {
             hits,
             json,
         } => {
-            let scenario = match scenario::load(&scenario) {
-                Ok(s) => s,
-                Err(diagnostics) => {
-                    eprintln!("{diagnostics}");
-                    return ExitCode::from(EXIT_INVALID);
-                }
+            let seed = |scenario: &Scenario| {
+                seed.or(scenario.seed).ok_or_else(|| {
+                    eprintln!(
+                        "fij plan: no seed: give --seed N (or `seed` in the scenario), and run with the same seed"
+                    );
+                    ExitCode::from(EXIT_INVALID)
+                })
             };
-            let Some(seed) = seed.or(scenario.seed) else {
-                eprintln!(
-                    "fij plan: no seed: give --seed N (or `seed` in the scenario), and run with the same seed"
-                );
-                return ExitCode::from(EXIT_INVALID);
+            let (scenario, compiled) = match load_and_compile(&scenario, seed) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
             };
-            let plan = fij::plan::plan(&scenario, seed, hits);
+            let plan = fij::plan::plan(&scenario, &compiled, hits);
             if json {
                 out(&(serde_json::to_string_pretty(&plan).expect("plan serializes") + "\n"));
             } else {
@@ -142,23 +160,20 @@ fn main() -> ExitCode {
                     log,
                 ),
             };
-            let scenario = match scenario::load(&scenario) {
-                Ok(s) => s,
-                Err(diagnostics) => {
-                    eprintln!("{diagnostics}");
-                    return ExitCode::from(EXIT_INVALID);
-                }
+            let seed = |scenario: &Scenario| {
+                Ok(seed.or(scenario.seed).unwrap_or_else(campaign::random_seed))
+            };
+            let (scenario, compiled) = match load_and_compile(&scenario, seed) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
-            let options = RunOptions {
-                seed,
-                log: log.clone(),
-            };
+            let options = RunOptions { log: log.clone() };
             let result = runtime
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(campaign::run(&scenario, &options)));
+                .and_then(|rt| rt.block_on(campaign::run(&scenario, &compiled, &options)));
             if let (Ok(_), Some(original), Some(replayed)) = (&result, &replay, &log) {
                 return match fij::replay::compare(original, replayed) {
                     Ok(n) => {

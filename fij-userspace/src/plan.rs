@@ -1,16 +1,16 @@
-//! `fij plan`: every decision that can be known before the run, computed with the very rule
-//! encoding (`campaign::compile_rules`) and draw function (`fij_common::random`) the kernel uses,
-//! so `fij run` with the same seed makes exactly these decisions.
+//! `fij plan`: every decision that can be known before the run, read off the compiled campaign
+//! (the rules the kernel is given, the selections and due times drawn in the compile stage) with
+//! the draw function the kernel uses (`fij_common::random`), so `fij run` with the same seed
+//! makes exactly these decisions.
 use std::fmt;
 
 use fij_common::random::{fires_with, hit_draw, key_from_seed};
 use serde::Serialize;
 
 use crate::{
-    campaign::compile_rules,
+    compile::CompiledCampaign,
     scenario::{Per, Scenario, Select, Trigger},
-    schedule,
-    targets::signal_name,
+    signals,
 };
 
 /// Hits considered per fault when `--hits` is not given.
@@ -59,27 +59,26 @@ pub struct PlannedHit {
     pub draw: Option<u64>,
 }
 
-pub fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
-    let rules = compile_rules(scenario);
+/// The plan of `scenario` as compiled (with its seed), over the first `hits` hits of each fault.
+pub fn plan(scenario: &Scenario, compiled: &CompiledCampaign, hits: u64) -> Plan {
+    let seed = compiled.seed;
     let key = key_from_seed(seed);
     let faults = scenario
         .faults
         .iter()
-        .zip(&rules)
+        .zip(&compiled.rules)
         .enumerate()
         .map(|(id, (fault, rule))| {
-            let instances = scenario.targets[fault.target].source.instances();
-            let selected = schedule::selected_instances(seed, id as u32, fault.select, instances);
-            let due = match &fault.trigger {
-                Trigger::Time(when) => selected
-                    .iter()
-                    .map(|&instance| PlannedDue {
-                        instance,
-                        after_s: schedule::due_after(seed, id as u32, instance, when).as_secs_f64(),
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let selected = compiled.selected(id as u32, scenario);
+            let due = compiled
+                .due
+                .iter()
+                .filter(|d| d.fault_id == id as u32)
+                .map(|d| PlannedDue {
+                    instance: d.instance,
+                    after_s: d.after.as_secs_f64(),
+                })
+                .collect();
             let counts_hits = !matches!(fault.trigger, Trigger::Time(_));
             let fires = (1..=if counts_hits { hits } else { 0 })
                 .filter(|&hit| rule.fires_on(hit))
@@ -109,7 +108,7 @@ pub fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
                 trigger,
                 signal: match fault.action.signal() {
                     0 => "none".into(),
-                    sig => signal_name(sig),
+                    sig => signals::name(sig),
                 },
                 probability: fault.probability,
                 count: fault.count,
@@ -182,8 +181,12 @@ impl fmt::Display for Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::parse_str;
+    use crate::{compile::compile, scenario::parse_str};
     use std::path::Path;
+
+    fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
+        super::plan(scenario, &compile(scenario, seed).unwrap(), hits)
+    }
 
     fn scenario(fault: &str) -> Scenario {
         let text = format!(

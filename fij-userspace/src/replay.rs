@@ -2,56 +2,51 @@
 //! it injected the same faults on the same hits with the same draws (pids and times aside).
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use anyhow::{Context, Result, anyhow, bail};
+use fij_common::log::{Record, parse_log};
 
 /// The scenario file and seed a log's `start` record names.
 pub fn origin(log: &Path) -> Result<(PathBuf, u64)> {
-    let start = records(log)?
+    records(log)?
         .into_iter()
-        .find(|r| r["event"] == "start")
-        .with_context(|| format!("{}: no `start` record: not a fij log", log.display()))?;
-    let scenario = start["scenario"]
-        .as_str()
-        .context("`start` record without `scenario`")?;
-    let seed = start["seed"]
-        .as_u64()
-        .context("`start` record without `seed`")?;
-    Ok((PathBuf::from(scenario), seed))
+        .find_map(|r| match r {
+            Record::Start { scenario, seed, .. } => Some((PathBuf::from(scenario), seed)),
+            _ => None,
+        })
+        .with_context(|| format!("{}: no `start` record: not a fij log", log.display()))
 }
 
 /// The injections of a log, as (fault, target, instance, hit, syscall, signal, draw): what a
 /// seed decides. Pids, times and who fired (kernel or fij) are not part of it.
 pub fn injections(log: &Path) -> Result<Vec<String>> {
     Ok(records(log)?
-        .iter()
-        .filter(|r| r["event"] == "injection")
-        .map(|r| {
-            format!(
-                "fault {} target {} instance {} hit {} {} {} draw {}",
-                r["fault"],
-                r["target"],
-                r["instance"],
-                r["hit"],
-                r["syscall"],
-                r["signal"],
-                r["draw"]
-            )
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Injection {
+                fault,
+                target,
+                instance,
+                hit,
+                syscall,
+                signal,
+                draw,
+                ..
+            } => Some(format!(
+                "fault {fault:?} target {target:?} instance {instance} hit {hit} {} {signal:?} draw {}",
+                syscall.map_or("null".to_string(), |s| format!("{s:?}")),
+                draw.map_or("null".to_string(), |d| d.to_string()),
+            )),
+            _ => None,
         })
         .collect())
 }
 
-fn records(log: &Path) -> Result<Vec<Value>> {
+fn records(log: &Path) -> Result<Vec<Record>> {
     let text =
         std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{}:{}: not JSON", log.display(), i + 1))
-        })
-        .collect()
+    // A log cut short (fij killed mid-line) still replays up to its last whole record.
+    parse_log(&text)
+        .map_err(|(line, e)| anyhow!("{}:{line}: not a fij log record: {e}", log.display()))
 }
 
 /// Compares the injections of the original and the replayed campaign, as sorted lists: the seed

@@ -252,51 +252,6 @@ pub fn describe_status(status: i32) -> (Option<i32>, Option<i32>) {
     }
 }
 
-/// Signal name for logs ("SIGKILL"), or the number when unknown.
-pub fn signal_name(sig: i32) -> String {
-    const NAMES: [&str; 32] = [
-        "0",
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    match NAMES.get(sig as usize) {
-        Some(name) if sig > 0 => (*name).to_owned(),
-        _ if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) => {
-            format!("SIGRTMIN+{}", sig - libc::SIGRTMIN())
-        }
-        _ => sig.to_string(),
-    }
-}
-
 /// Every process (tgid) now in /proc.
 pub fn processes() -> impl Iterator<Item = u32> {
     std::fs::read_dir("/proc")

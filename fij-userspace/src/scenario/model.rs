@@ -23,11 +23,21 @@ impl Scenario {
     }
 }
 
+/// Where something was written in the scenario file: 1-based line and column (in characters).
+/// Later stages (the compile stage, the backends) report what they refuse at the key's position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourcePos {
+    pub line: usize,
+    pub col: usize,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target {
     /// `name`: unique among targets.
     pub name: String,
     pub source: TargetSource,
+    /// The `[[target]]` table's header.
+    pub at: SourcePos,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +97,10 @@ pub struct Fault {
     pub select: Select,
     /// `per`: "process" (default) or "target".
     pub per: Per,
+    /// The `[[fault]]` table's header.
+    pub at: SourcePos,
+    /// The `trigger` value.
+    pub trigger_at: SourcePos,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,9 +14,11 @@ use std::{
 
 use toml_edit::{Array, ImDocument, Item, TableLike, Value};
 
+use crate::signals::{self, SIGNAL_MAX};
+
 use super::model::{
     Action, CgroupRef, Fault, Per, Probe, ProbeKind, ProbeLocation, Scenario, Schedule, Select,
-    Selector, Target, TargetSource, Trigger,
+    Selector, SourcePos, Target, TargetSource, Trigger,
 };
 
 /// One error in a scenario file. `line` and `col` are 1-based; `col` counts characters.
@@ -272,6 +274,7 @@ fn target(
             (Some(name), Some(selector)) if ok => Some(Target {
                 name: name.clone(),
                 source: TargetSource::Selector(selector),
+                at: cx.pos(at),
             }),
             _ => None,
         };
@@ -339,6 +342,7 @@ fn target(
         (Some(name), Some(source)) => Some(Target {
             name: name.clone(),
             source,
+            at: cx.pos(at),
         }),
         _ => None,
     };
@@ -624,7 +628,9 @@ fn fault(
             }
         }
     }
-    let trigger = r.required(cx, "trigger").and_then(|e| trigger(cx, &e));
+    let trigger_entry = r.required(cx, "trigger");
+    let trigger_at = trigger_entry.as_ref().map_or(at, |e| e.at);
+    let trigger = trigger_entry.and_then(|e| trigger(cx, &e));
     let nth = r.get("nth").and_then(|e| {
         let n = cx.integer(&e)?;
         if n < 1 {
@@ -747,6 +753,8 @@ fn fault(
         probability,
         select: select_value.unwrap_or_default(),
         per: per.unwrap_or_default(),
+        at: cx.pos(at),
+        trigger_at: cx.pos(trigger_at),
     })
 }
 
@@ -1103,49 +1111,11 @@ fn select(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Select> {
 }
 
 /// Signal names without the `SIG` prefix, as understood by `signal = "..."`.
-const SIGNALS: &[(&str, i32)] = &[
-    ("HUP", libc::SIGHUP),
-    ("INT", libc::SIGINT),
-    ("QUIT", libc::SIGQUIT),
-    ("ILL", libc::SIGILL),
-    ("TRAP", libc::SIGTRAP),
-    ("ABRT", libc::SIGABRT),
-    ("IOT", libc::SIGIOT),
-    ("BUS", libc::SIGBUS),
-    ("FPE", libc::SIGFPE),
-    ("KILL", libc::SIGKILL),
-    ("USR1", libc::SIGUSR1),
-    ("SEGV", libc::SIGSEGV),
-    ("USR2", libc::SIGUSR2),
-    ("PIPE", libc::SIGPIPE),
-    ("ALRM", libc::SIGALRM),
-    ("TERM", libc::SIGTERM),
-    ("CHLD", libc::SIGCHLD),
-    ("CONT", libc::SIGCONT),
-    ("STOP", libc::SIGSTOP),
-    ("TSTP", libc::SIGTSTP),
-    ("TTIN", libc::SIGTTIN),
-    ("TTOU", libc::SIGTTOU),
-    ("URG", libc::SIGURG),
-    ("XCPU", libc::SIGXCPU),
-    ("XFSZ", libc::SIGXFSZ),
-    ("VTALRM", libc::SIGVTALRM),
-    ("PROF", libc::SIGPROF),
-    ("WINCH", libc::SIGWINCH),
-    ("IO", libc::SIGIO),
-    ("POLL", libc::SIGPOLL),
-    ("PWR", libc::SIGPWR),
-    ("SYS", libc::SIGSYS),
-];
-
-/// Highest signal number on Linux (`SIGRTMAX`).
-const SIGNAL_MAX: i64 = 64;
-
 fn signal(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<i32> {
     match e.item.as_value() {
         Some(Value::Integer(n)) => {
             let n = *n.value();
-            if (1..=SIGNAL_MAX).contains(&n) {
+            if (1..=SIGNAL_MAX as i64).contains(&n) {
                 Some(n as i32)
             } else {
                 cx.error(
@@ -1157,12 +1127,12 @@ fn signal(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<i32> {
         }
         Some(Value::String(s)) => {
             let name = s.value();
+            if let Some(n) = signals::number(name) {
+                return Some(n);
+            }
             let upper = name.to_ascii_uppercase();
             let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-            if let Some((_, n)) = SIGNALS.iter().find(|(known, _)| *known == bare) {
-                return Some(*n);
-            }
-            let suggestion = suggest(bare, SIGNALS.iter().map(|(n, _)| *n))
+            let suggestion = suggest(bare, signals::known().map(|(n, _)| n))
                 .map(|n| format!(" (did you mean `SIG{n}`?)"))
                 .unwrap_or_default();
             cx.error(
@@ -1284,6 +1254,12 @@ impl Cx<'_> {
             before.matches('\n').count() + 1,
             before[line_start..].chars().count() + 1,
         )
+    }
+
+    /// The position of byte offset `at`, for the model.
+    fn pos(&self, at: usize) -> SourcePos {
+        let (line, col) = self.line_col(at);
+        SourcePos { line, col }
     }
 
     fn error(&mut self, at: usize, message: impl Into<String>) {
@@ -1674,10 +1650,12 @@ syscall = "openat"
                         env: vec![("KEY".into(), "value".into()), ("OTHER".into(), "2".into())],
                         instances: 1,
                     },
+                    at: SourcePos { line: 5, col: 1 },
                 },
                 Target {
                     name: "db".into(),
                     source: TargetSource::Pid(1234),
+                    at: SourcePos { line: 11, col: 1 },
                 },
             ],
             faults: vec![
@@ -1697,6 +1675,8 @@ syscall = "openat"
                     probability: None,
                     select: Select::All,
                     per: Per::Process,
+                    at: SourcePos { line: 15, col: 1 },
+                    trigger_at: SourcePos { line: 19, col: 11 },
                 },
                 Fault {
                     name: "term-db".into(),
@@ -1714,6 +1694,8 @@ syscall = "openat"
                     probability: None,
                     select: Select::All,
                     per: Per::Target,
+                    at: SourcePos { line: 22, col: 1 },
+                    trigger_at: SourcePos { line: 32, col: 1 },
                 },
             ],
         };

@@ -1,7 +1,8 @@
-//! The decisions drawn in userspace before a campaign runs: which instances a fault selects
-//! (`select`) and when a time-triggered fault falls due for each of them. Both come from the
-//! campaign's ChaCha20 key (`fij_common::random`), through `rand` and `rand_distr`, so
-//! `fij plan` and `fij run` with one seed draw exactly the same.
+//! The seeded draws made in userspace before a campaign runs (the compile stage's): which
+//! instances a fault selects (`select`) and when a time-triggered fault falls due for each of
+//! them. Both come from the campaign's ChaCha20 key (`fij_common::random`), through `rand` and
+//! `rand_distr`, so `fij plan` and `fij run` with one seed draw exactly the same. Hit draws
+//! (`probability`) are made in kernel, by `fij_common::random::hit_draw`.
 use std::time::Duration;
 
 use fij_common::random::{seed_bytes, stream_for_fault_selection, stream_for_fault_times};
