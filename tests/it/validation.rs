@@ -237,3 +237,186 @@ fn error_positions_name_the_file_as_given() {
         "{run}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Limits of the kernel's tables, checked by the compile stage before anything is loaded.
+
+/// The 1-based line and column of the `nth` (0-based) occurrence of `needle` in `text`.
+fn position_of(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let at = text
+        .match_indices(needle)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("`{needle}` occurs fewer than {} times", nth + 1))
+        .0;
+    let before = &text[..at];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// `fij validate` and `fij run` both refuse `text` with exit 2 and exactly `expected` (one
+/// `file:line:col: message` line, the position of the key that crosses the limit); `run` loads
+/// no program and writes no log record.
+fn assert_limit_refused(label: &str, text: &str, (line, col): (usize, usize), message: &str) {
+    let dir = TempDir::new(label);
+    let scenario = dir.write("s.toml", text);
+    let expected = format!("{}:{line}:{col}: {message}", scenario.display());
+    let validate = Fij::validate(&scenario).output();
+    validate.assert_exit(2);
+    assert_eq!(validate.stderr.trim_end(), expected, "{validate}");
+    let (run, loaded) = run_watching_programs(&dir, &scenario);
+    run.assert_exit(2);
+    assert_eq!(run.stderr.trim_end(), expected, "{run}");
+    assert!(!loaded, "fij loaded programs before refusing the scenario");
+    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+}
+
+fn command_targets(count: usize, instances: u32) -> String {
+    (0..count)
+        .map(|i| {
+            format!("[[target]]\nname = \"t{i}\"\ncommand = [\"true\"]\ninstances = {instances}\n")
+        })
+        .collect()
+}
+
+fn fault_on(name: &str, target: &str, trigger: &str, extra: &str) -> String {
+    format!(
+        "[[fault]]\nname = \"{name}\"\ntarget = \"{target}\"\naction = \"kill\"\n\
+         trigger = {trigger}\n{extra}"
+    )
+}
+
+#[test]
+fn more_faults_on_one_hook_than_the_kernel_evaluates_are_refused_at_the_trigger() {
+    let faults: String = (0..17)
+        .map(|i| fault_on(&format!("f{i}"), "t0", "{ syscall = \"write\" }", ""))
+        .collect();
+    let text = command_targets(1, 1) + &faults;
+    assert_limit_refused(
+        "limit-per-hook",
+        &text,
+        position_of(&text, "{ syscall", 16),
+        "fault `f16`: more than 16 faults on one trigger (write) of target `t0`: the kernel \
+         evaluates at most 16 per hook",
+    );
+}
+
+#[test]
+fn a_ninth_distinct_tracepoint_is_refused_at_its_trigger() {
+    let tracepoints = [
+        "sched_process_fork",
+        "sched_process_exec",
+        "sched_process_exit",
+        "sched_wakeup",
+        "sched_switch",
+        "sched_waking",
+        "sched_migrate_task",
+        "sched_process_free",
+        "sched_process_wait",
+    ];
+    let faults: String = tracepoints
+        .iter()
+        .enumerate()
+        .map(|(i, tp)| {
+            fault_on(
+                &format!("f{i}"),
+                "t0",
+                &format!("{{ tracepoint = \"sched:{tp}\" }}"),
+                "",
+            )
+        })
+        .collect();
+    let text = command_targets(1, 1) + &faults;
+    assert_limit_refused(
+        "limit-tracepoints",
+        &text,
+        position_of(&text, "{ tracepoint", 8),
+        "fault `f8`: a scenario may use at most 8 distinct tracepoints (fij's tracepoint program \
+         slots); this is the 9th",
+    );
+}
+
+#[test]
+fn more_faults_than_the_rule_table_holds_are_refused_at_the_first_one_too_many() {
+    // 65 targets × 16 faults: no hook holds more than it may, but 1040 > 1024 faults.
+    let faults: String = (0..1040)
+        .map(|i| {
+            fault_on(
+                &format!("f{i}"),
+                &format!("t{}", i / 16),
+                "{ syscall = \"write\" }",
+                "",
+            )
+        })
+        .collect();
+    let text = command_targets(65, 1) + &faults;
+    assert_limit_refused(
+        "limit-faults",
+        &text,
+        position_of(&text, "[[fault]]", 1024),
+        "too many faults: a scenario may have at most 1024 (the kernel's rule table)",
+    );
+}
+
+#[test]
+fn instances_beyond_the_target_set_are_refused_at_the_target() {
+    let text = command_targets(65, 1024);
+    assert_limit_refused(
+        "limit-instances",
+        &text,
+        position_of(&text, "[[target]]", 64),
+        "target `t64`: the targets' instances add up to more than 65536 processes (the kernel's \
+         target set)",
+    );
+}
+
+#[test]
+fn selector_targets_beyond_their_table_are_refused_at_the_target() {
+    let text: String = (0..65)
+        .map(|i| format!("[[target]]\nname = \"c{i}\"\ncomm = \"fij-none-{i}\"\n"))
+        .collect();
+    assert_limit_refused(
+        "limit-selectors",
+        &text,
+        position_of(&text, "[[target]]", 64),
+        "target `c64`: at most 64 targets may select by `comm`",
+    );
+}
+
+#[test]
+fn selections_beyond_the_selection_table_are_refused_at_the_fault() {
+    let faults: String = (0..5)
+        .map(|i| {
+            fault_on(
+                &format!("f{i}"),
+                &format!("t{i}"),
+                "{ syscall = \"write\" }",
+                "select = { percent = 100 }\n",
+            )
+        })
+        .collect();
+    let text = command_targets(5, 1024) + &faults;
+    assert_limit_refused(
+        "limit-selections",
+        &text,
+        position_of(&text, "[[fault]]", 4),
+        "fault `f4`: the faults with `select` pick more than 4096 (fault, instance) pairs in all \
+         (the kernel's selection table)",
+    );
+}
+
+#[test]
+fn time_triggers_beyond_the_due_table_are_refused_at_the_trigger() {
+    let faults: String = (0..5)
+        .map(|i| fault_on(&format!("f{i}"), &format!("t{i}"), "{ at = \"1h\" }", ""))
+        .collect();
+    let text = command_targets(5, 1024) + &faults;
+    assert_limit_refused(
+        "limit-due",
+        &text,
+        position_of(&text, "{ at", 4),
+        "fault `f4`: time triggers fail more than 4096 instances in all (the kernel's due table)",
+    );
+}
