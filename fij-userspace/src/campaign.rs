@@ -21,6 +21,7 @@ use crate::{
     kernel::Kernel,
     layout,
     log::{EndReason, EventLog, Record, TargetRecord},
+    report::Summary,
     scenario::{Scenario, TargetSource},
     selectors, targets,
     targets::GatedChild,
@@ -31,11 +32,12 @@ pub struct RunOptions {
     pub log: Option<PathBuf>,
 }
 
-/// What happened, for the exit status.
+/// What happened: the summary, and the totals for the exit status.
 pub struct Report {
     pub reason: EndReason,
     pub injections: u64,
     pub failed_injections: u64,
+    pub summary: Summary,
 }
 
 /// How long spawned targets get between SIGTERM and SIGKILL when the campaign ends early.
@@ -153,7 +155,11 @@ pub async fn run(
     }
     let protected = targets::self_and_ancestors();
     let sources = prepare(scenario, &protected)?;
-    let mut log = EventLog::create(opts.log.as_deref())?;
+    let faults = scenario
+        .faults
+        .iter()
+        .map(|f| (f.name.as_str(), f.trigger.describe()));
+    let mut log = EventLog::create(opts.log.as_deref(), Summary::with_faults(faults))?;
 
     let layout = layout::discover()?;
     let mut kernel = Kernel::load(&layout)?;
@@ -473,6 +479,7 @@ async fn finish(
         reason,
         injections,
         failed_injections,
+        summary: campaign.log.summary().clone(),
     })
 }
 

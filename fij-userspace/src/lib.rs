@@ -14,6 +14,7 @@ pub mod log;
 pub mod net;
 pub mod plan;
 pub mod replay;
+pub mod report;
 pub mod scenario;
 pub mod selectors;
 pub mod signals;

@@ -10,22 +10,36 @@ use std::{
 use anyhow::{Context, Result};
 pub use fij_common::log::{EndReason, Record, TargetRecord};
 
+use crate::report::Summary;
+
+/// The campaign's log: the file, if any, and the summary every record is folded into.
 pub struct EventLog {
     out: Option<BufWriter<File>>,
+    summary: Summary,
 }
 
 impl EventLog {
-    pub fn create(path: Option<&Path>) -> Result<Self> {
+    /// A log written to `path` (or to no file), whose summary starts from `summary`.
+    pub fn create(path: Option<&Path>, mut summary: Summary) -> Result<Self> {
         let out = path
             .map(|p| {
                 File::create(p).with_context(|| format!("cannot create log file {}", p.display()))
             })
             .transpose()?
             .map(BufWriter::new);
-        Ok(Self { out })
+        if let Some(path) = path {
+            summary.logged_to(path);
+        }
+        Ok(Self { out, summary })
+    }
+
+    /// What the campaign did so far.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
     }
 
     pub fn write(&mut self, record: &Record) -> Result<()> {
+        self.summary.add(record);
         if let Some(out) = &mut self.out {
             serde_json::to_writer(&mut *out, record)?;
             out.write_all(b"\n")?;

@@ -12,8 +12,34 @@ use fij::{
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Colour in fij's messages: `auto` (on a terminal, unless NO_COLOR is set), `always`, `never`.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    color: Color,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Color {
+    /// Whether fij's messages (on stderr) carry ANSI colours.
+    fn on_stderr(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            // https://no-color.org: set and not empty means no colour.
+            Color::Auto => {
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -49,6 +75,14 @@ enum Command {
     },
     /// Check a scenario file; print every error as file:line:col: message.
     Validate { scenario: PathBuf },
+    /// Summarize a campaign from its log: injections per fault, how each target process ended,
+    /// crash silences, partitions and stops, and the command that replays it.
+    Report {
+        log: PathBuf,
+        /// Print the summary as JSON (stable for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Report what this kernel supports, found by trying it.
     Doctor,
 }
@@ -81,14 +115,6 @@ fn load_and_compile(
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIJ_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -100,6 +126,15 @@ fn main() -> ExitCode {
             };
         }
     };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(cli.color.on_stderr())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FIJ_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     match cli.command {
         // Validation is the whole of the input check a run makes before it loads anything: the
         // file, then the compile stage's limits for this machine (with any seed: limits do not
@@ -174,6 +209,9 @@ fn main() -> ExitCode {
             let result = runtime
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(campaign::run(&scenario, &compiled, &options)));
+            if let Ok(report) = &result {
+                eprint!("{}", report.summary);
+            }
             if let (Ok(_), Some(original), Some(replayed)) = (&result, &replay, &log) {
                 return match fij::replay::compare(original, replayed) {
                     Ok(n) => {
@@ -208,6 +246,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Report { log, json } => match fij::report::Summary::of_log(&log) {
+            Ok(summary) if json => {
+                out(&(serde_json::to_string_pretty(&summary).expect("summary serializes") + "\n"));
+                ExitCode::SUCCESS
+            }
+            Ok(summary) => {
+                out(&summary.to_string());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fij: {e:#}");
+                ExitCode::from(EXIT_INVALID)
+            }
+        },
         Command::Doctor => {
             let report = fij::doctor::run();
             out(&report.to_string());

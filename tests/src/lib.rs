@@ -341,6 +341,17 @@ impl Fij {
         }
     }
 
+    /// `fij ARGS…` (any subcommand; no log).
+    pub fn new_command(args: &[&dyn AsRef<OsStr>]) -> Self {
+        Self {
+            args: args.iter().map(|a| a.as_ref().to_os_string()).collect(),
+            envs: Vec::new(),
+            cwd: None,
+            log: None,
+            timeout: FIJ_TIMEOUT,
+        }
+    }
+
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
         self

@@ -1,0 +1,134 @@
+//! What a user sees after a campaign: the summary `fij run` prints and `fij report LOG` (text and
+//! `--json`) tells from the log, and fij's terminal manners (`--color`).
+use fij_tests::{Fij, TempDir, workload};
+use serde_json::Value;
+
+/// A writer stopped on its 2nd write for 300 ms, then killed on its 6th.
+fn stop_then_kill(dir: &TempDir) -> std::path::PathBuf {
+    let out = dir.join("out.txt");
+    let command = workload!().command(&[&"write-lines", &out, &"10"]);
+    dir.write(
+        "s.toml",
+        &format!(
+            "seed = 3\n[[target]]\nname = \"w\"\ncommand = {command}\n\n\
+             [[fault]]\nname = \"pause\"\ntarget = \"w\"\naction = \"stop\"\n\
+             trigger = {{ syscall = \"write\" }}\nnth = 2\nresume_after = \"300ms\"\n\n\
+             [[fault]]\nname = \"end\"\ntarget = \"w\"\naction = \"kill\"\n\
+             trigger = {{ syscall = \"write\" }}\nnth = 6\n\n\
+             [[fault]]\nname = \"never\"\ntarget = \"w\"\naction = \"kill\"\n\
+             trigger = {{ syscall = \"fsync\" }}\n"
+        ),
+    )
+}
+
+#[test]
+fn the_summary_tells_injections_endings_and_windows_and_report_tells_the_same() {
+    let dir = TempDir::new("report");
+    let scenario = stop_then_kill(&dir);
+    let run = Fij::run(&dir, &scenario).output();
+    run.assert_exit(0);
+    let pid = run.log.target_pid("w");
+    let log = dir.join("fij-log.jsonl");
+
+    let json = Fij::new_command(&[&"report", &log, &"--json"]).output();
+    json.assert_exit(0);
+    let summary: Value = serde_json::from_str(&json.stdout).expect("report --json is JSON");
+    assert_eq!(summary["seed"], 3, "{summary}");
+    assert_eq!(summary["ended"], "targets_exited", "{summary}");
+    let faults: Vec<(String, u64, u64)> = summary["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["fault"].as_str().unwrap().to_string(),
+                f["injections"].as_u64().unwrap(),
+                f["failed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // `fij report` knows only the faults that fired: the log does not list the others.
+    assert_eq!(
+        faults,
+        [("pause".to_string(), 1, 0), ("end".to_string(), 1, 0)],
+        "{summary}"
+    );
+    let processes = summary["targets"][0]["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 1, "{summary}");
+    assert_eq!(processes[0]["pid"], pid);
+    assert_eq!(processes[0]["ended"], "signal SIGKILL");
+    assert_eq!(processes[0]["by_fij"], true);
+    let windows = summary["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 1, "{summary}");
+    assert_eq!(windows[0]["kind"], "stop");
+    assert_eq!(windows[0]["pid"], pid);
+    let (start, end) = (
+        windows[0]["start_s"].as_f64().unwrap(),
+        windows[0]["end_s"].as_f64().unwrap(),
+    );
+    assert!(end - start >= 0.3, "stopped {start} → {end}: {summary}");
+    assert_eq!(
+        summary["replay"],
+        format!("fij run --replay {}", log.display())
+    );
+
+    // `fij run` printed the same summary at its end, and listed the fault that never fired.
+    let text = Fij::new_command(&[&"report", &log]).output();
+    text.assert_exit(0);
+    let never = "  never                         0 injection(s) on fsync\n";
+    let printed = run.stderr.replace(never, "");
+    assert!(run.stderr.contains(never), "{run}");
+    assert!(
+        printed.ends_with(&text.stdout),
+        "fij run's summary differs from fij report's:\n{}\n--- report:\n{}",
+        run.stderr,
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains(&format!("pid {pid:<8} ended: signal SIGKILL, by fij")),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn colour_only_when_asked_or_on_a_terminal() {
+    let dir = TempDir::new("colour");
+    let scenario = stop_then_kill(&dir);
+    let piped = Fij::run(&dir, &scenario).output();
+    piped.assert_exit(0);
+    assert!(
+        !piped.stderr.contains('\x1b'),
+        "piped output has colour:\n{piped}"
+    );
+    let always = Fij::run(&dir, &scenario)
+        .arg("--color")
+        .arg("always")
+        .output();
+    always.assert_exit(0);
+    assert!(
+        always.stderr.contains("\x1b["),
+        "--color always has none:\n{always}"
+    );
+    let never = Fij::run(&dir, &scenario)
+        .arg("--color")
+        .arg("never")
+        .env("NO_COLOR", "")
+        .output();
+    never.assert_exit(0);
+    assert!(!never.stderr.contains('\x1b'), "{never}");
+}
+
+#[test]
+fn report_refuses_what_is_not_a_fij_log() {
+    let dir = TempDir::new("report-bad");
+    let not_a_log = dir.write("x.jsonl", "{\"hello\": 1}\n");
+    let out = Fij::new_command(&[&"report", &not_a_log]).output();
+    out.assert_exit(2);
+    assert!(
+        out.stderr
+            .contains(&format!("{}:1: not a fij log record", not_a_log.display())),
+        "{out}"
+    );
+}
