@@ -21,6 +21,7 @@ pub mod signals;
 pub mod sockets;
 pub mod targets;
 pub mod time_faults;
+pub mod timeline;
 
 /// An error in what the user asked for (exit status 2), found after the scenario file was read:
 /// a target that cannot be spawned or adopted, a probe whose symbol is missing. Anything else

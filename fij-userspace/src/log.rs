@@ -48,3 +48,17 @@ impl EventLog {
         Ok(())
     }
 }
+
+/// Writes a file fij produces (a report page): created or truncated, never through a symlink.
+pub fn write_new_file(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot write {} (a symlink is refused)", path.display()))?;
+    file.write_all(contents)
+        .with_context(|| format!("writing {}", path.display()))
+}

@@ -82,6 +82,9 @@ enum Command {
         /// Print the summary as JSON (stable for scripts).
         #[arg(long)]
         json: bool,
+        /// Also write the campaign's timeline as one self-contained HTML page to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// Report what this kernel supports, found by trying it.
     Doctor,
@@ -246,20 +249,30 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Report { log, json } => match fij::report::Summary::of_log(&log) {
-            Ok(summary) if json => {
-                out(&(serde_json::to_string_pretty(&summary).expect("summary serializes") + "\n"));
-                ExitCode::SUCCESS
+        Command::Report { log, json, html } => {
+            let records = match fij::report::read_log(&log) {
+                Ok(records) => records,
+                Err(e) => {
+                    eprintln!("fij: {e:#}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            let summary = fij::report::Summary::of_records(&log, &records);
+            if let Some(page) = html {
+                let text = fij::timeline::html(&records, &summary);
+                if let Err(e) = fij::log::write_new_file(&page, text.as_bytes()) {
+                    eprintln!("fij: {e:#}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
             }
-            Ok(summary) => {
-                out(&summary.to_string());
-                ExitCode::SUCCESS
+            match json {
+                true => out(
+                    &(serde_json::to_string_pretty(&summary).expect("summary serializes") + "\n"),
+                ),
+                false => out(&summary.to_string()),
             }
-            Err(e) => {
-                eprintln!("fij: {e:#}");
-                ExitCode::from(EXIT_INVALID)
-            }
-        },
+            ExitCode::SUCCESS
+        }
         Command::Doctor => {
             let report = fij::doctor::run();
             out(&report.to_string());

@@ -75,24 +75,29 @@ fn secs(t_ns: u64) -> f64 {
     t_ns as f64 / 1e9
 }
 
+/// The records of a fij log file (every complete line; it must begin with `start`).
+pub fn read_log(path: &Path) -> Result<Vec<Record>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let records = parse_log(&text)
+        .map_err(|(line, e)| anyhow!("{}:{line}: not a fij log record: {e}", path.display()))?;
+    anyhow::ensure!(
+        matches!(records.first(), Some(Record::Start { .. })),
+        "{}: does not begin with a `start` record: not a fij log",
+        path.display()
+    );
+    Ok(records)
+}
+
 impl Summary {
-    /// The summary of a log file.
-    pub fn of_log(path: &Path) -> Result<Summary> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let records = parse_log(&text)
-            .map_err(|(line, e)| anyhow!("{}:{line}: not a fij log record: {e}", path.display()))?;
-        anyhow::ensure!(
-            matches!(records.first(), Some(Record::Start { .. })),
-            "{}: does not begin with a `start` record: not a fij log",
-            path.display()
-        );
+    /// The summary of a log's records, read from `path`.
+    pub fn of_records(path: &Path, records: &[Record]) -> Summary {
         let mut summary = Summary::default();
         summary.logged_to(path);
-        for record in &records {
+        for record in records {
             summary.add(record);
         }
-        Ok(summary)
+        summary
     }
 
     /// Lists `faults` (name, trigger) up front, so faults that never fired show too.

@@ -132,3 +132,99 @@ fn report_refuses_what_is_not_a_fij_log() {
         "{out}"
     );
 }
+
+/// `fij report LOG --html FILE`: one self-contained page whose SVG timeline is well-formed XML
+/// with a lane per target process, the injections and the stop band; a real browser (Debian's
+/// headless Chromium) renders it to a screenshot and its DOM shows the lanes.
+#[test]
+fn the_html_report_is_a_timeline_a_browser_renders() {
+    let dir = TempDir::new("report-html");
+    let scenario = stop_then_kill(&dir);
+    let run = Fij::run(&dir, &scenario).output();
+    run.assert_exit(0);
+    let pid = run.log.target_pid("w");
+    let log = dir.join("fij-log.jsonl");
+    let page = dir.join("report.html");
+    let report = Fij::new_command(&[&"report", &log, &"--html", &page]).output();
+    report.assert_exit(0);
+    let html = std::fs::read_to_string(&page).expect("the page was written");
+    assert!(
+        !html.contains("http://") || html.matches("http://").count() == 1,
+        "the page may name only the SVG namespace, never fetch anything"
+    );
+    assert!(!html.contains("<script"), "no script in the page");
+
+    let svg = &html[html.find("<svg").expect("an <svg>")..html.find("</svg>").unwrap() + 6];
+    let doc = roxmltree::Document::parse(svg).expect("the SVG is well-formed XML");
+    let class = |name: &str| {
+        doc.descendants()
+            .filter(|n| {
+                n.attribute("class")
+                    .is_some_and(|c| c.split(' ').any(|c| c == name))
+            })
+            .collect::<Vec<_>>()
+    };
+    let lanes: Vec<String> = class("lane")
+        .iter()
+        .map(|n| n.attribute("data-pid").unwrap().to_string())
+        .collect();
+    assert_eq!(lanes, [pid.to_string()], "{html}");
+    let injections: Vec<String> = class("injection")
+        .iter()
+        .map(|n| {
+            n.descendants()
+                .filter(|t| t.is_text())
+                .filter_map(|t| t.text())
+                .collect::<String>()
+        })
+        .collect();
+    assert_eq!(injections, ["pause #2", "end #6"], "{html}");
+    assert_eq!(class("stop").len(), 1, "one stop band: {html}");
+    assert_eq!(class("exit").len(), 1, "{html}");
+
+    let chromium = fij_tests::systems::require_tool("chromium", "chromium");
+    let browser = |extra: &[&str]| {
+        let profile = dir.join(&format!("chromium-{}", extra.len()));
+        std::process::Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                "--window-size=1150,500",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .expect("running chromium")
+    };
+    let dom = browser(&["--dump-dom"]);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert_eq!(
+        dom.matches("class=\"lane\"").count(),
+        1,
+        "the rendered DOM shows the lane:\n{dom}"
+    );
+    let png = dir.join("report.png");
+    let shot = browser(&[&format!("--screenshot={}", png.display())]);
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    // A blank 1150×500 page compresses to a few hundred bytes; the timeline does not.
+    assert!(bytes.len() > 10_000, "screenshot of {} bytes", bytes.len());
+}

@@ -37,6 +37,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "etcd-client",
     "openmpi-bin",
     "libopenmpi-dev",
+    // tests/it/report.rs renders `fij report --html` in a real browser.
+    "chromium",
 ];
 
 /// The rustc from rustc-web, which builds the eBPF programs; bpf-linker must use its LLVM.
