@@ -28,16 +28,25 @@ use crate::{
     time_faults,
 };
 
+#[derive(Default)]
 pub struct RunOptions {
+    /// Write the log to this file.
     pub log: Option<PathBuf>,
+    /// Keep every record in memory too, for [`Report::records`] (the library API).
+    pub keep_records: bool,
+    /// Told once the campaign is wholly armed (targets released).
+    pub armed: Option<std::sync::mpsc::Sender<()>>,
+    /// Ends the campaign (as SIGINT would) when it turns true.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
-/// What happened: the summary, and the totals for the exit status.
+/// What happened: the summary, the totals for the exit status, and the records if kept.
 pub struct Report {
     pub reason: EndReason,
     pub injections: u64,
     pub failed_injections: u64,
     pub summary: Summary,
+    pub records: Vec<Record>,
 }
 
 /// How long spawned targets get between SIGTERM and SIGKILL when the campaign ends early.
@@ -159,7 +168,11 @@ pub async fn run(
         .faults
         .iter()
         .map(|f| (f.name.as_str(), f.trigger.describe()));
-    let mut log = EventLog::create(opts.log.as_deref(), Summary::with_faults(faults))?;
+    let mut log = EventLog::create(
+        opts.log.as_deref(),
+        Summary::with_faults(faults),
+        opts.keep_records,
+    )?;
 
     let layout = layout::discover()?;
     let mut kernel = Kernel::load(&layout)?;
@@ -214,6 +227,9 @@ pub async fn run(
         })?;
     }
     info!(seed = compiled.seed, scenario = %scenario_path, "campaign armed");
+    if let Some(armed) = &opts.armed {
+        let _ = armed.send(());
+    }
 
     let ring = kernel.take_events().context("event ring already taken")?;
     // SAFETY: the ring owns its fd and keeps it open for as long as the AsyncFd holds it.
@@ -239,6 +255,7 @@ pub async fn run(
         &mut events,
         &armed,
         selector_targets,
+        opts.stop.clone(),
     )
     .await?;
     finish(campaign, kernel, events, &armed, reason).await
@@ -384,6 +401,7 @@ async fn event_loop(
     events: &mut AsyncFd<RingBuf<MapData>>,
     armed: &[ArmedInstance],
     selector_targets: bool,
+    mut stop: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<EndReason> {
     let deadline = campaign.scenario.duration.map(|d| campaign.start + d);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -407,6 +425,7 @@ async fn event_loop(
             }
             _ = sigint.recv() => return Ok(EndReason::Interrupted),
             _ = sigterm.recv() => return Ok(EndReason::Interrupted),
+            Ok(()) = async { stop.as_mut().expect("guarded").wait_for(|s| *s).await.map(|_| ()) }, if stop.is_some() => return Ok(EndReason::Interrupted),
             // Exits are seen as events; this is the backstop for a target that died unseen. It
             // also drains injections the kernel emits without a wakeup (a signalled victim that
             // survives, e.g. SIGSTOP or a handled signal, sends no exit event to wake fij).
@@ -480,6 +499,7 @@ async fn finish(
         injections,
         failed_injections,
         summary: campaign.log.summary().clone(),
+        records: campaign.log.take_records(),
     })
 }
 

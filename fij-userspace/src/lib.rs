@@ -2,7 +2,10 @@
 //! scenario file → [`scenario`] (validated model) → [`compile`] (compiled campaign) → backend:
 //! [`kernel`] (eBPF maps and programs) → kernel events → [`events`] → [`log`]; [`campaign`] runs
 //! it, [`actions`] carries each action's follow-ups, [`time_faults`] the time triggers.
+//!
+//! As a library for tests: [`Campaign`] (see [`api`]).
 pub mod actions;
+pub mod api;
 pub mod campaign;
 pub mod compile;
 pub mod doctor;
@@ -22,6 +25,8 @@ pub mod sockets;
 pub mod targets;
 pub mod time_faults;
 pub mod timeline;
+
+pub use api::{Campaign, Outcome, Running};
 
 /// An error in what the user asked for (exit status 2), found after the scenario file was read:
 /// a target that cannot be spawned or adopted, a probe whose symbol is missing. Anything else

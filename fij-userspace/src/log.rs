@@ -16,11 +16,14 @@ use crate::report::Summary;
 pub struct EventLog {
     out: Option<BufWriter<File>>,
     summary: Summary,
+    /// Every record written, when asked to keep them (the library API).
+    kept: Option<Vec<Record>>,
 }
 
 impl EventLog {
-    /// A log written to `path` (or to no file), whose summary starts from `summary`.
-    pub fn create(path: Option<&Path>, mut summary: Summary) -> Result<Self> {
+    /// A log written to `path` (or to no file), whose summary starts from `summary`, keeping
+    /// every record in memory too if `keep`.
+    pub fn create(path: Option<&Path>, mut summary: Summary, keep: bool) -> Result<Self> {
         let out = path
             .map(|p| {
                 File::create(p).with_context(|| format!("cannot create log file {}", p.display()))
@@ -30,7 +33,11 @@ impl EventLog {
         if let Some(path) = path {
             summary.logged_to(path);
         }
-        Ok(Self { out, summary })
+        Ok(Self {
+            out,
+            summary,
+            kept: keep.then(Vec::new),
+        })
     }
 
     /// What the campaign did so far.
@@ -38,8 +45,16 @@ impl EventLog {
         &self.summary
     }
 
+    /// The records kept so far (none unless asked to keep them).
+    pub fn take_records(&mut self) -> Vec<Record> {
+        self.kept.take().unwrap_or_default()
+    }
+
     pub fn write(&mut self, record: &Record) -> Result<()> {
         self.summary.add(record);
+        if let Some(kept) = &mut self.kept {
+            kept.push(record.clone());
+        }
         if let Some(out) = &mut self.out {
             serde_json::to_writer(&mut *out, record)?;
             out.write_all(b"\n")?;

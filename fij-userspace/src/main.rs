@@ -208,7 +208,10 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
-            let options = RunOptions { log: log.clone() };
+            let options = RunOptions {
+                log: log.clone(),
+                ..RunOptions::default()
+            };
             let result = runtime
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(campaign::run(&scenario, &compiled, &options)));

@@ -39,6 +39,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "libopenmpi-dev",
     // tests/it/report.rs renders `fij report --html` in a real browser.
     "chromium",
+    // The library example's echo server (fij-userspace/examples/crash_a_server.rs).
+    "python3",
 ];
 
 /// The rustc from rustc-web, which builds the eBPF programs; bpf-linker must use its LLVM.
