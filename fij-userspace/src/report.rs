@@ -324,7 +324,7 @@ impl fmt::Display for Summary {
             };
             writeln!(
                 f,
-                "  {:<24} {:>6} injection(s) on {}{extra}",
+                "  {:<24} {:>6} injection(s), trigger {}{extra}",
                 fault.fault, fault.injections, fault.trigger
             )?;
         }

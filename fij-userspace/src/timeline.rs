@@ -189,6 +189,15 @@ pub fn html(records: &[Record], summary: &Summary) -> String {
     svg_page(&lanes, &marks, &bands, end_ns.max(1), summary)
 }
 
+/// Where a label next to a mark at `x` goes: to its right, or to its left near the right edge.
+fn label_at(x: f64) -> (f64, &'static str) {
+    if x > WIDTH - 160.0 {
+        (x - 8.0, "end")
+    } else {
+        (x + 6.0, "start")
+    }
+}
+
 fn close(bands: &mut [Band], kind: &str, pid: u32, t_ns: u64) {
     if let Some(b) = bands
         .iter_mut()
@@ -282,12 +291,12 @@ fn svg_page(
         );
         if let Some((t, how)) = &lane.exit {
             let ex = x(*t);
+            let (tx, anchor) = label_at(ex);
             let _ = write!(
                 svg,
-                r##"<g class="exit"><path d="M{a:.1},{b:.1} l8,8 m0,-8 l-8,8" stroke="#b00" stroke-width="2"/><text x="{tx:.1}" y="{ty:.1}" fill="#b00">{how}</text></g>"##,
+                r##"<g class="exit"><path d="M{a:.1},{b:.1} l8,8 m0,-8 l-8,8" stroke="#b00" stroke-width="2"/><text x="{tx:.1}" y="{ty:.1}" text-anchor="{anchor}" fill="#b00">{how}</text></g>"##,
                 a = ex - 4.0,
                 b = ly + 6.0,
-                tx = ex + 6.0,
                 ty = ly + 28.0,
                 how = escape(how),
             );
@@ -329,11 +338,11 @@ fn svg_page(
         };
         let mx = x(mark.t_ns);
         let colour = if mark.failed { "#999" } else { "#d00" };
+        let (tx, anchor) = label_at(mx);
         let _ = write!(
             svg,
-            r#"<g class="injection"><path d="M{mx:.1},{:.1} l-5,-9 h10 z" fill="{colour}"/><text x="{:.1}" y="{:.1}" fill="{colour}">{}</text></g>"#,
+            r#"<g class="injection"><path d="M{mx:.1},{:.1} l-5,-9 h10 z" fill="{colour}"/><text x="{tx:.1}" y="{:.1}" text-anchor="{anchor}" fill="{colour}">{}</text></g>"#,
             y(i) + 4.0,
-            mx + 6.0,
             y(i) + 2.0,
             escape(&mark.label)
         );

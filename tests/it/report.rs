@@ -75,7 +75,7 @@ fn the_summary_tells_injections_endings_and_windows_and_report_tells_the_same() 
     // `fij run` printed the same summary at its end, and listed the fault that never fired.
     let text = Fij::new_command(&[&"report", &log]).output();
     text.assert_exit(0);
-    let never = "  never                         0 injection(s) on fsync\n";
+    let never = "  never                         0 injection(s), trigger fsync\n";
     let printed = run.stderr.replace(never, "");
     assert!(run.stderr.contains(never), "{run}");
     assert!(
