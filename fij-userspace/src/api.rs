@@ -135,6 +135,7 @@ impl Campaign {
             keep_records: true,
             armed: Some(armed_tx),
             stop: Some(stop_rx),
+            status_line: false,
         };
         let scenario = self.scenario;
         let thread = std::thread::Builder::new()

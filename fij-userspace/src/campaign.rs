@@ -23,7 +23,7 @@ use crate::{
     log::{EndReason, EventLog, Record, TargetRecord},
     report::Summary,
     scenario::{Scenario, TargetSource},
-    selectors, targets,
+    selectors, status, targets,
     targets::GatedChild,
     time_faults,
 };
@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub armed: Option<std::sync::mpsc::Sender<()>>,
     /// Ends the campaign (as SIGINT would) when it turns true.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Show the live status line while the campaign runs (if stderr is a terminal).
+    pub status_line: bool,
 }
 
 /// What happened: the summary, the totals for the exit status, and the records if kept.
@@ -248,6 +250,9 @@ pub async fn run(
         due_ktime: Default::default(),
     };
     campaign.schedule_time_faults(&armed);
+    if opts.status_line {
+        status::start();
+    }
     let selector_targets = !selectors.is_empty();
     let reason = event_loop(
         &mut campaign,
@@ -432,8 +437,15 @@ async fn event_loop(
             _ = sleep(Duration::from_millis(100)) => campaign.drain(kernel, events.get_mut())?,
         }
         reap(armed);
+        let alive = kernel.target_processes().len();
+        status::update(
+            campaign.start.elapsed(),
+            campaign.scenario.duration,
+            campaign.tally.injections,
+            alive,
+        );
         // Selector targets may gain processes at any time: only duration or Ctrl-C ends those.
-        if !kernel.target_processes().is_empty() || selector_targets {
+        if alive > 0 || selector_targets {
             continue;
         }
         // A crashed host stays silent until recover_after, duration or Ctrl-C, even when every

@@ -22,6 +22,7 @@ pub mod scenario;
 pub mod selectors;
 pub mod signals;
 pub mod sockets;
+pub mod status;
 pub mod targets;
 pub mod time_faults;
 pub mod timeline;

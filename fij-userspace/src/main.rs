@@ -130,7 +130,7 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| fij::status::Stderr)
         .with_target(false)
         .with_ansi(cli.color.on_stderr())
         .with_env_filter(
@@ -210,11 +210,13 @@ fn main() -> ExitCode {
                 .build();
             let options = RunOptions {
                 log: log.clone(),
+                status_line: true,
                 ..RunOptions::default()
             };
             let result = runtime
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(campaign::run(&scenario, &compiled, &options)));
+            fij::status::finish();
             if let Ok(report) = &result {
                 eprint!("{}", report.summary);
             }

@@ -228,3 +228,42 @@ fn the_html_report_is_a_timeline_a_browser_renders() {
     // A blank 1150×500 page compresses to a few hundred bytes; the timeline does not.
     assert!(bytes.len() > 10_000, "screenshot of {} bytes", bytes.len());
 }
+
+/// On a terminal `fij run` shows a live status line (elapsed / duration, injections, processes
+/// alive); piped, it shows none.
+#[test]
+fn a_status_line_on_a_terminal_and_none_when_piped() {
+    let dir = TempDir::new("status-line");
+    let command = workload!().command(&[&"sleep", &"5000"]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "duration = \"1500ms\"\n[[target]]\nname = \"w\"\ncommand = {command}\n\n\
+             [[fault]]\nname = \"f\"\ntarget = \"w\"\naction = \"kill\"\n\
+             trigger = {{ syscall = \"fsync\" }}\n"
+        ),
+    );
+    let status = "fij: ";
+    let piped = Fij::run(&dir, &scenario).output();
+    piped.assert_exit(0);
+    assert!(!piped.stderr.contains(status), "{piped}");
+
+    // `script` gives fij a terminal (a pty) and copies what fij drew on it.
+    let fij = fij_tests::fij_bin();
+    let tty = std::process::Command::new("script")
+        .arg("-qec")
+        .arg(format!("{} run {}", fij.display(), scenario.display()))
+        .arg("/dev/null")
+        .output()
+        .expect("running script (util-linux)");
+    assert!(tty.status.success(), "{tty:?}");
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        screen.contains(" / 1.5 s · 0 injection(s) · 1 target process(es) alive"),
+        "no status line on the terminal:\n{screen}"
+    );
+    assert!(
+        screen.contains("ended because its duration passed"),
+        "{screen}"
+    );
+}
