@@ -243,8 +243,7 @@ fn joined(log: &Log, target: &str) -> Vec<(u32, String)> {
 /// Asserts that no record of the log is about process `pid`.
 fn assert_untouched(log: &Log, pid: u32, who: &str) {
     let about: Vec<&Value> = log
-        .0
-        .iter()
+        .json()
         .filter(|r| r["pid"] == pid || r["parent_pid"] == pid)
         .collect();
     assert!(
@@ -526,9 +525,9 @@ fn uprobe_by_file_offset_and_by_symbol_plus_offset() {
     run.assert_exit(0);
     let (entry_pid, inside_pid) = (run.log.target_pid("entry"), run.log.target_pid("inside"));
     // The two targets run at once: compare the injections in a fixed order.
-    let mut log = run.log.clone();
-    log.0
-        .sort_by_key(|r| (r["event"] != "injection", r["fault"] != "by-offset"));
+    let log = run
+        .log
+        .sorted_by_key(|r| (r["event"] != "injection", r["fault"] != "by-offset"));
     let (offset, step_off) = (
         entry.rsplit_once(':').unwrap().1,
         inside.rsplit_once('+').unwrap().1,
@@ -780,7 +779,7 @@ fn invalid_triggers_are_refused_at_their_position() {
     for line in &expected {
         assert!(run.stderr.lines().any(|l| l == line), "{line}\n{run}");
     }
-    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+    assert!(run.log.is_empty(), "nothing may run:\n{run}");
     assert!(!marker.exists(), "the target must not have run");
 }
 
@@ -1133,9 +1132,9 @@ fn targets_in_a_pid_namespace_are_logged_with_init_namespace_pids() {
     };
     let children = forks_of(inner_init);
     assert_eq!(children.len(), 3, "{run}");
-    let mut log = run.log.clone();
-    log.0
-        .sort_by_key(|r| (r["event"] != "injection", r["fault"] != "on-init"));
+    let log = run
+        .log
+        .sorted_by_key(|r| (r["event"] != "injection", r["fault"] != "on-init"));
     assert_injections(
         &log,
         &[
