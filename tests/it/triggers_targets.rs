@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use fij_common::log::EndReason;
 use fij_tests::{
     Ended, Fij, FijOutput, Log, RunningFij, TempDir, fij_bin, pid_of, read_lines, send_signal,
     toml_array, toml_str, wait_child,
@@ -282,7 +283,7 @@ fn interrupt(fij: RunningFij) -> FijOutput {
     send_signal(fij.pid(), libc::SIGINT);
     let out = fij.wait();
     out.assert_exit(0);
-    assert_eq!(out.log.end()["reason"], "interrupted", "{out}");
+    assert_eq!(out.log.end_reason(), EndReason::Interrupted, "{out}");
     out
 }
 
@@ -337,7 +338,7 @@ fn tracepoint_kills_the_parent_on_its_nth_fork() {
     for &child in &children {
         assert_eq!(run.log.exit_status(child), "code 0", "{run}");
     }
-    assert_eq!(run.log.end()["reason"], "targets_exited", "{run}");
+    assert_eq!(run.log.end_reason(), EndReason::TargetsExited, "{run}");
     let expected: Vec<String> = vec![
         format!("child pid {} usr1=0", children[0]),
         "forked 1 usr1=0".into(),

@@ -1,5 +1,6 @@
 //! The harness of fij's integration tests: one home for finding the binaries, writing scenarios,
 //! running `fij` with a timeout, reading its JSONL log and looking at the kernel with `bpftool`.
+//! `cargo xtask bench` and `cargo xtask demo` use it too (running fij, its log, Redis).
 //!
 //! The tests load real eBPF programs and signal real processes, so they run as root and one at a
 //! time: `cargo xtask test` (which sets `FIJ_BIN` and passes `--test-threads=1`). Nothing here
@@ -18,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fij_common::log::{Record, TargetRecord};
+use fij_common::log::{EndReason, Record, TargetRecord};
 use serde_json::Value;
 
 pub mod net;
@@ -801,6 +802,14 @@ impl Log {
     /// The `end` record, as JSON.
     pub fn end(&self) -> &Value {
         self.one("end")
+    }
+
+    /// Why the campaign ended, from the `end` record.
+    pub fn end_reason(&self) -> EndReason {
+        match self.one_entry("end").record {
+            Record::End { reason, .. } => reason,
+            ref other => unreachable!("an end entry holds an end record, not {other:?}"),
+        }
     }
 
     /// The targets of the `start` record, typed.
