@@ -512,7 +512,7 @@ impl Bench {
     }
 
     /// `fij run SCENARIO` (the release build), its log a new file of the bench's directory.
-    fn fij(&mut self, scenario: &Path) -> Fij {
+    fn fij_run(&mut self, scenario: &Path) -> Fij {
         Fij::run_logging_to(scenario, self.file("fij.jsonl"))
             .bin(&self.fij)
             .timeout(FIJ_RUN_LIMIT)
@@ -521,7 +521,7 @@ impl Bench {
     /// `fij run SCENARIO` in the background, returned once the `start` record is in the log
     /// (programs attached, rules loaded, targets armed).
     fn start_fij(&mut self, scenario: &Path) -> RunningFij {
-        let mut fij = self.fij(scenario).spawn();
+        let mut fij = self.fij_run(scenario).spawn();
         fij.wait_armed();
         fij
     }
@@ -529,7 +529,7 @@ impl Bench {
     /// Runs `fij run SCENARIO` to its end, pinned to a CPU with `taskset` if `pin` is given;
     /// fails unless fij exits 0.
     fn run_fij(&mut self, pin: Option<(&Path, usize)>, scenario: &Path) -> Result<FijOutput> {
-        let mut fij = self.fij(scenario);
+        let mut fij = self.fij_run(scenario);
         if let Some((taskset, cpu)) = pin {
             fij = fij.through(taskset, ["-c".to_string(), cpu.to_string()]);
         }
