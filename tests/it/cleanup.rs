@@ -2,6 +2,7 @@
 //! links are owned by its file descriptors, so the kernel drops them with the process).
 use std::time::{Duration, Instant};
 
+use fij_common::log::EndReason;
 use fij_tests::{
     BpfFds, CLEANUP_TIMEOUT, Fij, TempDir, alive, bpf_fds, fij_programs, kill_spawned_target,
     leftover_fij_programs, links, maps, numbered_lines, read_lines, send_signal, wait_until,
@@ -91,7 +92,7 @@ fn nothing_remains_after_a_normal_end() {
     std::fs::write(&go, "").unwrap();
     let run = fij.wait(); // also polls until no fij_ program is loaded
     run.assert_exit(0);
-    assert_eq!(run.log.end()["reason"], "targets_exited", "{run}");
+    assert_eq!(run.log.end_reason(), EndReason::TargetsExited, "{run}");
     assert_eq!(read_lines(&out), numbered_lines(3));
     assert_all_released(&held);
 }
@@ -155,7 +156,7 @@ fn a_time_only_campaign_attaches_nothing_to_syscalls() {
     send_signal(fij.pid(), libc::SIGINT);
     let run = fij.wait();
     run.assert_exit(0);
-    assert_eq!(run.log.end()["reason"], "interrupted", "{run}");
+    assert_eq!(run.log.end_reason(), EndReason::Interrupted, "{run}");
     assert!(run.log.injections().is_empty(), "{run}");
     assert_all_released(&held);
 }

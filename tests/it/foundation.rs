@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fij_common::log::EndReason;
 use fij_tests::{
     Ended, Fij, FijOutput, RunningFij, TempDir, alive, map_delete, map_of_process, map_update,
     numbered_lines, pid_of, read_lines, toml_str, wait_child, wait_until, workload,
@@ -46,7 +47,7 @@ fn kill_on_nth_write_to_a_regular_file() {
     let pid = run.log.target_pid("w");
     run.log.assert_injections("write", "SIGKILL", &[(5, pid)]);
     assert_eq!(run.log.exit_status(pid), "signal SIGKILL", "{run}");
-    assert_eq!(run.log.end()["reason"], "targets_exited", "{run}");
+    assert_eq!(run.log.end_reason(), EndReason::TargetsExited, "{run}");
     assert_eq!(
         read_lines(&out),
         numbered_lines(4),
@@ -352,7 +353,7 @@ fn a_recycled_pid_is_never_a_target() {
         "only A's own exit is logged for pid {a}:\n{run}"
     );
     assert_eq!(run.log.exit_status(b), "code 0", "{run}");
-    assert_eq!(run.log.end()["reason"], "targets_exited", "{run}");
+    assert_eq!(run.log.end_reason(), EndReason::TargetsExited, "{run}");
 }
 
 /// The syscall fij makes while it waits for events (checked with strace).

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fij_common::log::EndReason;
 use fij_tests::{FijOutput, alive, net::*, process_state, wait_until};
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -54,7 +55,7 @@ fn assert_survived(out: &FijOutput, victim: u32, signal: &str) {
     out.log
         .assert_injections("clock_nanosleep", signal, &[(1, victim)]);
     assert_eq!(out.log.exit_status(victim), "code 0", "{out}");
-    assert_eq!(out.log.end()["reason"], "targets_exited", "{out}");
+    assert_eq!(out.log.end_reason(), EndReason::TargetsExited, "{out}");
     assert!(out.log.records("silenced").is_empty(), "{out}");
 }
 

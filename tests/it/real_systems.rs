@@ -13,6 +13,7 @@
 //! (`cargo xtask setup`); a missing one is a failure, not a skip.
 use std::time::Duration;
 
+use fij_common::log::EndReason;
 use fij_tests::{
     Fij, FijOutput, Log, RunningFij, TempDir, pid_of, send_signal, systems::elapsed_between,
     toml_str,

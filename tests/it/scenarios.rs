@@ -7,6 +7,7 @@ use std::{
     path::Path,
 };
 
+use fij_common::log::EndReason;
 use fij_tests::{Fij, FijOutput, TempDir, numbered_lines, pid_of, read_lines, workspace_root};
 
 /// A finished run of one scenario file.
@@ -50,7 +51,7 @@ fn demo(run: &Run) {
     let shell = out.log.target_pid("writer");
     out.log.assert_injections("write", "SIGKILL", &[(5, shell)]);
     assert_eq!(out.log.exit_status(shell), "signal SIGKILL", "{out}");
-    assert_eq!(out.log.end()["reason"], "targets_exited", "{out}");
+    assert_eq!(out.log.end_reason(), EndReason::TargetsExited, "{out}");
     assert_eq!(read_lines(&run.demo_out), numbered_lines(4));
 }
 
@@ -98,7 +99,7 @@ fn crash_vs_kill<'a>(run: &'a Run, seen: &str) -> (u32, &'a FijOutput) {
     assert_eq!(out.log.exit_status(server), "signal SIGKILL", "{out}");
     let client = out.log.target_pid("client");
     assert_eq!(out.log.exit_status(client), "code 0", "{out}");
-    assert_eq!(out.log.end()["reason"], "targets_exited", "{out}");
+    assert_eq!(out.log.end_reason(), EndReason::TargetsExited, "{out}");
     assert_eq!(read_lines(&run.demo_out), [seen], "{out}");
     (server, out)
 }
@@ -181,7 +182,7 @@ fn mtbf_exponential_group(run: &Run) {
             "{out}"
         );
     }
-    assert_eq!(out.log.end()["reason"], "targets_exited", "{out}");
+    assert_eq!(out.log.end_reason(), EndReason::TargetsExited, "{out}");
 }
 
 /// Worker 1 dies on hit 3, the supervisor's "Killed" is hit 4, worker 2 dies on hit 6 (its 2nd
@@ -239,7 +240,7 @@ fn kill_on_2nd_fork_tracepoint(run: &Run) {
     for fork in forks {
         assert_eq!(out.log.exit_status(pid_of(fork)), "code 0", "{out}");
     }
-    assert_eq!(out.log.end()["reason"], "targets_exited", "{out}");
+    assert_eq!(out.log.end_reason(), EndReason::TargetsExited, "{out}");
     assert_eq!(read_lines(&run.demo_out), ["one", "two"], "{out}");
 }
 
@@ -261,7 +262,7 @@ fn kill_before_2nd_fork_uprobe(run: &Run) {
     assert_eq!(injection["delivered"], true, "{out}");
     assert_eq!(out.log.exit_status(shell), "signal SIGKILL", "{out}");
     assert_eq!(out.log.exit_status(pid_of(forks[0])), "code 0", "{out}");
-    assert_eq!(out.log.end()["reason"], "targets_exited", "{out}");
+    assert_eq!(out.log.end_reason(), EndReason::TargetsExited, "{out}");
     assert_eq!(read_lines(&run.demo_out), ["one"], "{out}");
 }
 
@@ -328,7 +329,7 @@ fn redis_primary_failed(run: &Run) -> (Vec<String>, u64) {
     assert_eq!(injections[0]["signal"], "SIGKILL", "{out}");
     assert_eq!(injections[0]["delivered"], true, "{out}");
     assert_eq!(out.log.exit_status(primary), "signal SIGKILL", "{out}");
-    assert_eq!(out.log.end()["reason"], "duration", "{out}");
+    assert_eq!(out.log.end_reason(), EndReason::Duration, "{out}");
     // `PID:S 25 Nov 2026 13:08:03.735 # MASTER timeout: ...`
     let prefix = format!("{replica}:");
     let lines: Vec<String> = out

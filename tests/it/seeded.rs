@@ -825,8 +825,7 @@ fn the_worker_that_replaces_a_killed_one_is_killed_too() {
     assert_eq!(run.log.exit_status(workers[2]), "code 0", "{run}");
     assert_eq!(run.log.exit_status(supervisor), "code 0", "{run}");
     // In order: worker 1 dies before worker 2 is forked, worker 2 before worker 3.
-    let position =
-        |pred: &dyn Fn(&Value) -> bool| run.log.0.iter().position(pred).expect("a record");
+    let position = |pred: &dyn Fn(&Value) -> bool| run.log.json().position(pred).expect("a record");
     let killed = |pid: u32| position(&|r| r["event"] == "exit" && r["pid"] == pid);
     let forked = |pid: u32| position(&|r| r["event"] == "fork" && r["pid"] == pid);
     assert!(killed(workers[0]) < forked(workers[1]), "{run}");

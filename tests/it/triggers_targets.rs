@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use fij_common::log::EndReason;
 use fij_tests::{
     Ended, Fij, FijOutput, Log, RunningFij, TempDir, fij_bin, pid_of, read_lines, send_signal,
     toml_array, toml_str, wait_child,
@@ -243,8 +244,7 @@ fn joined(log: &Log, target: &str) -> Vec<(u32, String)> {
 /// Asserts that no record of the log is about process `pid`.
 fn assert_untouched(log: &Log, pid: u32, who: &str) {
     let about: Vec<&Value> = log
-        .0
-        .iter()
+        .json()
         .filter(|r| r["pid"] == pid || r["parent_pid"] == pid)
         .collect();
     assert!(
@@ -283,7 +283,7 @@ fn interrupt(fij: RunningFij) -> FijOutput {
     send_signal(fij.pid(), libc::SIGINT);
     let out = fij.wait();
     out.assert_exit(0);
-    assert_eq!(out.log.end()["reason"], "interrupted", "{out}");
+    assert_eq!(out.log.end_reason(), EndReason::Interrupted, "{out}");
     out
 }
 
@@ -338,7 +338,7 @@ fn tracepoint_kills_the_parent_on_its_nth_fork() {
     for &child in &children {
         assert_eq!(run.log.exit_status(child), "code 0", "{run}");
     }
-    assert_eq!(run.log.end()["reason"], "targets_exited", "{run}");
+    assert_eq!(run.log.end_reason(), EndReason::TargetsExited, "{run}");
     let expected: Vec<String> = vec![
         format!("child pid {} usr1=0", children[0]),
         "forked 1 usr1=0".into(),
@@ -526,9 +526,9 @@ fn uprobe_by_file_offset_and_by_symbol_plus_offset() {
     run.assert_exit(0);
     let (entry_pid, inside_pid) = (run.log.target_pid("entry"), run.log.target_pid("inside"));
     // The two targets run at once: compare the injections in a fixed order.
-    let mut log = run.log.clone();
-    log.0
-        .sort_by_key(|r| (r["event"] != "injection", r["fault"] != "by-offset"));
+    let log = run
+        .log
+        .sorted_by_key(|r| (r["event"] != "injection", r["fault"] != "by-offset"));
     let (offset, step_off) = (
         entry.rsplit_once(':').unwrap().1,
         inside.rsplit_once('+').unwrap().1,
@@ -780,7 +780,7 @@ fn invalid_triggers_are_refused_at_their_position() {
     for line in &expected {
         assert!(run.stderr.lines().any(|l| l == line), "{line}\n{run}");
     }
-    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+    assert!(run.log.is_empty(), "nothing may run:\n{run}");
     assert!(!marker.exists(), "the target must not have run");
 }
 
@@ -1133,9 +1133,9 @@ fn targets_in_a_pid_namespace_are_logged_with_init_namespace_pids() {
     };
     let children = forks_of(inner_init);
     assert_eq!(children.len(), 3, "{run}");
-    let mut log = run.log.clone();
-    log.0
-        .sort_by_key(|r| (r["event"] != "injection", r["fault"] != "on-init"));
+    let log = run
+        .log
+        .sorted_by_key(|r| (r["event"] != "injection", r["fault"] != "on-init"));
     assert_injections(
         &log,
         &[

@@ -41,7 +41,7 @@ fn adopting_an_ancestor_of_fij_is_refused() {
     assert!(run.stderr.contains("never signals"), "{run}");
     assert!(run.stderr.contains("ancestor"), "{run}");
     assert!(!loaded, "fij loaded programs before refusing the scenario");
-    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+    assert!(run.log.is_empty(), "nothing may run:\n{run}");
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn adopting_pid_1_is_refused() {
         "{run}"
     );
     assert!(!loaded);
-    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+    assert!(run.log.is_empty(), "nothing may run:\n{run}");
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn adopting_a_kernel_thread_is_refused() {
     run.assert_exit(2);
     assert!(run.stderr.contains("kernel thread"), "{run}");
     assert!(!loaded);
-    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+    assert!(run.log.is_empty(), "nothing may run:\n{run}");
 }
 
 #[test]
@@ -81,7 +81,7 @@ fn adopting_a_nonexistent_pid_is_refused() {
     run.assert_exit(2);
     assert!(run.stderr.contains("does not exist"), "{run}");
     assert!(!loaded);
-    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+    assert!(run.log.is_empty(), "nothing may run:\n{run}");
 }
 
 /// A zombie has exited: it runs no code and no exit event will ever come for it, so a campaign
@@ -100,7 +100,7 @@ fn adopting_a_zombie_is_refused() {
     run.assert_exit(2);
     assert!(run.stderr.contains("has exited"), "{run}");
     assert!(!loaded);
-    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+    assert!(run.log.is_empty(), "nothing may run:\n{run}");
 }
 
 /// A valid scenario (lines 1-10) whose target would create `marker`, edited by `edit` into one
@@ -201,7 +201,7 @@ fn invalid_scenarios_are_refused_at_the_exact_position() {
             let first = run.stderr.lines().find(|l| l.starts_with(&expected));
             let ok = run.ended == Ended::Code(2)
                 && first.is_some_and(|l| l.contains(fragment))
-                && run.log.0.is_empty()
+                && run.log.is_empty()
                 && !marker.exists();
             if !ok {
                 failures.push(format!(

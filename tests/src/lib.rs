@@ -1,5 +1,6 @@
 //! The harness of fij's integration tests: one home for finding the binaries, writing scenarios,
 //! running `fij` with a timeout, reading its JSONL log and looking at the kernel with `bpftool`.
+//! `cargo xtask bench` and `cargo xtask demo` use it too (running fij, its log, Redis).
 //!
 //! The tests load real eBPF programs and signal real processes, so they run as root and one at a
 //! time: `cargo xtask test` (which sets `FIJ_BIN` and passes `--test-threads=1`). Nothing here
@@ -18,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fij_common::log::{EndReason, Record, TargetRecord};
 use serde_json::Value;
 
 pub mod net;
@@ -303,6 +305,10 @@ pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> Ended {
 
 /// A `fij` command line to run: `Fij::run(dir, scenario)` or `Fij::validate(scenario)`.
 pub struct Fij {
+    /// The fij binary; [`fij_bin`] if not set.
+    bin: Option<PathBuf>,
+    /// A program (and its arguments) that runs fij by exec'ing it, e.g. `taskset -c 1`.
+    through: Vec<OsString>,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
@@ -313,7 +319,11 @@ pub struct Fij {
 impl Fij {
     /// `fij run SCENARIO --log DIR/fij-log.jsonl`.
     pub fn run(dir: &TempDir, scenario: &Path) -> Self {
-        let log = dir.join("fij-log.jsonl");
+        Self::run_logging_to(scenario, dir.join("fij-log.jsonl"))
+    }
+
+    /// `fij run SCENARIO --log LOG`.
+    pub fn run_logging_to(scenario: &Path, log: PathBuf) -> Self {
         let args = vec![
             "run".into(),
             scenario.into(),
@@ -321,18 +331,20 @@ impl Fij {
             log.clone().into(),
         ];
         Self {
-            args,
-            envs: Vec::new(),
-            cwd: None,
             log: Some(log),
-            timeout: FIJ_TIMEOUT,
+            ..Self::new(args)
         }
     }
 
     /// `fij validate SCENARIO`.
     pub fn validate(scenario: &Path) -> Self {
-        let args = vec!["validate".into(), scenario.into()];
+        Self::new(vec!["validate".into(), scenario.into()])
+    }
+
+    fn new(args: Vec<OsString>) -> Self {
         Self {
+            bin: None,
+            through: Vec::new(),
             args,
             envs: Vec::new(),
             cwd: None,
@@ -367,9 +379,43 @@ impl Fij {
         self
     }
 
-    pub fn spawn(self) -> RunningFij {
-        let bin = fij_bin();
-        let mut command = Command::new(&bin);
+    /// Runs this fij binary instead of [`fij_bin`]'s.
+    pub fn bin(mut self, bin: impl Into<PathBuf>) -> Self {
+        self.bin = Some(bin.into());
+        self
+    }
+
+    /// Runs fij through `program` and its `args`, which exec it (e.g. `taskset -c 1`): fij keeps
+    /// the pid of the process spawned.
+    pub fn through<S: Into<OsString>>(
+        mut self,
+        program: impl Into<OsString>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.through = std::iter::once(program.into())
+            .chain(args.into_iter().map(Into::into))
+            .collect();
+        self
+    }
+
+    /// How long the whole run may take before it is killed and fails ([`FIJ_TIMEOUT`] if not
+    /// set).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The command [`Fij::spawn`] runs (stdin from /dev/null, stdout and stderr piped).
+    pub fn command(&self) -> Command {
+        let bin = self.bin.clone().unwrap_or_else(fij_bin);
+        let mut command = match self.through.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         command
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)));
@@ -382,6 +428,11 @@ impl Fij {
         if let Some(dir) = &self.cwd {
             command.current_dir(dir);
         }
+        command
+    }
+
+    pub fn spawn(self) -> RunningFij {
+        let mut command = self.command();
         let description = format!(
             "fij {}",
             self.args
@@ -390,9 +441,9 @@ impl Fij {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let mut child = command.spawn().unwrap_or_else(|e| {
+            panic!("starting {}: {e}", command.get_program().to_string_lossy())
+        });
         let stdout = drain(child.stdout.take().expect("piped stdout"));
         let stderr = drain(child.stderr.take().expect("piped stderr"));
         RunningFij {
@@ -406,7 +457,7 @@ impl Fij {
         }
     }
 
-    /// Runs to the end (at most [`FIJ_TIMEOUT`]) and checks that fij left no program behind.
+    /// Runs to the end (at most its timeout) and checks that fij left no program behind.
     pub fn output(self) -> FijOutput {
         self.spawn().wait()
     }
@@ -485,20 +536,43 @@ impl RunningFij {
         Log::read_partial(path)
     }
 
-    /// Polls the log until a record satisfies `pred`; panics if fij exits first or after
-    /// `timeout`.
+    /// Polls the log until a record satisfies `pred` (given the record as JSON); panics if fij
+    /// exits first or after `timeout`.
     pub fn wait_for_record(
         &mut self,
         what: &str,
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.wait_for_entry(what, timeout, |e| pred(&e.json)).json
+    }
+
+    /// [`RunningFij::wait_for_record`], `pred` given the typed record.
+    pub fn wait_for_typed_record(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Record) -> bool,
+    ) -> Record {
+        self.wait_for_entry(what, timeout, |e| pred(&e.record))
+            .record
+    }
+
+    fn wait_for_entry(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Entry) -> bool,
+    ) -> Entry {
         let give_up = Instant::now() + timeout;
         loop {
-            if let Some(record) = self.log().0.into_iter().find(|r| pred(r)) {
-                return record;
+            // Whether fij runs is looked at before the log is read: if it had ended, the log
+            // read is complete, and a record written just before the end is not missed.
+            let running = self.running();
+            if let Some(entry) = self.log().0.into_iter().find(|e| pred(e)) {
+                return entry;
             }
-            if !self.running() {
+            if !running {
                 let out = self.finish();
                 out.log.kill_spawned_targets();
                 panic!("fij exited before the log had {what}\n{out}");
@@ -513,9 +587,11 @@ impl RunningFij {
         }
     }
 
-    /// Waits for the `start` record (the campaign is armed) and returns it.
-    pub fn wait_armed(&mut self) -> Value {
-        self.wait_for_record("the start record", FIJ_TIMEOUT, |r| r["event"] == "start")
+    /// Waits (at most [`FIJ_TIMEOUT`]) for the `start` record: the campaign is armed.
+    pub fn wait_armed(&mut self) -> Record {
+        self.wait_for_typed_record("the start record", FIJ_TIMEOUT, |r| {
+            matches!(r, Record::Start { .. })
+        })
     }
 
     /// Waits for fij to end (killing it and failing past the timeout), then checks that no fij
@@ -627,47 +703,132 @@ impl fmt::Display for FijOutput {
 // ---------------------------------------------------------------------------------------------
 // The JSONL log.
 
-/// The records of a fij log, in order.
+/// The records of a fij log, in order. Every line is read through fij's own record type,
+/// [`Record`] (`fij_common::log`), so a line that does not fit it fails the test, the line shown.
+/// Each record is also kept as JSON (the typed record serialized again, which must give back the
+/// line as written), for the tests that look at a field by name (`r["pid"]`).
 #[derive(Clone, Debug, Default)]
-pub struct Log(pub Vec<Value>);
+pub struct Log(Vec<Entry>);
+
+/// One line of the log: typed, and as JSON.
+#[derive(Clone, Debug)]
+struct Entry {
+    record: Record,
+    json: Value,
+}
 
 impl Log {
-    /// Parses every complete line of the log file (a line still being written is left out; a
-    /// missing file is an empty log). Panics on a line that is not JSON.
+    /// Reads every complete line of the log file (a line still being written is left out; a
+    /// missing file is an empty log). Panics on a line that is not a [`Record`].
     pub fn read_partial(path: &Path) -> Log {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        Log::parse(&std::fs::read_to_string(path).unwrap_or_default())
+    }
+
+    /// Reads every complete line of a log's text (a last line without its newline is left out).
+    /// Panics, showing the line, on one that is not a [`Record`], or whose record does not
+    /// serialize back to what the line says (a field fij writes that the type does not have).
+    pub fn parse(text: &str) -> Log {
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         Log(complete
             .lines()
-            .map(|line| {
-                serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"))
+            .enumerate()
+            .map(|(i, line)| {
+                let record = Record::from_line(line).unwrap_or_else(|e| {
+                    panic!(
+                        "log line {} is not a fij_common::log::Record ({e}): {line}",
+                        i + 1
+                    )
+                });
+                let written: Value = serde_json::from_str(line).expect("a record's line is JSON");
+                let json = serde_json::to_value(&record).expect("a record serializes");
+                assert_eq!(
+                    json,
+                    written,
+                    "log line {} reads as a fij_common::log::Record that does not serialize back \
+                     to it (a field the type lacks?): {line}",
+                    i + 1
+                );
+                Entry { record, json }
             })
             .collect())
     }
 
-    /// Every record whose `event` is `event`.
-    pub fn records(&self, event: &str) -> Vec<&Value> {
-        self.0.iter().filter(|r| r["event"] == event).collect()
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every record, typed, in log order.
+    pub fn typed(&self) -> impl Iterator<Item = &Record> {
+        self.0.iter().map(|e| &e.record)
+    }
+
+    /// Every record as JSON, in log order.
+    pub fn json(&self) -> impl Iterator<Item = &Value> {
+        self.0.iter().map(|e| &e.json)
+    }
+
+    /// The same records, stably sorted by `key` of their JSON.
+    pub fn sorted_by_key<K: Ord>(&self, mut key: impl FnMut(&Value) -> K) -> Log {
+        let mut entries = self.0.clone();
+        entries.sort_by_key(|e| key(&e.json));
+        Log(entries)
+    }
+
+    /// The records of kind `event`.
+    fn entries(&self, event: &str) -> impl Iterator<Item = &Entry> {
+        self.0.iter().filter(move |e| e.record.event() == event)
     }
 
     /// The only record of kind `event` (panics unless there is exactly one).
-    pub fn one(&self, event: &str) -> &Value {
-        let records = self.records(event);
+    fn one_entry(&self, event: &str) -> &Entry {
+        let entries: Vec<&Entry> = self.entries(event).collect();
         assert_eq!(
-            records.len(),
+            entries.len(),
             1,
             "expected exactly one `{event}` record in the log:\n{self}"
         );
-        records[0]
+        entries[0]
     }
 
+    /// The first record of kind `event`, typed.
+    pub fn first(&self, event: &str) -> Option<&Record> {
+        self.entries(event).next().map(|e| &e.record)
+    }
+
+    /// Every record whose `event` is `event`, as JSON.
+    pub fn records(&self, event: &str) -> Vec<&Value> {
+        self.entries(event).map(|e| &e.json).collect()
+    }
+
+    /// The only record of kind `event`, as JSON (panics unless there is exactly one).
+    pub fn one(&self, event: &str) -> &Value {
+        &self.one_entry(event).json
+    }
+
+    /// The `start` record, as JSON.
     pub fn start(&self) -> &Value {
         self.one("start")
     }
 
+    /// The `end` record, as JSON.
     pub fn end(&self) -> &Value {
         self.one("end")
+    }
+
+    /// Why the campaign ended, from the `end` record.
+    pub fn end_reason(&self) -> EndReason {
+        match self.one_entry("end").record {
+            Record::End { reason, .. } => reason,
+            ref other => unreachable!("an end entry holds an end record, not {other:?}"),
+        }
+    }
+
+    /// The targets of the `start` record, typed.
+    pub fn targets(&self) -> &[TargetRecord] {
+        match &self.one_entry("start").record {
+            Record::Start { targets, .. } => targets,
+            other => unreachable!("a start entry holds a start record, not {other:?}"),
+        }
     }
 
     pub fn injections(&self) -> Vec<&Value> {
@@ -679,16 +840,23 @@ impl Log {
     }
 
     /// The `exit` records of `pid`.
+    fn exit_entries_of(&self, pid: u32) -> Vec<&Entry> {
+        self.entries("exit")
+            .filter(|e| matches!(e.record, Record::Exit { pid: p, .. } if p == pid))
+            .collect()
+    }
+
+    /// The `exit` records of `pid`, as JSON.
     pub fn exits_of(&self, pid: u32) -> Vec<&Value> {
-        self.records("exit")
+        self.exit_entries_of(pid)
             .into_iter()
-            .filter(|r| r["pid"] == pid)
+            .map(|e| &e.json)
             .collect()
     }
 
     /// The only `exit` record of `pid` (panics unless there is exactly one).
-    pub fn exit_of(&self, pid: u32) -> &Value {
-        let exits = self.exits_of(pid);
+    fn exit_entry_of(&self, pid: u32) -> &Entry {
+        let exits = self.exit_entries_of(pid);
         assert_eq!(
             exits.len(),
             1,
@@ -697,34 +865,48 @@ impl Log {
         exits[0]
     }
 
+    /// The only `exit` record of `pid`, as JSON (panics unless there is exactly one).
+    pub fn exit_of(&self, pid: u32) -> &Value {
+        &self.exit_entry_of(pid).json
+    }
+
     /// Pid of the target named `name` in the start record.
     pub fn target_pid(&self, name: &str) -> u32 {
-        let start = self.start();
-        let targets = start["targets"]
-            .as_array()
-            .expect("start.targets is an array");
-        let target = targets
+        self.targets()
             .iter()
-            .find(|t| t["name"] == name)
-            .unwrap_or_else(|| panic!("no target `{name}` in the start record: {start}"));
-        pid_of(target)
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no target `{name}` in the start record: {}", self.start()))
+            .pid
     }
 
     /// `(hit, pid)` of every injection, in log order.
     pub fn injection_hits(&self) -> Vec<(u64, u32)> {
-        self.injections()
-            .iter()
-            .map(|r| (r["hit"].as_u64().expect("hit"), pid_of(r)))
+        self.typed()
+            .filter_map(|r| match r {
+                Record::Injection { hit, pid, .. } => Some((*hit, *pid)),
+                _ => None,
+            })
             .collect()
     }
 
     /// How process `pid` ended according to its only `exit` record: `code N` or `signal NAME`.
     pub fn exit_status(&self, pid: u32) -> String {
-        let exit = self.exit_of(pid);
-        match (exit.get("code"), exit.get("signal")) {
-            (Some(code), None) => format!("code {code}"),
-            (None, Some(Value::String(signal))) => format!("signal {signal}"),
-            _ => panic!("exit record with neither or both of code and signal: {exit}"),
+        let exit = self.exit_entry_of(pid);
+        match &exit.record {
+            Record::Exit {
+                code: Some(code),
+                signal: None,
+                ..
+            } => format!("code {code}"),
+            Record::Exit {
+                code: None,
+                signal: Some(signal),
+                ..
+            } => format!("signal {signal}"),
+            _ => panic!(
+                "exit record with neither or both of code and signal: {}",
+                exit.json
+            ),
         }
     }
 
@@ -737,24 +919,50 @@ impl Log {
             expected,
             "injections (hit, pid) differ; log:\n{self}"
         );
-        for record in self.injections() {
-            assert_eq!(record["syscall"], syscall, "{record}");
-            assert_eq!(record["signal"], signal, "{record}");
-            assert_eq!(record["delivered"], true, "{record}");
-            assert!(record.get("error").is_none(), "{record}");
-            assert_eq!(record["tid"], record["pid"], "{record}");
+        for entry in self.entries("injection") {
+            let Record::Injection {
+                syscall: on,
+                signal: sent,
+                delivered,
+                error,
+                tid,
+                pid,
+                ..
+            } = &entry.record
+            else {
+                unreachable!("an injection entry holds an injection record")
+            };
+            let record = &entry.json;
+            assert_eq!(on.as_deref(), Some(syscall), "{record}");
+            assert_eq!(sent, signal, "{record}");
+            assert!(*delivered, "{record}");
+            assert!(error.is_none(), "{record}");
+            assert_eq!(tid, pid, "{record}");
         }
-        let end = self.end();
-        assert_eq!(end["injections"], expected.len(), "end record: {end}");
-        assert_eq!(end["failed_injections"], 0, "end record: {end}");
+        let end = self.one_entry("end");
+        let Record::End {
+            injections,
+            failed_injections,
+            ..
+        } = end.record
+        else {
+            unreachable!("an end entry holds an end record")
+        };
+        assert_eq!(
+            injections,
+            expected.len() as u64,
+            "end record: {}",
+            end.json
+        );
+        assert_eq!(failed_injections, 0, "end record: {}", end.json);
     }
 
     /// Kills what is left of the spawned targets named in the start record.
     pub fn kill_spawned_targets(&self) {
-        for start in self.records("start") {
-            for target in start["targets"].as_array().into_iter().flatten() {
-                if target["spawned"] == true {
-                    kill_spawned_target(pid_of(target));
+        for record in self.typed() {
+            if let Record::Start { targets, .. } = record {
+                for target in targets.iter().filter(|t| t.spawned) {
+                    kill_spawned_target(target.pid);
                 }
             }
         }
@@ -770,7 +978,7 @@ pub fn pid_of(record: &Value) -> u32 {
 
 impl fmt::Display for Log {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for record in &self.0 {
+        for record in self.json() {
             writeln!(f, "{record}")?;
         }
         Ok(())

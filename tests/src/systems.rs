@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use fij_common::log::monotonic_ns;
 use serde_json::Value;
 
 use crate::{Ended, wait_until};
@@ -52,17 +53,6 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .iter()
         .map(|l| l.local_addr().expect("local_addr").port())
         .collect()
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the `ktime_ns` fields of fij's log.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into a timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// `to - from` (monotonic nanoseconds) as a Duration, 0 if `to` is earlier.

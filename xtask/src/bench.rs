@@ -44,6 +44,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use fij_common::log::{Record, monotonic_ns};
+use fij_tests::{
+    Ended, Fij, FijOutput, Log, RunningFij, map_of_process, maps, send_signal,
+    systems::require_tool,
+};
+use libc::{SIGINT, SIGKILL, SIGTERM};
+use serde::{Serialize, Serializer};
 
 use crate::cmd;
 
@@ -134,27 +141,9 @@ const OTHER_SYSCALLS: &str = "\
     fchown umask gettimeofday getrlimit getrusage sysinfo times getuid getgid geteuid getegid \
     setpgid getpgid setsid getsid";
 
-const SIGINT: i32 = 2;
-const SIGKILL: i32 = 9;
-const SIGTERM: i32 = 15;
-
-unsafe extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut [i64; 2]) -> i32;
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of the loop's start stamp.
-fn monotonic_ns() -> u64 {
-    let mut ts = [0i64; 2];
-    // SAFETY: clock_gettime writes a struct timespec (two longs) into ts.
-    unsafe { clock_gettime(1, &mut ts) };
-    ts[0] as u64 * 1_000_000_000 + ts[1] as u64
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill has no memory effects; pid is a child of ours that has not been reaped.
-    unsafe { kill(pid as i32, sig) };
-}
+/// The longest one `fij run` of the bench may take: more than any campaign's `duration`, so only
+/// a hung fij is killed (and the bench fails).
+const FIJ_RUN_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 pub fn run(quick: bool) -> Result<()> {
     crate::setup::run()?;
@@ -176,7 +165,7 @@ pub fn run(quick: bool) -> Result<()> {
     let md = out_dir.join("results.md");
     let json = out_dir.join("results.json");
     fs::write(&md, &report).with_context(|| format!("cannot write {}", md.display()))?;
-    fs::write(&json, results.json(&bench, took))
+    fs::write(&json, results.json(&bench, took)?)
         .with_context(|| format!("cannot write {}", json.display()))?;
     println!();
     print!("{report}");
@@ -274,7 +263,7 @@ impl Daemon {
     /// Sends `sig` and waits up to `timeout`, then SIGKILL.
     fn stop(mut self, sig: i32, timeout: Duration) -> Result<ExitStatus> {
         if self.exited().is_none() {
-            signal(self.pid(), sig);
+            send_signal(self.pid(), sig);
         }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -291,37 +280,37 @@ impl Daemon {
             self.pid()
         )
     }
+}
 
-    /// Peak resident set size so far, in KiB (`VmHWM`).
-    fn peak_rss_kib(&self) -> Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no VmHWM in /proc/{}/status", self.pid()))
-    }
+/// Peak resident set size of process `pid` so far, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.exited().is_none() {
             // fij first gets the chance to end its targets.
-            signal(self.pid(), SIGTERM);
+            send_signal(self.pid(), SIGTERM);
             for _ in 0..2500 {
                 if self.exited().is_some() {
                     return;
                 }
                 thread::sleep(Duration::from_millis(2));
             }
-            signal(self.pid(), SIGKILL);
+            send_signal(self.pid(), SIGKILL);
             let _ = self.child.wait();
         }
     }
 }
 
 /// Waits until `ready` holds, `daemon` exits (an error, with `log` shown) or `timeout` passes.
-fn wait_until(
+fn wait_ready(
     daemon: &mut Daemon,
     log: &Path,
     timeout: Duration,
@@ -356,12 +345,6 @@ fn sys_enter_owners() -> Result<Vec<u32>> {
         .filter(|l| l.split_whitespace().last() == Some("sys_enter"))
         .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
         .collect())
-}
-
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
 }
 
 struct Bench {
@@ -409,17 +392,10 @@ struct Results {
 impl Bench {
     fn new(cfg: Config) -> Result<Self> {
         let bin = crate::bin_dir(true);
-        let tool = |name: &str, package: &str| {
-            find_in_path(name).with_context(|| {
-                format!(
-                    "{name} is not installed (Debian package {package}), and the bench compares \
-                     fij with it; `cargo xtask setup` installs it"
-                )
-            })
-        };
-        let bpftrace = tool("bpftrace", "bpftrace")?;
-        let strace = tool("strace", "strace")?;
-        tool("bpftool", "bpftool")?;
+        // The peers fij is compared with, and bpftool (the target-set filling).
+        let bpftrace = require_tool("bpftrace", "bpftrace");
+        let strace = require_tool("strace", "strace");
+        require_tool("bpftool", "bpftool");
         let dir = std::env::temp_dir().join(format!("fij-bench-{}", std::process::id()));
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let bench = Self {
@@ -535,62 +511,29 @@ impl Bench {
         Ok(path)
     }
 
-    /// `fij run SCENARIO --log LOG` in the background with its stdout (its targets') to
-    /// `stdout`, returned once the `start` record is in the log (programs attached, rules loaded,
-    /// targets armed), with the paths of the log and of fij's stderr.
-    fn start_fij(&mut self, scenario: &Path, stdout: Stdio) -> Result<(Daemon, PathBuf, PathBuf)> {
-        let log = self.file("fij.jsonl");
-        let err = self.file("fij.err");
-        let child = Command::new(&self.fij)
-            .arg("run")
-            .arg(scenario)
-            .arg("--log")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(fs::File::create(&err)?)
-            .spawn()
-            .context("starting fij")?;
-        let mut fij = Daemon { name: "fij", child };
-        wait_until(&mut fij, &err, Duration::from_secs(60), || {
-            Ok(fs::read_to_string(&log).is_ok_and(|t| t.contains(r#""event":"start""#)))
-        })?;
-        Ok((fij, log, err))
+    /// `fij run SCENARIO` (the release build), its log a new file of the bench's directory.
+    fn fij_run(&mut self, scenario: &Path) -> Fij {
+        Fij::run_logging_to(scenario, self.file("fij.jsonl"))
+            .bin(&self.fij)
+            .timeout(FIJ_RUN_LIMIT)
     }
 
-    /// Runs `fij run SCENARIO --log LOG` to its end, pinned to a CPU with `taskset` if `pin` is
-    /// given; returns its stdout (its targets') and log.
-    fn run_fij(
-        &mut self,
-        pin: Option<(&Path, usize)>,
-        scenario: &Path,
-    ) -> Result<(String, String)> {
-        let log = self.file("fij.jsonl");
-        let mut command = match pin {
-            Some((taskset, cpu)) => {
-                let mut c = Command::new(taskset);
-                c.arg("-c").arg(cpu.to_string()).arg(&self.fij);
-                c
-            }
-            None => Command::new(&self.fij),
-        };
-        let out = command
-            .arg("run")
-            .arg(scenario)
-            .arg("--log")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .output()
-            .context("running fij")?;
-        ensure!(
-            out.status.success(),
-            "`fij run {}` failed ({}):\n{}",
-            scenario.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let log = fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
-        Ok((String::from_utf8_lossy(&out.stdout).into_owned(), log))
+    /// `fij run SCENARIO` in the background, returned once the `start` record is in the log
+    /// (programs attached, rules loaded, targets armed).
+    fn start_fij(&mut self, scenario: &Path) -> RunningFij {
+        let mut fij = self.fij_run(scenario).spawn();
+        fij.wait_armed();
+        fij
+    }
+
+    /// Runs `fij run SCENARIO` to its end, pinned to a CPU with `taskset` if `pin` is given;
+    /// fails unless fij exits 0.
+    fn run_fij(&mut self, pin: Option<(&Path, usize)>, scenario: &Path) -> Result<FijOutput> {
+        let mut fij = self.fij_run(scenario);
+        if let Some((taskset, cpu)) = pin {
+            fij = fij.through(taskset, ["-c".to_string(), cpu.to_string()]);
+        }
+        exited_0(fij.spawn().finish())
     }
 
     fn start_floor(&mut self) -> Result<Daemon> {
@@ -646,18 +589,19 @@ impl Bench {
         let attaching = t0.elapsed();
         thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let bpftrace_pid = bpftrace.pid();
-        wait_until(&mut bpftrace, &err, Duration::from_secs(30), || {
+        wait_ready(&mut bpftrace, &err, Duration::from_secs(30), || {
             Ok(sys_enter_owners()?.contains(&bpftrace_pid))
         })?;
         Ok((bpftrace, attaching))
     }
 
-    /// Adds `count` fake pids to (or, with `delete`, removes them from) fij's TARGETS map.
-    fn fill_targets(&mut self, fij: &Daemon, count: usize, delete: bool) -> Result<()> {
+    /// Adds `count` fake pids to (or, with `delete`, removes them from) the TARGETS map of the
+    /// fij process `fij_pid`.
+    fn fill_targets(&mut self, fij_pid: u32, count: usize, delete: bool) -> Result<()> {
         if count == 0 {
             return Ok(());
         }
-        let (id, value_size) = targets_map(fij.pid())?;
+        let (id, value_size) = targets_map(fij_pid)?;
         let mut batch = String::new();
         for i in 0..count {
             let key = (FAKE_PID_BASE + i as u32).to_le_bytes();
@@ -743,18 +687,16 @@ impl Bench {
             let b1 = self.measure_loop(&[])?;
             let p1 = self.measure_round_trip(&[])?;
 
-            let (fij, _, _) = self.start_fij(&small, Stdio::null())?;
+            let fij = self.start_fij(&small);
             let fij_ns = self.measure_loop(&[fij.pid()])?;
             let fij_rt = self.measure_round_trip(&[fij.pid()])?;
-            r.fij_rss_mib.push(fij.peak_rss_kib()? as f64 / 1024.0);
-            let status = fij.stop(SIGTERM, Duration::from_secs(30))?;
-            ensure!(status.success(), "fij ended with {status}");
+            r.fij_rss_mib.push(peak_rss_kib(fij.pid())? as f64 / 1024.0);
+            terminate(fij)?;
 
-            let (fij, _, _) = self.start_fij(&big, Stdio::null())?;
-            self.fill_targets(&fij, targets - 1, false)?;
+            let fij = self.start_fij(&big);
+            self.fill_targets(fij.pid(), targets - 1, false)?;
             let big_ns = self.measure_loop(&[fij.pid()])?;
-            let status = fij.stop(SIGTERM, Duration::from_secs(30))?;
-            ensure!(status.success(), "fij ended with {status}");
+            terminate(fij)?;
             let b2 = self.measure_loop(&[])?;
             let p2 = self.measure_round_trip(&[])?;
 
@@ -762,7 +704,7 @@ impl Bench {
             r.bpftrace_start_ms.push(attaching.as_secs_f64() * 1e3);
             let bpftrace_ns = self.measure_loop(&[bpftrace.pid()])?;
             r.bpftrace_rss_mib
-                .push(bpftrace.peak_rss_kib()? as f64 / 1024.0);
+                .push(peak_rss_kib(bpftrace.pid())? as f64 / 1024.0);
             bpftrace.stop(SIGINT, Duration::from_secs(30))?;
             let b3 = self.measure_loop(&[])?;
 
@@ -855,8 +797,8 @@ impl Bench {
             let mut bases = vec![self.measure_loop(&[])?];
             let mut armed = Vec::new();
             for scenario in [&one, &hook] {
-                let (out, _log) = self.clean(&[], |b| b.run_fij(None, scenario))?;
-                armed.push(parse_loop(&out)?.best);
+                let fij = self.clean(&[], |b| b.run_fij(None, scenario))?;
+                armed.push(parse_loop(&fij.stdout)?.best);
                 bases.push(self.measure_loop(&[])?);
             }
             let out = self.clean(&[], |b| b.run_gated_fij(&big, &gate, targets - 1))?;
@@ -919,23 +861,15 @@ impl Bench {
     /// the campaign ends.
     fn run_gated_fij(&mut self, scenario: &Path, gate: &Path, fake: usize) -> Result<String> {
         let _ = fs::remove_file(gate);
-        let out = self.file("fij.out");
-        let (mut fij, log, err) = self.start_fij(scenario, fs::File::create(&out)?.into())?;
-        self.fill_targets(&fij, fake, false)?;
+        let mut fij = self.start_fij(scenario);
+        self.fill_targets(fij.pid(), fake, false)?;
         fs::write(gate, "").with_context(|| format!("cannot create {}", gate.display()))?;
         // The fake targets never exit, so the campaign does not end by itself: it is ended once
         // the loop's exit is in the log.
-        wait_until(&mut fij, &err, Duration::from_secs(600), || {
-            Ok(fs::read_to_string(&log).is_ok_and(|t| t.contains(r#""event":"exit""#)))
-        })?;
-        let status = fij.stop(SIGTERM, Duration::from_secs(30))?;
-        ensure!(
-            status.success(),
-            "`fij run {}` failed ({status}):\n{}",
-            scenario.display(),
-            fs::read_to_string(&err).unwrap_or_default()
-        );
-        fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))
+        fij.wait_for_typed_record("the loop's exit", Duration::from_secs(600), |r| {
+            matches!(r, Record::Exit { .. })
+        });
+        Ok(terminate(fij)?.stdout)
     }
 
     /// Part 3.
@@ -963,8 +897,7 @@ impl Bench {
              pinned to the loop's CPU ==",
             self.cfg.cpu, self.cfg.kill_runs, self.cfg.kill_runs
         );
-        let taskset = find_in_path("taskset")
-            .context("taskset is not installed (Debian package util-linux)")?;
+        let taskset = require_tool("taskset", "util-linux");
         if other_cpu != self.cfg.cpu {
             r.kill_other_us = self.kill_runs(&scenario, &taskset, other_cpu)?;
         }
@@ -989,12 +922,8 @@ impl Bench {
         )?;
         let mut samples = Samples::default();
         for _ in 0..self.cfg.time_runs {
-            let (_out, log) = self.run_fij(None, &scenario)?;
-            let injection = record(&log, "injection")?;
-            let exit = record(&log, "exit")?;
-            let scheduled = field_u64(injection, "scheduled_t_ns")?;
-            let exited = field_u64(exit, "t_ns")?;
-            samples.push(exited.saturating_sub(scheduled) as f64 / 1e6);
+            let fij = self.run_fij(None, &scenario)?;
+            samples.push(time_kill_ns(&fij.log)? as f64 / 1e6);
         }
         println!(
             "time trigger, CPU-bound target: scheduled → exit ms: p50 {:.2}, p99 {:.2}, max {:.2}",
@@ -1051,18 +980,8 @@ impl Bench {
     fn kill_runs(&mut self, scenario: &Path, taskset: &Path, cpu: usize) -> Result<Samples> {
         let mut samples = Samples::default();
         for _ in 0..self.cfg.kill_runs {
-            let (_out, log) = self.run_fij(Some((taskset, cpu)), scenario)?;
-            let injection = record(&log, "injection")?;
-            let exit = record(&log, "exit")?;
-            let (inj_ns, exit_ns) = (
-                field_u64(injection, "ktime_ns")?,
-                field_u64(exit, "ktime_ns")?,
-            );
-            ensure!(
-                field_u64(injection, "pid")? == field_u64(exit, "pid")?,
-                "the exit record is not the killed process's:\n{log}"
-            );
-            samples.push(exit_ns.saturating_sub(inj_ns) as f64 / 1e3);
+            let fij = self.run_fij(Some((taskset, cpu)), scenario)?;
+            samples.push(kill_latency_ns(&fij.log)? as f64 / 1e3);
         }
         println!(
             "fij on CPU {cpu}: kill latency µs: p50 {:.1}, p99 {:.1}, max {:.1}",
@@ -1090,8 +1009,8 @@ impl Bench {
         );
         for _ in 0..self.cfg.reps {
             let t0 = monotonic_ns();
-            let (out, _log) = self.run_fij(None, &scenario)?;
-            let started = parse_loop(&out)?.start_ns;
+            let fij = self.run_fij(None, &scenario)?;
+            let started = parse_loop(&fij.stdout)?.start_ns;
             r.fij_start_ms.push(started.saturating_sub(t0) as f64 / 1e6);
         }
         println!(
@@ -1111,50 +1030,70 @@ fn fault(name: &str, target: &str, syscall: &str, nth: u64) -> String {
     )
 }
 
-/// The first log line with `"event":"<kind>"`.
-fn record<'a>(log: &'a str, kind: &str) -> Result<&'a str> {
-    let tag = format!(r#""event":"{kind}""#);
-    log.lines()
-        .find(|l| l.contains(&tag))
-        .with_context(|| format!("no {kind} record in the log:\n{log}"))
+/// A finished fij run, if it exited 0.
+fn exited_0(fij: FijOutput) -> Result<FijOutput> {
+    ensure!(fij.ended == Ended::Code(0), "{fij}");
+    Ok(fij)
 }
 
-/// An unsigned integer field of a one-line JSON object (fij's records are flat where it matters).
-fn field_u64(line: &str, name: &str) -> Result<u64> {
-    let key = format!(r#""{name}":"#);
-    let rest = &line[line
-        .find(&key)
-        .with_context(|| format!("no {name} in {line}"))?
-        + key.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits
-        .parse()
-        .with_context(|| format!("{name} is not a number in {line}"))
-}
-
-/// The id and value size of fij's TARGETS map: the map among the fds of process `pid` whose
-/// name is TARGETS.
-fn targets_map(pid: u32) -> Result<(u32, usize)> {
-    let dir = format!("/proc/{pid}/fdinfo");
-    for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
-        let Ok(info) = fs::read_to_string(entry?.path()) else {
-            continue;
-        };
-        let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) else {
-            continue;
-        };
-        let show = cmd::query(Command::new("bpftool").args(["map", "show", "id", id.trim()]))?
-            .unwrap_or_default();
-        if show.split_whitespace().any(|w| w == "TARGETS") {
-            let value_size = info
-                .lines()
-                .find_map(|l| l.strip_prefix("value_size:"))
-                .and_then(|v| v.trim().parse().ok())
-                .context("no value_size in the map's fdinfo")?;
-            return Ok((id.trim().parse()?, value_size));
-        }
+/// Ends a campaign with SIGTERM (if it has not ended) and waits for fij, which must exit 0.
+fn terminate(mut fij: RunningFij) -> Result<FijOutput> {
+    if fij.running() {
+        send_signal(fij.pid(), SIGTERM);
     }
-    bail!("fij (pid {pid}) holds no map named TARGETS")
+    exited_0(fij.finish())
+}
+
+/// A kill's latency: from the first injection's `ktime_ns` to the first exit's, which must be the
+/// killed process's.
+fn kill_latency_ns(log: &Log) -> Result<u64> {
+    let (
+        Some(Record::Injection {
+            ktime_ns: injected,
+            pid,
+            ..
+        }),
+        Some(Record::Exit {
+            ktime_ns: exited,
+            pid: exited_pid,
+            ..
+        }),
+    ) = (log.first("injection"), log.first("exit"))
+    else {
+        bail!("no injection and exit records in the log:\n{log}");
+    };
+    ensure!(
+        pid == exited_pid,
+        "the exit record is not the killed process's:\n{log}"
+    );
+    Ok(exited.saturating_sub(*injected))
+}
+
+/// A time-triggered kill's lateness: from the first injection's scheduled time to the first exit
+/// (both `t_ns`).
+fn time_kill_ns(log: &Log) -> Result<u64> {
+    let (
+        Some(Record::Injection {
+            scheduled_t_ns: Some(scheduled),
+            ..
+        }),
+        Some(Record::Exit { t_ns: exited, .. }),
+    ) = (log.first("injection"), log.first("exit"))
+    else {
+        bail!("no time-triggered injection and exit records in the log:\n{log}");
+    };
+    Ok(exited.saturating_sub(*scheduled))
+}
+
+/// The id and value size of fij's TARGETS map: the map named TARGETS that fij (`fij_pid`) holds.
+fn targets_map(fij_pid: u32) -> Result<(u64, usize)> {
+    let id = map_of_process(fij_pid, "TARGETS");
+    let value_size = maps()
+        .iter()
+        .find(|m| m["id"] == id)
+        .and_then(|m| m["bytes_value"].as_u64())
+        .with_context(|| format!("no value size of map {id} in `bpftool map show`"))?;
+    Ok((id, value_size as usize))
 }
 
 fn loadavg() -> String {
@@ -1504,181 +1443,171 @@ impl Results {
         s
     }
 
-    fn json(&self, bench: &Bench, took: Duration) -> String {
+    /// bench/results.json: everything of the markdown report, with every sample.
+    fn json(&self, bench: &Bench, took: Duration) -> Result<String> {
         let cfg = &bench.cfg;
-        let samples = |s: &Samples| {
-            Json::Obj(vec![
-                ("median", Json::Num(s.median())),
-                ("min", Json::Num(s.min())),
-                ("max", Json::Num(s.max())),
-                (
-                    "samples",
-                    Json::Arr(s.0.iter().map(|&x| Json::Num(x)).collect()),
-                ),
-            ])
-        };
         let rows = self
             .rows(cfg)
             .iter()
-            .map(|row| {
-                let mut fields = vec![
-                    ("measurement", Json::Str(row.measurement.clone())),
-                    ("unit", Json::Str(row.unit.into())),
-                    ("fij", samples(&row.fij)),
-                ];
-                if row.percentiles {
-                    fields.push(("p50", Json::Num(row.fij.percentile(50.0))));
-                    fields.push(("p99", Json::Num(row.fij.percentile(99.0))));
-                }
-                if let Some(peer) = &row.peer {
-                    fields.push(("peer_name", Json::Str(row.peer_name.clone())));
-                    fields.push(("peer", samples(peer)));
-                }
-                if let Some((label, v)) = &row.ratio {
-                    fields.push(("ratio_label", Json::Str(label.clone())));
-                    fields.push(("ratio", Json::Num(*v)));
-                }
-                if let Some(fastest) = row.fastest {
-                    fields.push(("ratio_of_fastest_rounds", Json::Num(fastest)));
-                }
-                if let Some((t, ok)) = &row.target {
-                    fields.push(("target", Json::Str(t.clone())));
-                    fields.push(("met", Json::Bool(*ok)));
-                }
-                Json::Obj(fields)
+            .map(|row| RowJson {
+                measurement: row.measurement.clone(),
+                unit: row.unit,
+                fij: SamplesJson::of(&row.fij),
+                p50: row.percentiles.then(|| rounded(row.fij.percentile(50.0))),
+                p99: row.percentiles.then(|| rounded(row.fij.percentile(99.0))),
+                peer_name: row.peer.as_ref().map(|_| row.peer_name.clone()),
+                peer: row.peer.as_ref().map(SamplesJson::of),
+                ratio_label: row.ratio.as_ref().map(|(label, _)| label.clone()),
+                ratio: row.ratio.as_ref().map(|(_, v)| rounded(*v)),
+                ratio_of_fastest_rounds: row.fastest.map(rounded),
+                target: row.target.as_ref().map(|(t, _)| t.clone()),
+                met: row.target.as_ref().map(|(_, ok)| *ok),
             })
             .collect();
-        let absolute = self
-            .absolute_rows()
-            .into_iter()
-            .map(|(name, _)| (name, samples(&self.abs(name))))
-            .collect();
-        Json::Obj(vec![
-            ("machine", Json::Str(machine())),
-            ("kernel", Json::Str(kernel())),
-            ("date", Json::Str(date())),
-            (
-                "command",
-                Json::Str(format!(
-                    "cargo xtask bench{}",
-                    if cfg.quick { " --quick" } else { "" }
-                )),
+        let results = ResultsJson {
+            machine: machine(),
+            kernel: kernel(),
+            date: date(),
+            command: format!(
+                "cargo xtask bench{}",
+                if cfg.quick { " --quick" } else { "" }
             ),
-            ("seconds", Json::Num(took.as_secs_f64())),
-            (
-                "config",
-                Json::Obj(vec![
-                    ("rounds", Json::Num(cfg.reps as f64)),
-                    ("loop_calls", Json::Num(cfg.loop_calls as f64)),
-                    ("strace_calls", Json::Num(cfg.strace_calls as f64)),
-                    ("kill_runs", Json::Num(cfg.kill_runs as f64)),
-                    ("cpu", Json::Num(cfg.cpu as f64)),
-                    ("scale_targets", Json::Num(cfg.scale_targets as f64)),
-                    ("scale_faults", Json::Num(cfg.scale_faults as f64)),
-                    ("round_trips", Json::Num(cfg.round_trips as f64)),
-                ]),
+            seconds: rounded(took.as_secs_f64()),
+            config: ConfigJson {
+                rounds: cfg.reps,
+                loop_calls: cfg.loop_calls,
+                strace_calls: cfg.strace_calls,
+                kill_runs: cfg.kill_runs,
+                cpu: cfg.cpu,
+                scale_targets: cfg.scale_targets,
+                scale_faults: cfg.scale_faults,
+                round_trips: cfg.round_trips,
+            },
+            load_before: bench.load_before.clone(),
+            load_after: self.load_after.clone(),
+            measurements_with_bpf_stats_enabled: bench.stats_on,
+            syscall_measurements: bench.measurements,
+            repeated_measurements: bench.disturbed,
+            unclean_measurements: bench.unclean,
+            rows,
+            absolute_ns_per_syscall: InOrder(
+                self.absolute_rows()
+                    .into_iter()
+                    .map(|(name, _)| (name, SamplesJson::of(&self.abs(name))))
+                    .collect(),
             ),
-            ("load_before", Json::Str(bench.load_before.clone())),
-            ("load_after", Json::Str(self.load_after.clone())),
-            (
-                "measurements_with_bpf_stats_enabled",
-                Json::Num(bench.stats_on as f64),
-            ),
-            ("syscall_measurements", Json::Num(bench.measurements as f64)),
-            ("repeated_measurements", Json::Num(bench.disturbed as f64)),
-            ("unclean_measurements", Json::Num(bench.unclean as f64)),
-            ("rows", Json::Arr(rows)),
-            ("absolute_ns_per_syscall", Json::Obj(absolute)),
-            (
-                "kill_latency_us",
-                Json::Obj(vec![
-                    ("fij_on_another_cpu", samples(&self.kill_other_us)),
-                    ("fij_on_the_targets_cpu", samples(&self.kill_same_us)),
-                    ("bpftrace_signal", samples(&self.kill_bpftrace_us)),
-                    ("time_trigger_ms", samples(&self.time_kill_ms)),
-                ]),
-            ),
-        ])
-        .render()
-            + "\n"
+            kill_latency_us: KillLatencyJson {
+                fij_on_another_cpu: SamplesJson::of(&self.kill_other_us),
+                fij_on_the_targets_cpu: SamplesJson::of(&self.kill_same_us),
+                bpftrace_signal: SamplesJson::of(&self.kill_bpftrace_us),
+                time_trigger_ms: SamplesJson::of(&self.time_kill_ms),
+            },
+        };
+        Ok(serde_json::to_string_pretty(&results)? + "\n")
     }
 }
 
-/// Just enough JSON for the results file (xtask has no serde).
-enum Json {
-    Num(f64),
-    Str(String),
-    Bool(bool),
-    Arr(Vec<Json>),
-    Obj(Vec<(&'static str, Json)>),
+/// bench/results.json. Figures are rounded to 3 decimals; one that could not be measured (NaN)
+/// is `null`.
+#[derive(Serialize)]
+struct ResultsJson {
+    machine: String,
+    kernel: String,
+    date: String,
+    command: String,
+    /// How long the measurements took.
+    seconds: f64,
+    config: ConfigJson,
+    load_before: String,
+    load_after: String,
+    measurements_with_bpf_stats_enabled: usize,
+    syscall_measurements: usize,
+    repeated_measurements: usize,
+    unclean_measurements: usize,
+    rows: Vec<RowJson>,
+    absolute_ns_per_syscall: InOrder<SamplesJson>,
+    kill_latency_us: KillLatencyJson,
 }
 
-impl Json {
-    fn render(&self) -> String {
-        let mut out = String::new();
-        self.write(&mut out, 0);
-        out
-    }
+/// The sizes of the run ([`Config`]).
+#[derive(Serialize)]
+struct ConfigJson {
+    rounds: usize,
+    loop_calls: u64,
+    strace_calls: u64,
+    kill_runs: usize,
+    cpu: usize,
+    scale_targets: usize,
+    scale_faults: usize,
+    round_trips: u64,
+}
 
-    fn write(&self, out: &mut String, indent: usize) {
-        let pad = |n| "  ".repeat(n);
-        match self {
-            Json::Num(x) if x.is_finite() => {
-                let _ = write!(out, "{}", (x * 1000.0).round() / 1000.0);
-            }
-            Json::Num(_) => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Str(s) => json_string(out, s),
-            Json::Arr(items) if items.iter().all(|i| matches!(i, Json::Num(_))) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    item.write(out, indent);
-                }
-                out.push(']');
-            }
-            Json::Arr(items) => {
-                out.push_str("[\n");
-                for (i, item) in items.iter().enumerate() {
-                    out.push_str(&pad(indent + 1));
-                    item.write(out, indent + 1);
-                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
-                }
-                out.push_str(&pad(indent));
-                out.push(']');
-            }
-            Json::Obj(fields) => {
-                out.push_str("{\n");
-                for (i, (key, value)) in fields.iter().enumerate() {
-                    out.push_str(&pad(indent + 1));
-                    json_string(out, key);
-                    out.push_str(": ");
-                    value.write(out, indent + 1);
-                    out.push_str(if i + 1 < fields.len() { ",\n" } else { "\n" });
-                }
-                out.push_str(&pad(indent));
-                out.push('}');
-            }
+/// One line of the results table ([`Row`]).
+#[derive(Serialize)]
+struct RowJson {
+    measurement: String,
+    unit: &'static str,
+    fij: SamplesJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p50: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p99: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<SamplesJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_of_fastest_rounds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    met: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct KillLatencyJson {
+    fij_on_another_cpu: SamplesJson,
+    fij_on_the_targets_cpu: SamplesJson,
+    bpftrace_signal: SamplesJson,
+    time_trigger_ms: SamplesJson,
+}
+
+/// A measurement's figures over the rounds.
+#[derive(Serialize)]
+struct SamplesJson {
+    median: f64,
+    min: f64,
+    max: f64,
+    samples: Vec<f64>,
+}
+
+impl SamplesJson {
+    fn of(s: &Samples) -> Self {
+        Self {
+            median: rounded(s.median()),
+            min: rounded(s.min()),
+            max: rounded(s.max()),
+            samples: s.0.iter().copied().map(rounded).collect(),
         }
     }
 }
 
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
+/// A JSON object with its keys in the order given.
+struct InOrder<V>(Vec<(&'static str, V)>);
+
+impl<V: Serialize> Serialize for InOrder<V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(key, value)| (key, value)))
     }
-    out.push('"');
+}
+
+/// `x` rounded to 3 decimals (NaN stays NaN, written `null`).
+fn rounded(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 fn machine() -> String {
@@ -1743,26 +1672,47 @@ mod tests {
         assert_eq!((run.mean, run.best, run.start_ns), (250.5, 200.25, 42));
     }
 
+    /// A log as fij writes it: a kill on the 1000th getppid.
+    const KILL_LOG: &str = concat!(
+        r#"{"event":"start","seed":1,"scenario":"/tmp/kill.toml","start_ktime_ns":100,"targets":[{"name":"loop","instance":0,"pid":7,"spawned":true}]}"#,
+        "\n",
+        r#"{"event":"injection","t_ns":5,"ktime_ns":1000,"fault":"kill-1000th","target":"loop","pid":7,"tid":7,"instance":0,"hit":1000,"syscall":"getppid","trigger":"getppid","signal":"SIGKILL","by":"kernel","delivered":true}"#,
+        "\n",
+        r#"{"event":"exit","t_ns":9,"ktime_ns":3500,"target":"loop","pid":7,"signal":"SIGKILL"}"#,
+        "\n",
+        r#"{"event":"end","t_ns":10,"reason":"targets_exited","injections":1,"failed_injections":0,"exits":1,"events_lost":0}"#,
+        "\n",
+    );
+
     #[test]
-    fn reads_log_fields() {
-        let log = "{\"event\":\"start\",\"seed\":1}\n\
-                   {\"event\":\"injection\",\"t_ns\":5,\"ktime_ns\":1000,\"pid\":7}\n\
-                   {\"event\":\"exit\",\"t_ns\":9,\"ktime_ns\":3500,\"pid\":7}\n";
-        let exit = record(log, "exit").unwrap();
-        assert_eq!(field_u64(exit, "ktime_ns").unwrap(), 3500);
-        assert_eq!(
-            field_u64(record(log, "injection").unwrap(), "pid").unwrap(),
-            7
-        );
-        assert!(record(log, "end").is_err());
+    fn kill_latency_is_injection_to_exit_of_the_same_pid() {
+        assert_eq!(kill_latency_ns(&Log::parse(KILL_LOG)).unwrap(), 2500);
+        let other_pid = KILL_LOG.replace(r#""pid":7,"signal""#, r#""pid":8,"signal""#);
+        assert!(kill_latency_ns(&Log::parse(&other_pid)).is_err());
+        let no_exit: String = KILL_LOG.lines().take(2).map(|l| format!("{l}\n")).collect();
+        assert!(kill_latency_ns(&Log::parse(&no_exit)).is_err());
     }
 
     #[test]
-    fn json_is_escaped() {
-        let j = Json::Obj(vec![(
-            "a\"b",
-            Json::Arr(vec![Json::Num(1.5), Json::Num(f64::NAN)]),
-        )]);
-        assert_eq!(j.render(), "{\n  \"a\\\"b\": [1.5, null]\n}");
+    fn time_kill_is_scheduled_time_to_exit() {
+        let timed = KILL_LOG.replace(
+            r#""delivered":true"#,
+            r#""scheduled_t_ns":4,"late_ns":1,"delivered":true"#,
+        );
+        assert_eq!(time_kill_ns(&Log::parse(&timed)).unwrap(), 5);
+        // A counted trigger has no scheduled time.
+        assert!(time_kill_ns(&Log::parse(KILL_LOG)).is_err());
+    }
+
+    #[test]
+    fn results_json_keeps_its_keys_in_order_and_writes_nan_as_null() {
+        let object = InOrder(vec![
+            ("b", SamplesJson::of(&Samples(vec![1.23456, 2.0]))),
+            ("a", SamplesJson::of(&Samples::default())),
+        ]);
+        assert_eq!(
+            serde_json::to_string(&object).unwrap(),
+            r#"{"b":{"median":1.617,"min":1.235,"max":2.0,"samples":[1.235,2.0]},"a":{"median":null,"min":null,"max":null,"samples":[]}}"#
+        );
     }
 }

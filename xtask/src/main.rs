@@ -2,6 +2,11 @@
 //!
 //! Every task that builds or runs fij first runs `setup`, so a fresh Debian 12 machine (root,
 //! rustup's cargo on PATH) needs nothing but `cargo xtask test`; that is what `.ci/run` does.
+//!
+//! `bench` and `demo` run fij, read its log and start Redis with the integration tests' harness
+//! (`fij-tests`), which panics on a failure with a message saying what failed; what they started
+//! is killed on the way out. xtask depends on `fij-tests` and `fij-common`, never on `fij`
+//! itself, whose build needs the eBPF toolchain that `setup` installs.
 mod bench;
 mod cmd;
 mod demo;

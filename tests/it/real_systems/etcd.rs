@@ -357,8 +357,8 @@ fn etcd_kill_leader_client_fails_over_at_once() {
         );
     }
     assert_eq!(
-        seen.fij.log.end()["reason"],
-        "targets_exited",
+        seen.fij.log.end_reason(),
+        EndReason::TargetsExited,
         "{}",
         seen.fij
     );
@@ -395,5 +395,10 @@ fn etcd_crash_leader_client_notices_only_by_its_timeout() {
         );
     }
     assert!(!seen.fij.log.records("silenced").is_empty(), "{}", seen.fij);
-    assert_eq!(seen.fij.log.end()["reason"], "interrupted", "{}", seen.fij);
+    assert_eq!(
+        seen.fij.log.end_reason(),
+        EndReason::Interrupted,
+        "{}",
+        seen.fij
+    );
 }

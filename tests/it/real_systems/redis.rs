@@ -110,8 +110,8 @@ fn redis_kill_primary_replica_sees_link_down_at_once() {
         seen.replica_log
     );
     assert_eq!(
-        seen.fij.log.end()["reason"],
-        "targets_exited",
+        seen.fij.log.end_reason(),
+        EndReason::TargetsExited,
         "{}",
         seen.fij
     );
@@ -154,5 +154,10 @@ fn redis_crash_primary_replica_sees_link_down_only_after_repl_timeout() {
     );
     // The primary's sockets were silenced: its listener and its connection to the replica.
     assert!(seen.fij.log.records("silenced").len() >= 2, "{}", seen.fij);
-    assert_eq!(seen.fij.log.end()["reason"], "interrupted", "{}", seen.fij);
+    assert_eq!(
+        seen.fij.log.end_reason(),
+        EndReason::Interrupted,
+        "{}",
+        seen.fij
+    );
 }

@@ -17,26 +17,20 @@
 //! pipes, both on the same CPU, instead of `getppid`s: each round trip is two context switches
 //! and four syscalls (`ns_per_syscall` is then ns per round trip).
 //!
-//! No dependencies: `syscall`, `clock_gettime`, `sched_getcpu` and `sched_setaffinity` are
-//! declared here directly (the C library is linked by std anyway).
+//! The clock is fij's own (`fij_common::log::monotonic_ns`), the clock of the log's `ktime_ns`;
+//! `syscall`, `sched_getcpu`, `sched_setaffinity` and the rest are declared here directly (the C
+//! library is linked by std anyway), so every syscall of the timed loop is in this file.
 use std::{ffi::c_long, hint::black_box, process::ExitCode};
+
+use fij_common::log::monotonic_ns;
 
 #[cfg(target_arch = "x86_64")]
 const SYS_GETPPID: c_long = 110;
 #[cfg(target_arch = "aarch64")]
 const SYS_GETPPID: c_long = 173;
 
-const CLOCK_MONOTONIC: i32 = 1;
-
-#[repr(C)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-
 unsafe extern "C" {
     fn syscall(number: c_long, ...) -> c_long;
-    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
     fn sched_getcpu() -> i32;
     fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
     fn fork() -> i32;
@@ -46,16 +40,6 @@ unsafe extern "C" {
     fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
     fn kill(pid: i32, sig: i32) -> i32;
     fn _exit(status: i32) -> !;
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { clock_gettime(CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Pins the process to `cpu` (a 1024-CPU `cpu_set_t`).
