@@ -270,7 +270,7 @@ fn assert_limit_refused(label: &str, text: &str, (line, col): (usize, usize), me
     run.assert_exit(2);
     assert_eq!(run.stderr.trim_end(), expected, "{run}");
     assert!(!loaded, "fij loaded programs before refusing the scenario");
-    assert!(run.log.0.is_empty(), "nothing may run:\n{run}");
+    assert!(run.log.is_empty(), "nothing may run:\n{run}");
 }
 
 fn command_targets(count: usize, instances: u32) -> String {

@@ -355,13 +355,7 @@ impl Fij {
 
     /// `fij ARGS…` (any subcommand; no log).
     pub fn new_command(args: &[&dyn AsRef<OsStr>]) -> Self {
-        Self {
-            args: args.iter().map(|a| a.as_ref().to_os_string()).collect(),
-            envs: Vec::new(),
-            cwd: None,
-            log: None,
-            timeout: FIJ_TIMEOUT,
-        }
+        Self::new(args.iter().map(|a| a.as_ref().to_os_string()).collect())
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
