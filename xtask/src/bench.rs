@@ -54,6 +54,8 @@ use serde::{Serialize, Serializer};
 
 use crate::cmd;
 
+mod redis;
+
 /// The sizes of one run.
 struct Config {
     quick: bool,
@@ -386,6 +388,8 @@ struct Results {
     bpftrace_start_ms: Samples,
     fij_rss_mib: Samples,
     bpftrace_rss_mib: Samples,
+    /// redis-benchmark requests/s, by "layout:configuration" (see `redis.rs`).
+    redis_rps: BTreeMap<String, Samples>,
     load_after: String,
 }
 
@@ -642,6 +646,7 @@ impl Bench {
         self.armed(&mut r)?;
         self.kill_latency(&mut r)?;
         self.start_to_armed(&mut r)?;
+        self.redis(&mut r)?;
         r.load_after = loadavg();
         Ok(r)
     }
@@ -1322,6 +1327,7 @@ impl Results {
             .fastest(fastest("fij_armed_hook", "armed_baseline") / fastest_armed),
         ]
         .into_iter()
+        .chain(self.redis_rows())
         // The kill latency with fij on another CPU is not measured on a 1-CPU machine.
         .filter(|row| !row.fij.0.is_empty())
         .collect()
