@@ -21,14 +21,13 @@ use crate::cmd;
 /// The LLVM development packages are added by [`llvm_packages`] once the LLVM version is known.
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "bpftool", "gcc"];
 
-/// Debian packages `fij` itself uses at run time: iproute2's `ss -K` destroys a crashed
-/// process's orphaned sockets before its silence is lifted.
-const RUN_PACKAGES: &[&str] = &["iproute2"];
-
 /// Debian packages the integration tests (`tests/`) and `cargo xtask bench` (which compares fij
 /// with strace and bpftrace) need at run time; the real systems of `tests/it/real_systems.rs`
-/// and `cargo xtask demo` (Redis, etcd, Open MPI with its compiler wrapper).
+/// and `cargo xtask demo` (Redis, etcd, Open MPI with its compiler wrapper); iproute2's `ip`
+/// and `tc` for the network tests' namespaces and qdisc checks. `fij` itself runs no other
+/// program.
 pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
     "strace",
     "bpftrace",
     "redis-server",
@@ -53,7 +52,6 @@ pub fn run() -> Result<()> {
     // LLVM packages to install are read from its rustc.
     let packages: Vec<&str> = BUILD_PACKAGES
         .iter()
-        .chain(RUN_PACKAGES)
         .chain(TEST_PACKAGES)
         .copied()
         .collect();
