@@ -56,6 +56,27 @@ pub fn fij_bin() -> PathBuf {
     path
 }
 
+/// The static `fij` of `cargo xtask dist`: `FIJ_DIST_BIN` (set by `cargo xtask test`), else
+/// `target/dist/fij`. Panics if there is none: build it with `cargo xtask dist`.
+pub fn fij_dist_bin() -> PathBuf {
+    let path = std::env::var_os("FIJ_DIST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("the test executable's path");
+            exe.ancestors()
+                .nth(3)
+                .expect("target/<profile>/deps/<test>")
+                .join("dist/fij")
+        });
+    assert!(
+        path.is_file(),
+        "the static fij binary {} does not exist: run the tests with `cargo xtask test` (it runs \
+         `cargo xtask dist` and sets FIJ_DIST_BIN), or run `cargo xtask dist` first",
+        path.display()
+    );
+    path
+}
+
 /// The test workload binary, `fij-workload` of this package (expands `env!` in the test crate,
 /// where Cargo defines `CARGO_BIN_EXE_fij-workload`).
 #[macro_export]
@@ -303,7 +324,11 @@ pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> Ended {
 
 /// A `fij` command line to run: `Fij::run(dir, scenario)` or `Fij::validate(scenario)`.
 pub struct Fij {
+    /// The binary to run: [`fij_bin`] unless set with [`Fij::bin`].
+    bin: Option<PathBuf>,
     args: Vec<OsString>,
+    /// Start fij with an empty environment (plus `envs` and `NO_COLOR`).
+    env_clear: bool,
     envs: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
     log: Option<PathBuf>,
@@ -321,7 +346,9 @@ impl Fij {
             log.clone().into(),
         ];
         Self {
+            bin: None,
             args,
+            env_clear: false,
             envs: Vec::new(),
             cwd: None,
             log: Some(log),
@@ -333,7 +360,9 @@ impl Fij {
     pub fn validate(scenario: &Path) -> Self {
         let args = vec!["validate".into(), scenario.into()];
         Self {
+            bin: None,
             args,
+            env_clear: false,
             envs: Vec::new(),
             cwd: None,
             log: None,
@@ -343,6 +372,18 @@ impl Fij {
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Runs this binary instead of [`fij_bin`] (the static build, say).
+    pub fn bin(mut self, bin: impl Into<PathBuf>) -> Self {
+        self.bin = Some(bin.into());
+        self
+    }
+
+    /// Starts fij with an empty environment: only what [`Fij::env`] adds (and `NO_COLOR`).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
         self
     }
 
@@ -357,8 +398,11 @@ impl Fij {
     }
 
     pub fn spawn(self) -> RunningFij {
-        let bin = fij_bin();
+        let bin = self.bin.clone().unwrap_or_else(fij_bin);
         let mut command = Command::new(&bin);
+        if self.env_clear {
+            command.env_clear();
+        }
         command
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)));
