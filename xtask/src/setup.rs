@@ -32,10 +32,11 @@ const BUILD_PACKAGES: &[&str] = &[
 /// Debian packages the integration tests (`tests/`) and `cargo xtask bench` (which compares fij
 /// with strace and bpftrace) need at run time; the real systems of `tests/it/real_systems.rs`
 /// and `cargo xtask demo` (Redis, etcd, Open MPI with its compiler wrapper); iproute2's `ip`
-/// and `tc` for the network tests' namespaces and qdisc checks. `fij` itself runs no other
-/// program.
+/// and `tc` for the network tests' namespaces and qdisc checks; groff to render `fij man`.
+/// `fij` itself runs no other program.
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
+    "groff-base",
     "strace",
     "bpftrace",
     "redis-server",
