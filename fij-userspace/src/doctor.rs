@@ -7,7 +7,8 @@
 //! left behind, also when a check fails halfway.
 use std::{
     ffi::CString,
-    fmt, io,
+    fmt,
+    io::{self, Read},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -25,6 +26,14 @@ use fij_common::{
     EVENT_EXIT, EVENT_INJECTION, EVENT_RING_BYTES, Event, KernelLayout, SIGNAL_REFUSED,
     TargetProcess, log::monotonic_ns,
 };
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    tc::{TcAttribute, TcHandle, TcMessage},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::{
     compile::{CompiledCampaign, compile},
@@ -46,6 +55,8 @@ const UPROBE_SYMBOL: &str = "getpid";
 const KPROBE_FUNCTION: &str = "do_sys_openat2";
 const TC_INTERFACE: &str = "lo";
 const BPFFS: &str = "/sys/fs/bpf";
+/// The running kernel's configuration, gzipped (CONFIG_IKCONFIG_PROC).
+const PROC_CONFIG_GZ: &str = "/proc/config.gz";
 
 /// How long the throwaway child of the `bpf_send_signal` check may take to die.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -775,16 +786,12 @@ fn kernel_config() -> Option<(String, String)> {
     if let Ok(text) = std::fs::read_to_string(&boot) {
         return Some((boot, text));
     }
-    let out = std::process::Command::new("gzip")
-        .args(["-dc", "/proc/config.gz"])
-        .output()
+    let gz = std::fs::File::open(PROC_CONFIG_GZ).ok()?;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut text)
         .ok()?;
-    out.status.success().then(|| {
-        (
-            "/proc/config.gz".to_owned(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    })
+    Some((PROC_CONFIG_GZ.to_owned(), text))
 }
 
 /// The value of `option` in a kernel .config: `y`, `m`, a string…, or `n` for "is not set".
@@ -891,96 +898,72 @@ impl Drop for AddedClsact {
     }
 }
 
-/// `struct tcmsg` of linux/rtnetlink.h (the libc crate has no definition).
-#[repr(C)]
-struct TcMsg {
-    family: u8,
-    pad1: u8,
-    pad2: u16,
-    ifindex: i32,
-    handle: u32,
-    parent: u32,
-    info: u32,
-}
-
-#[repr(C)]
-struct DelQdisc {
-    header: libc::nlmsghdr,
-    tc: TcMsg,
-    kind: libc::nlattr,
-    kind_value: [u8; 8],
-}
-
 /// `tc qdisc del dev IFACE clsact` over rtnetlink (aya 0.14 can add clsact but not remove it).
 fn delete_clsact(ifindex: u32) -> io::Result<()> {
-    const TC_H_CLSACT: u32 = 0xffff_fff1;
-    const CLSACT_HANDLE: u32 = 0xffff_0000;
-    // SAFETY: a netlink socket we own, closed by OwnedFd.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
+    let mut qdisc = TcMessage::with_index(ifindex as i32);
+    qdisc.header.parent = TcHandle::CLSACT;
+    qdisc.header.handle = TcHandle {
+        major: u16::MAX,
+        minor: 0,
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    let req = DelQdisc {
-        header: libc::nlmsghdr {
-            nlmsg_len: size_of::<DelQdisc>() as u32,
-            nlmsg_type: libc::RTM_DELQDISC,
-            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-            nlmsg_seq: 1,
-            nlmsg_pid: 0,
-        },
-        tc: TcMsg {
-            family: libc::AF_UNSPEC as u8,
-            pad1: 0,
-            pad2: 0,
-            ifindex: ifindex as i32,
-            handle: CLSACT_HANDLE,
-            parent: TC_H_CLSACT,
-            info: 0,
-        },
-        kind: libc::nlattr {
-            nla_len: (size_of::<libc::nlattr>() + b"clsact\0".len()) as u16,
-            nla_type: libc::TCA_KIND,
-        },
-        kind_value: *b"clsact\0\0",
-    };
-    // SAFETY: sending the bytes of a repr(C) struct we own.
-    let sent = unsafe { libc::send(fd, (&raw const req).cast(), size_of::<DelQdisc>(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // The kernel answers with an NLMSG_ERROR message: error 0 is the acknowledgement.
-    let mut buf = [0u8; 4096];
-    // SAFETY: receiving into a buffer we own.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    let header_len = size_of::<libc::nlmsghdr>();
-    if n < header_len + size_of::<i32>() {
-        return Err(io::Error::other("short netlink answer"));
-    }
-    // SAFETY: at least a header and an i32 were received; read unaligned from our buffer.
-    let header = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<libc::nlmsghdr>()) };
-    if header.nlmsg_type != libc::NLMSG_ERROR as u16 {
-        return Err(io::Error::other(format!(
-            "unexpected netlink answer type {}",
-            header.nlmsg_type
-        )));
-    }
-    let error = unsafe { std::ptr::read_unaligned(buf.as_ptr().add(header_len).cast::<i32>()) };
-    if error == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(-error))
+    qdisc.attributes.push(TcAttribute::Kind("clsact".into()));
+    rtnetlink(
+        RouteNetlinkMessage::DelQueueDiscipline(qdisc),
+        NLM_F_REQUEST | NLM_F_ACK,
+    )
+    .map(drop)
+}
+
+/// Whether interface `ifindex` has a clsact qdisc: `tc qdisc show dev IFACE` over rtnetlink.
+#[cfg(test)]
+fn has_clsact(ifindex: u32) -> io::Result<bool> {
+    use netlink_packet_core::NLM_F_DUMP;
+    let qdiscs = rtnetlink(
+        RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )?;
+    Ok(qdiscs.iter().any(|message| {
+        matches!(message, RouteNetlinkMessage::NewQueueDiscipline(q)
+            if q.header.index == ifindex as i32
+                && q.attributes.contains(&TcAttribute::Kind("clsact".into())))
+    }))
+}
+
+/// Sends one rtnetlink request and reads its answer to the end: the messages of a dump (up to
+/// NLMSG_DONE), or the acknowledgement of a change (an error message with code 0).
+fn rtnetlink(request: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = 1;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+    message.finalize();
+    let mut buf = vec![0; message.buffer_len()];
+    message.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut answers = Vec::new();
+    loop {
+        let (datagram, _) = socket.recv_from_full()?;
+        let mut rest = &datagram[..];
+        while !rest.is_empty() {
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            // Messages are 4-byte aligned within a datagram.
+            let length = (message.header.length as usize).next_multiple_of(4);
+            match message.payload {
+                NetlinkPayload::InnerMessage(answer) => answers.push(answer),
+                NetlinkPayload::Done(_) => return Ok(answers),
+                NetlinkPayload::Error(e) if e.code.is_none() => return Ok(answers),
+                NetlinkPayload::Error(e) => return Err(e.to_io()),
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            rest = rest.get(length..).unwrap_or_default();
+        }
     }
 }
 
@@ -1065,13 +1048,9 @@ mod tests {
     #[test]
     #[ignore = "needs root; adds and removes a clsact qdisc on lo"]
     fn legacy_clsact_leaves_no_qdisc_behind() {
-        let clsact_on_lo = || {
-            let out = std::process::Command::new("tc")
-                .args(["qdisc", "show", "dev", "lo"])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).contains("clsact")
-        };
+        // SAFETY: if_nametoindex reads a NUL-terminated string.
+        let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        let clsact_on_lo = || has_clsact(lo).unwrap();
         let had_clsact = clsact_on_lo();
         let mut ebpf = Ebpf::load(kernel::OBJECT).unwrap();
         let program: &mut SchedClassifier = program(&mut ebpf, PROBE_TC).unwrap();
@@ -1084,5 +1063,12 @@ mod tests {
         };
         assert!(detail.contains(expected), "{detail}");
         assert_eq!(clsact_on_lo(), had_clsact);
+        // The qdisc listing sees a clsact that is there, and its removal.
+        if !had_clsact {
+            let added = AddedClsact::add(TC_INTERFACE).unwrap().unwrap();
+            assert!(clsact_on_lo());
+            added.remove().unwrap();
+            assert!(!clsact_on_lo());
+        }
     }
 }

@@ -1,6 +1,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 use fij::{
     InvalidInput,
     campaign::{self, RunOptions},
@@ -88,6 +89,18 @@ enum Command {
     },
     /// Report what this kernel supports, found by trying it.
     Doctor,
+    /// Print a shell completion script for fij (bash: `fij completions bash >
+    /// /etc/bash_completion.d/fij`).
+    Completions {
+        /// The shell to complete in.
+        shell: Shell,
+    },
+    /// Print fij's manual page (roff): `fij man > fij.1`, and `fij man run > fij-run.1` for
+    /// each subcommand it lists.
+    Man {
+        /// A subcommand whose page to print (`fij-SUBCOMMAND(1)`) instead of fij's.
+        subcommand: Option<String>,
+    },
 }
 
 /// Writes a command's output; a closed pipe (`fij doctor | head`) is not an error.
@@ -276,6 +289,36 @@ fn main() -> ExitCode {
                 ),
                 false => out(&summary.to_string()),
             }
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "fij", &mut script);
+            out(&String::from_utf8_lossy(&script));
+            ExitCode::SUCCESS
+        }
+        Command::Man { subcommand } => {
+            let mut cli = Cli::command();
+            // Sets every subcommand's name as typed ("fij run") for its page's synopsis.
+            cli.build();
+            let command = match subcommand {
+                None => cli,
+                Some(name) => match cli.find_subcommand(&name) {
+                    // Named as fij's page refers to it: fij-run(1).
+                    Some(sub) => sub.clone().name(format!("fij-{name}")),
+                    None => {
+                        eprintln!("fij man: fij has no subcommand `{name}` (see `fij --help`)");
+                        return ExitCode::from(EXIT_INVALID);
+                    }
+                },
+            };
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                // Every page's footer: the fij it comes from (subcommands have no version).
+                .source(concat!("fij ", env!("CARGO_PKG_VERSION")))
+                .render(&mut page)
+                .expect("rendering to memory does not fail");
+            out(&String::from_utf8_lossy(&page));
             ExitCode::SUCCESS
         }
         Command::Doctor => {

@@ -1,10 +1,21 @@
 //! The sockets a process holds, read from /proc: its fds (`socket:[INODE]`) matched against
 //! the socket tables of its network namespace (`/proc/PID/net/{tcp,tcp6,udp,udp6}`).
-//! `partition` silences these tuples.
-use std::collections::HashSet;
+//! `partition` silences these tuples. And the end of a crashed process's orphaned TCP sockets,
+//! through sock_diag netlink.
+use std::{collections::HashSet, io};
 
 use anyhow::{Context, Result};
 use fij_common::SilenceKey;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable,
+};
+use netlink_packet_sock_diag::{
+    AF_INET, AF_INET6, IPPROTO_TCP, SockDiagDestroy, SockDiagMessage,
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use tracing::{debug, warn};
 
 const TCP_LISTEN: u8 = 0x0a;
 
@@ -92,25 +103,169 @@ fn parse_endpoint(text: &str) -> Option<([u8; 16], u16)> {
 /// Destroys the sockets still holding the silenced TCP tuples of a crashed process (the orphans
 /// that outlive it in FIN_WAIT or LAST_ACK, retransmitting their FIN), so that lifting the
 /// silence lets peers meet a host with no state — RST for their next segment — instead of a
-/// late FIN. Uses SOCK_DESTROY through iproute2's `ss -K` (needs CONFIG_INET_DIAG_DESTROY);
-/// matches on the port pair. Listening and UDP tuples have no socket left to destroy.
+/// late FIN. Uses sock_diag's SOCK_DESTROY (needs CONFIG_INET_DIAG_DESTROY) on every TCP socket
+/// of fij's network namespace, IPv4 and IPv6, in any state, whose port pair matches — what
+/// `ss -K -t state all '( sport = :L and dport = :R )'` did. Listening and UDP tuples have no
+/// socket left to destroy.
 pub fn destroy_orphans(keys: &[SilenceKey]) -> Result<()> {
-    for key in keys
+    let pairs: Vec<(u16, u16)> = keys
         .iter()
         .filter(|k| k.protocol == 6 && k.remote_port != 0)
-    {
-        let filter = format!(
-            "( sport = :{} and dport = :{} )",
-            key.local_port, key.remote_port
-        );
-        let status = std::process::Command::new("ss")
-            .args(["-K", "-t", "-n", "state", "all", &filter])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .context("running `ss -K` (iproute2) to destroy a crashed process's sockets")?;
-        anyhow::ensure!(status.success(), "`ss -K {filter}` failed: {status}");
+        .map(|k| (k.local_port, k.remote_port))
+        .collect();
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let mut diag = SockDiag::open().context("opening a sock_diag netlink socket")?;
+    for family in [AF_INET, AF_INET6] {
+        let sockets = diag
+            .tcp_sockets(family)
+            .with_context(|| format!("listing TCP sockets (address family {family})"))?;
+        for id in sockets
+            .iter()
+            .filter(|id| pairs.contains(&(id.source_port, id.destination_port)))
+        {
+            match diag.destroy_tcp(family, id) {
+                Ok(()) => debug!(
+                    local = %id.source_address, local_port = id.source_port,
+                    remote = %id.destination_address, remote_port = id.destination_port,
+                    "destroyed a crashed process's socket"
+                ),
+                // Gone since the dump (it finished closing), as `ss -K` treats it.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                // A kernel without CONFIG_INET_DIAG_DESTROY: the orphan lives on and may send
+                // its FIN once the silence is lifted. `ss -K` ignored this silently.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => warn!(
+                    local_port = id.source_port,
+                    remote_port = id.destination_port,
+                    "cannot destroy a crashed process's socket: this kernel has no SOCK_DESTROY \
+                     (CONFIG_INET_DIAG_DESTROY)"
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "destroying the TCP socket {}:{} → {}:{} (SOCK_DESTROY)",
+                            id.source_address,
+                            id.source_port,
+                            id.destination_address,
+                            id.destination_port
+                        )
+                    });
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// A NETLINK_SOCK_DIAG socket: answers about, and acts on, the sockets of the caller's network
+/// namespace. Requests go one at a time, each read to its end before the next.
+struct SockDiag {
+    socket: Socket,
+    sequence: u32,
+}
+
+impl SockDiag {
+    fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self {
+            socket,
+            sequence: 0,
+        })
+    }
+
+    /// The ids of every TCP socket of `family` (`AF_INET` or `AF_INET6`), in any state.
+    fn tcp_sockets(&mut self, family: u8) -> io::Result<Vec<SocketId>> {
+        let request = SockDiagMessage::InetRequest(tcp_request(family, empty_id(family)));
+        self.send(NLM_F_REQUEST | NLM_F_DUMP, request)?;
+        let mut ids = Vec::new();
+        loop {
+            let (datagram, _) = self.socket.recv_from_full()?;
+            for payload in parse_all(&datagram)? {
+                match payload {
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                        ids.push(response.header.socket_id)
+                    }
+                    NetlinkPayload::Done(_) => return Ok(ids),
+                    NetlinkPayload::Error(e) => return Err(e.to_io()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// SOCK_DESTROY of the TCP socket `id` (as a dump reported it, cookie included): the kernel
+    /// aborts it (`tcp_abort`: no FIN, no RST is sent for an orphan) and frees it.
+    fn destroy_tcp(&mut self, family: u8, id: &SocketId) -> io::Result<()> {
+        let request = SockDiagDestroy::new(SockDiagMessage::InetRequest(tcp_request(
+            family,
+            id.clone(),
+        )));
+        self.send(NLM_F_REQUEST | NLM_F_ACK, request)?;
+        loop {
+            let (datagram, _) = self.socket.recv_from_full()?;
+            for payload in parse_all(&datagram)? {
+                if let NetlinkPayload::Error(e) = payload {
+                    // An error message with code 0 is the acknowledgement.
+                    return match e.code {
+                        None => Ok(()),
+                        Some(_) => Err(e.to_io()),
+                    };
+                }
+            }
+        }
+    }
+
+    fn send<M: NetlinkSerializable>(&mut self, flags: u16, payload: M) -> io::Result<()> {
+        self.sequence += 1;
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.sequence;
+        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+        message.finalize();
+        let mut buf = vec![0; message.buffer_len()];
+        message.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        Ok(())
+    }
+}
+
+fn tcp_request(family: u8, socket_id: SocketId) -> InetRequest {
+    InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::all(),
+        socket_id,
+    }
+}
+
+fn empty_id(family: u8) -> SocketId {
+    if family == AF_INET6 {
+        SocketId::new_v6()
+    } else {
+        SocketId::new_v4()
+    }
+}
+
+/// The netlink messages of one datagram, in order.
+fn parse_all(datagram: &[u8]) -> io::Result<Vec<NetlinkPayload<SockDiagMessage>>> {
+    let mut payloads = Vec::new();
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(rest)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        // Messages are 4-byte aligned within a datagram.
+        let length = (message.header.length as usize).next_multiple_of(4);
+        if length == 0 {
+            break;
+        }
+        payloads.push(message.payload);
+        rest = rest.get(length..).unwrap_or_default();
+    }
+    Ok(payloads)
 }
 
 #[cfg(test)]

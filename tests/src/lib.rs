@@ -58,6 +58,27 @@ pub fn fij_bin() -> PathBuf {
     path
 }
 
+/// The static `fij` of `cargo xtask dist`: `FIJ_DIST_BIN` (set by `cargo xtask test`), else
+/// `target/dist/fij`. Panics if there is none: build it with `cargo xtask dist`.
+pub fn fij_dist_bin() -> PathBuf {
+    let path = std::env::var_os("FIJ_DIST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("the test executable's path");
+            exe.ancestors()
+                .nth(3)
+                .expect("target/<profile>/deps/<test>")
+                .join("dist/fij")
+        });
+    assert!(
+        path.is_file(),
+        "the static fij binary {} does not exist: run the tests with `cargo xtask test` (it runs \
+         `cargo xtask dist` and sets FIJ_DIST_BIN), or run `cargo xtask dist` first",
+        path.display()
+    );
+    path
+}
+
 /// The test workload binary, `fij-workload` of this package (expands `env!` in the test crate,
 /// where Cargo defines `CARGO_BIN_EXE_fij-workload`).
 #[macro_export]
@@ -310,6 +331,8 @@ pub struct Fij {
     /// A program (and its arguments) that runs fij by exec'ing it, e.g. `taskset -c 1`.
     through: Vec<OsString>,
     args: Vec<OsString>,
+    /// Start fij with an empty environment (plus `envs` and `NO_COLOR`).
+    env_clear: bool,
     envs: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
     log: Option<PathBuf>,
@@ -346,6 +369,7 @@ impl Fij {
             bin: None,
             through: Vec::new(),
             args,
+            env_clear: false,
             envs: Vec::new(),
             cwd: None,
             log: None,
@@ -363,6 +387,18 @@ impl Fij {
         self
     }
 
+    /// Runs this binary instead of [`fij_bin`] (the static build, say).
+    pub fn bin(mut self, bin: impl Into<PathBuf>) -> Self {
+        self.bin = Some(bin.into());
+        self
+    }
+
+    /// Starts fij with an empty environment: only what [`Fij::env`] adds (and `NO_COLOR`).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
+        self
+    }
+
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.envs.push((key.into(), value.into()));
         self
@@ -370,12 +406,6 @@ impl Fij {
 
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cwd = Some(dir.into());
-        self
-    }
-
-    /// Runs this fij binary instead of [`fij_bin`]'s.
-    pub fn bin(mut self, bin: impl Into<PathBuf>) -> Self {
-        self.bin = Some(bin.into());
         self
     }
 
@@ -410,6 +440,9 @@ impl Fij {
             }
             None => Command::new(bin),
         };
+        if self.env_clear {
+            command.env_clear();
+        }
         command
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)));

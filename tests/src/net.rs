@@ -855,6 +855,18 @@ impl Campaign {
         fault: &str,
         wrap: impl FnOnce(Vec<String>) -> Vec<String>,
     ) -> Self {
+        Self::start_configured(label, args, fault, wrap, |fij| fij)
+    }
+
+    /// The same, with the `fij run` command changed by `configure` (another binary, a cleared
+    /// environment).
+    pub fn start_configured(
+        label: &str,
+        args: &[&str],
+        fault: &str,
+        wrap: impl FnOnce(Vec<String>) -> Vec<String>,
+        configure: impl FnOnce(Fij) -> Fij,
+    ) -> Self {
         let dir = TempDir::new(label);
         let port_file = dir.join("ports");
         let port_file = port_file.to_str().unwrap();
@@ -868,7 +880,7 @@ impl Campaign {
             .collect();
         let argv = wrap(net_victim_bin().argv(&argv));
         let scenario = dir.write("s.toml", &victim_scenario(&argv, fault, DURATION));
-        let mut fij = Fij::run(&dir, &scenario).spawn();
+        let mut fij = configure(Fij::run(&dir, &scenario)).spawn();
         fij.wait_armed();
         let victim = fij.log().target_pid("victim");
         let ports = read_ports(&dir.join("ports"), STARTUP);

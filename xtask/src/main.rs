@@ -17,9 +17,10 @@ use std::{
     ffi::OsString,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
+    time::Instant,
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -44,9 +45,13 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Run setup and build, then `cargo test --workspace` one test at a time, with `FIJ_BIN` set
-    /// to the built `fij` binary.
+    /// Run setup, build and dist, then `cargo test --workspace` one test at a time, with
+    /// `FIJ_BIN` set to the built `fij` binary and `FIJ_DIST_BIN` to the static one.
     Test,
+    /// Install the build tools (setup without test packages and mounts), then build `fij` as one
+    /// static executable (release, glibc linked in with `+crt-static`, the eBPF object
+    /// embedded) into <target>/dist/fij; print its path and size.
+    Dist,
     /// Run setup and build, then crash and kill a Redis primary and show what its replica saw.
     Demo,
     /// Run setup and a release build, then measure fij against its floor and its peers
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Build { release } => setup::run().and_then(|()| build(release)),
         Task::Test => test(),
+        Task::Dist => setup::run_build_only().and_then(|()| dist().map(drop)),
         Task::Demo => demo::run(),
         Task::Bench { quick } => bench::run(quick),
     };
@@ -99,16 +105,61 @@ fn build(release: bool) -> Result<()> {
     Ok(())
 }
 
-/// setup, build, then `FIJ_BIN=<target>/debug/fij cargo test --workspace -- --test-threads=1`.
-/// The privileged integration tests run one at a time: each checks that no fij program is left
-/// in the kernel, which a concurrent test would break.
+/// setup, build, dist, then `FIJ_BIN=<target>/debug/fij FIJ_DIST_BIN=<target>/dist/fij cargo
+/// test --workspace -- --test-threads=1`. The privileged integration tests run one at a time:
+/// each checks that no fij program is left in the kernel, which a concurrent test would break.
 fn test() -> Result<()> {
     setup::run()?;
     build(false)?;
+    let dist_bin = dist()?;
     let mut c = cargo_command();
     c.env("FIJ_BIN", fij_bin(false))
+        .env("FIJ_DIST_BIN", dist_bin)
         .args(["test", "--workspace", "--", "--test-threads=1"]);
     cmd::run(&mut c)
+}
+
+/// The target the static `fij` is built for: the host's glibc target, named explicitly so that
+/// `RUSTFLAGS` reaches only the target's artifacts, not build scripts and proc-macros (which
+/// cannot be static: proc-macros are shared objects loaded by rustc).
+fn dist_target() -> String {
+    format!("{}-unknown-linux-gnu", env::consts::ARCH)
+}
+
+/// `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --package fij --bin fij
+/// --target <host>-unknown-linux-gnu`, copied to <target>/dist/fij. glibc's static archive
+/// (libc6-dev's libc.a) is linked in; fij calls none of glibc's NSS or dlopen functions, which
+/// are what a static glibc cannot provide. Does not run setup. Returns the binary's path.
+fn dist() -> Result<PathBuf> {
+    let started = Instant::now();
+    let target = dist_target();
+    let mut c = cargo_command();
+    c.env("RUSTFLAGS", "-C target-feature=+crt-static").args([
+        "build",
+        "--release",
+        "--package",
+        "fij",
+        "--bin",
+        "fij",
+        "--target",
+        &target,
+    ]);
+    cmd::run(&mut c)?;
+    let built = target_dir().join(&target).join("release").join("fij");
+    let dist_dir = target_dir().join("dist");
+    std::fs::create_dir_all(&dist_dir)
+        .with_context(|| format!("creating {}", dist_dir.display()))?;
+    let dist_bin = dist_dir.join("fij");
+    std::fs::copy(&built, &dist_bin)
+        .with_context(|| format!("copying {} to {}", built.display(), dist_bin.display()))?;
+    let size = std::fs::metadata(&dist_bin)?.len();
+    println!(
+        "{}: {size} bytes ({:.1} MiB), static, built in {:.0} s",
+        dist_bin.display(),
+        size as f64 / (1024.0 * 1024.0),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(dist_bin)
 }
 
 /// The workspace root: the parent of this crate's directory.

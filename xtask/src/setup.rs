@@ -17,18 +17,26 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd;
 
-/// Debian packages for building fij: the toolchain for the eBPF programs, and the host tools.
-/// The LLVM development packages are added by [`llvm_packages`] once the LLVM version is known.
-const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "bpftool", "gcc"];
-
-/// Debian packages `fij` itself uses at run time: iproute2's `ss -K` destroys a crashed
-/// process's orphaned sockets before its silence is lifted.
-const RUN_PACKAGES: &[&str] = &["iproute2"];
+/// Debian packages for building fij: the toolchain for the eBPF programs, and the host tools
+/// (libc6-dev's static libc.a for `cargo xtask dist`). The LLVM development packages are added
+/// by [`llvm_packages`] once the LLVM version is known.
+const BUILD_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "bpftool",
+    "gcc",
+    "libc6-dev",
+];
 
 /// Debian packages the integration tests (`tests/`) and `cargo xtask bench` (which compares fij
 /// with strace and bpftrace) need at run time; the real systems of `tests/it/real_systems.rs`
-/// and `cargo xtask demo` (Redis, etcd, Open MPI with its compiler wrapper).
+/// and `cargo xtask demo` (Redis, etcd, Open MPI with its compiler wrapper); iproute2's `ip`
+/// and `tc` for the network tests' namespaces and qdisc checks; groff to render `fij man`.
+/// `fij` itself runs no other program.
 pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "groff-base",
     "strace",
     "bpftrace",
     "redis-server",
@@ -49,18 +57,29 @@ const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 /// Filesystems fij needs: (type, mount point).
 const MOUNTS: &[(&str, &str)] = &[("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")];
 
+/// Everything building, testing and running fij needs: packages, bpf-linker, mounts.
 pub fn run() -> Result<()> {
+    install(TEST_PACKAGES)?;
+    for (fstype, dir) in MOUNTS {
+        ensure_mounted(fstype, dir)?;
+    }
+    Ok(())
+}
+
+/// Only what building fij needs (`cargo xtask dist`): no test packages, no mounts, so that it
+/// also works in an unprivileged build container (still as root, for apt).
+pub fn run_build_only() -> Result<()> {
+    install(&[])
+}
+
+/// The build packages, `extra` packages, the LLVM packages and bpf-linker.
+fn install(extra: &[&str]) -> Result<()> {
     ensure_root()?;
     let mut apt = Apt::default();
 
     // rustc-web first (with everything else that does not depend on the LLVM version), since the
     // LLVM packages to install are read from its rustc.
-    let packages: Vec<&str> = BUILD_PACKAGES
-        .iter()
-        .chain(RUN_PACKAGES)
-        .chain(TEST_PACKAGES)
-        .copied()
-        .collect();
+    let packages: Vec<&str> = BUILD_PACKAGES.iter().chain(extra).copied().collect();
     apt.ensure(&packages)?;
     let llvm = llvm_major()?;
     println!("ok: {DEBIAN_RUSTC} uses LLVM {llvm}");
@@ -71,11 +90,7 @@ pub fn run() -> Result<()> {
             .collect::<Vec<_>>(),
     )?;
 
-    ensure_bpf_linker(llvm)?;
-    for (fstype, dir) in MOUNTS {
-        ensure_mounted(fstype, dir)?;
-    }
-    Ok(())
+    ensure_bpf_linker(llvm)
 }
 
 fn ensure_root() -> Result<()> {

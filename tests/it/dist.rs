@@ -1,0 +1,162 @@
+//! The static `fij` of `cargo xtask dist` (`FIJ_DIST_BIN`): one file that runs on its own. The
+//! ELF asks for no dynamic loader and no shared library; with no environment at all (an empty
+//! `PATH`, so no `ss`, `tc`, `gzip` or anything else could be found) it crashes a server and,
+//! when the campaign ends, destroys the orphaned socket the crashed server left behind.
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv4Addr},
+    process::Command,
+    time::Duration,
+};
+
+use fij_tests::{FijOutput, fij_dist_bin, net::*, wait_no_fij_programs};
+use object::{
+    Endianness,
+    elf::{DT_NEEDED, PT_DYNAMIC, PT_INTERP},
+    read::elf::{Dyn, ElfFile64, ProgramHeader},
+};
+
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// No `PT_INTERP` (nothing for the kernel to load before fij: no ld.so) and no `DT_NEEDED`
+/// (no shared library), and `ldd` agrees.
+#[test]
+fn dist_binary_is_static() {
+    let bin = fij_dist_bin();
+    let data = std::fs::read(&bin).unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*data).unwrap();
+    let endian = elf.endian();
+    let headers = elf.elf_program_headers();
+    let interpreters: Vec<_> = headers
+        .iter()
+        .filter(|h| h.p_type(endian) == PT_INTERP)
+        .collect();
+    assert!(interpreters.is_empty(), "{} has a PT_INTERP", bin.display());
+    // A static-pie binary has a dynamic section (for its own relocations), but needs nothing.
+    let mut needed: Vec<&object::elf::Dyn64<Endianness>> = Vec::new();
+    for header in headers.iter().filter(|h| h.p_type(endian) == PT_DYNAMIC) {
+        let entries: &[object::elf::Dyn64<Endianness>] = header
+            .dynamic(endian, &*data)
+            .unwrap()
+            .expect("PT_DYNAMIC has entries");
+        needed.extend(entries.iter().filter(|d| d.d_tag(endian) == DT_NEEDED));
+    }
+    assert!(
+        needed.is_empty(),
+        "{} needs {} shared libraries",
+        bin.display(),
+        needed.len()
+    );
+
+    let ldd = Command::new("ldd").arg(&bin).output().expect("running ldd");
+    let said = String::from_utf8_lossy(&ldd.stdout).trim().to_owned()
+        + String::from_utf8_lossy(&ldd.stderr).trim();
+    eprintln!("ldd {}: {said:?} ({})", bin.display(), ldd.status);
+    // "statically linked" for static-pie (exit 0), "not a dynamic executable" for static (1).
+    assert!(
+        said == "statically linked" || said == "not a dynamic executable",
+        "ldd {}: {said}",
+        bin.display()
+    );
+}
+
+/// The TCP sockets of this network namespace from local port `local` to remote port `remote`,
+/// as their /proc/net/tcp state (hex, `04` = FIN_WAIT1).
+fn tcp_states(local: u16, remote: u16) -> Vec<String> {
+    let port = |endpoint: &str| {
+        endpoint
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|table| {
+            // No tcp6 table on a kernel without IPv6.
+            std::fs::read_to_string(table)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    (port(f[1]) == Some(local) && port(f[2]) == Some(remote))
+                        .then(|| f[3].to_owned())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The crash campaign of `crash_established_idle_peer_hears_nothing`, run by the static binary
+/// with an empty environment but `PATH=` (empty): the victim is crashed and its peer hears
+/// nothing; the victim's socket lives on as an orphan in FIN_WAIT1, its FIN held back. Ending
+/// the campaign destroys that orphan (SOCK_DESTROY, no `ss`), so it is gone once fij has exited
+/// and the peer's next segment meets a host with no state: RST.
+#[test]
+fn dist_binary_crash_with_empty_path_destroys_the_orphan() {
+    let bin = fij_dist_bin();
+    let mut c = Campaign::start_configured(
+        "dist-crash",
+        &["tcp", "127.0.0.1"],
+        "action = \"crash\"",
+        |argv| argv,
+        |fij| fij.bin(&bin).env_clear().env("PATH", ""),
+    );
+    let mut peer = connect_and_greet(c.addr(V4));
+    let peer_port = peer.local_addr().unwrap().port();
+    let port = c.ports[0];
+    c.wait_dead();
+    c.wait_silenced(2);
+    let (outcome, took) = read_once(&mut peer, Duration::from_secs(1));
+    eprintln!("crashed, idle peer: read → {outcome:?} after {took:?}");
+    assert_eq!(
+        outcome,
+        ReadOutcome::TimedOut,
+        "a crashed host says nothing"
+    );
+    assert_eq!(
+        tcp_states(port, peer_port),
+        ["04"],
+        "the crashed server's socket: an orphan in FIN_WAIT1, its FIN silenced"
+    );
+
+    let (out, _dir) = c.interrupt();
+    assert_crashed(&out);
+    assert_eq!(
+        tcp_states(port, peer_port),
+        Vec::<String>::new(),
+        "the orphan is destroyed when the campaign ends\n{out}"
+    );
+    peer.write_all(b"ping\n").unwrap();
+    let (outcome, took) = read_once(&mut peer, Duration::from_secs(1));
+    eprintln!("after fij ended: read → {outcome:?} after {took:?}");
+    assert_eq!(outcome, ReadOutcome::Error(libc::ECONNRESET), "{out}");
+}
+
+fn assert_crashed(out: &FijOutput) {
+    let victim = out.log.target_pid("victim");
+    out.log
+        .assert_injections("clock_nanosleep", "SIGKILL", &[(1, victim)]);
+    assert_eq!(out.log.exit_status(victim), "signal SIGKILL", "{out}");
+}
+
+/// `fij doctor` of the static binary, with no environment at all: every required item works
+/// (its `bpf_send_signal` check spawns `true`, found through fij's default search path
+/// `/usr/local/bin:/usr/bin:/bin` when `PATH` is unset), and it leaves no program behind.
+#[test]
+fn dist_binary_doctor_with_no_environment() {
+    let out = Command::new(fij_dist_bin())
+        .arg("doctor")
+        .env_clear()
+        .output()
+        .expect("running fij doctor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "fij doctor: {}", out.status);
+    assert!(
+        stdout.contains("\nfij run can work on this kernel"),
+        "{stdout}"
+    );
+    if let Err(left) = wait_no_fij_programs(fij_tests::CLEANUP_TIMEOUT) {
+        panic!("fij doctor left programs behind: {left:?}");
+    }
+}
