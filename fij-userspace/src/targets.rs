@@ -153,6 +153,8 @@ impl GatedChild {
             .collect();
         let (gate_rx, gate_tx) = pipe()?;
         let (err_rx, err_tx) = pipe()?;
+        // SAFETY: getpid has no preconditions.
+        let fij_pid = unsafe { libc::getpid() };
 
         // SAFETY: the child only calls async-signal-safe functions on memory prepared above.
         let pid = unsafe { libc::fork() };
@@ -162,6 +164,18 @@ impl GatedChild {
         if pid == 0 {
             unsafe {
                 libc::setpgid(0, 0);
+                // Die with fij: a child still waiting at its gate must not outlive it (it would
+                // wait forever), and the gate's write end is fij's alone, so EOF tells the child
+                // fij is gone. The parent may have died before prctl: then getppid differs.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                if libc::getppid() != fij_pid {
+                    libc::_exit(127);
+                }
+                // Hold nothing of fij's: no BPF program, link or map (fij's links must die with
+                // fij), no copy of the gate's write end, no log file.
+                if close_fds_except(&[gate_rx.as_raw_fd(), err_tx.as_raw_fd()]).is_err() {
+                    report_errno_and_exit(err_tx.as_raw_fd());
+                }
                 let mut byte = 0u8;
                 // EOF without a byte means fij gave up: exit without running the command.
                 if libc::read(gate_rx.as_raw_fd(), (&raw mut byte).cast(), 1) != 1 {
@@ -201,6 +215,32 @@ impl GatedChild {
         }
         Ok(())
     }
+}
+
+/// Closes every file descriptor but stdio and `keep` (at most 4). Async-signal-safe: no
+/// allocation, only `close_range(2)` (Linux 5.9).
+fn close_fds_except(keep: &[libc::c_int]) -> Result<(), ()> {
+    let mut kept = [libc::c_int::MAX; 4];
+    if keep.len() > kept.len() {
+        return Err(());
+    }
+    kept[..keep.len()].copy_from_slice(keep);
+    kept.sort_unstable();
+    let mut first: libc::c_uint = 3;
+    for &fd in kept.iter().take(keep.len()) {
+        let fd = fd as libc::c_uint;
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = first.max(fd + 1);
+    }
+    close_range(first, libc::c_uint::MAX)
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) -> Result<(), ()> {
+    // SAFETY: close_range only closes descriptors; nothing in the child uses the closed ones.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if r == 0 { Ok(()) } else { Err(()) }
 }
 
 unsafe fn report_errno_and_exit(fd: libc::c_int) -> ! {

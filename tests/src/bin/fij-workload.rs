@@ -27,6 +27,12 @@
 //! - `naps US MS`: `nanosleep`s US microseconds again and again (one syscall per nap, almost no
 //!   CPU time) and exits 0 after MS milliseconds.
 //!
+//! - `getppid-record FILE N`: makes N `getppid` calls and no other syscall in between, and keeps
+//!   its own record in FILE (16 bytes, shared memory): the number of the call it is about to make
+//!   (written before each call) and of the last call that returned (written after it). A victim
+//!   killed on entering call K leaves `K K-1`: the test compares that with the hit fij logged.
+//!   Exits 0.
+//!
 //! `--wait-for` and `wait-for` give up after 60 s (exit 104), so a forgotten workload does not
 //! linger; `sleep` sleeps as long as asked (the tests end such targets themselves).
 use std::{
@@ -46,6 +52,7 @@ fn main() {
         ["write-lines", file, n, opts @ ..] => write_lines(file, count(n), opts),
         ["usr1-lines", file, n] => usr1_lines(file, count(n)),
         ["fork", file, report] => fork(file, report),
+        ["getppid-record", file, n] => getppid_record(file, count(n)),
         ["wait-for", path] => wait_for(path),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(count(ms))),
         ["spin", ms] => spin(Duration::from_millis(count(ms))),
@@ -244,5 +251,38 @@ fn naps(nap: Duration, how_long: Duration) {
     while Instant::now() < end {
         // SAFETY: nanosleep with a timespec we own; an interruption just ends this nap early.
         unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+    }
+}
+
+/// See `getppid-record` at the top: N getppid calls, each bracketed by a store of its number in
+/// a shared mapping of FILE (`[before, after]`, two native-endian u64).
+fn getppid_record(file: &str, n: u64) {
+    let fd = open_for_writing(file);
+    // SAFETY: sizing and mapping a file we opened; the mapping is only used through `record`.
+    let record = unsafe {
+        if libc::ftruncate(fd, 16) != 0 {
+            fail(103, "ftruncate failed");
+        }
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            16,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            fail(103, "mmap failed");
+        }
+        p.cast::<u64>()
+    };
+    for i in 1..=n {
+        // SAFETY: two u64 slots of the mapping above; volatile so every store happens in order
+        // around the syscall.
+        unsafe {
+            record.write_volatile(i);
+            libc::syscall(libc::SYS_getppid);
+            record.add(1).write_volatile(i);
+        }
     }
 }
