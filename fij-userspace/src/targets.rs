@@ -191,6 +191,7 @@ impl GatedChild {
             }
         }
         drop((gate_rx, err_tx));
+        wait_until_gated(pid as u32);
         Ok(Self {
             pid: pid as u32,
             gate: Some(gate_tx),
@@ -214,6 +215,26 @@ impl GatedChild {
             bail!("cannot start the command: {err}");
         }
         Ok(())
+    }
+}
+
+/// Waits until the forked child `pid` sleeps in its `read` of the gate (or has died). Only then
+/// may fij add it to the target set: the syscalls the child makes before it (setpgid, prctl,
+/// getppid, close_range) and the entry into that read must not count as hits of the command.
+/// The child gets there in microseconds; the kernel shows it in /proc/PID/syscall.
+fn wait_until_gated(pid: u32) {
+    let path = format!("/proc/{pid}/syscall");
+    let read_nr = libc::SYS_read.to_string();
+    let mut pause = std::time::Duration::from_micros(20);
+    loop {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return; // gone
+        };
+        if text.split_whitespace().next() == Some(read_nr.as_str()) || has_exited(pid) {
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(1));
     }
 }
 

@@ -27,11 +27,12 @@
 //! - `naps US MS`: `nanosleep`s US microseconds again and again (one syscall per nap, almost no
 //!   CPU time) and exits 0 after MS milliseconds.
 //!
-//! - `getppid-record FILE N`: makes N `getppid` calls and no other syscall in between, and keeps
+//! - `getppid-record FILE N [--migrate-every K]`: makes N `getppid` calls, and keeps
 //!   its own record in FILE (16 bytes, shared memory): the number of the call it is about to make
 //!   (written before each call) and of the last call that returned (written after it). A victim
 //!   killed on entering call K leaves `K K-1`: the test compares that with the hit fij logged.
-//!   Exits 0.
+//!   With `--migrate-every K`, it moves itself to the next CPU (`sched_setaffinity`, not a
+//!   `getppid`) every K calls. Exits 0.
 //!
 //! `--wait-for` and `wait-for` give up after 60 s (exit 104), so a forgotten workload does not
 //! linger; `sleep` sleeps as long as asked (the tests end such targets themselves).
@@ -52,7 +53,10 @@ fn main() {
         ["write-lines", file, n, opts @ ..] => write_lines(file, count(n), opts),
         ["usr1-lines", file, n] => usr1_lines(file, count(n)),
         ["fork", file, report] => fork(file, report),
-        ["getppid-record", file, n] => getppid_record(file, count(n)),
+        ["getppid-record", file, n] => getppid_record(file, count(n), 0),
+        ["getppid-record", file, n, "--migrate-every", k] => {
+            getppid_record(file, count(n), count(k))
+        }
         ["wait-for", path] => wait_for(path),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(count(ms))),
         ["spin", ms] => spin(Duration::from_millis(count(ms))),
@@ -256,8 +260,24 @@ fn naps(nap: Duration, how_long: Duration) {
 
 /// See `getppid-record` at the top: N getppid calls, each bracketed by a store of its number in
 /// a shared mapping of FILE (`[before, after]`, two native-endian u64).
-fn getppid_record(file: &str, n: u64) {
-    let fd = open_for_writing(file);
+fn getppid_record(file: &str, n: u64, migrate_every: u64) {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    let c = CString::new(file).unwrap_or_else(|_| fail(100, "NUL in path"));
+    // SAFETY: open on a NUL-terminated path we own; read-write, as a shared mapping needs.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        fail(
+            101,
+            &format!("cannot open {file}: {}", std::io::Error::last_os_error()),
+        );
+    }
     // SAFETY: sizing and mapping a file we opened; the mapping is only used through `record`.
     let record = unsafe {
         if libc::ftruncate(fd, 16) != 0 {
@@ -277,6 +297,14 @@ fn getppid_record(file: &str, n: u64) {
         p.cast::<u64>()
     };
     for i in 1..=n {
+        if migrate_every > 0 && i % migrate_every == 0 {
+            // SAFETY: a zeroed cpu_set_t with one CPU set, for this process.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET((i / migrate_every) as usize % cpus, &mut set);
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+            }
+        }
         // SAFETY: two u64 slots of the mapping above; volatile so every store happens in order
         // around the syscall.
         unsafe {
