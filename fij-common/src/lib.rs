@@ -13,7 +13,9 @@ pub const MAX_FAULTS: u32 = 1024;
 pub const MAX_FAULTS_PER_HOOK: usize = 16;
 /// Capacity of the target-process set (tgids, plus tids of their threads).
 pub const MAX_TARGET_PROCESSES: u32 = 65536;
-/// Capacity of the per-process hit counters (LRU: stale entries of dead processes go first).
+/// Capacity of the per-process hit counters: (fault, process) pairs of live target processes
+/// (a process's counters are deleted when it exits). Never evicted: a hit that finds the table
+/// full is reported (`COUNTER_TABLE_FULL`), not counted in a counter that restarts from 0.
 pub const MAX_PROCESS_COUNTERS: u32 = 65536;
 /// Capacity of the protected-pid set (fij and its ancestors).
 pub const MAX_PROTECTED: u32 = 256;
@@ -120,6 +122,8 @@ pub struct FaultCounters {
     pub target_hits: u64,
     /// Injections attempted so far (bounded by `FaultRule::count`).
     pub injections: u64,
+    /// Hits not counted because the per-process counter table was full.
+    pub uncounted: u64,
 }
 
 /// Key of the set of target instances a fault selected (`select`).
@@ -210,7 +214,10 @@ pub const CONFIG_DUE: u32 = 4;
 /// `SELECTOR_*` bits of the selector targets a scenario has (`comm`, `exe`, `uid`, `cgroup`):
 /// the exec and fork hooks skip matching while it is 0.
 pub const CONFIG_SELECTORS: u32 = 5;
-pub const CONFIG_LEN: u32 = 6;
+/// Number of faults (rules) of the campaign: the exit hook deletes the exiting process's
+/// per-process counters of faults `0..CONFIG_FAULTS`.
+pub const CONFIG_FAULTS: u32 = 6;
+pub const CONFIG_LEN: u32 = 7;
 
 /// Selector kinds, as `CONFIG_SELECTORS` bits and as the `detail` of `EVENT_JOINED`.
 pub const SELECTOR_COMM: u64 = 1 << 0;
@@ -259,6 +266,11 @@ pub const PF_KTHREAD: u32 = 0x0020_0000;
 /// `Event::result` when fij's own in-kernel check refused to signal (pid 1, kernel thread, fij or
 /// its ancestor). Outside the errno range, so it never reads as a `bpf_send_signal` error.
 pub const SIGNAL_REFUSED: i32 = -4096;
+
+/// `Event::result` of an injection event that reports, once per fault, a hit that could not be
+/// counted: the per-process counter table (`MAX_PROCESS_COUNTERS`) was full. Nothing was sent;
+/// `Event::hit` is 0.
+pub const COUNTER_TABLE_FULL: i32 = -4097;
 
 pub const EVENT_INJECTION: u32 = 1;
 pub const EVENT_EXIT: u32 = 2;

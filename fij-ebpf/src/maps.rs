@@ -1,7 +1,7 @@
 //! Every map and global the programs share with the loader (`fij-userspace/src/kernel.rs`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use fij_common::{
     BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
@@ -99,10 +99,13 @@ pub static SELECTED: HashMap<SelectKey, u8> = HashMap::with_max_entries(MAX_FAUL
 #[map]
 pub static DUE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_DUE, 0);
 
-/// (fault, tgid) → hits of one process.
+/// (fault, tgid) → hits of one process. A plain hash, not an LRU: an LRU evicts entries before
+/// it is full (its free nodes sit in per-CPU lists) and whenever it is, and an evicted counter
+/// would silently restart from 0 — a late injection. Entries are deleted when their process
+/// exits (`lifecycle.rs`); a hit that finds the table full is reported instead.
 #[map]
-pub static PROCESS_COUNTERS: LruHashMap<ProcessCounterKey, ProcessCounter> =
-    LruHashMap::with_max_entries(MAX_PROCESS_COUNTERS, 0);
+pub static PROCESS_COUNTERS: HashMap<ProcessCounterKey, ProcessCounter> =
+    HashMap::with_max_entries(MAX_PROCESS_COUNTERS, 0);
 
 /// Processes a `crash` fired on, until their task is freed (tgid → which crash).
 #[map]

@@ -969,6 +969,8 @@ impl EventContext<'_> {
 fn injection_error(result: i32) -> String {
     if result == fij_common::SIGNAL_REFUSED {
         "refused: the process is protected (pid 1, a kernel thread, fij or its ancestor)".into()
+    } else if result == fij_common::COUNTER_TABLE_FULL {
+        crate::kernel::counter_table_full_error() // issue 18: hit counts never lie
     } else {
         format!(
             "bpf_send_signal failed: {}",

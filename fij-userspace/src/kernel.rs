@@ -16,10 +16,10 @@ use aya::{
     },
 };
 use fij_common::{
-    COMM_KEY_LEN, CONFIG_ARMED, CONFIG_DUE, CONFIG_SEED, CONFIG_SELECTORS, CONFIG_SILENCED,
-    CONFIG_START_NS, CrashMark, EXE_KEY_LEN, FaultCounters, FaultRule, HookFaults, HookKey,
-    KernelLayout, MAX_FAULTS_PER_HOOK, SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE, SELECTOR_UID,
-    SelectKey, SilenceEntry, SilenceKey, TargetProcess,
+    COMM_KEY_LEN, CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_SELECTORS,
+    CONFIG_SILENCED, CONFIG_START_NS, CrashMark, EXE_KEY_LEN, FaultCounters, FaultRule, HookFaults,
+    HookKey, KernelLayout, MAX_FAULTS_PER_HOOK, SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE,
+    SELECTOR_UID, SelectKey, SilenceEntry, SilenceKey, TargetProcess,
 };
 
 /// The eBPF object built from `fij-ebpf` by this crate's build script.
@@ -47,6 +47,16 @@ pub const PROG_KRETPROBE: &str = "fij_kretprobe";
 
 /// Task-clock sampling period of the time-trigger tick: 1 ms of the target's own CPU time.
 const TICK_PERIOD_NS: u64 = 1_000_000;
+
+/// The error of an injection event with result `COUNTER_TABLE_FULL` (sent once per fault).
+pub fn counter_table_full_error() -> String {
+    format!(
+        "a hit was not counted: the table of per-process hit counters is full ({} live \
+         (fault, process) pairs); while it stays full, hits of processes that have no counter \
+         yet are not counted (reported once per fault)",
+        fij_common::MAX_PROCESS_COUNTERS
+    )
+}
 
 pub struct Kernel {
     ebpf: Ebpf,
@@ -515,7 +525,12 @@ impl Kernel {
     pub fn set_rule(&mut self, fault_id: u32, rule: &FaultRule) -> Result<()> {
         self.rules
             .set(fault_id, rule, 0)
-            .with_context(|| format!("writing rule {fault_id}"))
+            .with_context(|| format!("writing rule {fault_id}"))?;
+        // The exit hook deletes a process's counters of faults 0..CONFIG_FAULTS.
+        let faults = self.config.get(&CONFIG_FAULTS, 0).unwrap_or(0);
+        self.config
+            .set(CONFIG_FAULTS, faults.max(fault_id as u64 + 1), 0)
+            .context("writing the number of faults")
     }
 
     /// Installs the hook table: for each (target, syscall), the faults to evaluate in order.

@@ -206,3 +206,159 @@ fn syscalls_before_the_exec_are_not_hits() {
         );
     }
 }
+
+/// Writes counters `first..first + n` of a fault id no scenario has (999) into the per-process
+/// counter table of the fij process `fij_pid`, in one `bpftool batch`; returns bpftool's error.
+fn fill_process_counters(dir: &TempDir, fij_pid: u32, first: u32, n: u32) -> Result<(), String> {
+    let id = fij_tests::map_of_process(fij_pid, "PROCESS_COUNTER");
+    let hex = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut batch = String::new();
+    for tgid in first..first + n {
+        let key = [999u32.to_le_bytes(), (5_000_000 + tgid).to_le_bytes()].concat();
+        let value = [1u64.to_le_bytes(), 0u64.to_le_bytes()].concat();
+        batch += &format!(
+            "map update id {id} key hex {} value hex {}\n",
+            hex(&key),
+            hex(&value)
+        );
+    }
+    let file = dir.write("fill.batch", &batch);
+    let out = std::process::Command::new("bpftool")
+        .arg("batch")
+        .arg("file")
+        .arg(&file)
+        .output()
+        .expect("running bpftool");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Issue 18, item 3: a full counter table never makes a count restart. With the table filled
+/// by other counters, the victim's first hit finds no room: fij reports it (an injection record
+/// with an error, exit status 1) and kills nobody, where an LRU table evicted a counter and
+/// counted on from a wrong number.
+#[test]
+fn a_full_counter_table_is_reported_not_evicted() {
+    let dir = TempDir::new("counters-full");
+    let (out, go) = (dir.join("out.txt"), dir.join("go"));
+    let command = workload!().command(&[&"write-lines", &out, &"6", &"--wait-for", &go]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"w\"\ncommand = {command}\n\n[[fault]]\nname = \"k\"\n\
+             target = \"w\"\naction = \"kill\"\ntrigger = {{ syscall = \"write\" }}\nnth = 3\n"
+        ),
+    );
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    let capacity = 65536;
+    fill_process_counters(&dir, fij.pid(), 0, capacity).expect("the table takes its capacity");
+    let full = fill_process_counters(&dir, fij.pid(), capacity, 1);
+    assert!(
+        full.as_ref()
+            .is_err_and(|e| e.contains("Argument list too long")),
+        "one more counter than its capacity: {full:?}"
+    );
+    std::fs::write(&go, "").unwrap();
+    let run = fij.wait();
+    run.assert_exit(1);
+    let pid = run.log.target_pid("w");
+    let injections = run.log.injections();
+    assert_eq!(injections.len(), 1, "{run}");
+    assert_eq!(injections[0]["delivered"], false, "{run}");
+    let error = injections[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("counters is full"), "{run}");
+    assert_eq!(run.log.exit_status(pid), "code 0", "{run}");
+    assert_eq!(fij_tests::read_lines(&out), fij_tests::numbered_lines(6));
+}
+
+/// A process's counters go with it: the table holds live target processes only, so a campaign
+/// whose targets fork and exit for hours never fills it.
+#[test]
+fn counters_are_deleted_when_their_process_exits() {
+    let dir = TempDir::new("counters-exit");
+    let (out, go) = (dir.join("out.txt"), dir.join("go"));
+    let short = workload!().command(&[&"write-lines", &out, &"2"]);
+    let long = workload!().command(&[&"wait-for", &go]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"short\"\ncommand = {short}\n\n[[target]]\nname = \"long\"\n\
+             command = {long}\n\n[[fault]]\nname = \"k\"\ntarget = \"short\"\naction = \"kill\"\n\
+             trigger = {{ syscall = \"write\" }}\nnth = 100\n"
+        ),
+    );
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    let short_pid = fij.log().target_pid("short");
+    fij.wait_for_record("the exit of `short`", fij_tests::FIJ_TIMEOUT, |r| {
+        r["event"] == "exit" && fij_tests::pid_of(r) == short_pid
+    });
+    let id = fij_tests::map_of_process(fij.pid(), "PROCESS_COUNTER");
+    let dump = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "id", &id.to_string()])
+        .output()
+        .expect("bpftool map dump");
+    let entries: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let run = fij.wait();
+    run.assert_exit(0);
+    assert_eq!(fij_tests::read_lines(&out), fij_tests::numbered_lines(2));
+    assert_eq!(
+        entries.as_array().map(Vec::len),
+        Some(0),
+        "counters left after their process exited: {entries}"
+    );
+}
+
+/// A live process's counter survives any number of other counters: the victim makes 2 of its
+/// writes, four tables' worth of other counters are then written (the table is full after the
+/// first), and the victim goes on: it dies on its 4th write, as written. (The LRU table of
+/// before passed this too — it evicts unreferenced entries first — but it gave no guarantee.)
+#[test]
+fn a_live_counter_survives_a_full_table() {
+    let dir = TempDir::new("counters-survive");
+    let (out, go) = (dir.join("out.txt"), dir.join("go"));
+    let command = workload!().command(&[
+        &"write-lines",
+        &out,
+        &"8",
+        &"--pause-after",
+        &"2",
+        &"--then-wait-for",
+        &go,
+    ]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"w\"\ncommand = {command}\n\n[[fault]]\nname = \"k\"\n\
+             target = \"w\"\naction = \"kill\"\ntrigger = {{ syscall = \"write\" }}\nnth = 4\n"
+        ),
+    );
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    fij_tests::wait_until(
+        fij_tests::FIJ_TIMEOUT,
+        "the victim's first 2 writes",
+        || (fij_tests::read_lines(&out).len() == 2).then_some(()),
+    );
+    // Four tables' worth of other counters (the first fills it, the others find it full).
+    for round in 0..4 {
+        let _ = fill_process_counters(&dir, fij.pid(), round * 65536, 65536);
+    }
+    std::fs::write(&go, "").unwrap();
+    let run = fij.wait();
+    run.assert_exit(0);
+    let pid = run.log.target_pid("w");
+    run.log.assert_injections("write", "SIGKILL", &[(4, pid)]);
+    assert_eq!(fij_tests::read_lines(&out), fij_tests::numbered_lines(3));
+}

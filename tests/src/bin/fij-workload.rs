@@ -8,10 +8,11 @@
 //!
 //! Modes:
 //!
-//! - `write-lines FILE N [--sleep-ms M] [--pause-after K --pause-ms P] [--wait-for PATH]`:
+//! - `write-lines FILE N [--sleep-ms M] [--pause-after K --pause-ms P] [--wait-for PATH]
+//!   [--then-wait-for PATH2]`:
 //!   opens FILE for writing (created and truncated unless it is a FIFO), waits until PATH exists
 //!   if asked, then writes `line 1` … `line N`, one `write` per line, sleeping M ms between
-//!   lines, and P ms once after line K. Exits 0.
+//!   lines, and P ms once after line K (or, with `--then-wait-for`, until PATH2 exists). Exits 0.
 //! - `usr1-lines FILE N`: counts SIGUSR1 in a handler, writes `line I usr1=C` for I in 1..=N,
 //!   where C is how many SIGUSR1 arrived before line I was formatted, then `end usr1=C`: N + 1
 //!   writes. A signal injected on write W shows up as C going up on line W + 1. Exits 0.
@@ -137,6 +138,7 @@ fn wait_for(path: &str) {
 
 fn write_lines(file: &str, n: u64, opts: &[&str]) {
     let (mut sleep_ms, mut pause_after, mut pause_ms, mut wait) = (0, 0, 0, None);
+    let mut then_wait = None;
     let mut opts = opts.iter();
     while let Some(opt) = opts.next() {
         let value = opts
@@ -147,6 +149,7 @@ fn write_lines(file: &str, n: u64, opts: &[&str]) {
             "--pause-after" => pause_after = count(value),
             "--pause-ms" => pause_ms = count(value),
             "--wait-for" => wait = Some(*value),
+            "--then-wait-for" => then_wait = Some(*value),
             _ => fail(100, &format!("unknown option {opt}")),
         }
     }
@@ -157,7 +160,10 @@ fn write_lines(file: &str, n: u64, opts: &[&str]) {
     for i in 1..=n {
         write_line(fd, &format!("line {i}\n"));
         if i == pause_after {
-            std::thread::sleep(Duration::from_millis(pause_ms));
+            match then_wait {
+                Some(path) => wait_for(path),
+                None => std::thread::sleep(Duration::from_millis(pause_ms)),
+            }
         }
         if sleep_ms > 0 && i < n {
             std::thread::sleep(Duration::from_millis(sleep_ms));
