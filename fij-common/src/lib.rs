@@ -150,6 +150,24 @@ pub struct ProcessCounter {
     pub hits: u64,
 }
 
+/// Capacity of the set of processes fij stopped (`StopMark`).
+pub const MAX_STOPPED: u32 = 4096;
+
+/// SIGSTOP, whose injections the kernel records in `STOPPED` (x86-64 and arm64 alike).
+pub const SIGSTOP: u32 = 19;
+
+/// Value of the set of processes an injection stopped, keyed by tgid: written in kernel before
+/// the SIGSTOP is sent, deleted when the process exits. fij's guardian resumes every process in
+/// it that is still the same process (same start time) when fij dies without resuming them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StopMark {
+    pub fault_id: u32,
+    pub _pad: u32,
+    /// `task_struct::start_boottime` of the stopped process (ns), 0 when unknown.
+    pub start_boottime_ns: u64,
+}
+
 /// Capacity of the set of crashed processes and of silenced socket tuples.
 pub const MAX_CRASHED: u32 = 1024;
 pub const MAX_SILENCED: u32 = 65536;
@@ -243,6 +261,8 @@ pub struct KernelLayout {
     pub task_tgid: u32,
     pub task_flags: u32,
     pub task_exit_code: u32,
+    /// `task_struct::start_boottime` (u64 ns; /proc/PID/stat's start time is derived from it).
+    pub task_start_boottime: u32,
     /// Offset of `group_dead` in the `sched/sched_process_exit` record.
     pub exit_group_dead: u32,
     /// Offset of the `filename` `__data_loc` in the `sched/sched_process_exec` record.
@@ -327,6 +347,7 @@ mod pod {
     unsafe impl aya::Pod for SilenceEntry {}
     unsafe impl aya::Pod for BoundUdp {}
     unsafe impl aya::Pod for SelectKey {}
+    unsafe impl aya::Pod for StopMark {}
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@ use fij_common::{
     CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_START_NS, COUNTER_TABLE_FULL,
     CrashMark, EVENT_INJECTION, Event, FaultRule, HookKey, MAX_FAULTS, MAX_FAULTS_PER_HOOK,
     PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_CRASH, RULE_PER_TARGET, RULE_PORT,
-    RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED, SelectKey, TargetProcess,
+    RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey, StopMark, TargetProcess,
     random::{fires_with, hit_draw, key_from_seed},
 };
 
 use crate::maps::{
-    COUNTERS, CRASHED, DUE, HOOKS, PROCESS_COUNTERS, PROTECTED, RULES, SELECTED, config, emit,
-    emit_quietly, layout,
+    COUNTERS, CRASHED, DUE, HOOKS, PROCESS_COUNTERS, PROTECTED, RULES, SELECTED, STOPPED, config,
+    emit, emit_quietly, layout,
 };
 
 /// `Event::hit` of an injection fired by a time trigger (it has no hit number).
@@ -275,7 +275,17 @@ fn fire(
             };
             let _ = CRASHED.insert(&tgid, &mark, 0);
         }
-        unsafe { bpf_send_signal(rule.signal) as i32 }
+        // Recorded before the signal: if fij dies before it reads the event, its guardian still
+        // finds the process to resume.
+        let stops = rule.signal == SIGSTOP;
+        if stops {
+            record_stop(fault_id, tgid);
+        }
+        let result = unsafe { bpf_send_signal(rule.signal) as i32 };
+        if stops && result != 0 {
+            let _ = STOPPED.remove(&tgid);
+        }
+        result
     };
     let event = Event {
         kind: EVENT_INJECTION,
@@ -297,6 +307,25 @@ fn fire(
     } else {
         emit(&event)
     }
+}
+
+/// Records that the current process `tgid` is being stopped by `fault_id`, with its start time
+/// (so that a recycled pid is never resumed in its place).
+#[inline(always)]
+fn record_stop(fault_id: u32, tgid: u32) {
+    let offset = layout().task_start_boottime;
+    let start_boottime_ns = if offset == u32::MAX {
+        0
+    } else {
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        unsafe { bpf_probe_read_kernel(task.add(offset as usize) as *const u64) }.unwrap_or(0)
+    };
+    let mark = StopMark {
+        fault_id,
+        _pad: 0,
+        start_boottime_ns,
+    };
+    let _ = STOPPED.insert(&tgid, &mark, 0);
 }
 
 /// One ChaCha20 draw. A global, not inlined function: the verifier checks it once instead of

@@ -13,7 +13,7 @@ use fij_common::{
 
 use crate::{
     decide::forget_process_counters,
-    maps::{add_target, config, emit, layout, remove_target, target},
+    maps::{STOPPED, add_target, config, emit, layout, remove_target, target},
     selectors::{join, match_inherited},
 };
 
@@ -98,6 +98,7 @@ pub fn fij_exit(ctx: TracePointContext) -> i32 {
     let exit_code = read_task_u32(task, l.task_exit_code).map_or(-1, |c| c as i32);
     let target_idx = process.target_idx;
     forget_process_counters(tgid);
+    let _ = STOPPED.remove(&tgid);
     remove_target(tgid);
     emit(&Event {
         kind: EVENT_EXIT,

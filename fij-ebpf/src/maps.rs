@@ -6,8 +6,8 @@ use aya_ebpf::{
 use fij_common::{
     BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
     HookKey, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS, MAX_PROTECTED,
-    MAX_SILENCED, MAX_TARGET_PROCESSES, ProcessCounter, ProcessCounterKey, SelectKey, SilenceEntry,
-    SilenceKey, TargetProcess,
+    MAX_SILENCED, MAX_STOPPED, MAX_TARGET_PROCESSES, ProcessCounter, ProcessCounterKey, SelectKey,
+    SilenceEntry, SilenceKey, StopMark, TargetProcess,
 };
 
 /// The target set: tgid → which target it belongs to. The source of truth; change it only
@@ -107,6 +107,11 @@ pub static DUE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_DUE, 0);
 pub static PROCESS_COUNTERS: HashMap<ProcessCounterKey, ProcessCounter> =
     HashMap::with_max_entries(MAX_PROCESS_COUNTERS, 0);
 
+/// Processes an injection stopped (tgid → which fault, and the process's start time), from
+/// just before the SIGSTOP until the process exits: what fij's guardian resumes if fij dies.
+#[map]
+pub static STOPPED: HashMap<u32, StopMark> = HashMap::with_max_entries(MAX_STOPPED, 0);
+
 /// Processes a `crash` fired on, until their task is freed (tgid → which crash).
 #[map]
 pub static CRASHED: HashMap<u32, CrashMark> = HashMap::with_max_entries(MAX_CRASHED, 0);
@@ -136,6 +141,7 @@ pub static LAYOUT: KernelLayout = KernelLayout {
     task_tgid: u32::MAX,
     task_flags: u32::MAX,
     task_exit_code: u32::MAX,
+    task_start_boottime: u32::MAX,
     exit_group_dead: u32::MAX,
     exec_filename: u32::MAX,
     regs_arg2: u32::MAX,

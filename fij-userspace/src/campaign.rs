@@ -109,14 +109,17 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
             "fij run needs root: it loads eBPF programs and signals processes from the kernel (try sudo)"
         ));
     }
-    let protected = targets::self_and_ancestors();
+    let mut protected = targets::self_and_ancestors();
 
     // Everything that can be wrong with the input is checked before anything is loaded.
     let sources = prepare(scenario, &protected)?;
     let mut log = EventLog::create(opts.log.as_deref())?;
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(random_seed);
     let hooks = hooks::plan_hooks(scenario)?;
+    let mut guardian = crate::guardian::Guardian::start()?; // issue 18: resumes stops if fij dies
+    protected.push(guardian.pid()); // issue 18
     let mut kernel = load(scenario, &sources, &hooks, &protected, seed)?;
+    guardian.watch(kernel.stopped_map())?; // issue 18
 
     let start_ns = monotonic_ns();
     let start = Instant::now();
@@ -177,7 +180,9 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
         selector_targets,
     )
     .await?;
-    finish(ctx, kernel, events, &armed, reason).await
+    let report = finish(ctx, kernel, events, &armed, reason).await?;
+    guardian.dismiss(); // issue 18: stops were resumed by finish
+    Ok(report)
 }
 
 /// A running process a selector matched at the start: (pid, target index, selector kind).

@@ -69,6 +69,7 @@ pub struct Kernel {
     config: Array<MapData, u64>,
     lost: Array<MapData, u64>,
     crashed: HashMap<MapData, u32, CrashMark>,
+    stopped: HashMap<MapData, u32, fij_common::StopMark>,
     selected: HashMap<MapData, SelectKey, u8>,
     due: HashMap<MapData, u32, u32>,
     kprobe_hooks: HashMap<MapData, u64, u32>,
@@ -126,6 +127,7 @@ impl Kernel {
             config: take(&mut ebpf, "CONFIG")?,
             lost: take(&mut ebpf, "EVENTS_LOST")?,
             crashed: take(&mut ebpf, "CRASHED")?,
+            stopped: take(&mut ebpf, "STOPPED")?,
             selected: take(&mut ebpf, "SELECTED")?,
             due: take(&mut ebpf, "DUE")?,
             kprobe_hooks: take(&mut ebpf, "KPROBE_HOOKS")?,
@@ -568,6 +570,13 @@ impl Kernel {
 
     pub fn counters(&self, fault_id: u32) -> Result<FaultCounters> {
         Ok(self.counters.get(&fault_id, 0)?)
+    }
+
+    /// The map of processes an injection stopped (`STOPPED`), for fij's guardian.
+    pub fn stopped_map(&self) -> std::os::fd::BorrowedFd<'_> {
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        self.stopped.map().fd().as_fd()
     }
 
     pub fn events_lost(&self) -> u64 {

@@ -82,6 +82,7 @@ fn discover_anew() -> Result<KernelLayout> {
         task_tgid: member("tgid")?.context("task_struct has no member `tgid`")?,
         task_flags: member("flags")?.context("task_struct has no member `flags`")?,
         task_exit_code: member("exit_code")?.unwrap_or(u32::MAX),
+        task_start_boottime: member("start_boottime")?.unwrap_or(u32::MAX),
         exit_group_dead: tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?
             .unwrap_or(u32::MAX),
         exec_filename: tracepoint_field_offset("sched", "sched_process_exec", "filename")?

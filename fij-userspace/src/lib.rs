@@ -3,6 +3,7 @@
 //! via [`kernel`]) → decision in the kernel programs (`fij-ebpf`) → events → [`log`].
 pub mod campaign;
 pub mod doctor;
+pub mod guardian;
 pub mod hooks;
 pub mod kernel;
 pub mod layout;

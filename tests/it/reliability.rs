@@ -362,3 +362,58 @@ fn a_live_counter_survives_a_full_table() {
     run.log.assert_injections("write", "SIGKILL", &[(4, pid)]);
     assert_eq!(fij_tests::read_lines(&out), fij_tests::numbered_lines(3));
 }
+
+/// fij's guardian: the `fij __guardian` process of the fij process `fij_pid`, if any.
+fn guardian_of(fij_pid: u32) -> Option<u32> {
+    fij_tests::all_pids().into_iter().find(|&p| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        ppid == Some(fij_pid)
+            && std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"__guardian"))
+    })
+}
+
+/// Issue 18, item 2: an adopted target that a `stop` fault froze is resumed when fij is
+/// SIGKILLed — here even before fij could read the stop's event — by fij's guardian, which holds
+/// no program or link of fij's, and is gone after.
+#[test]
+fn a_stopped_target_is_resumed_when_fij_is_sigkilled() {
+    let dir = TempDir::new("guardian-sigkill");
+    let (out, go) = (dir.join("out.txt"), dir.join("go"));
+    let mut victim = workload!().spawn(&[&"write-lines", &out, &"5", &"--wait-for", &go]);
+    let pid = victim.id();
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"v\"\npid = {pid}\n\n[[fault]]\nname = \"s\"\ntarget = \"v\"\n\
+             action = \"stop\"\ntrigger = {{ syscall = \"write\" }}\nnth = 2\n"
+        ),
+    );
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    let guardian = guardian_of(fij.pid()).expect("fij's guardian");
+    let held = fij_tests::bpf_fds(guardian);
+    assert!(
+        held.progs.is_empty() && held.links.is_empty() && held.maps.len() == 1,
+        "the guardian holds only the stopped-process map: {held:?}"
+    );
+    // fij is frozen before the stop fires, so it never reads the stop's event: it dies between
+    // the kernel's SIGSTOP and its own bookkeeping, the hardest moment.
+    fij_tests::send_signal(fij.pid(), libc::SIGSTOP);
+    std::fs::write(&go, "").unwrap();
+    fij_tests::wait_until(fij_tests::FIJ_TIMEOUT, "the victim to stop", || {
+        (fij_tests::process_state(pid) == Some('T')).then_some(())
+    });
+    fij_tests::send_signal(fij.pid(), libc::SIGKILL);
+    let out_fij = fij.finish();
+    assert_eq!(out_fij.ended, fij_tests::Ended::Signal(libc::SIGKILL));
+    let ended = fij_tests::wait_child(&mut victim, fij_tests::FIJ_TIMEOUT, "the resumed victim");
+    assert_eq!(ended, fij_tests::Ended::Code(0), "{out_fij}");
+    assert_eq!(fij_tests::read_lines(&out), fij_tests::numbered_lines(5));
+    fij_tests::wait_until(fij_tests::CLEANUP_TIMEOUT, "the guardian to exit", || {
+        (!fij_tests::alive(guardian)).then_some(())
+    });
+}
