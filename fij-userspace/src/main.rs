@@ -39,7 +39,8 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
         /// How many hits to consider per fault (per process for `per = "process"`).
-        #[arg(long, default_value_t = fij::plan::DEFAULT_HITS)]
+        #[arg(long, default_value_t = fij::plan::DEFAULT_HITS,
+              value_parser = clap::value_parser!(u64).range(1..=fij::plan::MAX_HITS))]
         hits: u64,
         /// Print the plan as JSON.
         #[arg(long)]

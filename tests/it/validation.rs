@@ -237,3 +237,47 @@ fn error_positions_name_the_file_as_given() {
         "{run}"
     );
 }
+
+/// Issue 18, item 5: fij reads at most 1 MiB of a scenario file, also from a file that never
+/// ends: `/dev/zero` and a 2 MiB file are refused at once (exit 2, at 1:1), never read whole.
+#[test]
+fn a_scenario_file_over_1_mib_is_refused_without_reading_it_whole() {
+    let dir = TempDir::new("too-big");
+    let big = dir.write("big.toml", &"# padding\n".repeat(200_000));
+    for path in [Path::new("/dev/zero"), big.as_path()] {
+        let out = Fij::validate(path).output();
+        out.assert_exit(2);
+        assert!(
+            out.stderr.contains(&format!(
+                "{}:1:1: the scenario file is larger than",
+                path.display()
+            )),
+            "{out}"
+        );
+    }
+    // Just under the limit is read (and then judged on its content).
+    let fits = dir.write("fits.toml", &"#\n".repeat(500_000));
+    let out = Fij::validate(&fits).output();
+    assert!(!out.stderr.contains("larger than"), "{out}");
+}
+
+/// Issue 18, item 5: `fij plan --hits` is bounded: an unsigned -1 is refused (exit 2, naming
+/// the limit) instead of computing forever.
+#[test]
+fn plan_refuses_more_hits_than_it_can_compute() {
+    let dir = TempDir::new("plan-hits");
+    let scenario = dir.write(
+        "s.toml",
+        "seed = 1\n[[target]]\nname = \"t\"\ncommand = [\"true\"]\n\n[[fault]]\nname = \"f\"\n\
+         target = \"t\"\naction = \"kill\"\ntrigger = { syscall = \"write\" }\nprobability = 0.5\n",
+    );
+    let out = std::process::Command::new(fij_tests::fij_bin())
+        .arg("plan")
+        .arg(&scenario)
+        .args(["--hits", "18446744073709551615"])
+        .output()
+        .expect("running fij plan");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not in 1..=1000000"), "{stderr}");
+}

@@ -61,15 +61,42 @@ impl std::error::Error for Diagnostics {}
 
 /// Reads and validates the scenario file at `path`.
 pub fn load(path: &Path) -> Result<Scenario, Diagnostics> {
-    match fs::read_to_string(path) {
-        Ok(text) => parse_str(path, &text),
-        Err(err) => Err(Diagnostics(vec![Diagnostic {
+    let fail = |message: String| {
+        Err(Diagnostics(vec![Diagnostic {
             file: path.to_path_buf(),
             line: 1,
             col: 1,
-            message: format!("cannot read the scenario file: {err}"),
-        }])),
+            message,
+        }]))
+    };
+    match read_bounded(path) {
+        Ok(Some(text)) => parse_str(path, &text),
+        Ok(None) => fail(format!(
+            "the scenario file is larger than {} bytes (1 MiB), fij's limit; \
+             is it the right file?",
+            MAX_SCENARIO_BYTES
+        )),
+        Err(err) => fail(format!("cannot read the scenario file: {err}")),
     }
+}
+
+/// The largest scenario file fij reads (a scenario of 1000 faults is ~200 KB).
+pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
+
+/// Reads at most `MAX_SCENARIO_BYTES + 1` bytes of `path` — also from a device or a pipe, which
+/// may never end (`/dev/zero`): None when there is more than the limit.
+fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(MAX_SCENARIO_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_SCENARIO_BYTES {
+        return Ok(None);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
 }
 
 /// Validates the scenario `text`, read from `path` (used in diagnostics, as `Scenario::path`, and
