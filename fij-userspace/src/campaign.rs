@@ -331,12 +331,20 @@ fn arm_targets(
                     cwd,
                     env,
                     instances,
+                    user,  // issue 18
+                    group, // issue 18
                 },
                 Source::Spawn(program),
             ) => {
                 for instance in 0..*instances {
-                    let child = GatedChild::spawn(program, argv, cwd.as_deref(), env)
-                        .with_context(|| format!("target `{}`", target.name))?;
+                    let child = GatedChild::spawn(
+                        program,
+                        argv,
+                        cwd.as_deref(),
+                        env,
+                        (*user, *group),
+                    ) // issue 18
+                    .with_context(|| format!("target `{}`", target.name))?;
                     kernel.add_target(child.pid, entry(instance, monotonic_ns()))?;
                     if timed {
                         kernel.attach_tick(child.pid)?;

@@ -486,6 +486,8 @@ fn kill_on_execve(program: &Path) -> Scenario {
                 cwd: None,
                 env: Vec::new(),
                 instances: 1,
+                user: None,
+                group: None,
             },
         }],
         faults: vec![Fault {
@@ -611,7 +613,7 @@ struct Victim {
 impl Victim {
     fn spawn(program: &Path, argv: &[String]) -> Result<Self> {
         Ok(Self {
-            child: GatedChild::spawn(program, argv, None, &[])?,
+            child: GatedChild::spawn(program, argv, None, &[], (None, None))?,
             reaped: false,
         })
     }

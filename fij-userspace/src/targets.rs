@@ -123,11 +123,15 @@ fn cstring(s: impl AsRef<[u8]>) -> Result<CString> {
 impl GatedChild {
     /// Forks; the child puts itself in its own process group (so a Ctrl-C at fij's terminal
     /// reaches fij, which then ends the campaign), waits for the gate, then execs.
+    ///
+    /// `(user, group)`: the uid and gid the command runs with (supplementary groups cleared),
+    /// set before the child is added to the target set, so they are none of its hits.
     pub fn spawn(
         program: &Path,
         argv: &[String],
         cwd: Option<&Path>,
         env: &[(String, String)],
+        (user, group): (Option<u32>, Option<u32>),
     ) -> Result<Self> {
         use std::os::unix::ffi::OsStrExt;
         // Everything the child needs is prepared here: after fork it may only make raw syscalls.
@@ -164,9 +168,26 @@ impl GatedChild {
         if pid == 0 {
             unsafe {
                 libc::setpgid(0, 0);
+                // `user` / `group`: no supplementary group, then the group, then the user (after
+                // which the process may no longer change its group).
+                if (user.is_some() || group.is_some()) && libc::setgroups(0, std::ptr::null()) != 0
+                {
+                    report_errno_and_exit(err_tx.as_raw_fd());
+                }
+                if let Some(gid) = group
+                    && libc::setgid(gid) != 0
+                {
+                    report_errno_and_exit(err_tx.as_raw_fd());
+                }
+                if let Some(uid) = user
+                    && libc::setuid(uid) != 0
+                {
+                    report_errno_and_exit(err_tx.as_raw_fd());
+                }
                 // Die with fij: a child still waiting at its gate must not outlive it (it would
                 // wait forever), and the gate's write end is fij's alone, so EOF tells the child
-                // fij is gone. The parent may have died before prctl: then getppid differs.
+                // fij is gone. The parent may have died before prctl: then getppid differs. Set
+                // after the credentials, whose change clears it.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
                 if libc::getppid() != fij_pid {
                     libc::_exit(127);

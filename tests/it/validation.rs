@@ -181,6 +181,18 @@ fn invalid_scenarios_are_refused_at_the_exact_position() {
             "TOML syntax error",
         ),
         (
+            "unknown-user",
+            &|s| {
+                s.replace(
+                    "name = \"w\"\n",
+                    "name = \"w\"\nuser = \"no-such-user-fij\"\n",
+                )
+            },
+            3,
+            8,
+            "unknown user `no-such-user-fij`: not in this system's passwd database",
+        ),
+        (
             "zero-duration",
             &|s| format!("duration = \"0s\"\n{s}"),
             1,

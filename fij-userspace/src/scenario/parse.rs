@@ -274,12 +274,14 @@ fn target(
     let cwd = r.get("cwd");
     let env = r.get("env");
     let instances = r.get("instances");
+    let user = r.get("user");
+    let group = r.get("group");
     let selectors = [r.get("comm"), r.get("exe"), r.get("uid"), r.get("cgroup")];
     r.finish(cx);
     let mut given = selectors.into_iter().flatten();
     if let Some(first) = given.next() {
         let second = given.next();
-        let others = [&command, &pid, &cwd, &env, &instances]
+        let others = [&command, &pid, &cwd, &env, &instances, &user, &group]
             .into_iter()
             .flatten()
             .chain(second.as_ref());
@@ -323,6 +325,8 @@ fn target(
         Some(dir.join(s))
     });
     let env_value = env.as_ref().and_then(|e| environment(cx, e));
+    let user_value = user.as_ref().map(|e| account(cx, e, Account::User));
+    let group_value = group.as_ref().map(|e| account(cx, e, Account::Group));
 
     let source = match (&command, &pid) {
         (Some(c), Some(p)) => {
@@ -342,14 +346,32 @@ fn target(
             );
             None
         }
-        (Some(_), None) => argv.flatten().map(|argv| TargetSource::Command {
-            argv,
-            cwd: cwd_value,
-            env: env_value.unwrap_or_default(),
-            instances: instances_value.unwrap_or(1),
-        }),
+        (Some(_), None) => {
+            // The user's primary group unless `group` says otherwise.
+            let user_id = user_value.flatten();
+            let group_id = match (&group_value, user_id) {
+                (Some(g), _) => g.map(|(gid, _)| gid),
+                (None, Some((_, primary))) => Some(primary),
+                (None, None) => None,
+            };
+            let resolved =
+                user_value.is_none_or(|u| u.is_some()) && group_value.is_none_or(|g| g.is_some());
+            argv.flatten()
+                .filter(|_| resolved)
+                .map(|argv| TargetSource::Command {
+                    argv,
+                    cwd: cwd_value,
+                    env: env_value.unwrap_or_default(),
+                    instances: instances_value.unwrap_or(1),
+                    user: user_id.map(|(uid, _)| uid),
+                    group: group_id,
+                })
+        }
         (None, Some(_)) => {
-            for e in [&cwd, &env, &instances].into_iter().flatten() {
+            for e in [&cwd, &env, &instances, &user, &group]
+                .into_iter()
+                .flatten()
+            {
                 cx.error(
                     e.key_at,
                     format!(
@@ -373,6 +395,100 @@ fn target(
 }
 
 /// `comm = "etcd"`, `exe = "/usr/bin/etcd"`, `uid = 1000`, `cgroup = "/sys/fs/cgroup/x"` (or an id).
+#[derive(Clone, Copy)]
+enum Account {
+    User,
+    Group,
+}
+
+/// `user = "name" | uid` or `group = "name" | gid`, looked up in the system's user and group
+/// databases: (id, primary group id of a user; the gid again for a group). A name must exist;
+/// a number is taken as is (a user without a passwd entry keeps gid = uid as its group).
+fn account(cx: &mut Cx<'_>, e: &Entry<'_>, kind: Account) -> Option<(u32, u32)> {
+    let what = match kind {
+        Account::User => "user",
+        Account::Group => "group",
+    };
+    if let Some(n) = e.item.as_integer() {
+        return match u32::try_from(n) {
+            Ok(id) if id != u32::MAX => Some(match kind {
+                Account::User => (id, lookup_user_by_id(id).unwrap_or(id)),
+                Account::Group => (id, id),
+            }),
+            _ => {
+                cx.error(e.at, format!("`{what}` {n} is not a valid {what} id"));
+                None
+            }
+        };
+    }
+    let name = cx.non_empty_string(e)?;
+    let found = match kind {
+        Account::User => lookup_user(name),
+        Account::Group => lookup_group(name).map(|gid| (gid, gid)),
+    };
+    if found.is_none() {
+        let db = match kind {
+            Account::User => "passwd",
+            Account::Group => "group",
+        };
+        cx.error(
+            e.at,
+            format!("unknown {what} `{name}`: not in this system's {db} database"),
+        );
+    }
+    found
+}
+
+/// (uid, primary gid) of user `name`.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: getpwnam_r writes into the passwd and buffer we own; `found` points into them.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut found = std::ptr::null_mut();
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        (!found.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
+    }
+}
+
+/// Primary gid of user id `uid`, if it has a passwd entry.
+fn lookup_user_by_id(uid: u32) -> Option<u32> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: as in `lookup_user`.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut found = std::ptr::null_mut();
+        libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found);
+        (!found.is_null()).then_some(pwd.pw_gid)
+    }
+}
+
+/// gid of group `name`.
+fn lookup_group(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    // SAFETY: as in `lookup_user`, for getgrnam_r.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut found = std::ptr::null_mut();
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        (!found.is_null()).then_some(grp.gr_gid)
+    }
+}
+
 fn selector(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Selector> {
     match e.label.as_str() {
         "comm" => {
@@ -1700,6 +1816,8 @@ syscall = "openat"
                         cwd: Some(PathBuf::from("scenarios/dir")),
                         env: vec![("KEY".into(), "value".into()), ("OTHER".into(), "2".into())],
                         instances: 1,
+                        user: None,
+                        group: None,
                     },
                 },
                 Target {
@@ -1769,6 +1887,8 @@ trigger.syscall = "read"
                 cwd: None,
                 env: vec![],
                 instances: 1,
+                user: None,
+                group: None,
             }
         );
         assert_eq!(scenario.targets[1].source, TargetSource::Pid(99));
@@ -2257,6 +2377,60 @@ trigger.syscall = "read"
         assert_eq!(
             cwd(&format!("{TARGET}cwd = \"../d\"\n")),
             Some(PathBuf::from("/s/../d"))
+        );
+    }
+
+    #[test]
+    fn user_and_group_of_a_command() {
+        let ids =
+            |text: &str| match parse_str(Path::new("/s/x.toml"), text).unwrap().targets[0].source {
+                TargetSource::Command { user, group, .. } => (user, group),
+                _ => unreachable!(),
+            };
+        // A user's primary group comes with it; `group` overrides it; numbers are taken as is.
+        assert_eq!(
+            ids(&format!("{TARGET}user = \"root\"\n")),
+            (Some(0), Some(0))
+        );
+        assert_eq!(
+            ids(&format!("{TARGET}user = \"root\"\ngroup = 65534\n")),
+            (Some(0), Some(65534))
+        );
+        assert_eq!(ids(&format!("{TARGET}group = \"root\"\n")), (None, Some(0)));
+        assert_eq!(
+            ids(&format!("{TARGET}user = 4321\n")),
+            (Some(4321), Some(4321))
+        );
+        assert_eq!(ids(TARGET), (None, None));
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"a\"]\nuser = \"no-such-user-fij\"\n",
+            4,
+            8,
+            "unknown user `no-such-user-fij`: not in this system's passwd database",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"a\"]\ngroup = \"no-such-group-fij\"\n",
+            4,
+            9,
+            "unknown group `no-such-group-fij`",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"a\"]\nuser = -1\n",
+            4,
+            8,
+            "`user` -1 is not a valid user id",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\npid = 7\nuser = \"root\"\n",
+            4,
+            1,
+            "`user` is only allowed with `command`",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncomm = \"x\"\ngroup = 0\n",
+            4,
+            1,
+            "`group` cannot be combined with `comm`",
         );
     }
 

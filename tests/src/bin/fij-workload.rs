@@ -16,6 +16,9 @@
 //! - `usr1-lines FILE N`: counts SIGUSR1 in a handler, writes `line I usr1=C` for I in 1..=N,
 //!   where C is how many SIGUSR1 arrived before line I was formatted, then `end usr1=C`: N + 1
 //!   writes. A signal injected on write W shows up as C going up on line W + 1. Exits 0.
+//! - `id-lines FILE N`: writes `line I uid=U euid=E gid=G egid=H groups=K` for I in 1..=N (its
+//!   ids as the kernel has them, read once at the start; K = number of supplementary groups),
+//!   one `write` per line. Exits 0.
 //! - `fork FILE REPORT`: writes `parent 1`, `parent 2` to FILE, forks a child that writes
 //!   `child 1`, `child 2` to FILE and exits 0, waits for it, then writes (with `writev`) to
 //!   REPORT `child PID exited CODE` or `child PID killed SIGNO`. Parent writes: exactly 2.
@@ -54,6 +57,7 @@ fn main() {
         ["write-lines", file, n, opts @ ..] => write_lines(file, count(n), opts),
         ["usr1-lines", file, n] => usr1_lines(file, count(n)),
         ["fork", file, report] => fork(file, report),
+        ["id-lines", file, n] => id_lines(file, count(n)),
         ["getppid-record", file, n] => getppid_record(file, count(n), 0),
         ["getppid-record", file, n, "--migrate-every", k] => {
             getppid_record(file, count(n), count(k))
@@ -318,5 +322,23 @@ fn getppid_record(file: &str, n: u64, migrate_every: u64) {
             libc::syscall(libc::SYS_getppid);
             record.add(1).write_volatile(i);
         }
+    }
+}
+
+fn id_lines(file: &str, n: u64) {
+    // SAFETY: the id getters have no preconditions; getgroups(0, NULL) only counts.
+    let ids = unsafe {
+        format!(
+            "uid={} euid={} gid={} egid={} groups={}",
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+            libc::getgroups(0, std::ptr::null_mut())
+        )
+    };
+    let fd = open_for_writing(file);
+    for i in 1..=n {
+        write_line(fd, &format!("line {i} {ids}\n"));
     }
 }
