@@ -136,13 +136,12 @@ pub struct EventLog {
 }
 
 impl EventLog {
+    /// Creates (or truncates) the log file. Never through a symbolic link: a link planted
+    /// where the log goes (a world-writable directory) would have root write wherever it points,
+    /// so a path that is a symlink is refused (invalid input, exit 2) and the open itself uses
+    /// `O_NOFOLLOW`, so a link planted after the check is refused too.
     pub fn create(path: Option<&Path>) -> Result<Self> {
-        let out = path
-            .map(|p| {
-                File::create(p).with_context(|| format!("cannot create log file {}", p.display()))
-            })
-            .transpose()?
-            .map(BufWriter::new);
+        let out = path.map(open_log).transpose()?.map(BufWriter::new);
         Ok(Self { out })
     }
 
@@ -154,4 +153,34 @@ impl EventLog {
         }
         Ok(())
     }
+}
+
+fn open_log(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let symlink = |path: &Path| {
+        crate::campaign::InvalidInput(format!(
+            "--log {}: is a symbolic link; fij does not write its log through one (give the \
+             file's own path)",
+            path.display()
+        ))
+    };
+    if path
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        return Err(symlink(path).into());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => symlink(path).into(),
+            _ => {
+                anyhow::Error::new(e).context(format!("cannot create log file {}", path.display()))
+            }
+        })
 }

@@ -228,3 +228,17 @@ fn gated_children_die_with_a_sigkilled_fij_and_hold_nothing() {
     });
     assert_all_released(&held);
 }
+
+/// Issue 18, item 7: what fij keeps between runs (/run/fij, its layout cache) is root's alone:
+/// a directory of root's, mode 0700, after a campaign.
+#[test]
+fn the_layout_cache_directory_is_root_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("cleanup-run-fij");
+    let scenario = dir.write("s.toml", &scenario("", "[\"true\"]"));
+    Fij::run(&dir, &scenario).output().assert_exit(0);
+    let meta = std::fs::symlink_metadata("/run/fij").unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
+}

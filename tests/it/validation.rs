@@ -293,3 +293,38 @@ fn plan_refuses_more_hits_than_it_can_compute() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is not in 1..=1000000"), "{stderr}");
 }
+
+/// Issue 18, item 7: `--log` never writes through a symbolic link (one planted in a
+/// world-writable directory would have root overwrite whatever it points to): refused, exit 2,
+/// the file it points to untouched, nothing loaded or run.
+#[test]
+fn a_log_path_that_is_a_symlink_is_refused() {
+    let dir = TempDir::new("log-symlink");
+    let marker = dir.join("marker");
+    let scenario = dir.write("s.toml", &scenario_with(&marker, |s| s.to_owned()));
+    let precious = dir.write("precious", "keep me\n");
+    let link = dir.join("planted.jsonl");
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    let mut fij = std::process::Command::new(fij_tests::fij_bin())
+        .arg("run")
+        .arg(&scenario)
+        .arg("--log")
+        .arg(&link)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting fij");
+    let mut loaded = false;
+    while fij.try_wait().expect("waitpid").is_none() {
+        let held = bpf_fds_of(fij.id());
+        loaded |= !held.progs.is_empty() || !held.maps.is_empty();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let out = fij.wait_with_output().expect("fij's output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is a symbolic link"), "{stderr}");
+    assert!(!loaded, "fij loaded BPF objects");
+    assert!(!marker.exists(), "the target ran");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+}
