@@ -116,6 +116,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report> {
     let mut log = EventLog::create(opts.log.as_deref())?;
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(random_seed);
     let hooks = hooks::plan_hooks(scenario)?;
+    crate::caps::check(scenario)?; // issue 18: name a missing capability before loading
     let mut guardian = crate::guardian::Guardian::start()?; // issue 18: resumes stops if fij dies
     protected.push(guardian.pid()); // issue 18
     let mut kernel = load(scenario, &sources, &hooks, &protected, seed)?;

@@ -2,6 +2,7 @@
 //! scenario file → [`scenario`] (validated model) → [`campaign::compile_rules`] (rules in maps,
 //! via [`kernel`]) → decision in the kernel programs (`fij-ebpf`) → events → [`log`].
 pub mod campaign;
+pub mod caps;
 pub mod doctor;
 pub mod guardian;
 pub mod hooks;

@@ -181,6 +181,18 @@ fn invalid_scenarios_are_refused_at_the_exact_position() {
             "TOML syntax error",
         ),
         (
+            "uprobe-symbol",
+            &|s| {
+                s.replace(
+                    "{ syscall = \"write\" }",
+                    "{ uprobe = \"/bin/sh:no_such_symbol_fij\" }",
+                )
+            },
+            9,
+            22,
+            "`trigger.uprobe`: no symbol `no_such_symbol_fij` in /bin/sh",
+        ),
+        (
             "unknown-user",
             &|s| {
                 s.replace(
@@ -327,4 +339,65 @@ fn a_log_path_that_is_a_symlink_is_refused() {
     assert!(!loaded, "fij loaded BPF objects");
     assert!(!marker.exists(), "the target ran");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+}
+
+/// Issue 18, item 6: root with capabilities dropped (here from the bounding set, by `setpriv`)
+/// is told which ones the campaign needs, before anything is loaded: exit 2, naming them.
+#[test]
+fn missing_capabilities_are_named_before_anything_is_loaded() {
+    let dir = TempDir::new("caps");
+    let marker = dir.join("marker");
+    let crash = |s: &str| s.replace("action = \"kill\"", "action = \"crash\"");
+    let scenario = dir.write("s.toml", &scenario_with(&marker, crash));
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "-bpf,-perfmon,-sys_admin",
+            &["CAP_BPF (", "CAP_PERFMON ("],
+            &["CAP_NET_ADMIN"],
+        ),
+        (
+            "-net_admin",
+            &["CAP_NET_ADMIN ("],
+            &["CAP_BPF", "CAP_PERFMON"],
+        ),
+    ];
+    for (drop, named, not_named) in cases {
+        let mut fij = std::process::Command::new("setpriv")
+            .arg(format!("--bounding-set={drop}"))
+            .arg("--")
+            .arg(fij_tests::fij_bin())
+            .arg("run")
+            .arg(&scenario)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running setpriv (util-linux)");
+        let mut loaded = false;
+        while fij.try_wait().expect("waitpid").is_none() {
+            let held = bpf_fds_of(fij.id());
+            loaded |= !held.progs.is_empty() || !held.maps.is_empty();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let out = fij.wait_with_output().expect("fij's output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "dropping {drop}: {stderr}");
+        assert!(
+            stderr.contains("without capabilities this campaign needs"),
+            "{stderr}"
+        );
+        for cap in *named {
+            assert!(
+                stderr.contains(cap),
+                "dropping {drop}: {cap} not named: {stderr}"
+            );
+        }
+        for cap in *not_named {
+            assert!(
+                !stderr.contains(cap),
+                "dropping {drop}: {cap} named: {stderr}"
+            );
+        }
+        assert!(!loaded, "fij loaded BPF objects");
+        assert!(!marker.exists(), "the target ran");
+    }
 }

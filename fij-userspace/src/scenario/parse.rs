@@ -1032,6 +1032,51 @@ fn tracepoint(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
     })
 }
 
+/// Whether the ELF file `path` defines `symbol`, looking where the uprobe attach looks: its
+/// dynamic and static symbol tables, then those of its `.gnu_debuglink` debug file.
+fn elf_has_symbol(path: &Path, symbol: &str) -> Result<(), String> {
+    use object::{Object, ObjectSymbol};
+    use std::os::unix::ffi::OsStrExt;
+    let defines = |data: &[u8]| -> Result<bool, String> {
+        let file = object::File::parse(data).map_err(|e| format!("not an ELF file: {e}"))?;
+        Ok(file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .any(|s| s.is_definition() && s.name() == Ok(symbol)))
+    };
+    let data = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if defines(&data).map_err(|e| format!("{}: {e}", path.display()))? {
+        return Ok(());
+    }
+    let debug = object::File::parse(&*data)
+        .ok()
+        .and_then(|f| {
+            f.gnu_debuglink()
+                .ok()
+                .flatten()
+                .map(|(name, _)| name.to_vec())
+        })
+        .map(|name| {
+            let name = Path::new(std::ffi::OsStr::from_bytes(&name)).to_path_buf();
+            path.parent().map_or(name.clone(), |dir| dir.join(&name))
+        });
+    let in_debug = debug
+        .as_ref()
+        .and_then(|p| fs::read(p).ok())
+        .is_some_and(|d| defines(&d).unwrap_or(false));
+    if in_debug {
+        return Ok(());
+    }
+    Err(match debug {
+        Some(d) => format!(
+            "no symbol `{symbol}` in {} (nor in its debug file {})",
+            path.display(),
+            d.display()
+        ),
+        None => format!("no symbol `{symbol}` in {}", path.display()),
+    })
+}
+
 /// `uprobe = "PATH:SYMBOL"`, `"PATH:SYMBOL+OFFSET"`, `"PATH:0xADDR"` (and `uretprobe`);
 /// `kprobe = "function"` (and `kretprobe`).
 fn probe(cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<Trigger> {
@@ -1103,6 +1148,14 @@ fn probe(cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<Trigger> {
     }
     if user && binary.starts_with('/') && !Path::new(binary).is_file() {
         cx.error(e.at, format!("`{}`: no file {binary}", e.label));
+        return None;
+    }
+    // What `fij run` would find missing when it attaches, said here at the key's position.
+    if let (true, ProbeLocation::Symbol(symbol) | ProbeLocation::SymbolOffset(symbol, _)) =
+        (user && binary.starts_with('/'), &location)
+        && let Err(why) = elf_has_symbol(Path::new(binary), symbol)
+    {
+        cx.error(e.at, format!("`{}`: {why}", e.label));
         return None;
     }
     if !user && !Path::new(KPROBE_PMU).exists() {
@@ -2378,6 +2431,19 @@ trigger.syscall = "read"
             cwd(&format!("{TARGET}cwd = \"../d\"\n")),
             Some(PathBuf::from("/s/../d"))
         );
+    }
+
+    #[test]
+    fn uprobe_symbols_are_looked_up_in_the_elf_file() {
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(elf_has_symbol(&exe, "main"), Ok(()));
+        let err = elf_has_symbol(&exe, "no_such_symbol_fij").unwrap_err();
+        assert!(
+            err.starts_with("no symbol `no_such_symbol_fij` in "),
+            "{err}"
+        );
+        let err = elf_has_symbol(Path::new("/etc/hostname"), "main").unwrap_err();
+        assert!(err.contains("not an ELF file"), "{err}");
     }
 
     #[test]
