@@ -150,6 +150,17 @@ pub struct ProcessCounter {
     pub hits: u64,
 }
 
+/// Value of the last-injection set, keyed by tgid: the hit a per-process hit trigger last fired
+/// on in this process, so that its exit can tell how many hits of that fault came after it (a
+/// kill that landed late shows as hits after it). Deleted at exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InjectedMark {
+    pub fault_id: u32,
+    pub _pad: u32,
+    pub hit: u64,
+}
+
 /// Capacity of the set of processes fij stopped (`StopMark`).
 pub const MAX_STOPPED: u32 = 4096;
 
@@ -313,7 +324,8 @@ pub struct Event {
     pub ktime_ns: u64,
     pub tgid: u32,
     pub tid: u32,
-    /// Hit number that fired (injection), 0 otherwise.
+    /// Hit number that fired (injection); for an exit after an injection by a per-process hit
+    /// trigger, the process's hits of that fault (`fault_id`) at its exit; 0 otherwise.
     pub hit: u64,
     /// Syscall number of the hit (injection); the new process's pid (fork).
     pub detail: u64,
@@ -325,7 +337,8 @@ pub struct Event {
     pub target_idx: u32,
     /// Which instance of that target.
     pub instance: u32,
-    /// The draw that decided a probabilistic injection (0 when the rule has no probability).
+    /// The draw that decided a probabilistic injection (0 when the rule has no probability);
+    /// for an exit whose `hit` is set, the hit the last injection fired on.
     pub draw: u64,
 }
 
@@ -348,6 +361,7 @@ mod pod {
     unsafe impl aya::Pod for BoundUdp {}
     unsafe impl aya::Pod for SelectKey {}
     unsafe impl aya::Pod for StopMark {}
+    unsafe impl aya::Pod for InjectedMark {}
 }
 
 #[cfg(test)]

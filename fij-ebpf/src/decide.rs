@@ -9,15 +9,16 @@ use aya_ebpf::helpers::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use fij_common::{
     CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_START_NS, COUNTER_TABLE_FULL,
-    CrashMark, EVENT_INJECTION, Event, FaultRule, HookKey, MAX_FAULTS, MAX_FAULTS_PER_HOOK,
-    PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_CRASH, RULE_PER_TARGET, RULE_PORT,
-    RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey, StopMark, TargetProcess,
+    CrashMark, EVENT_INJECTION, Event, FaultRule, HookKey, InjectedMark, MAX_FAULTS,
+    MAX_FAULTS_PER_HOOK, PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_CRASH,
+    RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey,
+    StopMark, TargetProcess,
     random::{fires_with, hit_draw, key_from_seed},
 };
 
 use crate::maps::{
-    COUNTERS, CRASHED, DUE, HOOKS, PROCESS_COUNTERS, PROTECTED, RULES, SELECTED, STOPPED, config,
-    emit, emit_quietly, layout,
+    COUNTERS, CRASHED, DUE, HOOKS, INJECTED, PROCESS_COUNTERS, PROTECTED, RULES, SELECTED, STOPPED,
+    config, emit, emit_quietly, layout,
 };
 
 /// `Event::hit` of an injection fired by a time trigger (it has no hit number).
@@ -287,6 +288,15 @@ fn fire(
         }
         result
     };
+    // Per-process hit triggers: remembered until the exit, which reports the hits after it.
+    if result == 0 && hit != TIME_HIT && rule.flags & RULE_PER_TARGET == 0 {
+        let mark = InjectedMark {
+            fault_id,
+            _pad: 0,
+            hit,
+        };
+        let _ = INJECTED.insert(&tgid, &mark, 0);
+    }
     let event = Event {
         kind: EVENT_INJECTION,
         fault_id,
@@ -356,6 +366,20 @@ fn process_hit(fault_id: u32, tgid: u32, generation: u64) -> Option<u64> {
         .insert(&key, &first, 0)
         .is_ok()
         .then_some(1)
+}
+
+/// For the exit event of `tgid`: (fault, the process's hits of it now, the hit its last
+/// injection fired on), if a per-process hit trigger fired on it. Forgets the injection.
+#[inline(always)]
+pub fn take_last_injection(tgid: u32, generation: u64) -> Option<(u32, u64, u64)> {
+    let mark = unsafe { INJECTED.get(&tgid) }.copied()?;
+    let _ = INJECTED.remove(&tgid);
+    let key = ProcessCounterKey {
+        fault_id: mark.fault_id,
+        tgid,
+    };
+    let counter = unsafe { PROCESS_COUNTERS.get(&key) }?;
+    (counter.generation == generation).then_some((mark.fault_id, counter.hits, mark.hit))
 }
 
 /// Deletes the per-process counters of exiting process `tgid`, for every fault of the

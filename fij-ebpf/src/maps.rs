@@ -5,9 +5,9 @@ use aya_ebpf::{
 };
 use fij_common::{
     BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
-    HookKey, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS, MAX_PROTECTED,
-    MAX_SILENCED, MAX_STOPPED, MAX_TARGET_PROCESSES, ProcessCounter, ProcessCounterKey, SelectKey,
-    SilenceEntry, SilenceKey, StopMark, TargetProcess,
+    HookKey, InjectedMark, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS,
+    MAX_PROTECTED, MAX_SILENCED, MAX_STOPPED, MAX_TARGET_PROCESSES, ProcessCounter,
+    ProcessCounterKey, SelectKey, SilenceEntry, SilenceKey, StopMark, TargetProcess,
 };
 
 /// The target set: tgid → which target it belongs to. The source of truth; change it only
@@ -106,6 +106,12 @@ pub static DUE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_DUE, 0);
 #[map]
 pub static PROCESS_COUNTERS: HashMap<ProcessCounterKey, ProcessCounter> =
     HashMap::with_max_entries(MAX_PROCESS_COUNTERS, 0);
+
+/// Target process (tgid) → the last injection a per-process hit trigger fired on it, until it
+/// exits: its exit reports how many hits of that fault came after (see `InjectedMark`).
+#[map]
+pub static INJECTED: HashMap<u32, InjectedMark> =
+    HashMap::with_max_entries(MAX_TARGET_PROCESSES, 0);
 
 /// Processes an injection stopped (tgid → which fault, and the process's start time), from
 /// just before the SIGSTOP until the process exits: what fij's guardian resumes if fij dies.

@@ -920,6 +920,7 @@ impl EventContext<'_> {
                     pid: e.tgid,
                     code,
                     signal,
+                    hits_after_injection: crate::kernel::hits_after_injection(self.scenario, e), // issue 18
                 })
             }
             EVENT_SILENCED => {

@@ -48,6 +48,29 @@ pub const PROG_KRETPROBE: &str = "fij_kretprobe";
 /// Task-clock sampling period of the time-trigger tick: 1 ms of the target's own CPU time.
 const TICK_PERIOD_NS: u64 = 1_000_000;
 
+/// For an exit event: how many hits of the fault that last fired on the process (by a
+/// per-process hit trigger) it made after that injection; warns when that fault's signal was
+/// SIGKILL, which should have ended the process on its hit (a late delivery, issue 18).
+pub fn hits_after_injection(
+    scenario: &crate::scenario::Scenario,
+    e: &fij_common::Event,
+) -> Option<u64> {
+    if e.hit == 0 {
+        return None;
+    }
+    let after = e.hit.saturating_sub(e.draw);
+    let fault = scenario.faults.get(e.fault_id as usize)?;
+    if after > 0 && fault.action.signal() == libc::SIGKILL {
+        tracing::warn!(
+            fault = %fault.name,
+            pid = e.tgid,
+            "the SIGKILL of hit {} landed late: the process made {after} more hits before it died",
+            e.draw
+        );
+    }
+    Some(after)
+}
+
 /// The error of an injection event with result `COUNTER_TABLE_FULL` (sent once per fault).
 pub fn counter_table_full_error() -> String {
     format!(

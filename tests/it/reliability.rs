@@ -142,13 +142,20 @@ fn nth_hit_is_exact_under_load() {
         if let ([injection], [exit]) = (&out.log.injections()[..], &out.log.exits_of(pid)[..]) {
             gaps.push(ktime(exit).saturating_sub(ktime(injection)));
         }
+        // fij's own account: no getppid of the victim's after the one that fired.
+        let after_injection = out
+            .log
+            .exits_of(pid)
+            .first()
+            .and_then(|e| e["hits_after_injection"].as_u64());
         let ok = hits == [(5000, pid)]
             && before == Some(5000)
             && after == Some(4999)
-            && status == "signal SIGKILL";
+            && status == "signal SIGKILL"
+            && after_injection == Some(0);
         if !ok {
             eprintln!(
-                "run {run}: logged {hits:?}, victim entered call {before:?} (last returned {after:?}), {status}\n{out}"
+                "run {run}: logged {hits:?}, victim entered call {before:?} (last returned {after:?}), {status}, hits after the injection {after_injection:?}\n{out}"
             );
             wrong.push((run, hits, before, after, status));
         }
@@ -416,4 +423,29 @@ fn a_stopped_target_is_resumed_when_fij_is_sigkilled() {
     fij_tests::wait_until(fij_tests::CLEANUP_TIMEOUT, "the guardian to exit", || {
         (!fij_tests::alive(guardian)).then_some(())
     });
+}
+
+/// The exit record says how many hits of the fault that fired came after its injection: 0 for a
+/// kill that landed on its hit (checked in every run of `nth_hit_is_exact_under_load`), the
+/// calls a process made after a signal it survives. Here SIGUSR1 on the 3rd of 6 writes, then
+/// the 4th to 6th and the `end` line: 4 writes after it.
+#[test]
+fn the_exit_record_counts_the_hits_after_an_injection() {
+    let dir = TempDir::new("hits-after");
+    let out = dir.join("out.txt");
+    let command = workload!().command(&[&"usr1-lines", &out, &"6"]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"w\"\ncommand = {command}\n\n[[fault]]\nname = \"u\"\n\
+             target = \"w\"\naction = \"signal\"\nsignal = \"SIGUSR1\"\n\
+             trigger = {{ syscall = \"write\" }}\nnth = 3\n"
+        ),
+    );
+    let run = Fij::run(&dir, &scenario).output();
+    run.assert_exit(0);
+    let pid = run.log.target_pid("w");
+    assert_eq!(run.log.injection_hits(), [(3, pid)], "{run}");
+    assert_eq!(run.log.exit_of(pid)["hits_after_injection"], 4, "{run}");
+    assert_eq!(run.log.exit_status(pid), "code 0", "{run}");
 }
