@@ -15,7 +15,9 @@ pub const MAX_FAULTS: u32 = 1024;
 pub const MAX_FAULTS_PER_HOOK: usize = 16;
 /// Capacity of the target-process set (tgids, plus tids of their threads).
 pub const MAX_TARGET_PROCESSES: u32 = 65536;
-/// Capacity of the per-process hit counters (LRU: stale entries of dead processes go first).
+/// Capacity of the per-process hit counters: (fault, process) pairs of live target processes
+/// (a process's counters are deleted when it exits). Never evicted: a hit that finds the table
+/// full is reported (`COUNTER_TABLE_FULL`), not counted in a counter that restarts from 0.
 pub const MAX_PROCESS_COUNTERS: u32 = 65536;
 /// Capacity of the protected-pid set (fij and its ancestors).
 pub const MAX_PROTECTED: u32 = 256;
@@ -122,6 +124,8 @@ pub struct FaultCounters {
     pub target_hits: u64,
     /// Injections attempted so far (bounded by `FaultRule::count`).
     pub injections: u64,
+    /// Hits not counted because the per-process counter table was full.
+    pub uncounted: u64,
 }
 
 /// Key of the set of target instances a fault selected (`select`).
@@ -146,6 +150,35 @@ pub struct ProcessCounterKey {
 pub struct ProcessCounter {
     pub generation: u64,
     pub hits: u64,
+}
+
+/// Value of the last-injection set, keyed by tgid: the hit a per-process hit trigger last fired
+/// on in this process, so that its exit can tell how many hits of that fault came after it (a
+/// kill that landed late shows as hits after it). Deleted at exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InjectedMark {
+    pub fault_id: u32,
+    pub _pad: u32,
+    pub hit: u64,
+}
+
+/// Capacity of the set of processes fij stopped (`StopMark`).
+pub const MAX_STOPPED: u32 = 4096;
+
+/// SIGSTOP, whose injections the kernel records in `STOPPED` (x86-64 and arm64 alike).
+pub const SIGSTOP: u32 = 19;
+
+/// Value of the set of processes an injection stopped, keyed by tgid: written in kernel before
+/// the SIGSTOP is sent, deleted when the process exits. fij's guardian resumes every process in
+/// it that is still the same process (same start time) when fij dies without resuming them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StopMark {
+    pub fault_id: u32,
+    pub _pad: u32,
+    /// `task_struct::start_boottime` of the stopped process (ns), 0 when unknown.
+    pub start_boottime_ns: u64,
 }
 
 /// Capacity of the set of crashed processes and of silenced socket tuples.
@@ -212,7 +245,10 @@ pub const CONFIG_DUE: u32 = 4;
 /// `SELECTOR_*` bits of the selector targets a scenario has (`comm`, `exe`, `uid`, `cgroup`):
 /// the exec and fork hooks skip matching while it is 0.
 pub const CONFIG_SELECTORS: u32 = 5;
-pub const CONFIG_LEN: u32 = 6;
+/// Number of faults (rules) of the campaign: the exit hook deletes the exiting process's
+/// per-process counters of faults `0..CONFIG_FAULTS`.
+pub const CONFIG_FAULTS: u32 = 6;
+pub const CONFIG_LEN: u32 = 7;
 
 /// Selector kinds, as `CONFIG_SELECTORS` bits and as the `detail` of `EVENT_JOINED`.
 pub const SELECTOR_COMM: u64 = 1 << 0;
@@ -244,6 +280,8 @@ pub struct KernelLayout {
     pub task_tgid: u32,
     pub task_flags: u32,
     pub task_exit_code: u32,
+    /// `task_struct::start_boottime` (u64 ns; /proc/PID/stat's start time is derived from it).
+    pub task_start_boottime: u32,
     /// Offset of `group_dead` in the `sched/sched_process_exit` record.
     pub exit_group_dead: u32,
     /// Offset of the `filename` `__data_loc` in the `sched/sched_process_exec` record.
@@ -267,6 +305,11 @@ pub const PF_KTHREAD: u32 = 0x0020_0000;
 /// `Event::result` when fij's own in-kernel check refused to signal (pid 1, kernel thread, fij or
 /// its ancestor). Outside the errno range, so it never reads as a `bpf_send_signal` error.
 pub const SIGNAL_REFUSED: i32 = -4096;
+
+/// `Event::result` of an injection event that reports, once per fault, a hit that could not be
+/// counted: the per-process counter table (`MAX_PROCESS_COUNTERS`) was full. Nothing was sent;
+/// `Event::hit` is 0.
+pub const COUNTER_TABLE_FULL: i32 = -4097;
 
 pub const EVENT_INJECTION: u32 = 1;
 pub const EVENT_EXIT: u32 = 2;
@@ -322,7 +365,8 @@ pub struct Event {
     pub ktime_ns: u64,
     pub tgid: u32,
     pub tid: u32,
-    /// Hit number that fired (injection), 0 otherwise.
+    /// Hit number that fired (injection); for an exit after an injection by a per-process hit
+    /// trigger, the process's hits of that fault (`fault_id`) at its exit; 0 otherwise.
     pub hit: u64,
     /// Syscall number of the hit (injection); the new process's pid (fork).
     pub detail: u64,
@@ -334,7 +378,8 @@ pub struct Event {
     pub target_idx: u32,
     /// Which instance of that target.
     pub instance: u32,
-    /// The draw that decided a probabilistic injection (0 when the rule has no probability).
+    /// The draw that decided a probabilistic injection (0 when the rule has no probability);
+    /// for an exit whose `hit` is set, the hit the last injection fired on.
     pub draw: u64,
 }
 
@@ -356,6 +401,8 @@ mod pod {
     unsafe impl aya::Pod for SilenceEntry {}
     unsafe impl aya::Pod for BoundUdp {}
     unsafe impl aya::Pod for SelectKey {}
+    unsafe impl aya::Pod for StopMark {}
+    unsafe impl aya::Pod for InjectedMark {}
 }
 
 #[cfg(test)]

@@ -71,6 +71,10 @@ pub enum Record {
         /// Signal that ended the process.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signal: Option<String>,
+        /// When a per-process hit trigger fired on this process: how many more hits of that
+        /// fault it made after the last injection (0 when a kill landed on its hit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hits_after_injection: Option<u64>,
     },
     /// A process joined the target set by matching a selector target (`comm`, `exe`, `uid`,
     /// `cgroup`) at exec, or at fork by a matching parent.
@@ -215,6 +219,7 @@ mod tests {
                 pid: 42,
                 code: None,
                 signal: Some("SIGKILL".into()),
+                hits_after_injection: None,
             },
         ];
         let text: String = records.iter().map(|r| r.to_line() + "\n").collect();

@@ -8,16 +8,17 @@ use aya_ebpf::helpers::{
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use fij_common::{
-    CONFIG_ARMED, CONFIG_DUE, CONFIG_SEED, CONFIG_START_NS, CrashMark, EVENT_INJECTION, Event,
-    FaultRule, HookKey, MAX_FAULTS_PER_HOOK, PF_KTHREAD, ProcessCounter, ProcessCounterKey,
-    RULE_CRASH, RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED,
-    SelectKey, TargetProcess,
+    CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_START_NS, COUNTER_TABLE_FULL,
+    CrashMark, EVENT_INJECTION, Event, FaultRule, HookKey, InjectedMark, MAX_FAULTS,
+    MAX_FAULTS_PER_HOOK, PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_CRASH,
+    RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey,
+    StopMark, TargetProcess,
     random::{fires_with, hit_draw, key_from_seed},
 };
 
 use crate::maps::{
-    COUNTERS, CRASHED, DUE, HOOKS, PROCESS_COUNTERS, PROTECTED, RULES, SELECTED, config, emit,
-    emit_quietly, layout,
+    COUNTERS, CRASHED, DUE, HOOKS, INJECTED, PROCESS_COUNTERS, PROTECTED, RULES, SELECTED, STOPPED,
+    config, emit, emit_quietly, layout,
 };
 
 /// `Event::hit` of an injection fired by a time trigger (it has no hit number).
@@ -140,9 +141,29 @@ fn evaluate(
     let hit = if rule.flags & RULE_PER_TARGET != 0 {
         unsafe { atomic_add(&raw mut (*counters).target_hits, 1) + 1 }
     } else {
-        process_hit(fault_id, tgid, process.generation)
+        match process_hit(fault_id, tgid, process.generation) {
+            Some(hit) => hit,
+            None => {
+                // Table full: say so (once per fault) rather than count from a wrong number.
+                if unsafe { atomic_add(&raw mut (*counters).uncounted, 1) } == 0 {
+                    emit(&Event {
+                        kind: EVENT_INJECTION,
+                        fault_id,
+                        ktime_ns: now,
+                        tgid,
+                        tid,
+                        signal: rule.signal,
+                        result: COUNTER_TABLE_FULL,
+                        target_idx: process.target_idx,
+                        instance: process.instance,
+                        ..Event::default()
+                    });
+                }
+                return;
+            }
+        }
     };
-    if hit == 0 || !rule.fires_on(hit) {
+    if !rule.fires_on(hit) {
         return;
     }
     // Hit k of fault f always owns draw (f, k-1): the decision depends on the seed and the hit
@@ -260,14 +281,54 @@ fn fire(
         |mark| {
             let _ = CRASHED.insert(&tgid, mark, 0);
         },
-        |signal| unsafe { bpf_send_signal(signal) as i32 },
+        |signal| {
+            // Recorded before the signal: if fij dies before it reads the event, its guardian
+            // still finds the process to resume.
+            let stops = signal == SIGSTOP;
+            if stops {
+                record_stop(fault_id, tgid);
+            }
+            let result = unsafe { bpf_send_signal(signal) as i32 };
+            if stops && result != 0 {
+                let _ = STOPPED.remove(&tgid);
+            }
+            result
+        },
     );
+    // Per-process hit triggers: remembered until the exit, which reports the hits after it.
+    if event.result == 0 && hit != TIME_HIT && rule.flags & RULE_PER_TARGET == 0 {
+        let mark = InjectedMark {
+            fault_id,
+            _pad: 0,
+            hit,
+        };
+        let _ = INJECTED.insert(&tgid, &mark, 0);
+    }
     // Signalled victims die and report it; a partition (signal 0) needs fij at once.
     if rule.signal != 0 && event.result == 0 {
         emit_quietly(&event)
     } else {
         emit(&event)
     }
+}
+
+/// Records that the current process `tgid` is being stopped by `fault_id`, with its start time
+/// (so that a recycled pid is never resumed in its place).
+#[inline(always)]
+fn record_stop(fault_id: u32, tgid: u32) {
+    let offset = layout().task_start_boottime;
+    let start_boottime_ns = if offset == u32::MAX {
+        0
+    } else {
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        unsafe { bpf_probe_read_kernel(task.add(offset as usize) as *const u64) }.unwrap_or(0)
+    };
+    let mark = StopMark {
+        fault_id,
+        _pad: 0,
+        start_boottime_ns,
+    };
+    let _ = STOPPED.insert(&tgid, &mark, 0);
 }
 
 /// One ChaCha20 draw. A global, not inlined function: the verifier checks it once instead of
@@ -278,26 +339,62 @@ pub extern "C" fn fault_hit_draw(seed: u64, fault_id: u32, hit: u64) -> u64 {
     hit_draw(&key_from_seed(seed), fault_id, hit)
 }
 
-/// Counts a hit in the current process's counter for `fault_id`; returns the hit number
-/// (0 when the counter could not be stored).
+/// Counts a hit in the current process's counter for `fault_id`; returns the hit number, or
+/// None when the counter table is full.
 #[inline(always)]
-fn process_hit(fault_id: u32, tgid: u32, generation: u64) -> u64 {
+fn process_hit(fault_id: u32, tgid: u32, generation: u64) -> Option<u64> {
     let key = ProcessCounterKey { fault_id, tgid };
     if let Some(counter) = PROCESS_COUNTERS.get_ptr_mut(&key) {
-        // A counter left by an earlier process with this pid has another generation.
+        // A counter left by an earlier process with this pid (whose exit fij missed) has
+        // another generation: replaced below.
         if unsafe { (*counter).generation } == generation {
-            return unsafe { atomic_add(&raw mut (*counter).hits, 1) + 1 };
+            return Some(unsafe { atomic_add(&raw mut (*counter).hits, 1) + 1 });
         }
     }
     let first = ProcessCounter {
         generation,
         hits: 1,
     };
-    if PROCESS_COUNTERS.insert(&key, &first, 0).is_ok() {
-        1
-    } else {
-        0
+    PROCESS_COUNTERS
+        .insert(&key, &first, 0)
+        .is_ok()
+        .then_some(1)
+}
+
+/// For the exit event of `tgid`: (fault, the process's hits of it now, the hit its last
+/// injection fired on), if a per-process hit trigger fired on it. Forgets the injection.
+#[inline(always)]
+pub fn take_last_injection(tgid: u32, generation: u64) -> Option<(u32, u64, u64)> {
+    let mark = unsafe { INJECTED.get(&tgid) }.copied()?;
+    let _ = INJECTED.remove(&tgid);
+    let key = ProcessCounterKey {
+        fault_id: mark.fault_id,
+        tgid,
+    };
+    let counter = unsafe { PROCESS_COUNTERS.get(&key) }?;
+    (counter.generation == generation).then_some((mark.fault_id, counter.hits, mark.hit))
+}
+
+/// Deletes the per-process counters of exiting process `tgid`, for every fault of the
+/// campaign (`CONFIG_FAULTS`), so the table holds live processes only.
+#[inline(always)]
+pub fn forget_process_counters(tgid: u32) {
+    let faults = config(CONFIG_FAULTS).min(MAX_FAULTS as u64) as u32;
+    for fault_id in 0..MAX_FAULTS {
+        if fault_id >= faults {
+            break;
+        }
+        forget_counter(fault_id, tgid);
     }
+}
+
+/// One deletion of [`forget_process_counters`]. A global function: the verifier checks its
+/// body once, not once per iteration.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn forget_counter(fault_id: u32, tgid: u32) -> u32 {
+    let _ = PROCESS_COUNTERS.remove(&ProcessCounterKey { fault_id, tgid });
+    0
 }
 
 /// The absolute exclusions, checked here in the kernel whatever userspace put in the maps:

@@ -12,7 +12,8 @@ use fij_common::{
 };
 
 use crate::{
-    maps::{add_target, config, emit, layout, remove_target, target},
+    decide::{forget_process_counters, take_last_injection},
+    maps::{STOPPED, add_target, config, emit, layout, remove_target, target},
     selectors::{join, match_inherited},
 };
 
@@ -96,12 +97,19 @@ pub fn fij_exit(ctx: TracePointContext) -> i32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let exit_code = read_task_u32(task, l.task_exit_code).map_or(-1, |c| c as i32);
     let target_idx = process.target_idx;
+    let (fault_id, hits, injected_at) =
+        take_last_injection(tgid, process.generation).unwrap_or_default();
+    forget_process_counters(tgid);
+    let _ = STOPPED.remove(&tgid);
     remove_target(tgid);
     emit(&Event {
         kind: EVENT_EXIT,
+        fault_id,
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         tgid,
         tid: pid_tgid as u32,
+        hit: hits,
+        draw: injected_at,
         result: exit_code,
         target_idx,
         ..Event::default()

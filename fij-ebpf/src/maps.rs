@@ -1,13 +1,13 @@
 //! Every map and global the programs share with the loader (`fij-userspace/src/kernel.rs`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use fij_common::{
     BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
-    HookKey, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS, MAX_PROTECTED,
-    MAX_SELECTIONS, MAX_SILENCED, MAX_TARGET_PROCESSES, ProcessCounter, ProcessCounterKey,
-    SelectKey, SilenceEntry, SilenceKey, TargetProcess,
+    HookKey, InjectedMark, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS,
+    MAX_PROTECTED, MAX_SELECTIONS, MAX_SILENCED, MAX_STOPPED, MAX_TARGET_PROCESSES, ProcessCounter,
+    ProcessCounterKey, SelectKey, SilenceEntry, SilenceKey, StopMark, TargetProcess,
 };
 
 /// The target set: tgid → which target it belongs to. The source of truth; change it only
@@ -99,10 +99,24 @@ pub static SELECTED: HashMap<SelectKey, u8> = HashMap::with_max_entries(MAX_SELE
 #[map]
 pub static DUE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_DUE, 0);
 
-/// (fault, tgid) → hits of one process.
+/// (fault, tgid) → hits of one process. A plain hash, not an LRU: an LRU evicts entries before
+/// it is full (its free nodes sit in per-CPU lists) and whenever it is, and an evicted counter
+/// would silently restart from 0 — a late injection. Entries are deleted when their process
+/// exits (`lifecycle.rs`); a hit that finds the table full is reported instead.
 #[map]
-pub static PROCESS_COUNTERS: LruHashMap<ProcessCounterKey, ProcessCounter> =
-    LruHashMap::with_max_entries(MAX_PROCESS_COUNTERS, 0);
+pub static PROCESS_COUNTERS: HashMap<ProcessCounterKey, ProcessCounter> =
+    HashMap::with_max_entries(MAX_PROCESS_COUNTERS, 0);
+
+/// Target process (tgid) → the last injection a per-process hit trigger fired on it, until it
+/// exits: its exit reports how many hits of that fault came after (see `InjectedMark`).
+#[map]
+pub static INJECTED: HashMap<u32, InjectedMark> =
+    HashMap::with_max_entries(MAX_TARGET_PROCESSES, 0);
+
+/// Processes an injection stopped (tgid → which fault, and the process's start time), from
+/// just before the SIGSTOP until the process exits: what fij's guardian resumes if fij dies.
+#[map]
+pub static STOPPED: HashMap<u32, StopMark> = HashMap::with_max_entries(MAX_STOPPED, 0);
 
 /// Processes a `crash` fired on, until their task is freed (tgid → which crash).
 #[map]
@@ -133,6 +147,7 @@ pub static LAYOUT: KernelLayout = KernelLayout {
     task_tgid: u32::MAX,
     task_flags: u32::MAX,
     task_exit_code: u32::MAX,
+    task_start_boottime: u32::MAX,
     exit_group_dead: u32::MAX,
     exec_filename: u32::MAX,
     regs_arg2: u32::MAX,

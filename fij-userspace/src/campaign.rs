@@ -16,8 +16,9 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    InvalidInput, actions,
+    InvalidInput, actions, caps,
     compile::CompiledCampaign,
+    guardian::Guardian,
     kernel::Kernel,
     layout,
     log::{EndReason, EventLog, Record, TargetRecord},
@@ -164,8 +165,13 @@ pub async fn run(
             "fij run needs root: it loads eBPF programs and signals processes from the kernel (try sudo)"
         ));
     }
-    let protected = targets::self_and_ancestors();
+    let mut protected = targets::self_and_ancestors();
     let sources = prepare(scenario, &protected)?;
+    // Root without the capabilities fij needs is told which, before anything is loaded.
+    caps::check(scenario)?;
+    // Started before anything is loaded: it resumes the processes fij stopped if fij dies.
+    let mut guardian = Guardian::start()?;
+    protected.push(guardian.pid());
     let faults = scenario
         .faults
         .iter()
@@ -187,6 +193,7 @@ pub async fn run(
         })
         .collect();
     let interfaces = kernel.install(compiled, &layout, &selectors, &protected)?;
+    guardian.watch(kernel.stopped_map())?;
     if !interfaces.is_empty() {
         info!(interfaces = %interfaces.join(","), "silencer attached");
     }
@@ -263,7 +270,9 @@ pub async fn run(
         opts.stop.clone(),
     )
     .await?;
-    finish(campaign, kernel, events, &armed, reason).await
+    let report = finish(campaign, kernel, events, &armed, reason).await?;
+    guardian.dismiss(); // every stop was resumed by `finish`
+    Ok(report)
 }
 
 /// A running process a selector matched at the start: (pid, target index, selector kind).
@@ -333,12 +342,15 @@ fn arm_targets(
                     cwd,
                     env,
                     instances,
+                    user,
+                    group,
                 },
                 Source::Spawn(program),
             ) => {
                 for instance in 0..*instances {
-                    let child = GatedChild::spawn(program, argv, cwd.as_deref(), env)
-                        .with_context(|| format!("target `{}`", target.name))?;
+                    let child =
+                        GatedChild::spawn(program, argv, cwd.as_deref(), env, (*user, *group))
+                            .with_context(|| format!("target `{}`", target.name))?;
                     kernel.add_target(child.pid, entry(instance, monotonic_ns()))?;
                     if tick {
                         kernel.attach_tick(child.pid)?;

@@ -593,7 +593,7 @@ struct Victim {
 impl Victim {
     fn spawn(program: &Path, argv: &[String]) -> Result<Self> {
         Ok(Self {
-            child: GatedChild::spawn(program, argv, None, &[])?,
+            child: GatedChild::spawn(program, argv, None, &[], (None, None))?,
             reaped: false,
         })
     }

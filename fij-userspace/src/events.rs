@@ -75,6 +75,7 @@ impl Campaign<'_> {
                     pid: e.tgid,
                     code,
                     signal,
+                    hits_after_injection: hits_after_injection(self.scenario, e),
                 })
             }
             EVENT_SILENCED => {
@@ -190,10 +191,45 @@ impl Campaign<'_> {
 fn injection_error(result: i32) -> String {
     if result == SIGNAL_REFUSED {
         "refused: the process is protected (pid 1, a kernel thread, fij or its ancestor)".into()
+    } else if result == fij_common::COUNTER_TABLE_FULL {
+        counter_table_full_error()
     } else {
         format!(
             "bpf_send_signal failed: {}",
             std::io::Error::from_raw_os_error(-result)
         )
     }
+}
+
+/// For an exit event: how many hits of the fault that last fired on the process (by a
+/// per-process hit trigger) it made after that injection; warns when that fault's signal was
+/// SIGKILL, which should have ended the process on its hit (a late delivery, issue 18).
+fn hits_after_injection(
+    scenario: &crate::scenario::Scenario,
+    e: &fij_common::Event,
+) -> Option<u64> {
+    if e.hit == 0 {
+        return None;
+    }
+    let after = e.hit.saturating_sub(e.draw);
+    let fault = scenario.faults.get(e.fault_id as usize)?;
+    if after > 0 && fault.action.signal() == libc::SIGKILL {
+        tracing::warn!(
+            fault = %fault.name,
+            pid = e.tgid,
+            "the SIGKILL of hit {} landed late: the process made {after} more hits before it died",
+            e.draw
+        );
+    }
+    Some(after)
+}
+
+/// The error of an injection event with result `COUNTER_TABLE_FULL` (sent once per fault).
+fn counter_table_full_error() -> String {
+    format!(
+        "a hit was not counted: the table of per-process hit counters is full ({} live \
+         (fault, process) pairs); while it stays full, hits of processes that have no counter \
+         yet are not counted (reported once per fault)",
+        fij_common::MAX_PROCESS_COUNTERS
+    )
 }

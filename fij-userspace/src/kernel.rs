@@ -21,10 +21,10 @@ use aya::{
     },
 };
 use fij_common::{
-    COMM_KEY_LEN, CONFIG_ARMED, CONFIG_DUE, CONFIG_SEED, CONFIG_SELECTORS, CONFIG_SILENCED,
-    CONFIG_START_NS, CrashMark, EXE_KEY_LEN, FaultCounters, FaultRule, HookFaults, HookKey,
-    KernelLayout, MAX_FAULTS_PER_HOOK, SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE, SELECTOR_UID,
-    SelectKey, SilenceEntry, SilenceKey, TargetProcess,
+    COMM_KEY_LEN, CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_SELECTORS,
+    CONFIG_SILENCED, CONFIG_START_NS, CrashMark, EXE_KEY_LEN, FaultCounters, FaultRule, HookFaults,
+    HookKey, KernelLayout, MAX_FAULTS_PER_HOOK, SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE,
+    SELECTOR_UID, SelectKey, SilenceEntry, SilenceKey, TargetProcess,
 };
 
 /// The eBPF object built from `fij-ebpf` by this crate's build script.
@@ -64,6 +64,7 @@ pub struct Kernel {
     config: Array<MapData, u64>,
     lost: Array<MapData, u64>,
     crashed: HashMap<MapData, u32, CrashMark>,
+    stopped: HashMap<MapData, u32, fij_common::StopMark>,
     selected: HashMap<MapData, SelectKey, u8>,
     due: HashMap<MapData, u32, u32>,
     kprobe_hooks: HashMap<MapData, u64, u32>,
@@ -121,6 +122,7 @@ impl Kernel {
             config: take(&mut ebpf, "CONFIG")?,
             lost: take(&mut ebpf, "EVENTS_LOST")?,
             crashed: take(&mut ebpf, "CRASHED")?,
+            stopped: take(&mut ebpf, "STOPPED")?,
             selected: take(&mut ebpf, "SELECTED")?,
             due: take(&mut ebpf, "DUE")?,
             kprobe_hooks: take(&mut ebpf, "KPROBE_HOOKS")?,
@@ -210,6 +212,10 @@ impl Kernel {
                 .set(id as u32, rule, 0)
                 .with_context(|| format!("writing rule {id}"))?;
         }
+        // The exit hook deletes a process's counters of faults 0..CONFIG_FAULTS.
+        self.config
+            .set(CONFIG_FAULTS, compiled.rules.len() as u64, 0)
+            .context("writing the number of faults")?;
         self.set_hooks(&compiled.hooks)?;
         for &(fault_id, instance) in &compiled.selections {
             self.selected
@@ -616,6 +622,13 @@ impl Kernel {
 
     pub fn counters(&self, fault_id: u32) -> Result<FaultCounters> {
         Ok(self.counters.get(&fault_id, 0)?)
+    }
+
+    /// The map of processes an injection stopped (`STOPPED`), for fij's guardian.
+    pub fn stopped_map(&self) -> std::os::fd::BorrowedFd<'_> {
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        self.stopped.map().fd().as_fd()
     }
 
     pub fn events_lost(&self) -> u64 {

@@ -30,7 +30,11 @@ fn cache_key() -> Option<String> {
 /// The layout of the running kernel, from this boot's cache or found anew (parsing the
 /// kernel's BTF takes a few hundred ms, the cache a few µs).
 pub fn discover() -> Result<KernelLayout> {
-    let cache = cache_key().map(|key| Path::new(CACHE_DIR).join(key));
+    // The programs trust these offsets (whether a task is a kernel thread, say): only a cache
+    // that no one but root can have written is used.
+    let cache = cache_key()
+        .filter(|_| private_cache_dir())
+        .map(|key| Path::new(CACHE_DIR).join(key));
     if let Some(layout) = cache
         .as_ref()
         .and_then(|c| std::fs::read(c).ok())
@@ -39,9 +43,7 @@ pub fn discover() -> Result<KernelLayout> {
         return Ok(layout);
     }
     let layout = discover_anew()?;
-    if let Some(cache) = cache
-        && std::fs::create_dir_all(CACHE_DIR).is_ok()
-    {
+    if let Some(cache) = cache {
         // Written whole then renamed, so a concurrent reader never sees half a layout.
         let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
         if std::fs::write(&tmp, to_bytes(&layout)).is_ok() {
@@ -49,6 +51,23 @@ pub fn discover() -> Result<KernelLayout> {
         }
     }
     Ok(layout)
+}
+
+/// Makes sure `CACHE_DIR` is a directory of fij's user (root) that only it may enter (0700),
+/// creating it so; false (no cache) if it is anything else — a symlink, another owner.
+fn private_cache_dir() -> bool {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(CACHE_DIR);
+    let Ok(meta) = std::fs::symlink_metadata(CACHE_DIR) else {
+        return false;
+    };
+    // SAFETY: geteuid has no preconditions.
+    if !meta.is_dir() || meta.uid() != unsafe { libc::geteuid() } {
+        return false;
+    }
+    // A directory left 0755 by an earlier fij is tightened.
+    meta.mode() & 0o077 == 0
+        || std::fs::set_permissions(CACHE_DIR, std::fs::Permissions::from_mode(0o700)).is_ok()
 }
 
 fn to_bytes(layout: &KernelLayout) -> Vec<u8> {
@@ -82,6 +101,7 @@ fn discover_anew() -> Result<KernelLayout> {
         task_tgid: member("tgid")?.context("task_struct has no member `tgid`")?,
         task_flags: member("flags")?.context("task_struct has no member `flags`")?,
         task_exit_code: member("exit_code")?.unwrap_or(u32::MAX),
+        task_start_boottime: member("start_boottime")?.unwrap_or(u32::MAX),
         exit_group_dead: tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?
             .unwrap_or(u32::MAX),
         exec_filename: tracepoint_field_offset("sched", "sched_process_exec", "filename")?

@@ -7,10 +7,12 @@
 pub mod actions;
 pub mod api;
 pub mod campaign;
+pub mod caps;
 pub mod compile;
 pub mod doctor;
 pub mod draws;
 pub mod events;
+pub mod guardian;
 pub mod kernel;
 pub mod layout;
 pub mod log;

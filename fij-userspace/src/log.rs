@@ -22,14 +22,12 @@ pub struct EventLog {
 
 impl EventLog {
     /// A log written to `path` (or to no file), whose summary starts from `summary`, keeping
-    /// every record in memory too if `keep`.
+    /// every record in memory too if `keep`. Never through a symbolic link: a link planted
+    /// where the log goes (a world-writable directory) would have root write wherever it points,
+    /// so a path that is a symlink is refused (invalid input, exit 2), and the open itself uses
+    /// `O_NOFOLLOW`, so a link planted after the check is refused too.
     pub fn create(path: Option<&Path>, mut summary: Summary, keep: bool) -> Result<Self> {
-        let out = path
-            .map(|p| {
-                File::create(p).with_context(|| format!("cannot create log file {}", p.display()))
-            })
-            .transpose()?
-            .map(BufWriter::new);
+        let out = path.map(open_log).transpose()?.map(BufWriter::new);
         if let Some(path) = path {
             summary.logged_to(path);
         }
@@ -66,14 +64,45 @@ impl EventLog {
 
 /// Writes a file fij produces (a report page): created or truncated, never through a symlink.
 pub fn write_new_file(path: &Path, contents: &[u8]) -> Result<()> {
+    open_no_follow(path)
+        .with_context(|| {
+            format!(
+                "cannot write {} (a symbolic link is refused)",
+                path.display()
+            )
+        })?
+        .write_all(contents)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates or truncates `path` for writing, 0644, failing with ELOOP if it is a symlink.
+fn open_no_follow(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .with_context(|| format!("cannot write {} (a symlink is refused)", path.display()))?;
-    file.write_all(contents)
-        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn open_log(path: &Path) -> Result<File> {
+    let symlink = |path: &Path| {
+        crate::InvalidInput(format!(
+            "--log {}: is a symbolic link; fij does not write its log through one (give the \
+             file's own path)",
+            path.display()
+        ))
+    };
+    if path
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        return Err(symlink(path).into());
+    }
+    open_no_follow(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => symlink(path).into(),
+        _ => anyhow::Error::new(e).context(format!("cannot create log file {}", path.display())),
+    })
 }

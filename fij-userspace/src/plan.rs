@@ -15,6 +15,9 @@ use crate::{
 
 /// Hits considered per fault when `--hits` is not given.
 pub const DEFAULT_HITS: u64 = 20;
+/// The most hits `fij plan --hits` considers per fault (a second or so of draws; more is a
+/// mistake, such as an unsigned -1).
+pub const MAX_HITS: u64 = 1_000_000;
 
 #[derive(Debug, Serialize)]
 pub struct Plan {

@@ -410,6 +410,7 @@ mod tests {
             pid,
             code,
             signal: signal.map(Into::into),
+            hits_after_injection: None,
         }
     }
 

@@ -123,11 +123,15 @@ fn cstring(s: impl AsRef<[u8]>) -> Result<CString> {
 impl GatedChild {
     /// Forks; the child puts itself in its own process group (so a Ctrl-C at fij's terminal
     /// reaches fij, which then ends the campaign), waits for the gate, then execs.
+    ///
+    /// `(user, group)`: the uid and gid the command runs with (supplementary groups cleared),
+    /// set before the child is added to the target set, so they are none of its hits.
     pub fn spawn(
         program: &Path,
         argv: &[String],
         cwd: Option<&Path>,
         env: &[(String, String)],
+        (user, group): (Option<u32>, Option<u32>),
     ) -> Result<Self> {
         use std::os::unix::ffi::OsStrExt;
         // Everything the child needs is prepared here: after fork it may only make raw syscalls.
@@ -153,6 +157,8 @@ impl GatedChild {
             .collect();
         let (gate_rx, gate_tx) = pipe()?;
         let (err_rx, err_tx) = pipe()?;
+        // SAFETY: getpid has no preconditions.
+        let fij_pid = unsafe { libc::getpid() };
 
         // SAFETY: the child only calls async-signal-safe functions on memory prepared above.
         let pid = unsafe { libc::fork() };
@@ -162,6 +168,35 @@ impl GatedChild {
         if pid == 0 {
             unsafe {
                 libc::setpgid(0, 0);
+                // `user` / `group`: no supplementary group, then the group, then the user (after
+                // which the process may no longer change its group).
+                if (user.is_some() || group.is_some()) && libc::setgroups(0, std::ptr::null()) != 0
+                {
+                    report_errno_and_exit(err_tx.as_raw_fd());
+                }
+                if let Some(gid) = group
+                    && libc::setgid(gid) != 0
+                {
+                    report_errno_and_exit(err_tx.as_raw_fd());
+                }
+                if let Some(uid) = user
+                    && libc::setuid(uid) != 0
+                {
+                    report_errno_and_exit(err_tx.as_raw_fd());
+                }
+                // Die with fij: a child still waiting at its gate must not outlive it (it would
+                // wait forever), and the gate's write end is fij's alone, so EOF tells the child
+                // fij is gone. The parent may have died before prctl: then getppid differs. Set
+                // after the credentials, whose change clears it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                if libc::getppid() != fij_pid {
+                    libc::_exit(127);
+                }
+                // Hold nothing of fij's: no BPF program, link or map (fij's links must die with
+                // fij), no copy of the gate's write end, no log file.
+                if close_fds_except(&[gate_rx.as_raw_fd(), err_tx.as_raw_fd()]).is_err() {
+                    report_errno_and_exit(err_tx.as_raw_fd());
+                }
                 let mut byte = 0u8;
                 // EOF without a byte means fij gave up: exit without running the command.
                 if libc::read(gate_rx.as_raw_fd(), (&raw mut byte).cast(), 1) != 1 {
@@ -177,6 +212,7 @@ impl GatedChild {
             }
         }
         drop((gate_rx, err_tx));
+        wait_until_gated(pid as u32);
         Ok(Self {
             pid: pid as u32,
             gate: Some(gate_tx),
@@ -201,6 +237,52 @@ impl GatedChild {
         }
         Ok(())
     }
+}
+
+/// Waits until the forked child `pid` sleeps in its `read` of the gate (or has died). Only then
+/// may fij add it to the target set: the syscalls the child makes before it (setpgid, prctl,
+/// getppid, close_range) and the entry into that read must not count as hits of the command.
+/// The child gets there in microseconds; the kernel shows it in /proc/PID/syscall.
+fn wait_until_gated(pid: u32) {
+    let path = format!("/proc/{pid}/syscall");
+    let read_nr = libc::SYS_read.to_string();
+    let mut pause = std::time::Duration::from_micros(20);
+    loop {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return; // gone
+        };
+        if text.split_whitespace().next() == Some(read_nr.as_str()) || has_exited(pid) {
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Closes every file descriptor but stdio and `keep` (at most 4). Async-signal-safe: no
+/// allocation, only `close_range(2)` (Linux 5.9).
+fn close_fds_except(keep: &[libc::c_int]) -> Result<(), ()> {
+    let mut kept = [libc::c_int::MAX; 4];
+    if keep.len() > kept.len() {
+        return Err(());
+    }
+    kept[..keep.len()].copy_from_slice(keep);
+    kept.sort_unstable();
+    let mut first: libc::c_uint = 3;
+    for &fd in kept.iter().take(keep.len()) {
+        let fd = fd as libc::c_uint;
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = first.max(fd + 1);
+    }
+    close_range(first, libc::c_uint::MAX)
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) -> Result<(), ()> {
+    // SAFETY: close_range only closes descriptors; nothing in the child uses the closed ones.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if r == 0 { Ok(()) } else { Err(()) }
 }
 
 unsafe fn report_errno_and_exit(fd: libc::c_int) -> ! {

@@ -4,9 +4,9 @@ use std::time::{Duration, Instant};
 
 use fij_common::log::EndReason;
 use fij_tests::{
-    BpfFds, CLEANUP_TIMEOUT, Fij, TempDir, alive, bpf_fds, fij_programs, kill_spawned_target,
-    leftover_fij_programs, links, maps, numbered_lines, read_lines, send_signal, wait_until,
-    workload,
+    BpfFds, CLEANUP_TIMEOUT, Fij, TempDir, alive, bpf_fds, bpf_fds_of, fij_programs,
+    kill_spawned_target, leftover_fij_programs, links, maps, numbered_lines, read_lines,
+    send_signal, wait_until, workload,
 };
 
 /// A scenario whose target `w` runs `command` under a kill-on-write fault, so that every fij
@@ -98,7 +98,8 @@ fn nothing_remains_after_a_normal_end() {
 }
 
 /// Test 12b: SIGKILL fij in the middle of a campaign: the kernel drops its programs, links and
-/// maps with it. Its target, spawned by fij, is left running (orphaned); the test ends it.
+/// maps with it. Its running target, spawned by fij, dies with it (docs/reliability.md: a
+/// spawned target does not outlive fij) and never held fij's BPF objects.
 #[test]
 fn nothing_remains_after_fij_is_sigkilled() {
     let dir = TempDir::new("cleanup-sigkill");
@@ -109,25 +110,21 @@ fn nothing_remains_after_fij_is_sigkilled() {
     fij.wait_armed();
     let target = fij.log().target_pid("w");
     let held = armed_objects(fij.pid());
+    assert_eq!(
+        bpf_fds(target),
+        BpfFds::default(),
+        "the target holds fij's BPF objects"
+    );
     send_signal(fij.pid(), libc::SIGKILL);
     let out = fij.finish();
     assert_eq!(out.ended, fij_tests::Ended::Signal(libc::SIGKILL), "{out}");
     assert_all_released(&held);
-
-    assert!(
-        alive(target),
-        "the orphaned target {target} should still be running"
-    );
-    let target_fds = bpf_fds(target);
-    assert_eq!(
-        target_fds,
-        BpfFds::default(),
-        "the target holds fij's BPF objects"
+    wait_until(
+        CLEANUP_TIMEOUT,
+        "the spawned target to die with fij",
+        || (!alive(target)).then_some(()),
     );
     kill_spawned_target(target);
-    wait_until(Duration::from_secs(3), "the orphaned target to die", || {
-        (!alive(target)).then_some(())
-    });
 }
 
 /// Hooks a scenario does not need are not attached: a campaign with only a time trigger holds
@@ -159,4 +156,90 @@ fn a_time_only_campaign_attaches_nothing_to_syscalls() {
     assert_eq!(run.log.end_reason(), EndReason::Interrupted, "{run}");
     assert!(run.log.injections().is_empty(), "{run}");
     assert_all_released(&held);
+}
+
+/// The parent pid of `pid` (None once it is gone).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Issue 18, item 1: SIGKILL fij while its spawned targets still wait at their gate (fij forks
+/// all 1000 instances before it lets any of them exec). The waiting children die with fij and
+/// hold none of its BPF objects, so every program and link — the crash fault's tcx and cgroup
+/// programs too — goes with fij.
+#[test]
+fn gated_children_die_with_a_sigkilled_fij_and_hold_nothing() {
+    let dir = TempDir::new("cleanup-gated");
+    let scenario = dir.write(
+        "s.toml",
+        "duration = \"60s\"\n[[target]]\nname = \"w\"\ncommand = [\"sleep\", \"30\"]\n\
+         instances = 1000\n\n[[fault]]\nname = \"c\"\ntarget = \"w\"\naction = \"crash\"\n\
+         trigger = { syscall = \"write\" }\nnth = 1\n",
+    );
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    let fij_pid = fij.pid();
+    let children = wait_until(
+        Duration::from_secs(20),
+        "fij to fork a few gated children",
+        || {
+            // fij's children but its guardian (`fij __guardian`, which holds one map).
+            let children: Vec<u32> = fij_tests::all_pids()
+                .into_iter()
+                .filter(|&p| parent_of(p) == Some(fij_pid))
+                .filter(|&p| {
+                    !std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"__guardian"))
+                })
+                .collect();
+            (children.len() >= 5).then_some(children)
+        },
+    );
+    // Everything is loaded and attached before the first child is forked.
+    let held = bpf_fds(fij_pid);
+    assert!(!held.progs.is_empty() && !held.links.is_empty(), "{held:?}");
+    for &child in &children {
+        assert_eq!(
+            bpf_fds_of(child),
+            BpfFds::default(),
+            "gated child {child} holds fij's BPF objects"
+        );
+    }
+    send_signal(fij_pid, libc::SIGKILL);
+    let out = fij.finish();
+    assert_eq!(out.ended, fij_tests::Ended::Signal(libc::SIGKILL), "{out}");
+    wait_until(
+        CLEANUP_TIMEOUT,
+        "the gated children to die with fij",
+        || children.iter().all(|&c| !alive(c)).then_some(()),
+    );
+    let bin = std::fs::canonicalize(fij_tests::fij_bin()).unwrap();
+    wait_until(CLEANUP_TIMEOUT, "no fij process left", || {
+        let left: Vec<u32> = fij_tests::all_pids()
+            .into_iter()
+            .filter(|&p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == bin))
+            .filter(|&p| alive(p))
+            .collect();
+        left.is_empty().then_some(())
+    });
+    assert_all_released(&held);
+}
+
+/// Issue 18, item 7: what fij keeps between runs (/run/fij, its layout cache) is root's alone:
+/// a directory of root's, mode 0700, after a campaign.
+#[test]
+fn the_layout_cache_directory_is_root_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("cleanup-run-fij");
+    let scenario = dir.write("s.toml", &scenario("", "[\"true\"]"));
+    Fij::run(&dir, &scenario).output().assert_exit(0);
+    let meta = std::fs::symlink_metadata("/run/fij").unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
 }

@@ -519,3 +519,39 @@ fn a_busy_process_adopted_by_pid_is_killed_on_its_nth_syscall() {
     assert_eq!(ended, Ended::Signal(9), "{run}");
     assert_eq!(run.log.exit_status(pid), "signal SIGKILL", "{run}");
 }
+
+/// Issue 18, item 7: `user = "nobody"` runs the command as nobody (uid and gid 65534, no
+/// supplementary group) from its exec on, and it is still armed from its first instruction:
+/// killed on its 3rd write, which never lands.
+#[test]
+fn a_command_runs_as_its_user_and_is_still_killed_on_its_nth_write() {
+    let dir = TempDir::new("user-nobody");
+    // nobody must be able to create its file there.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = dir.join("out.txt");
+    let command = workload!().command(&[&"id-lines", &out, &"5"]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"w\"\ncommand = {command}\nuser = \"nobody\"\n\n[[fault]]\n\
+             name = \"f\"\ntarget = \"w\"\n{KILL_ON_WRITE}\nnth = 3\n"
+        ),
+    );
+    let run = Fij::run(&dir, &scenario).output();
+    run.assert_exit(0);
+    let pid = run.log.target_pid("w");
+    run.log.assert_injections("write", "SIGKILL", &[(3, pid)]);
+    assert_eq!(run.log.exit_status(pid), "signal SIGKILL", "{run}");
+    let ids = "uid=65534 euid=65534 gid=65534 egid=65534 groups=0";
+    assert_eq!(
+        read_lines(&out),
+        [format!("line 1 {ids}"), format!("line 2 {ids}")],
+        "{run}"
+    );
+    let meta = std::fs::metadata(&out).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
+}

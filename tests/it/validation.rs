@@ -181,6 +181,30 @@ fn invalid_scenarios_are_refused_at_the_exact_position() {
             "TOML syntax error",
         ),
         (
+            "uprobe-symbol",
+            &|s| {
+                s.replace(
+                    "{ syscall = \"write\" }",
+                    "{ uprobe = \"/bin/sh:no_such_symbol_fij\" }",
+                )
+            },
+            9,
+            22,
+            "`trigger.uprobe`: no symbol `no_such_symbol_fij` in /bin/sh",
+        ),
+        (
+            "unknown-user",
+            &|s| {
+                s.replace(
+                    "name = \"w\"\n",
+                    "name = \"w\"\nuser = \"no-such-user-fij\"\n",
+                )
+            },
+            3,
+            8,
+            "unknown user `no-such-user-fij`: not in this system's passwd database",
+        ),
+        (
             "zero-duration",
             &|s| format!("duration = \"0s\"\n{s}"),
             1,
@@ -419,4 +443,144 @@ fn time_triggers_beyond_the_due_table_are_refused_at_the_trigger() {
         position_of(&text, "{ at", 4),
         "fault `f4`: time triggers fail more than 4096 instances in all (the kernel's due table)",
     );
+}
+
+/// Issue 18, item 5: fij reads at most 1 MiB of a scenario file, also from a file that never
+/// ends: `/dev/zero` and a 2 MiB file are refused at once (exit 2, at 1:1), never read whole.
+#[test]
+fn a_scenario_file_over_1_mib_is_refused_without_reading_it_whole() {
+    let dir = TempDir::new("too-big");
+    let big = dir.write("big.toml", &"# padding\n".repeat(200_000));
+    for path in [Path::new("/dev/zero"), big.as_path()] {
+        let out = Fij::validate(path).output();
+        out.assert_exit(2);
+        assert!(
+            out.stderr.contains(&format!(
+                "{}:1:1: the scenario file is larger than",
+                path.display()
+            )),
+            "{out}"
+        );
+    }
+    // Just under the limit is read (and then judged on its content).
+    let fits = dir.write("fits.toml", &"#\n".repeat(500_000));
+    let out = Fij::validate(&fits).output();
+    assert!(!out.stderr.contains("larger than"), "{out}");
+}
+
+/// Issue 18, item 5: `fij plan --hits` is bounded: an unsigned -1 is refused (exit 2, naming
+/// the limit) instead of computing forever.
+#[test]
+fn plan_refuses_more_hits_than_it_can_compute() {
+    let dir = TempDir::new("plan-hits");
+    let scenario = dir.write(
+        "s.toml",
+        "seed = 1\n[[target]]\nname = \"t\"\ncommand = [\"true\"]\n\n[[fault]]\nname = \"f\"\n\
+         target = \"t\"\naction = \"kill\"\ntrigger = { syscall = \"write\" }\nprobability = 0.5\n",
+    );
+    let out = std::process::Command::new(fij_tests::fij_bin())
+        .arg("plan")
+        .arg(&scenario)
+        .args(["--hits", "18446744073709551615"])
+        .output()
+        .expect("running fij plan");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not in 1..=1000000"), "{stderr}");
+}
+
+/// Issue 18, item 7: `--log` never writes through a symbolic link (one planted in a
+/// world-writable directory would have root overwrite whatever it points to): refused, exit 2,
+/// the file it points to untouched, nothing loaded or run.
+#[test]
+fn a_log_path_that_is_a_symlink_is_refused() {
+    let dir = TempDir::new("log-symlink");
+    let marker = dir.join("marker");
+    let scenario = dir.write("s.toml", &scenario_with(&marker, |s| s.to_owned()));
+    let precious = dir.write("precious", "keep me\n");
+    let link = dir.join("planted.jsonl");
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    let mut fij = std::process::Command::new(fij_tests::fij_bin())
+        .arg("run")
+        .arg(&scenario)
+        .arg("--log")
+        .arg(&link)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting fij");
+    let mut loaded = false;
+    while fij.try_wait().expect("waitpid").is_none() {
+        let held = bpf_fds_of(fij.id());
+        loaded |= !held.progs.is_empty() || !held.maps.is_empty();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let out = fij.wait_with_output().expect("fij's output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is a symbolic link"), "{stderr}");
+    assert!(!loaded, "fij loaded BPF objects");
+    assert!(!marker.exists(), "the target ran");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+}
+
+/// Issue 18, item 6: root with capabilities dropped (here from the bounding set, by `setpriv`)
+/// is told which ones the campaign needs, before anything is loaded: exit 2, naming them.
+#[test]
+fn missing_capabilities_are_named_before_anything_is_loaded() {
+    let dir = TempDir::new("caps");
+    let marker = dir.join("marker");
+    let crash = |s: &str| s.replace("action = \"kill\"", "action = \"crash\"");
+    let scenario = dir.write("s.toml", &scenario_with(&marker, crash));
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "-bpf,-perfmon,-sys_admin",
+            &["CAP_BPF (", "CAP_PERFMON ("],
+            &["CAP_NET_ADMIN"],
+        ),
+        (
+            "-net_admin",
+            &["CAP_NET_ADMIN ("],
+            &["CAP_BPF", "CAP_PERFMON"],
+        ),
+    ];
+    for (drop, named, not_named) in cases {
+        let mut fij = std::process::Command::new("setpriv")
+            .arg(format!("--bounding-set={drop}"))
+            .arg("--")
+            .arg(fij_tests::fij_bin())
+            .arg("run")
+            .arg(&scenario)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running setpriv (util-linux)");
+        let mut loaded = false;
+        while fij.try_wait().expect("waitpid").is_none() {
+            let held = bpf_fds_of(fij.id());
+            loaded |= !held.progs.is_empty() || !held.maps.is_empty();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let out = fij.wait_with_output().expect("fij's output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "dropping {drop}: {stderr}");
+        assert!(
+            stderr.contains("without capabilities this campaign needs"),
+            "{stderr}"
+        );
+        for cap in *named {
+            assert!(
+                stderr.contains(cap),
+                "dropping {drop}: {cap} not named: {stderr}"
+            );
+        }
+        for cap in *not_named {
+            assert!(
+                !stderr.contains(cap),
+                "dropping {drop}: {cap} named: {stderr}"
+            );
+        }
+        assert!(!loaded, "fij loaded BPF objects");
+        assert!(!marker.exists(), "the target ran");
+    }
 }

@@ -49,6 +49,10 @@ pub enum TargetSource {
         cwd: Option<PathBuf>,
         env: Vec<(String, String)>,
         instances: u32,
+        /// `user` / `group`, resolved to ids: the command runs with these (supplementary
+        /// groups cleared); None keeps fij's.
+        user: Option<u32>,
+        group: Option<u32>,
     },
     /// `pid = N`: adopt a running process (N > 1).
     Pid(u32),

@@ -63,15 +63,42 @@ impl std::error::Error for Diagnostics {}
 
 /// Reads and validates the scenario file at `path`.
 pub fn load(path: &Path) -> Result<Scenario, Diagnostics> {
-    match fs::read_to_string(path) {
-        Ok(text) => parse_str(path, &text),
-        Err(err) => Err(Diagnostics(vec![Diagnostic {
+    let fail = |message: String| {
+        Err(Diagnostics(vec![Diagnostic {
             file: path.to_path_buf(),
             line: 1,
             col: 1,
-            message: format!("cannot read the scenario file: {err}"),
-        }])),
+            message,
+        }]))
+    };
+    match read_bounded(path) {
+        Ok(Some(text)) => parse_str(path, &text),
+        Ok(None) => fail(format!(
+            "the scenario file is larger than {} bytes (1 MiB), fij's limit; \
+             is it the right file?",
+            MAX_SCENARIO_BYTES
+        )),
+        Err(err) => fail(format!("cannot read the scenario file: {err}")),
     }
+}
+
+/// The largest scenario file fij reads (a scenario of 1000 faults is ~200 KB).
+pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
+
+/// Reads at most `MAX_SCENARIO_BYTES + 1` bytes of `path` — also from a device or a pipe, which
+/// may never end (`/dev/zero`): None when there is more than the limit.
+fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(MAX_SCENARIO_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_SCENARIO_BYTES {
+        return Ok(None);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
 }
 
 /// Validates the scenario `text`, read from `path` (used in diagnostics, as `Scenario::path`, and
@@ -249,12 +276,14 @@ fn target(
     let cwd = r.get("cwd");
     let env = r.get("env");
     let instances = r.get("instances");
+    let user = r.get("user");
+    let group = r.get("group");
     let selectors = [r.get("comm"), r.get("exe"), r.get("uid"), r.get("cgroup")];
     r.finish(cx);
     let mut given = selectors.into_iter().flatten();
     if let Some(first) = given.next() {
         let second = given.next();
-        let others = [&command, &pid, &cwd, &env, &instances]
+        let others = [&command, &pid, &cwd, &env, &instances, &user, &group]
             .into_iter()
             .flatten()
             .chain(second.as_ref());
@@ -299,6 +328,8 @@ fn target(
         Some(dir.join(s))
     });
     let env_value = env.as_ref().and_then(|e| environment(cx, e));
+    let user_value = user.as_ref().map(|e| account(cx, e, Account::User));
+    let group_value = group.as_ref().map(|e| account(cx, e, Account::Group));
 
     let source = match (&command, &pid) {
         (Some(c), Some(p)) => {
@@ -318,14 +349,32 @@ fn target(
             );
             None
         }
-        (Some(_), None) => argv.flatten().map(|argv| TargetSource::Command {
-            argv,
-            cwd: cwd_value,
-            env: env_value.unwrap_or_default(),
-            instances: instances_value.unwrap_or(1),
-        }),
+        (Some(_), None) => {
+            // The user's primary group unless `group` says otherwise.
+            let user_id = user_value.flatten();
+            let group_id = match (&group_value, user_id) {
+                (Some(g), _) => g.map(|(gid, _)| gid),
+                (None, Some((_, primary))) => Some(primary),
+                (None, None) => None,
+            };
+            let resolved =
+                user_value.is_none_or(|u| u.is_some()) && group_value.is_none_or(|g| g.is_some());
+            argv.flatten()
+                .filter(|_| resolved)
+                .map(|argv| TargetSource::Command {
+                    argv,
+                    cwd: cwd_value,
+                    env: env_value.unwrap_or_default(),
+                    instances: instances_value.unwrap_or(1),
+                    user: user_id.map(|(uid, _)| uid),
+                    group: group_id,
+                })
+        }
         (None, Some(_)) => {
-            for e in [&cwd, &env, &instances].into_iter().flatten() {
+            for e in [&cwd, &env, &instances, &user, &group]
+                .into_iter()
+                .flatten()
+            {
                 cx.error(
                     e.key_at,
                     format!(
@@ -350,6 +399,100 @@ fn target(
 }
 
 /// `comm = "etcd"`, `exe = "/usr/bin/etcd"`, `uid = 1000`, `cgroup = "/sys/fs/cgroup/x"` (or an id).
+#[derive(Clone, Copy)]
+enum Account {
+    User,
+    Group,
+}
+
+/// `user = "name" | uid` or `group = "name" | gid`, looked up in the system's user and group
+/// databases: (id, primary group id of a user; the gid again for a group). A name must exist;
+/// a number is taken as is (a user without a passwd entry keeps gid = uid as its group).
+fn account(cx: &mut Cx<'_>, e: &Entry<'_>, kind: Account) -> Option<(u32, u32)> {
+    let what = match kind {
+        Account::User => "user",
+        Account::Group => "group",
+    };
+    if let Some(n) = e.item.as_integer() {
+        return match u32::try_from(n) {
+            Ok(id) if id != u32::MAX => Some(match kind {
+                Account::User => (id, lookup_user_by_id(id).unwrap_or(id)),
+                Account::Group => (id, id),
+            }),
+            _ => {
+                cx.error(e.at, format!("`{what}` {n} is not a valid {what} id"));
+                None
+            }
+        };
+    }
+    let name = cx.non_empty_string(e)?;
+    let found = match kind {
+        Account::User => lookup_user(name),
+        Account::Group => lookup_group(name).map(|gid| (gid, gid)),
+    };
+    if found.is_none() {
+        let db = match kind {
+            Account::User => "passwd",
+            Account::Group => "group",
+        };
+        cx.error(
+            e.at,
+            format!("unknown {what} `{name}`: not in this system's {db} database"),
+        );
+    }
+    found
+}
+
+/// (uid, primary gid) of user `name`.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: getpwnam_r writes into the passwd and buffer we own; `found` points into them.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut found = std::ptr::null_mut();
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        (!found.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
+    }
+}
+
+/// Primary gid of user id `uid`, if it has a passwd entry.
+fn lookup_user_by_id(uid: u32) -> Option<u32> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: as in `lookup_user`.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut found = std::ptr::null_mut();
+        libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found);
+        (!found.is_null()).then_some(pwd.pw_gid)
+    }
+}
+
+/// gid of group `name`.
+fn lookup_group(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    // SAFETY: as in `lookup_user`, for getgrnam_r.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut found = std::ptr::null_mut();
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        (!found.is_null()).then_some(grp.gr_gid)
+    }
+}
+
 fn selector(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Selector> {
     match e.label.as_str() {
         "comm" => {
@@ -897,6 +1040,51 @@ fn tracepoint(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Trigger> {
     })
 }
 
+/// Whether the ELF file `path` defines `symbol`, looking where the uprobe attach looks: its
+/// dynamic and static symbol tables, then those of its `.gnu_debuglink` debug file.
+fn elf_has_symbol(path: &Path, symbol: &str) -> Result<(), String> {
+    use object::{Object, ObjectSymbol};
+    use std::os::unix::ffi::OsStrExt;
+    let defines = |data: &[u8]| -> Result<bool, String> {
+        let file = object::File::parse(data).map_err(|e| format!("not an ELF file: {e}"))?;
+        Ok(file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .any(|s| s.is_definition() && s.name() == Ok(symbol)))
+    };
+    let data = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if defines(&data).map_err(|e| format!("{}: {e}", path.display()))? {
+        return Ok(());
+    }
+    let debug = object::File::parse(&*data)
+        .ok()
+        .and_then(|f| {
+            f.gnu_debuglink()
+                .ok()
+                .flatten()
+                .map(|(name, _)| name.to_vec())
+        })
+        .map(|name| {
+            let name = Path::new(std::ffi::OsStr::from_bytes(&name)).to_path_buf();
+            path.parent().map_or(name.clone(), |dir| dir.join(&name))
+        });
+    let in_debug = debug
+        .as_ref()
+        .and_then(|p| fs::read(p).ok())
+        .is_some_and(|d| defines(&d).unwrap_or(false));
+    if in_debug {
+        return Ok(());
+    }
+    Err(match debug {
+        Some(d) => format!(
+            "no symbol `{symbol}` in {} (nor in its debug file {})",
+            path.display(),
+            d.display()
+        ),
+        None => format!("no symbol `{symbol}` in {}", path.display()),
+    })
+}
+
 /// `uprobe = "PATH:SYMBOL"`, `"PATH:SYMBOL+OFFSET"`, `"PATH:0xADDR"` (and `uretprobe`);
 /// `kprobe = "function"` (and `kretprobe`).
 fn probe(cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<Trigger> {
@@ -968,6 +1156,14 @@ fn probe(cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<Trigger> {
     }
     if user && binary.starts_with('/') && !Path::new(binary).is_file() {
         cx.error(e.at, format!("`{}`: no file {binary}", e.label));
+        return None;
+    }
+    // What `fij run` would find missing when it attaches, said here at the key's position.
+    if let (true, ProbeLocation::Symbol(symbol) | ProbeLocation::SymbolOffset(symbol, _)) =
+        (user && binary.starts_with('/'), &location)
+        && let Err(why) = elf_has_symbol(Path::new(binary), symbol)
+    {
+        cx.error(e.at, format!("`{}`: {why}", e.label));
         return None;
     }
     if !user && !Path::new(KPROBE_PMU).exists() {
@@ -1649,6 +1845,8 @@ syscall = "openat"
                         cwd: Some(PathBuf::from("scenarios/dir")),
                         env: vec![("KEY".into(), "value".into()), ("OTHER".into(), "2".into())],
                         instances: 1,
+                        user: None,
+                        group: None,
                     },
                     at: SourcePos { line: 5, col: 1 },
                 },
@@ -1724,6 +1922,8 @@ trigger.syscall = "read"
                 cwd: None,
                 env: vec![],
                 instances: 1,
+                user: None,
+                group: None,
             }
         );
         assert_eq!(scenario.targets[1].source, TargetSource::Pid(99));
@@ -2212,6 +2412,73 @@ trigger.syscall = "read"
         assert_eq!(
             cwd(&format!("{TARGET}cwd = \"../d\"\n")),
             Some(PathBuf::from("/s/../d"))
+        );
+    }
+
+    #[test]
+    fn uprobe_symbols_are_looked_up_in_the_elf_file() {
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(elf_has_symbol(&exe, "main"), Ok(()));
+        let err = elf_has_symbol(&exe, "no_such_symbol_fij").unwrap_err();
+        assert!(
+            err.starts_with("no symbol `no_such_symbol_fij` in "),
+            "{err}"
+        );
+        let err = elf_has_symbol(Path::new("/etc/hostname"), "main").unwrap_err();
+        assert!(err.contains("not an ELF file"), "{err}");
+    }
+
+    #[test]
+    fn user_and_group_of_a_command() {
+        let ids =
+            |text: &str| match parse_str(Path::new("/s/x.toml"), text).unwrap().targets[0].source {
+                TargetSource::Command { user, group, .. } => (user, group),
+                _ => unreachable!(),
+            };
+        // A user's primary group comes with it; `group` overrides it; numbers are taken as is.
+        assert_eq!(
+            ids(&format!("{TARGET}user = \"root\"\n")),
+            (Some(0), Some(0))
+        );
+        assert_eq!(
+            ids(&format!("{TARGET}user = \"root\"\ngroup = 65534\n")),
+            (Some(0), Some(65534))
+        );
+        assert_eq!(ids(&format!("{TARGET}group = \"root\"\n")), (None, Some(0)));
+        assert_eq!(
+            ids(&format!("{TARGET}user = 4321\n")),
+            (Some(4321), Some(4321))
+        );
+        assert_eq!(ids(TARGET), (None, None));
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"a\"]\nuser = \"no-such-user-fij\"\n",
+            4,
+            8,
+            "unknown user `no-such-user-fij`: not in this system's passwd database",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"a\"]\ngroup = \"no-such-group-fij\"\n",
+            4,
+            9,
+            "unknown group `no-such-group-fij`",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncommand = [\"a\"]\nuser = -1\n",
+            4,
+            8,
+            "`user` -1 is not a valid user id",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\npid = 7\nuser = \"root\"\n",
+            4,
+            1,
+            "`user` is only allowed with `command`",
+        );
+        assert_error(
+            "[[target]]\nname = \"w\"\ncomm = \"x\"\ngroup = 0\n",
+            4,
+            1,
+            "`group` cannot be combined with `comm`",
         );
     }
 

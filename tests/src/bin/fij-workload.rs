@@ -8,13 +8,17 @@
 //!
 //! Modes:
 //!
-//! - `write-lines FILE N [--sleep-ms M] [--pause-after K --pause-ms P] [--wait-for PATH]`:
+//! - `write-lines FILE N [--sleep-ms M] [--pause-after K --pause-ms P] [--wait-for PATH]
+//!   [--then-wait-for PATH2]`:
 //!   opens FILE for writing (created and truncated unless it is a FIFO), waits until PATH exists
 //!   if asked, then writes `line 1` … `line N`, one `write` per line, sleeping M ms between
-//!   lines, and P ms once after line K. Exits 0.
+//!   lines, and P ms once after line K (or, with `--then-wait-for`, until PATH2 exists). Exits 0.
 //! - `usr1-lines FILE N`: counts SIGUSR1 in a handler, writes `line I usr1=C` for I in 1..=N,
 //!   where C is how many SIGUSR1 arrived before line I was formatted, then `end usr1=C`: N + 1
 //!   writes. A signal injected on write W shows up as C going up on line W + 1. Exits 0.
+//! - `id-lines FILE N`: writes `line I uid=U euid=E gid=G egid=H groups=K` for I in 1..=N (its
+//!   ids as the kernel has them, read once at the start; K = number of supplementary groups),
+//!   one `write` per line. Exits 0.
 //! - `fork FILE REPORT`: writes `parent 1`, `parent 2` to FILE, forks a child that writes
 //!   `child 1`, `child 2` to FILE and exits 0, waits for it, then writes (with `writev`) to
 //!   REPORT `child PID exited CODE` or `child PID killed SIGNO`. Parent writes: exactly 2.
@@ -26,6 +30,13 @@
 //!   gets a CPU most of the time.
 //! - `naps US MS`: `nanosleep`s US microseconds again and again (one syscall per nap, almost no
 //!   CPU time) and exits 0 after MS milliseconds.
+//!
+//! - `getppid-record FILE N [--migrate-every K]`: makes N `getppid` calls, and keeps
+//!   its own record in FILE (16 bytes, shared memory): the number of the call it is about to make
+//!   (written before each call) and of the last call that returned (written after it). A victim
+//!   killed on entering call K leaves `K K-1`: the test compares that with the hit fij logged.
+//!   With `--migrate-every K`, it moves itself to the next CPU (`sched_setaffinity`, not a
+//!   `getppid`) every K calls. Exits 0.
 //!
 //! `--wait-for` and `wait-for` give up after 60 s (exit 104), so a forgotten workload does not
 //! linger; `sleep` sleeps as long as asked (the tests end such targets themselves).
@@ -46,6 +57,11 @@ fn main() {
         ["write-lines", file, n, opts @ ..] => write_lines(file, count(n), opts),
         ["usr1-lines", file, n] => usr1_lines(file, count(n)),
         ["fork", file, report] => fork(file, report),
+        ["id-lines", file, n] => id_lines(file, count(n)),
+        ["getppid-record", file, n] => getppid_record(file, count(n), 0),
+        ["getppid-record", file, n, "--migrate-every", k] => {
+            getppid_record(file, count(n), count(k))
+        }
         ["wait-for", path] => wait_for(path),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(count(ms))),
         ["spin", ms] => spin(Duration::from_millis(count(ms))),
@@ -126,6 +142,7 @@ fn wait_for(path: &str) {
 
 fn write_lines(file: &str, n: u64, opts: &[&str]) {
     let (mut sleep_ms, mut pause_after, mut pause_ms, mut wait) = (0, 0, 0, None);
+    let mut then_wait = None;
     let mut opts = opts.iter();
     while let Some(opt) = opts.next() {
         let value = opts
@@ -136,6 +153,7 @@ fn write_lines(file: &str, n: u64, opts: &[&str]) {
             "--pause-after" => pause_after = count(value),
             "--pause-ms" => pause_ms = count(value),
             "--wait-for" => wait = Some(*value),
+            "--then-wait-for" => then_wait = Some(*value),
             _ => fail(100, &format!("unknown option {opt}")),
         }
     }
@@ -146,7 +164,10 @@ fn write_lines(file: &str, n: u64, opts: &[&str]) {
     for i in 1..=n {
         write_line(fd, &format!("line {i}\n"));
         if i == pause_after {
-            std::thread::sleep(Duration::from_millis(pause_ms));
+            match then_wait {
+                Some(path) => wait_for(path),
+                None => std::thread::sleep(Duration::from_millis(pause_ms)),
+            }
         }
         if sleep_ms > 0 && i < n {
             std::thread::sleep(Duration::from_millis(sleep_ms));
@@ -244,5 +265,80 @@ fn naps(nap: Duration, how_long: Duration) {
     while Instant::now() < end {
         // SAFETY: nanosleep with a timespec we own; an interruption just ends this nap early.
         unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+    }
+}
+
+/// See `getppid-record` at the top: N getppid calls, each bracketed by a store of its number in
+/// a shared mapping of FILE (`[before, after]`, two native-endian u64).
+fn getppid_record(file: &str, n: u64, migrate_every: u64) {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    let c = CString::new(file).unwrap_or_else(|_| fail(100, "NUL in path"));
+    // SAFETY: open on a NUL-terminated path we own; read-write, as a shared mapping needs.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        fail(
+            101,
+            &format!("cannot open {file}: {}", std::io::Error::last_os_error()),
+        );
+    }
+    // SAFETY: sizing and mapping a file we opened; the mapping is only used through `record`.
+    let record = unsafe {
+        if libc::ftruncate(fd, 16) != 0 {
+            fail(103, "ftruncate failed");
+        }
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            16,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            fail(103, "mmap failed");
+        }
+        p.cast::<u64>()
+    };
+    for i in 1..=n {
+        if migrate_every > 0 && i % migrate_every == 0 {
+            // SAFETY: a zeroed cpu_set_t with one CPU set, for this process.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET((i / migrate_every) as usize % cpus, &mut set);
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+            }
+        }
+        // SAFETY: two u64 slots of the mapping above; volatile so every store happens in order
+        // around the syscall.
+        unsafe {
+            record.write_volatile(i);
+            libc::syscall(libc::SYS_getppid);
+            record.add(1).write_volatile(i);
+        }
+    }
+}
+
+fn id_lines(file: &str, n: u64) {
+    // SAFETY: the id getters have no preconditions; getgroups(0, NULL) only counts.
+    let ids = unsafe {
+        format!(
+            "uid={} euid={} gid={} egid={} groups={}",
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+            libc::getgroups(0, std::ptr::null_mut())
+        )
+    };
+    let fd = open_for_writing(file);
+    for i in 1..=n {
+        write_line(fd, &format!("line {i} {ids}\n"));
     }
 }

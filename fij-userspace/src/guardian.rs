@@ -1,0 +1,274 @@
+//! fij's guardian: a tiny process that resumes the processes fij stopped if fij dies without
+//! resuming them (SIGKILL, a crash of fij), so that no target stays frozen because its
+//! injector died — also when fij dies between the kernel's SIGSTOP and reading its event.
+//!
+//! The kernel records every SIGSTOP it injects in the `STOPPED` map (tgid → fault and the
+//! process's start time) *before* sending it, and deletes the entry when the process exits.
+//! fij starts the guardian before it loads anything ([`Guardian::start`]: fork, then exec of
+//! fij's own executable as `fij __guardian`), and hands it a duplicate of that map's fd over a
+//! socket once the map exists ([`Guardian::watch`]). The guardian holds that socket and the map
+//! and nothing else (every other fd is closed before its exec; a map keeps no program or link
+//! alive). Then:
+//!
+//! - fij ends normally, having resumed its stopped targets itself: it tells the guardian to
+//!   exit quietly ([`Guardian::dismiss`]);
+//! - fij dies (the socket reaches EOF): the guardian waits until fij's exit is complete (so
+//!   fij's programs are detached and no new stop can come), then sends SIGCONT to every process
+//!   in the map that is still the same process — its start time in /proc/PID/stat is the one
+//!   the kernel recorded, so a recycled pid is never signalled — and exits.
+//!
+//! The guardian signals nothing else, ever; it is in fij's protected set, so no fault fires on it.
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use fij_common::StopMark;
+
+/// argv[1] of the guardian process (`fij __guardian`), checked first thing in `main`.
+pub const ARG: &str = "__guardian";
+/// The guardian's end of its socket to fij, as its exec leaves it.
+const SOCKET_FD: RawFd = 3;
+/// Messages from fij: here is the map (with the fd attached), and exit quietly.
+const MSG_MAP: u8 = b'M';
+const MSG_QUIT: u8 = b'Q';
+
+/// fij's handle on its guardian.
+pub struct Guardian {
+    pid: u32,
+    socket: Option<OwnedFd>,
+}
+
+impl Guardian {
+    /// Starts the guardian (call before loading anything, before targets exist).
+    pub fn start() -> Result<Self> {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair fills two fds that we then own.
+        if unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        } != 0
+        {
+            return Err(io::Error::last_os_error()).context("guardian: socketpair");
+        }
+        let (ours, theirs) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let exe = c"/proc/self/exe";
+        let argv0 = c"fij";
+        let arg1 = c"__guardian";
+        let argv = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+        // The environment as it is (for FIJ_LOG and the like), prepared before the fork.
+        let env: Vec<std::ffi::CString> = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                use std::os::unix::ffi::OsStrExt;
+                std::ffi::CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok()
+            })
+            .collect();
+        let envp: Vec<*const libc::c_char> = env
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        // SAFETY: the child makes raw syscalls only, on memory prepared above, then execs.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error()).context("guardian: fork");
+        }
+        if pid == 0 {
+            unsafe {
+                // Out of fij's process group: a Ctrl-C at fij's terminal is for fij.
+                libc::setpgid(0, 0);
+                if libc::dup2(theirs.as_raw_fd(), SOCKET_FD) != SOCKET_FD {
+                    libc::_exit(127);
+                }
+                // Hold nothing of fij's but the socket: no program, link, map or log file.
+                libc::syscall(libc::SYS_close_range, SOCKET_FD + 1, libc::c_uint::MAX, 0);
+                libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        drop(theirs);
+        Ok(Self {
+            pid: pid as u32,
+            socket: Some(ours),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Hands the guardian the kernel's map of stopped processes.
+    pub fn watch(&mut self, stopped: BorrowedFd<'_>) -> Result<()> {
+        let socket = self.socket.as_ref().context("guardian dismissed")?;
+        send(socket.as_raw_fd(), MSG_MAP, Some(stopped.as_raw_fd()))
+            .context("handing the stopped-process map to the guardian")
+    }
+
+    /// fij ends normally (its stopped targets resumed): the guardian exits without acting.
+    pub fn dismiss(mut self) {
+        if let Some(socket) = self.socket.take() {
+            let _ = send(socket.as_raw_fd(), MSG_QUIT, None);
+        }
+        // SAFETY: waiting for our own child, which exits at once on MSG_QUIT.
+        unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0) };
+    }
+}
+
+impl Drop for Guardian {
+    /// Not dismissed (fij fails): closing the socket is fij's death as far as the guardian is
+    /// concerned; it acts once fij has exited. Not waited for (it waits for fij).
+    fn drop(&mut self) {
+        self.socket.take();
+    }
+}
+
+fn send(socket: RawFd, byte: u8, fd: Option<RawFd>) -> io::Result<()> {
+    let mut data = [byte];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one fd of ancillary data, aligned as cmsghdr wants.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr/cmsghdr built over buffers we own, as cmsg(3) describes.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        }
+        if libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// One message from fij: its byte and the fd it carried; None at EOF (fij is gone).
+fn receive(socket: RawFd) -> io::Result<Option<(u8, Option<OwnedFd>)>> {
+    let mut data = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: as in `send`; a received fd is ours to own.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control);
+        let n = loop {
+            let n = libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break n;
+            }
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut fd = None;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if !cmsg.is_null()
+            && (*cmsg).cmsg_level == libc::SOL_SOCKET
+            && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+        {
+            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+            fd = Some(OwnedFd::from_raw_fd(raw));
+        }
+        Ok(Some((data[0], fd)))
+    }
+}
+
+/// The guardian process (`fij __guardian`): returns its exit status.
+pub fn main() -> u8 {
+    // SAFETY: ignoring signals and reading our parent's pid have no preconditions.
+    let fij = unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::getppid()
+    };
+    let mut map = None;
+    loop {
+        match receive(SOCKET_FD) {
+            Ok(Some((MSG_MAP, Some(fd)))) => map = Some(fd),
+            Ok(Some((MSG_QUIT, _))) => return 0,
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // fij is gone or going: wait until its exit is complete (it is then no longer our parent),
+    // so that its programs are detached and the map gets no new entry after we read it.
+    // SAFETY: getppid has no preconditions.
+    while unsafe { libc::getppid() } == fij {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let Some(map) = map else {
+        return 0; // fij died before it loaded anything: nothing can be stopped
+    };
+    match resume_stopped(map) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fij guardian: {e:#}");
+            1
+        }
+    }
+}
+
+/// SIGCONT to every process in the map that is still the process the kernel stopped.
+fn resume_stopped(map: OwnedFd) -> Result<()> {
+    let data = aya::maps::MapData::from_fd(map).context("opening the stopped-process map")?;
+    let stopped: aya::maps::HashMap<_, u32, StopMark> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))
+            .context("the stopped-process map has an unexpected type")?;
+    for (pid, mark) in stopped.iter().filter_map(Result::ok) {
+        if pid <= 1 || !same_process(pid, mark.start_boottime_ns) {
+            continue;
+        }
+        // SAFETY: kill has no memory preconditions; the pid is the process fij stopped.
+        if unsafe { libc::kill(pid as i32, libc::SIGCONT) } == 0 {
+            eprintln!("fij guardian: fij died; resumed pid {pid} (SIGCONT), which it had stopped");
+        }
+    }
+    Ok(())
+}
+
+/// Whether `pid` is alive and started at `start_boottime_ns` (as the kernel recorded it), by
+/// /proc/PID/stat's start time (clock ticks since boot). Unknown start time: not resumed.
+fn same_process(pid: u32, start_boottime_ns: u64) -> bool {
+    if start_boottime_ns == 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let start_ticks = start_boottime_ns / (1_000_000_000 / ticks_per_s);
+    // fields[0] is the state (field 3 of stat), so starttime (field 22) is fields[19].
+    !matches!(fields.first(), Some(&("Z" | "X")))
+        && fields.get(19).and_then(|f| f.parse::<u64>().ok()) == Some(start_ticks)
+}
