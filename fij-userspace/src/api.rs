@@ -2,7 +2,9 @@
 //! end ([`Campaign::run`]) or in the background while the test drives its workload
 //! ([`Campaign::start`] → [`Running::stop`] / [`Running::wait`]); the outcome is the typed log
 //! records and the summary `fij run` prints. The same code path as `fij run`: parse, compile,
-//! install, arm, events. Needs root, as `fij run` does.
+//! install, arm, events. Needs root, as `fij run` does. One difference: no guardian (only the
+//! `fij` binary can exec itself as one), so a test process SIGKILLed while a `stop` fault holds
+//! a target leaves it stopped (`fij run` resumes it even then; docs/reliability.md).
 //!
 //! ```no_run
 //! let campaign = fij::Campaign::from_toml(r#"
@@ -136,6 +138,7 @@ impl Campaign {
             armed: Some(armed_tx),
             stop: Some(stop_rx),
             status_line: false,
+            guardian: false,
         };
         let scenario = self.scenario;
         let thread = std::thread::Builder::new()

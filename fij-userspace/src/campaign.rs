@@ -41,6 +41,10 @@ pub struct RunOptions {
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// Show the live status line while the campaign runs (if stderr is a terminal).
     pub status_line: bool,
+    /// Start fij's guardian (`fij __guardian`, an exec of this executable), which resumes the
+    /// targets fij stopped if fij dies. Only the `fij` binary can be its own guardian: the
+    /// library API runs without one.
+    pub guardian: bool,
 }
 
 /// What happened: the summary, the totals for the exit status, and the records if kept.
@@ -170,8 +174,10 @@ pub async fn run(
     // Root without the capabilities fij needs is told which, before anything is loaded.
     caps::check(scenario)?;
     // Started before anything is loaded: it resumes the processes fij stopped if fij dies.
-    let mut guardian = Guardian::start()?;
-    protected.push(guardian.pid());
+    let mut guardian = opts.guardian.then(Guardian::start).transpose()?;
+    if let Some(guardian) = &guardian {
+        protected.push(guardian.pid());
+    }
     let faults = scenario
         .faults
         .iter()
@@ -193,7 +199,9 @@ pub async fn run(
         })
         .collect();
     let interfaces = kernel.install(compiled, &layout, &selectors, &protected)?;
-    guardian.watch(kernel.stopped_map())?;
+    if let Some(guardian) = &mut guardian {
+        guardian.watch(kernel.stopped_map())?;
+    }
     if !interfaces.is_empty() {
         info!(interfaces = %interfaces.join(","), "silencer attached");
     }
@@ -271,7 +279,9 @@ pub async fn run(
     )
     .await?;
     let report = finish(campaign, kernel, events, &armed, reason).await?;
-    guardian.dismiss(); // every stop was resumed by `finish`
+    if let Some(guardian) = guardian {
+        guardian.dismiss(); // every stop was resumed by `finish`
+    }
     Ok(report)
 }
 
@@ -486,6 +496,9 @@ async fn finish(
     reason: EndReason,
 ) -> Result<Report> {
     kernel.disarm()?;
+    // Injections fired just before the end (a stop, a partition) are in the ring: their
+    // follow-ups must exist before every action in effect is ended.
+    campaign.drain(&mut kernel, events.get_mut())?;
     campaign.end_actions(&mut kernel)?;
     if reason != EndReason::TargetsExited {
         terminate_spawned(&kernel, campaign.scenario, campaign.protected).await;

@@ -232,6 +232,7 @@ fn main() -> ExitCode {
             let options = RunOptions {
                 log: log.clone(),
                 status_line: true,
+                guardian: true,
                 ..RunOptions::default()
             };
             let result = runtime
