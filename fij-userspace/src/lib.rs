@@ -1,7 +1,8 @@
 //! fij: kernel-level failure injection. The data path, one module per step (docs/architecture.md):
 //! scenario file → [`scenario`] (validated model) → [`compile`] (compiled campaign) → backend:
 //! [`kernel`] (eBPF maps and programs) → kernel events → [`events`] → [`log`]; [`campaign`] runs
-//! it, [`actions`] carries each action's follow-ups, [`time_faults`] the time triggers.
+//! it, [`actions`] carries each action's follow-ups, [`time_faults`] the time triggers; [`stap`]
+//! writes the same compiled campaign as a SystemTap script.
 pub mod actions;
 pub mod campaign;
 pub mod compile;
@@ -18,6 +19,7 @@ pub mod scenario;
 pub mod selectors;
 pub mod signals;
 pub mod sockets;
+pub mod stap;
 pub mod targets;
 pub mod time_faults;
 

@@ -51,6 +51,21 @@ enum Command {
     Validate { scenario: PathBuf },
     /// Report what this kernel supports, found by trying it.
     Doctor,
+    /// Print the scenario as a SystemTap script that injects the same faults (docs/stap.md).
+    Stap {
+        scenario: PathBuf,
+        /// Seed of the campaign (overrides the scenario's `seed`; without either, fij picks one
+        /// and says which).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The SystemTap runtime to write for: `module` (classic guru mode, `stap -g`) or `bpf`
+        /// (`stap --runtime=bpf`).
+        #[arg(long, value_enum, default_value_t = fij::stap::Runtime::Module)]
+        runtime: fij::stap::Runtime,
+        /// Write the script to this file instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Writes a command's output; a closed pipe (`fij doctor | head`) is not an error.
@@ -207,6 +222,38 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_RUNTIME)
                 }
             }
+        }
+        Command::Stap {
+            scenario,
+            seed,
+            runtime,
+            output,
+        } => {
+            let seed = |scenario: &Scenario| {
+                Ok(seed.or(scenario.seed).unwrap_or_else(|| {
+                    let seed = campaign::random_seed();
+                    eprintln!("fij stap: seed {seed} (the scenario has none)");
+                    seed
+                }))
+            };
+            let (scenario, compiled) = match load_and_compile(&scenario, seed) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            let script = match fij::stap::generate(&scenario, &compiled, runtime) {
+                Ok(script) => script,
+                Err(refused) => return invalid(refused),
+            };
+            match output {
+                Some(path) => {
+                    if let Err(e) = std::fs::write(&path, script) {
+                        eprintln!("fij stap: cannot write {}: {e}", path.display());
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
+                }
+                None => out(&script),
+            }
+            ExitCode::SUCCESS
         }
         Command::Doctor => {
             let report = fij::doctor::run();
