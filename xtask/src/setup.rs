@@ -27,7 +27,9 @@ const RUN_PACKAGES: &[&str] = &["iproute2"];
 
 /// Debian packages the integration tests (`tests/`) and `cargo xtask bench` (which compares fij
 /// with strace and bpftrace) need at run time; the real systems of `tests/it/real_systems.rs`
-/// and `cargo xtask demo` (Redis, etcd, Open MPI with its compiler wrapper).
+/// and `cargo xtask demo` (Redis, etcd, Open MPI with its compiler wrapper); SystemTap and the
+/// kernel headers it elaborates `fij stap`'s scripts against (`tests/it/stap.rs`: Debian's
+/// headers are 6.1 whatever the running kernel, so the test passes their release with `-r`).
 pub const TEST_PACKAGES: &[&str] = &[
     "strace",
     "bpftrace",
@@ -37,6 +39,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "etcd-client",
     "openmpi-bin",
     "libopenmpi-dev",
+    "systemtap",
+    "linux-headers-amd64",
 ];
 
 /// The rustc from rustc-web, which builds the eBPF programs; bpf-linker must use its LLVM.

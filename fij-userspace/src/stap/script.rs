@@ -536,13 +536,22 @@ impl Script<'_> {
         } else {
             ""
         };
+        // The module runtime sees the tracepoints' arguments (the task_structs), the BPF runtime
+        // only their trace-event fields (stap's 4.1 tracepoint behaviour, docs/stap.md).
+        let child = if self.module() {
+            "\t// In the parent's context; a new thread (same tgid) is no new process.\n\
+             \tchild = $child->tgid\n\
+             \tif (!(parent in fij_target) || child == parent) next\n"
+        } else {
+            "\t// In the parent's context. The event tells no thread from a process: a new thread\n\
+             \t// joins under its tid, and leaves at its exit.\n\
+             \tchild = $child_pid\n\
+             \tif (!(parent in fij_target)) next\n"
+        };
         let _ = writeln!(
             out,
-            "// In the parent's context; a new thread (same tgid) is no new process.\n\
-             probe kernel.trace(\"sched:sched_process_fork\") {{\n\
-             \tparent = pid()\n{join}\
-             \tchild = $child->tgid\n\
-             \tif (!(parent in fij_target) || child == parent) next\n\
+            "probe kernel.trace(\"sched:sched_process_fork\") {{\n\
+             \tparent = pid()\n{join}{child}\
              \tfij_target[child] = fij_target[parent]\n\
              \tfij_instance[child] = fij_instance[parent]\n\
              \tprintf(\"{OUTPUT_PREFIX} fork parent=%d child=%d target=%d instance=%d ktime_ns=%d\\n\",\n\
@@ -564,15 +573,33 @@ impl Script<'_> {
         if self.has_stop() {
             forget.push_str("\tdelete fij_stopped[tgid]\n");
         }
+        let (dead, code) = if self.module() {
+            (
+                "\t// The process leaves the set when its last thread exits (signal->live reached 0\n\
+                 \t// just before this tracepoint); its counters go with it.\n\
+                 \ttgid = $p->tgid\n\
+                 \tif (!(tgid in fij_target) || $p->signal->live->counter != 0) next\n",
+                "$p->exit_code",
+            )
+        } else {
+            (
+                "\t// A thread's entry goes at its exit; the process leaves when its main thread\n\
+                 \t// exits (the event has no task_struct to tell whether other threads live on).\n\
+                 \ttgid = pid()\n\
+                 \tif (tid() != tgid) {\n\
+                 \t\tdelete fij_target[tid()]\n\
+                 \t\tdelete fij_instance[tid()]\n\
+                 \t\tnext\n\
+                 \t}\n\
+                 \tif (!(tgid in fij_target)) next\n",
+                "0",
+            )
+        };
         let _ = writeln!(
             out,
-            "// The process leaves the set when its last thread exits (signal->live reached 0\n\
-             // just before this tracepoint); its counters go with it.\n\
-             probe kernel.trace(\"sched:sched_process_exit\") {{\n\
-             \ttgid = $p->tgid\n\
-             \tif (!(tgid in fij_target) || $p->signal->live->counter != 0) next\n\
+            "probe kernel.trace(\"sched:sched_process_exit\") {{\n{dead}\
              \tprintf(\"{OUTPUT_PREFIX} exit pid=%d target=%d instance=%d code=%d ktime_ns=%d\\n\",\n\
-             \t       tgid, fij_target[tgid], fij_instance[tgid], $p->exit_code, ktime_get_ns())\n\
+             \t       tgid, fij_target[tgid], fij_instance[tgid], {code}, ktime_get_ns())\n\
              \tdelete fij_target[tgid]\n\
              \tdelete fij_instance[tgid]\n{forget}}}\n"
         );
@@ -589,7 +616,12 @@ impl Script<'_> {
                 if let Selector::Exe(exe) = selector {
                     let _ = writeln!(
                         out,
-                        "\tif (kernel_string($bprm->filename) == {}) {{ fij_join(tgid, {t}, \"exe\"); next }}",
+                        "\tif (kernel_string({}) == {}) {{ fij_join(tgid, {t}, \"exe\"); next }}",
+                        if self.module() {
+                            "$bprm->filename"
+                        } else {
+                            "$filename"
+                        },
                         stap_string(&exe.to_string_lossy())
                     );
                 }
