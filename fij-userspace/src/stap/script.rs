@@ -20,13 +20,14 @@
 //! fij-stap fork parent=P child=C target=T instance=I ktime_ns=N
 //! fij-stap joined pid=P target=T by=comm|exe|uid ktime_ns=N
 //! fij-stap resumed pid=P result=R by=resume_after|end ktime_ns=N
-//! fij-stap exit pid=P target=T instance=I code=C ktime_ns=N
+//! fij-stap exit pid=P target=T instance=I status=W ktime_ns=N
 //! fij-stap end reason=duration|exit ktime_ns=N
 //! ```
 //!
 //! `draw` is unsigned (`%u`), `result` is the kernel's (0: signal queued, -4096: fij's
 //! exclusions refused it, as `fij_common::SIGNAL_REFUSED`), `scheduled_ns` the due time of a
-//! time trigger counted from `armed` (0 for hits).
+//! time trigger counted from `armed` (0 for hits), `status` the exit's wait status (signal in
+//! the low 7 bits, exit code << 8; -1 in the BPF runtime, whose exit event does not carry it).
 use std::fmt::Write;
 
 use fij_common::{HOOK_PROBE, HOOK_TRACEPOINT, SIGNAL_REFUSED, random::probability_threshold};
@@ -77,6 +78,17 @@ impl Script<'_> {
         self.runtime == Runtime::Module
     }
 
+    /// How an output line prints `ktime_ns` from the stap local `now`: decimal; in the BPF
+    /// runtime hex from its two halves, since stapbpf's printf takes 32-bit integers (and
+    /// crashes on the 0xffffffff mask, hence the subtraction).
+    fn ktime(&self) -> (&'static str, &'static str) {
+        if self.module() {
+            ("%d", "now")
+        } else {
+            ("0x%x%08x", "now >> 32, now - ((now >> 32) << 32)")
+        }
+    }
+
     fn has_probability(&self) -> bool {
         self.scenario.faults.iter().any(|f| f.probability.is_some())
     }
@@ -117,10 +129,11 @@ impl Script<'_> {
     fn header(&self, out: &mut String) {
         let s = self.scenario;
         let runtime = self.runtime.name();
+        // The BPF script reads tracepoint fields: stap's 4.1 tracepoint behaviour (docs/stap.md).
         let flags = if self.module() {
             "-g"
         } else {
-            "-g --runtime=bpf"
+            "-g --runtime=bpf --compatible=4.1"
         };
         let _ = writeln!(
             out,
@@ -236,7 +249,7 @@ impl Script<'_> {
              global fij_injections     // fault → injections claimed (count)\n\
              global fij_selected       // [fault, instance] → 1: the instances `select` drew\n\
              global fij_start_ns       // when the script armed: `after` and due times count from it\n\
-             global fij_end_reason = \"exit\""
+             global fij_end_reason     // set in begin: the BPF runtime ignores a string global's initialiser"
         );
         if self.has_stop() {
             let _ = writeln!(
@@ -268,6 +281,7 @@ impl Script<'_> {
     }
 
     fn functions(&self, out: &mut String) {
+        let (kt_fmt, kt_args) = self.ktime();
         let refused = SIGNAL_REFUSED;
         if self.module() {
             if self.has_probability() {
@@ -359,8 +373,9 @@ impl Script<'_> {
              \tresult = {refused}\n\
              \tif (!({protect}))\n\
              \t\tresult = fij_send_signal(signal)\n\
-             \tprintf(\"{OUTPUT_PREFIX} injection fault=%d target=%d instance=%d pid=%d tid=%d hit=%d draw=%u signal=%d result=%d by=hit scheduled_ns=0 ktime_ns=%d\\n\",\n\
-             \t       fault, fij_target[tgid], fij_instance[tgid], tgid, tid(), hit, draw, signal, result, ktime_get_ns())\n\
+             \tnow = ktime_get_ns()\n\
+             \tprintf(\"{OUTPUT_PREFIX} injection fault=%d target=%d instance=%d pid=%d tid=%d hit=%d draw=%u signal=%d result=%d by=hit scheduled_ns=0 ktime_ns={kt_fmt}\\n\",\n\
+             \t       fault, fij_target[tgid], fij_instance[tgid], tgid, tid(), hit, draw, signal, result, {kt_args})\n\
              }}\n"
         );
         if !self.compiled.due.is_empty() {
@@ -371,8 +386,9 @@ impl Script<'_> {
                  \tresult = -3 // ESRCH: the root process has exited\n\
                  \tif (root in fij_target)\n\
                  \t\tresult = (root <= 1 || root == stp_pid()) ? {refused} : fij_signal_pid(root, signal)\n\
-                 \tprintf(\"{OUTPUT_PREFIX} injection fault=%d target=%d instance=%d pid=%d tid=%d hit=0 draw=0 signal=%d result=%d by=timer scheduled_ns=%d ktime_ns=%d\\n\",\n\
-                 \t       fault, target, instance, root, root, signal, result, scheduled_ns, ktime_get_ns())\n\
+                 \tnow = ktime_get_ns()\n\
+             \tprintf(\"{OUTPUT_PREFIX} injection fault=%d target=%d instance=%d pid=%d tid=%d hit=0 draw=0 signal=%d result=%d by=timer scheduled_ns=%d ktime_ns={kt_fmt}\\n\",\n\
+                 \t       fault, target, instance, root, root, signal, result, scheduled_ns, {kt_args})\n\
                  }}\n"
             );
         }
@@ -380,8 +396,9 @@ impl Script<'_> {
             let _ = writeln!(
                 out,
                 "function fij_resume(tgid, by) {{\n\
-                 \tprintf(\"{OUTPUT_PREFIX} resumed pid=%d result=%d by=%s ktime_ns=%d\\n\",\n\
-                 \t       tgid, fij_signal_pid(tgid, {cont}), by, ktime_get_ns())\n\
+                 \tnow = ktime_get_ns()\n\
+                 \tprintf(\"{OUTPUT_PREFIX} resumed pid=%d result=%d by=%s ktime_ns={kt_fmt}\\n\",\n\
+                 \t       tgid, fij_signal_pid(tgid, {cont}), by, {kt_args})\n\
                  }}\n",
                 cont = libc::SIGCONT
             );
@@ -393,7 +410,8 @@ impl Script<'_> {
                 "function fij_join(tgid, target, by) {{\n\
                  \tfij_target[tgid] = target\n\
                  \tfij_instance[tgid] = 0\n\
-                 \tprintf(\"{OUTPUT_PREFIX} joined pid=%d target=%d by=%s ktime_ns=%d\\n\", tgid, target, by, ktime_get_ns())\n\
+                 \tnow = ktime_get_ns()\n\
+                 \tprintf(\"{OUTPUT_PREFIX} joined pid=%d target=%d by=%s ktime_ns={kt_fmt}\\n\", tgid, target, by, {kt_args})\n\
                  \treturn 1\n\
                  }}\n"
             );
@@ -501,7 +519,11 @@ impl Script<'_> {
     }
 
     fn begin(&self, out: &mut String) {
-        let _ = writeln!(out, "probe begin {{\n\tfij_start_ns = ktime_get_ns()");
+        let (kt_fmt, kt_args) = self.ktime();
+        let _ = writeln!(
+            out,
+            "probe begin {{\n\tfij_start_ns = ktime_get_ns()\n\tfij_end_reason = \"exit\""
+        );
         if let Some(c) = self.c_target() {
             let _ = writeln!(out, "\tif (fij_root_{c}_0 == 0) fij_root_{c}_0 = target()");
         }
@@ -513,7 +535,9 @@ impl Script<'_> {
             for i in 0..instances {
                 let _ = writeln!(
                     out,
-                    "\tif (fij_root_{t}_{i} <= 0) error(\"target `{name}` instance {i} has no process: run its command with -c, or give -G fij_root_{t}_{i}=PID\")\n\
+                    "\t// Target `{name}` instance {i}: its process comes from -c, -G or the scenario.\n\
+                     \t// (Short message: the BPF runtime's string literals are at most 64 bytes.)\n\
+                     \tif (fij_root_{t}_{i} <= 0) error(\"no pid for fij_root_{t}_{i}: give -c CMD or -G\")\n\
                      \tfij_target[fij_root_{t}_{i}] = {t}\n\
                      \tfij_instance[fij_root_{t}_{i}] = {i}",
                     name = target.name
@@ -525,12 +549,13 @@ impl Script<'_> {
         }
         let _ = writeln!(
             out,
-            "\tprintf(\"{OUTPUT_PREFIX} armed ktime_ns=%d\\n\", fij_start_ns)\n}}\n"
+            "\tnow = fij_start_ns\n\tprintf(\"{OUTPUT_PREFIX} armed ktime_ns={kt_fmt}\\n\", {kt_args})\n}}\n"
         );
     }
 
     /// Fork, exec and exit: the target set follows the processes, as fij's lifecycle programs.
     fn lifecycle(&self, out: &mut String) {
+        let (kt_fmt, kt_args) = self.ktime();
         let join = if self.selectors().next().is_some() {
             "\tif (!(parent in fij_target)) fij_join_by_selector(parent)\n"
         } else {
@@ -554,8 +579,9 @@ impl Script<'_> {
              \tparent = pid()\n{join}{child}\
              \tfij_target[child] = fij_target[parent]\n\
              \tfij_instance[child] = fij_instance[parent]\n\
-             \tprintf(\"{OUTPUT_PREFIX} fork parent=%d child=%d target=%d instance=%d ktime_ns=%d\\n\",\n\
-             \t       parent, child, fij_target[child], fij_instance[child], ktime_get_ns())\n\
+             \tnow = ktime_get_ns()\n\
+             \tprintf(\"{OUTPUT_PREFIX} fork parent=%d child=%d target=%d instance=%d ktime_ns={kt_fmt}\\n\",\n\
+             \t       parent, child, fij_target[child], fij_instance[child], {kt_args})\n\
              }}\n"
         );
         let per_process: Vec<usize> = self
@@ -592,14 +618,15 @@ impl Script<'_> {
                  \t\tnext\n\
                  \t}\n\
                  \tif (!(tgid in fij_target)) next\n",
-                "0",
+                "-1",
             )
         };
         let _ = writeln!(
             out,
             "probe kernel.trace(\"sched:sched_process_exit\") {{\n{dead}\
-             \tprintf(\"{OUTPUT_PREFIX} exit pid=%d target=%d instance=%d code=%d ktime_ns=%d\\n\",\n\
-             \t       tgid, fij_target[tgid], fij_instance[tgid], {code}, ktime_get_ns())\n\
+             \tnow = ktime_get_ns()\n\
+             \tprintf(\"{OUTPUT_PREFIX} exit pid=%d target=%d instance=%d status=%d ktime_ns={kt_fmt}\\n\",\n\
+             \t       tgid, fij_target[tgid], fij_instance[tgid], {code}, {kt_args})\n\
              \tdelete fij_target[tgid]\n\
              \tdelete fij_instance[tgid]\n{forget}}}\n"
         );
@@ -763,6 +790,7 @@ impl Script<'_> {
     }
 
     fn end(&self, out: &mut String) {
+        let (kt_fmt, kt_args) = self.ktime();
         if self.has_stop() {
             let _ = writeln!(
                 out,
@@ -795,7 +823,8 @@ impl Script<'_> {
         let _ = writeln!(
             out,
             "probe end {{\n{resume}\
-             \tprintf(\"{OUTPUT_PREFIX} end reason=%s ktime_ns=%d\\n\", fij_end_reason, ktime_get_ns())\n}}"
+             \tnow = ktime_get_ns()\n\
+             \tprintf(\"{OUTPUT_PREFIX} end reason=%s ktime_ns={kt_fmt}\\n\", fij_end_reason, {kt_args})\n}}"
         );
     }
 }
