@@ -307,8 +307,8 @@ impl Script<'_> {
                      \tSTAP_RETVALUE = (int64_t) fij_hit_draw(FIJ_SEED, (uint32_t) STAP_ARG_fault, (uint64_t) STAP_ARG_hit);\n\
                      %}}\n\n\
                      function fij_fires:long (fault:long, draw:long) %{{ /* pure */\n\
-                     \tuint64_t fault = (uint64_t) STAP_ARG_fault;\n\
-                     \tSTAP_RETVALUE = fault < {n} && fij_fires_with((uint64_t) STAP_ARG_draw, fij_thresholds[fault]);\n\
+                     \tuint64_t fault_id = (uint64_t) STAP_ARG_fault;\n\
+                     \tSTAP_RETVALUE = fault_id < {n} && fij_fires_with((uint64_t) STAP_ARG_draw, fij_thresholds[fault_id]);\n\
                      %}}\n",
                     n = thresholds.len()
                 );
@@ -325,7 +325,8 @@ impl Script<'_> {
             if self.has_stop() || !self.compiled.due.is_empty() {
                 let _ = writeln!(
                     out,
-                    "// A signal from a timer: `current` is whichever task the timer interrupted,\n\
+                    "%{{\n#include <linux/pid.h>\n#include <linux/pid_namespace.h>\n#include <linux/sched/signal.h>\n%}}\n\n\
+                     // A signal from a timer: `current` is whichever task the timer interrupted,\n\
                      // so the process is looked up by its (initial namespace) pid.\n\
                      function fij_signal_pid:long (pid:long, signal:long) %{{ /* guru */\n\
                      \tstruct pid *p;\n\tint rc = -ESRCH;\n\n\
@@ -891,4 +892,131 @@ fn shell_words(argv: &[String]) -> String {
         .map(|w| shell_word(w))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{compile::compile, scenario::parse_str};
+    use std::path::Path;
+
+    fn script(text: &str, runtime: Runtime) -> String {
+        let scenario = parse_str(Path::new("s.toml"), text).unwrap();
+        let compiled = compile(&scenario, 3).unwrap();
+        super::super::generate(&scenario, &compiled, runtime).unwrap()
+    }
+
+    /// The lines of the function `name` in `script`, up to its closing brace.
+    fn function<'a>(script: &'a str, name: &str) -> Vec<&'a str> {
+        let start = format!("function {name}(");
+        let mut lines = script.lines().skip_while(|l| !l.starts_with(&start));
+        let mut body: Vec<&str> = lines.by_ref().take_while(|l| *l != "}").collect();
+        body.push("}");
+        body
+    }
+
+    /// `-p2` cannot tell `return` from `return <next line>`, nor a wrong order: the text is
+    /// pinned here, in `decide.rs`'s order (select, after, port, count, nth/every,
+    /// probability, count cap, fire).
+    #[test]
+    fn a_fault_function_checks_the_conditions_in_the_kernel_order() {
+        let text = "[[target]]\nname = \"t\"\ncommand = [\"true\"]\ninstances = 4\n\n\
+                    [[fault]]\nname = \"f\"\ntarget = \"t\"\naction = \"stop\"\n\
+                    resume_after = \"2s\"\ntrigger = { syscall = \"connect\", port = 2379 }\n\
+                    select = { fixed = 2 }\nafter = \"1s\"\nnth = 2\nevery = 3\ncount = 2\n\
+                    probability = 0.5\n";
+        let script = script(text, Runtime::Module);
+        assert_eq!(
+            function(&script, "fij_fault_0"),
+            [
+                "function fij_fault_0(sockaddr) {",
+                "\ttgid = pid()",
+                "\tif (!([0, fij_instance[tgid]] in fij_selected)) return 0 // select",
+                "\tif (ktime_get_ns() - fij_start_ns < 1000000000) return 0 // after: earlier hits are not counted",
+                "\tif (!fij_port_is(sockaddr, 2379)) return 0 // port",
+                "\thit = ++fij_hits[0, tgid]",
+                "\tif (hit < 2 || (hit - 2) % 3 != 0) return 0 // nth, every",
+                "\tdraw = fij_draw(0, hit)",
+                "\tif (!fij_fires(0, draw)) return 0 // probability",
+                "\tif (fij_injections[0] >= 2) return 0 // count",
+                "\tfij_injections[0]++",
+                "\tfij_fire(0, 19, hit, draw)",
+                "\tfij_stopped[tgid] = ktime_get_ns() + 2000000000 // resume_after",
+                "\treturn 1",
+                "}",
+            ]
+        );
+        // The seed and the threshold ⌊0.5·2^64⌋ reach the embedded C.
+        assert!(script.contains("#define FIJ_SEED 0x3ULL"), "{script}");
+        assert!(
+            script.contains("fij_thresholds[1] = { 0x8000000000000000ULL }"),
+            "{script}"
+        );
+        // The connect syscall's sockaddr is argument 2 (rsi on x86_64).
+        let nr = libc::SYS_connect;
+        assert!(
+            script.contains(&format!(
+                "if (target == 0 && nr == {nr}) {{ fij_fault_0(arg2) }}"
+            )),
+            "{script}"
+        );
+        // The selected instances are the compile stage's draws.
+        let compiled = compile(&parse_str(Path::new("s.toml"), text).unwrap(), 3).unwrap();
+        for (fault, instance) in compiled.selections {
+            assert!(script.contains(&format!("fij_selected[{fault}, {instance}] = 1")));
+        }
+    }
+
+    #[test]
+    fn time_triggers_fire_once_at_the_compiled_due_time_rounded_up_to_the_millisecond() {
+        let text = "[[target]]\nname = \"t\"\ncommand = [\"true\"]\ninstances = 2\n\n\
+                    [[fault]]\nname = \"f\"\ntarget = \"t\"\naction = \"kill\"\n\
+                    trigger = { after = { uniform = { min = \"1s\", max = \"2s\" } } }\n";
+        let scenario = parse_str(Path::new("s.toml"), text).unwrap();
+        let compiled = compile(&scenario, 3).unwrap();
+        let script = super::super::generate(&scenario, &compiled, Runtime::Module).unwrap();
+        assert_eq!(compiled.due.len(), 2);
+        for (index, due) in compiled.due.iter().enumerate() {
+            let nanos = due.after.as_nanos();
+            let i = due.instance;
+            assert!(
+                script.contains(&format!(
+                    "probe timer.ms({}) {{\n\tif ({index} in fij_due_fired) next\n\
+                     \tfij_due_fired[{index}] = 1\n\tfij_fire_due(0, 0, {i}, fij_root_0_{i}, 9, {nanos})",
+                    nanos.div_ceil(1_000_000)
+                )),
+                "{script}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_run_line_quotes_the_command_for_sh_as_stap_runs_it() {
+        let argv: Vec<String> = ["sh", "-c", "echo 'it''s' \"$HOME\"\nexit 3", "", "a b"]
+            .map(String::from)
+            .to_vec();
+        // stap -c CMD runs `sh -c CMD`; here CMD prints its words NUL-separated instead.
+        let command = format!("printf '%s\\0' {}", shell_words(&argv));
+        let out = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .output()
+            .unwrap();
+        let words: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split_terminator('\0')
+            .map(String::from)
+            .collect();
+        assert_eq!(words, argv);
+        // The header's `-c` argument is one shell word holding that command.
+        let header = script(
+            "[[target]]\nname = \"t\"\ncommand = [\"sh\", \"-c\", \"echo 'x'\"]\n",
+            Runtime::Module,
+        );
+        assert!(
+            header.contains(
+                r#"//   stap -g SCRIPT.stp -c 'sh -c '\''echo '\''\'\'''\''x'\''\'\'''\'''\'''"#
+            ),
+            "{header}"
+        );
+    }
 }
