@@ -342,7 +342,7 @@ impl Script<'_> {
             let _ = writeln!(
                 out,
                 "// BPF's send_signal helper: the current process, as fij's own kernel programs.\n\
-                 function fij_send_signal:long (signal:long) %{{ /* bpf */ /* pure */\n\
+                 function fij_send_signal:long (signal:long) %{{ /* bpf */ /* guru */\n\
                  \tcall, $$, send_signal, $signal;\n\
                  %}}\n"
             );
