@@ -572,7 +572,8 @@ impl Script<'_> {
             "\t// In the parent's context. The event tells no thread from a process: a new thread\n\
              \t// joins under its tid, and leaves at its exit.\n\
              \tchild = $child_pid\n\
-             \tif (!(parent in fij_target)) next\n"
+             \t// 0 when the event's layout is not the headers' (docs/stap.md): pid 0 is no child.\n\
+             \tif (!(parent in fij_target) || child <= 0) next\n"
         };
         let _ = writeln!(
             out,
