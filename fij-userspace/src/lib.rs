@@ -3,7 +3,8 @@
 //! [`kernel`] (eBPF maps and programs) → kernel events → [`events`] → [`log`]; [`campaign`] runs
 //! it, [`actions`] carries each action's follow-ups, [`time_faults`] the time triggers.
 //!
-//! As a library for tests: [`Campaign`] (see [`api`]).
+//! [`stap`] writes the same compiled campaign as a SystemTap script. As a library for tests:
+//! [`Campaign`] (see [`api`]).
 pub mod actions;
 pub mod api;
 pub mod campaign;
@@ -24,6 +25,7 @@ pub mod scenario;
 pub mod selectors;
 pub mod signals;
 pub mod sockets;
+pub mod stap;
 pub mod status;
 pub mod targets;
 pub mod time_faults;

@@ -102,6 +102,21 @@ enum Command {
         /// A subcommand whose page to print (`fij-SUBCOMMAND(1)`) instead of fij's.
         subcommand: Option<String>,
     },
+    /// Print the scenario as a SystemTap script that injects the same faults (docs/stap.md).
+    Stap {
+        scenario: PathBuf,
+        /// Seed of the campaign (overrides the scenario's `seed`; without either, fij picks one
+        /// and says which).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The SystemTap runtime to write for: `module` (classic guru mode, `stap -g`) or `bpf`
+        /// (`stap --runtime=bpf`).
+        #[arg(long, value_enum, default_value_t = fij::stap::Runtime::Module)]
+        runtime: fij::stap::Runtime,
+        /// Write the script to this file instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Writes a command's output; a closed pipe (`fij doctor | head`) is not an error.
@@ -328,6 +343,38 @@ fn main() -> ExitCode {
                 .render(&mut page)
                 .expect("rendering to memory does not fail");
             out(&String::from_utf8_lossy(&page));
+            ExitCode::SUCCESS
+        }
+        Command::Stap {
+            scenario,
+            seed,
+            runtime,
+            output,
+        } => {
+            let seed = |scenario: &Scenario| {
+                Ok(seed.or(scenario.seed).unwrap_or_else(|| {
+                    let seed = campaign::random_seed();
+                    eprintln!("fij stap: seed {seed} (the scenario has none)");
+                    seed
+                }))
+            };
+            let (scenario, compiled) = match load_and_compile(&scenario, seed) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            let script = match fij::stap::generate(&scenario, &compiled, runtime) {
+                Ok(script) => script,
+                Err(refused) => return invalid(refused),
+            };
+            match output {
+                Some(path) => {
+                    if let Err(e) = fij::log::write_new_file(&path, script.as_bytes()) {
+                        eprintln!("fij stap: {e:#}");
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
+                }
+                None => out(&script),
+            }
             ExitCode::SUCCESS
         }
         Command::Doctor => {

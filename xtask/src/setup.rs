@@ -32,8 +32,10 @@ const BUILD_PACKAGES: &[&str] = &[
 /// Debian packages the integration tests (`tests/`) and `cargo xtask bench` (which compares fij
 /// with strace and bpftrace) need at run time; the real systems of `tests/it/real_systems.rs`
 /// and `cargo xtask demo` (Redis, etcd, Open MPI with its compiler wrapper); iproute2's `ip`
-/// and `tc` for the network tests' namespaces and qdisc checks; groff to render `fij man`.
-/// `fij` itself runs no other program.
+/// and `tc` for the network tests' namespaces and qdisc checks; groff to render `fij man`;
+/// SystemTap and the kernel headers it elaborates `fij stap`'s scripts against
+/// (`tests/it/stap.rs`: Debian's headers are 6.1 whatever the running kernel, so the test passes
+/// their release with `-r`). `fij` itself runs no other program.
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "groff-base",
@@ -49,6 +51,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "chromium",
     // The library example's echo server (fij-userspace/examples/crash_a_server.rs).
     "python3",
+    "systemtap",
+    "linux-headers-amd64",
 ];
 
 /// The rustc from rustc-web, which builds the eBPF programs; bpf-linker must use its LLVM.

@@ -1,0 +1,59 @@
+//! The SystemTap backend's first half: `fij stap` turns a compiled campaign into a SystemTap
+//! script that injects the same faults, for side-by-side runs with the tool fij descends from
+//! (Coti & Greneche, "OS-level Failure Injection with SystemTap"). docs/stap.md has the mapping.
+//!
+//! - [`refuse`]: what a runtime cannot express, each at the position of the scenario key that
+//!   asks for it (exit 2, nothing generated);
+//! - [`script`]: the script itself, from the [`CompiledCampaign`] (the rules, hook table,
+//!   selections and due times every backend gets) and the [`Scenario`] (names, targets);
+//! - [`chacha`]: the ChaCha20 draw in C that the module runtime embeds for `probability`.
+//!
+//! Every line the script prints for fij starts with [`OUTPUT_PREFIX`] (see [`script`] for the
+//! records), so that `fij run --backend stap` can turn them into the log's records.
+pub mod chacha;
+pub mod refuse;
+pub mod script;
+
+use crate::{
+    compile::CompiledCampaign,
+    scenario::{Diagnostics, Scenario},
+};
+
+/// Which SystemTap runtime the script is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// Classic SystemTap: the script becomes a kernel module, run in guru mode (`stap -g`);
+    /// embedded C is allowed. What the paper used.
+    Module,
+    /// stap's BPF back end (`stap --runtime=bpf`, run by `stapbpf`): no kernel module and no
+    /// embedded C, only embedded BPF.
+    Bpf,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Module => "module",
+            Runtime::Bpf => "bpf",
+        }
+    }
+}
+
+/// What starts every line the script prints for fij (its targets may print too).
+pub const OUTPUT_PREFIX: &str = "fij-stap";
+
+/// The script for `scenario` compiled with its seed, or every key the runtime cannot express.
+pub fn generate(
+    scenario: &Scenario,
+    compiled: &CompiledCampaign,
+    runtime: Runtime,
+) -> Result<String, Diagnostics> {
+    let probe_binaries = refuse::check(scenario, runtime)?;
+    Ok(script::Script {
+        scenario,
+        compiled,
+        runtime,
+        probe_binaries: &probe_binaries,
+    }
+    .render())
+}
