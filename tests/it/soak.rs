@@ -1,0 +1,31 @@
+//! The soak run's short version (`cargo xtask soak` runs the same code for minutes and writes
+//! bench/soak.md): ten seeded campaigns — kill, crash, stop, partition, signals; per process and
+//! per target; forking, spawned and adopted targets; bystanders; fij SIGKILLed in two of them
+//! and SIGTERMed in two — with pid_max lowered to 4096 (restored when the test ends). Every
+//! injection is checked against `fij plan`, every bystander's exit status, and after every fij
+//! exit nothing may be left behind.
+use std::time::Duration;
+
+use fij_tests::{
+    fij_bin,
+    soak::{self, SoakConfig},
+};
+
+#[test]
+fn ten_randomized_campaigns_match_the_plan_and_leave_nothing_behind() {
+    let report = soak::run(SoakConfig {
+        seed: 18,
+        fij: fij_bin(),
+        workload: env!("CARGO_BIN_EXE_fij-workload").into(),
+        run_for: Duration::from_secs(120),
+        max_campaigns: 10,
+        pid_max: Some(4096),
+    });
+    eprintln!("{report}");
+    assert_eq!(report.campaigns, 10, "{report}");
+    assert!(report.injections_checked() > 0, "{report}");
+    assert!(
+        report.clean(),
+        "the soak found leftovers or failed checks:\n{report}"
+    );
+}
