@@ -11,6 +11,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod setup;
+mod soak;
 
 use std::{
     env,
@@ -57,6 +58,21 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run setup and build, then randomized campaigns for minutes (kill, crash, stop, partition,
+    /// signals; forking, adopted targets; bystanders; fij SIGKILLed and SIGTERMed at random
+    /// moments; pid_max lowered), each checked against `fij plan` and for leftovers; writes
+    /// bench/soak.md. Not part of `test` (which runs its short version, tests/it/soak.rs).
+    Soak {
+        /// Ten campaigns (seconds); writes to <target>/soak-quick/ instead of bench/.
+        #[arg(long)]
+        quick: bool,
+        /// Seed of the soak's stream: the scenarios, fij's seeds, when fij is killed.
+        #[arg(long, default_value_t = 18)]
+        seed: u64,
+        /// How long to start campaigns for.
+        #[arg(long, default_value_t = 8.0)]
+        minutes: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +83,11 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Demo => demo::run(),
         Task::Bench { quick } => bench::run(quick),
+        Task::Soak {
+            quick,
+            seed,
+            minutes,
+        } => soak::run(quick, seed, minutes),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
