@@ -24,7 +24,9 @@ pub struct Snapshot {
     pub programs: BTreeSet<Description>,
     /// Links of `fij_*` programs: `link ID TYPE prog ID`.
     pub links: BTreeSet<Description>,
-    /// tc and tcx filters of `fij_*` programs (`bpftool net show`).
+    /// tc and tcx filters of `fij_*` programs: what `bpftool net show` lists, and the tcx links
+    /// of `fij_*` programs (bpftool 7.1, Debian 12's, lists no tcx in `net show` and shows a
+    /// tcx link's type as its number, 11). A tcx link is counted here and under `links`.
     pub net_filters: BTreeSet<Description>,
     /// `fij_*` programs attached to a cgroup (`bpftool cgroup tree`).
     pub cgroup_programs: BTreeSet<Description>,
@@ -52,12 +54,26 @@ impl Snapshot {
     pub fn take() -> Snapshot {
         let programs = fij_programs();
         let prog_ids: BTreeSet<u64> = programs.iter().map(|p| p.id).collect();
+        let links = links();
+        let tcx_links = links.iter().filter(|l| {
+            l["prog_id"]
+                .as_u64()
+                .is_some_and(|id| prog_ids.contains(&id))
+                && (l["type"] == "tcx" || l["type"] == BPF_LINK_TYPE_TCX)
+        });
+        let tcx_links = tcx_links.map(|l| {
+            let name = programs
+                .iter()
+                .find(|p| l["prog_id"] == p.id)
+                .map_or("?", |p| p.name.as_str());
+            format!("tcx link {} prog {} {name}", l["id"], l["prog_id"])
+        });
         Snapshot {
             programs: programs
                 .iter()
                 .map(|p| format!("prog {} {}", p.id, p.name))
                 .collect(),
-            links: links()
+            links: links
                 .iter()
                 .filter(|l| {
                     l["prog_id"]
@@ -66,7 +82,7 @@ impl Snapshot {
                 })
                 .map(|l| format!("link {} {} prog {}", l["id"], l["type"], l["prog_id"]))
                 .collect(),
-            net_filters: fij_net_filters().into_iter().collect(),
+            net_filters: fij_net_filters().into_iter().chain(tcx_links).collect(),
             cgroup_programs: fij_cgroup_programs().into_iter().collect(),
             silenced_tuples: silenced_tuples().into_iter().collect(),
             bpffs: files_under(Path::new("/sys/fs/bpf")).into_iter().collect(),
@@ -99,6 +115,9 @@ impl Snapshot {
             .collect()
     }
 }
+
+/// `BPF_LINK_TYPE_TCX` of the kernel's UAPI, which older bpftools print as a number.
+const BPF_LINK_TYPE_TCX: u64 = 11;
 
 fn bpftool_json(args: &[&str]) -> Value {
     let out = Command::new("bpftool")
