@@ -117,6 +117,8 @@ pub struct SoakReport {
     /// Where the files of the campaigns with findings are kept (scenario, log, bystander's
     /// file), if any had findings.
     pub kept: Option<PathBuf>,
+    /// How fij ended in each campaign with findings (with the soak's signal and its moment).
+    pub fij_end_of: BTreeMap<usize, String>,
 }
 
 impl SoakReport {
@@ -213,6 +215,24 @@ impl SoakReport {
             );
         }
         if !self.findings.is_empty() {
+            let _ = writeln!(s, "\n## Campaigns with findings\n");
+            let _ = writeln!(
+                s,
+                "| campaign | how fij ended | findings by kind |\n|---|---|---|"
+            );
+            let mut campaigns: BTreeMap<usize, BTreeMap<&str, usize>> = BTreeMap::new();
+            for f in &self.findings {
+                *campaigns
+                    .entry(f.campaign)
+                    .or_default()
+                    .entry(f.kind.as_str())
+                    .or_default() += 1;
+            }
+            for (campaign, kinds) in campaigns {
+                let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+                let how = self.fij_end_of.get(&campaign).map_or("?", String::as_str);
+                let _ = writeln!(s, "| {campaign} | {how} | {} |", kinds.join("; "));
+            }
             let _ = writeln!(s, "\n## Findings\n");
             if let Some(dir) = &self.kept {
                 let _ = writeln!(
@@ -955,7 +975,10 @@ impl Soak {
             FijEnd::ByItself => "ended by itself",
         };
         *self.report.fij_ends.entry(how.to_owned()).or_default() += 1;
-        let context = format!("fij {how} ({:?} after spawn)", end);
+        let context = match end {
+            FijEnd::Signal(_, at) => format!("fij {how}, {} ms after its spawn", at.as_millis()),
+            FijEnd::ByItself => format!("fij {how}"),
+        };
         for (kind, objects) in left {
             for o in objects {
                 self.finding(index, kind, format!("{o} [{context}]"));
@@ -1038,6 +1061,9 @@ impl Soak {
         }
         for f in std::mem::take(&mut bystanders.failures) {
             self.finding(index, CHECK_KINDS[4], f);
+        }
+        if self.report.findings.len() != findings_before {
+            self.report.fij_end_of.insert(index, context);
         }
         if self.report.findings.len() == findings_before {
             let _ = std::fs::remove_dir_all(&dir);
@@ -1216,14 +1242,32 @@ impl Soak {
                 all.sort_unstable();
                 let expected: Vec<u64> = hits.iter().copied().take(count as usize).collect();
                 if all != expected {
-                    self.finding(index, CHECK_KINDS[2], format!("target {} (per target, {:?}, count {count}): injected hits {all:?}, expected {expected:?}", t.name, t.fault));
+                    self.finding(
+                        index,
+                        CHECK_KINDS[2],
+                        format!(
+                            "target {} (per target, {:?}, count {count}): {}",
+                            t.name,
+                            t.fault,
+                            hits_differ(&all, &expected)
+                        ),
+                    );
                 }
             } else if uncapped <= count {
                 for &pid in &procs {
                     let mut got_hits = got.get(&pid).cloned().unwrap_or_default();
                     got_hits.sort_unstable();
                     if got_hits != hits {
-                        self.finding(index, CHECK_KINDS[2], format!("target {} pid {pid} (per process, {:?}): injected hits {got_hits:?}, expected {hits:?}", t.name, t.fault));
+                        self.finding(
+                            index,
+                            CHECK_KINDS[2],
+                            format!(
+                                "target {} pid {pid} (per process, {:?}): {}",
+                                t.name,
+                                t.fault,
+                                hits_differ(&got_hits, &hits)
+                            ),
+                        );
                     }
                 }
                 let expected_procs = uncapped / (hits.len().max(1) as u64);
@@ -1244,7 +1288,16 @@ impl Soak {
                 let mut all: Vec<u64> = got.values().flatten().copied().collect();
                 all.sort_unstable();
                 if all != expected {
-                    self.finding(index, CHECK_KINDS[2], format!("target {} (one process, {:?}, count {count}): injected hits {all:?}, expected {expected:?}", t.name, t.fault));
+                    self.finding(
+                        index,
+                        CHECK_KINDS[2],
+                        format!(
+                            "target {} (one process, {:?}, count {count}): {}",
+                            t.name,
+                            t.fault,
+                            hits_differ(&all, &expected)
+                        ),
+                    );
                 }
             }
             for &pid in &procs {
@@ -1269,6 +1322,28 @@ impl Soak {
             }
         }
     }
+}
+
+/// How the hits injected differ from the hits planned (both sorted): the counts, and the hits
+/// in one and not the other.
+fn hits_differ(got: &[u64], planned: &[u64]) -> String {
+    let missing: Vec<u64> = planned
+        .iter()
+        .filter(|h| !got.contains(h))
+        .copied()
+        .collect();
+    let extra: Vec<u64> = got
+        .iter()
+        .filter(|h| !planned.contains(h))
+        .copied()
+        .collect();
+    format!(
+        "{} injections, {} planned (hits {}..={}); planned, not injected: {missing:?}; injected, not planned: {extra:?}",
+        got.len(),
+        planned.len(),
+        planned.first().copied().unwrap_or(0),
+        planned.last().copied().unwrap_or(0),
+    )
 }
 
 /// SIGCONT and SIGKILL to each of `pids`, then waits (at most [`CLEANUP_TIMEOUT`]) until none is
