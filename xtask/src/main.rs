@@ -5,8 +5,10 @@
 //!
 //! `bench` and `demo` run fij, read its log and start Redis with the integration tests' harness
 //! (`fij-tests`), which panics on a failure with a message saying what failed; what they started
-//! is killed on the way out. xtask depends on `fij-tests` and `fij-common`, never on `fij`
-//! itself, whose build needs the eBPF toolchain that `setup` installs.
+//! is killed on the way out. `soak` runs the harness's soak (`fij_tests::soak`, the same code as
+//! the privileged test `tests/it/soak.rs`) for minutes. xtask depends on `fij-tests` and
+//! `fij-common`, never on `fij` itself, whose build needs the eBPF toolchain that `setup`
+//! installs.
 mod bench;
 mod cmd;
 mod demo;
