@@ -5,7 +5,7 @@
 //! injection is checked against `fij plan`, every bystander's exit status, and after every fij
 //! exit nothing may be left behind.
 //!
-//! On the main of 2026-12-04 this fails now and then (1 of the 5 runs made while writing it),
+//! On the main of 2026-12-04 this fails now and then (1 of the 15 runs made while writing it),
 //! on what the long soak finds in about 1 % of its campaigns (bench/soak.md): a target's write
 //! counter ending one or two hits short, a stop left in effect when fij is SIGTERMed or
 //! SIGKILLed, programs kept by gated children when fij dies during its start. The failure lists
