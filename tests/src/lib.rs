@@ -22,7 +22,9 @@ use std::{
 use fij_common::log::{EndReason, Record, TargetRecord};
 use serde_json::Value;
 
+pub mod leftovers;
 pub mod net;
+pub mod soak;
 pub mod systems;
 
 /// How long one `fij` invocation may take before the test kills it and fails.
@@ -163,6 +165,13 @@ impl TempDir {
 
     pub fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
+    }
+
+    /// Keeps the directory (not removed) and returns its path.
+    pub fn keep(self) -> PathBuf {
+        let path = self.0.clone();
+        std::mem::forget(self);
+        path
     }
 
     /// Writes `name` in the directory and returns its path.

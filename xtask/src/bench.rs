@@ -1616,7 +1616,7 @@ fn rounded(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -1634,7 +1634,7 @@ fn machine() -> String {
     )
 }
 
-fn kernel() -> String {
+pub(crate) fn kernel() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
@@ -1646,7 +1646,7 @@ fn bpf_stats() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn date() -> String {
+pub(crate) fn date() -> String {
     cmd::query(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
         .ok()
         .flatten()

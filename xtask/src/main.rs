@@ -5,12 +5,15 @@
 //!
 //! `bench` and `demo` run fij, read its log and start Redis with the integration tests' harness
 //! (`fij-tests`), which panics on a failure with a message saying what failed; what they started
-//! is killed on the way out. xtask depends on `fij-tests` and `fij-common`, never on `fij`
-//! itself, whose build needs the eBPF toolchain that `setup` installs.
+//! is killed on the way out. `soak` runs the harness's soak (`fij_tests::soak`, the same code as
+//! the privileged test `tests/it/soak.rs`) for minutes. xtask depends on `fij-tests` and
+//! `fij-common`, never on `fij` itself, whose build needs the eBPF toolchain that `setup`
+//! installs.
 mod bench;
 mod cmd;
 mod demo;
 mod setup;
+mod soak;
 
 use std::{
     env,
@@ -62,6 +65,21 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run setup and build, then randomized campaigns for minutes (kill, crash, stop, partition,
+    /// signals; forking, adopted targets; bystanders; fij SIGKILLed and SIGTERMed at random
+    /// moments; pid_max lowered), each checked against `fij plan` and for leftovers; writes
+    /// bench/soak.md. Not part of `test` (which runs its short version, tests/it/soak.rs).
+    Soak {
+        /// Ten campaigns (seconds); writes to <target>/soak-quick/ instead of bench/.
+        #[arg(long)]
+        quick: bool,
+        /// Seed of the soak's stream: the scenarios, fij's seeds, when fij is killed.
+        #[arg(long, default_value_t = 18)]
+        seed: u64,
+        /// How long to start campaigns for.
+        #[arg(long, default_value_t = 8.0)]
+        minutes: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +91,11 @@ fn main() -> ExitCode {
         Task::Dist => setup::run_build_only().and_then(|()| dist().map(drop)),
         Task::Demo => demo::run(),
         Task::Bench { quick } => bench::run(quick),
+        Task::Soak {
+            quick,
+            seed,
+            minutes,
+        } => soak::run(quick, seed, minutes),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,10 +9,13 @@
 //! Modes:
 //!
 //! - `write-lines FILE N [--sleep-ms M] [--pause-after K --pause-ms P] [--wait-for PATH]
-//!   [--then-wait-for PATH2]`:
+//!   [--then-wait-for PATH2] [--udp]`:
 //!   opens FILE for writing (created and truncated unless it is a FIFO), waits until PATH exists
 //!   if asked, then writes `line 1` … `line N`, one `write` per line, sleeping M ms between
-//!   lines, and P ms once after line K (or, with `--then-wait-for`, until PATH2 exists). Exits 0.
+//!   lines, and P ms once after line K (or, with `--then-wait-for`, until PATH2 exists). With
+//!   `--udp` it first binds a UDP socket on 127.0.0.1 (kernel-chosen port) and holds it until it
+//!   exits: a tuple for `crash` and `partition` to silence (`socket` and `bind`, no `write`).
+//!   Exits 0.
 //! - `usr1-lines FILE N`: counts SIGUSR1 in a handler, writes `line I usr1=C` for I in 1..=N,
 //!   where C is how many SIGUSR1 arrived before line I was formatted, then `end usr1=C`: N + 1
 //!   writes. A signal injected on write W shows up as C going up on line W + 1. Exits 0.
@@ -143,8 +146,16 @@ fn wait_for(path: &str) {
 fn write_lines(file: &str, n: u64, opts: &[&str]) {
     let (mut sleep_ms, mut pause_after, mut pause_ms, mut wait) = (0, 0, 0, None);
     let mut then_wait = None;
+    let mut udp = None;
     let mut opts = opts.iter();
     while let Some(opt) = opts.next() {
+        if *opt == "--udp" {
+            udp = Some(
+                std::net::UdpSocket::bind("127.0.0.1:0")
+                    .unwrap_or_else(|e| fail(103, &format!("binding a UDP socket: {e}"))),
+            );
+            continue;
+        }
         let value = opts
             .next()
             .unwrap_or_else(|| fail(100, &format!("{opt} needs a value")));
@@ -173,6 +184,7 @@ fn write_lines(file: &str, n: u64, opts: &[&str]) {
             std::thread::sleep(Duration::from_millis(sleep_ms));
         }
     }
+    drop(udp);
 }
 
 static USR1: AtomicU32 = AtomicU32::new(0);
