@@ -493,7 +493,9 @@ fn a_busy_process_adopted_by_pid_is_killed_on_its_nth_syscall() {
     let cpu = (cpus - 1).to_string();
     let mut busy = std::process::Command::new("chrt")
         .args(["--fifo", "10", env!("CARGO_BIN_EXE_fij-syscall-loop")])
-        .args(["--cpu", &cpu, "2000000"])
+        // Long enough (seconds) to outlive fij's start on a loaded machine; killed at its
+        // 1000th call once adopted.
+        .args(["--cpu", &cpu, "20000000"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawning chrt fij-syscall-loop");
