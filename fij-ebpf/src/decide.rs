@@ -6,6 +6,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     bpf_send_signal,
 };
+use aya_log_ebpf::warn;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use fij_common::{
     CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_START_NS, COUNTER_TABLE_FULL,
@@ -159,6 +160,13 @@ fn evaluate(
                         ..Event::default()
                     });
                 }
+                warn!(
+                    &(),
+                    target: "fij::kernel",
+                    "fault {} skipped a hit of pid {}: the per-process counter table is full",
+                    fault_id,
+                    tgid
+                );
                 return;
             }
         }
@@ -295,6 +303,29 @@ fn fire(
             result
         },
     );
+    // Why an injection did not happen, for `fij run --kernel-log` (off otherwise: one global
+    // load on these failure paths only).
+    if event.result == SIGNAL_REFUSED {
+        warn!(
+            &(),
+            target: "fij::kernel",
+            "fault {} refused on pid {} (hit {}): the process is protected (pid 1, a kernel thread, fij or its ancestor)",
+            fault_id,
+            tgid,
+            hit
+        );
+    } else if event.result != 0 {
+        warn!(
+            &(),
+            target: "fij::kernel",
+            "fault {} on pid {} (hit {}): bpf_send_signal({}) failed with {}",
+            fault_id,
+            tgid,
+            hit,
+            rule.signal,
+            event.result
+        );
+    }
     // Per-process hit triggers: remembered until the exit, which reports the hits after it.
     if event.result == 0 && hit != TIME_HIT && rule.flags & RULE_PER_TARGET == 0 {
         let mark = InjectedMark {

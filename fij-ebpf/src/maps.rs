@@ -194,9 +194,16 @@ pub fn emit_quietly(event: &fij_common::Event) {
 
 #[inline(always)]
 fn emit_with(event: &fij_common::Event, flags: u64) {
-    if EVENTS.output::<fij_common::Event>(event, flags).is_err()
-        && let Some(lost) = EVENTS_LOST.get_ptr_mut(0)
-    {
-        unsafe { crate::decide::atomic_add(lost, 1) };
+    if EVENTS.output::<fij_common::Event>(event, flags).is_err() {
+        if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
+            unsafe { crate::decide::atomic_add(lost, 1) };
+        }
+        aya_log_ebpf::warn!(
+            &(),
+            target: "fij::kernel",
+            "event of kind {} (pid {}) lost: the event ring is full",
+            event.kind,
+            event.tgid
+        );
     }
 }

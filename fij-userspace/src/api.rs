@@ -139,6 +139,7 @@ impl Campaign {
             stop: Some(stop_rx),
             status_line: false,
             guardian: false,
+            kernel_log: false,
         };
         let scenario = self.scenario;
         let thread = std::thread::Builder::new()

@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// Show the live status line while the campaign runs (if stderr is a terminal).
     pub status_line: bool,
+    /// Turn on the kernel programs' diagnostics (why an injection was refused or skipped, a
+    /// lost event) and show them as fij's log lines (target `fij::kernel`).
+    pub kernel_log: bool,
     /// Start fij's guardian (`fij __guardian`, an exec of this executable), which resumes the
     /// targets fij stopped if fij dies. Only the `fij` binary can be its own guardian: the
     /// library API runs without one.
@@ -189,7 +192,7 @@ pub async fn run(
     )?;
 
     let layout = layout::discover()?;
-    let mut kernel = Kernel::load(&layout)?;
+    let mut kernel = Kernel::load(&layout, opts.kernel_log)?;
     let selectors: Vec<(u32, &selectors::Resolved)> = sources
         .iter()
         .enumerate()
@@ -253,6 +256,19 @@ pub async fn run(
     let mut events =
         unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow!("polling the event ring: {e}"))?;
+    let mut kernel_log = match opts.kernel_log {
+        true => Some(
+            // SAFETY: the logger owns its ring's fd and keeps it open while the AsyncFd holds it.
+            unsafe {
+                AsyncFd::register_with_interest(
+                    kernel.take_kernel_log()?,
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(|e| anyhow!("polling the programs' log ring: {e}"))?,
+        ),
+        false => None,
+    };
     let mut campaign = Campaign {
         scenario,
         compiled,
@@ -276,14 +292,21 @@ pub async fn run(
         &armed,
         selector_targets,
         opts.stop.clone(),
+        &mut kernel_log,
     )
     .await?;
+    if let Some(kernel_log) = &mut kernel_log {
+        kernel_log.get_mut().flush();
+    }
     let report = finish(campaign, kernel, events, &armed, reason).await?;
     if let Some(guardian) = guardian {
         guardian.dismiss(); // every stop was resumed by `finish`
     }
     Ok(report)
 }
+
+/// The programs' diagnostics, read from their log ring (`--kernel-log`).
+type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// A running process a selector matched at the start: (pid, target index, selector kind).
 type RunningMatch = (u32, usize, &'static str);
@@ -429,6 +452,7 @@ async fn event_loop(
     armed: &[ArmedInstance],
     selector_targets: bool,
     mut stop: Option<tokio::sync::watch::Receiver<bool>>,
+    kernel_log: &mut Option<AsyncFd<KernelLog>>,
 ) -> Result<EndReason> {
     let deadline = campaign.scenario.duration.map(|d| campaign.start + d);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -449,6 +473,16 @@ async fn event_loop(
                         Step::TimeTrigger(step) => campaign.time_trigger(kernel, step, timer.pid)?,
                     }
                 }
+            }
+            guard = async {
+                match kernel_log.as_mut() {
+                    Some(log) => log.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
             }
             _ = sigint.recv() => return Ok(EndReason::Interrupted),
             _ = sigterm.recv() => return Ok(EndReason::Interrupted),

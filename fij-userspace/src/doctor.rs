@@ -410,7 +410,7 @@ const DISABLES_CRASH: &str = "the crash and partition actions (kill, stop and si
 
 /// Loads fij's object and attaches its programs; they are detached when `kernel` is dropped.
 fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
-    let mut kernel = match Kernel::load(layout) {
+    let mut kernel = match Kernel::load(layout, false) {
         Ok(kernel) => kernel,
         Err(e) => {
             let mut checks = skip_fij_programs("fij's eBPF object did not load (see ring buffer)");
@@ -468,7 +468,7 @@ fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
         "crash / partition",
         false,
         DISABLES_CRASH,
-        Kernel::load(layout)
+        Kernel::load(layout, false)
             .and_then(|mut fresh| {
                 fresh.attach_crash(layout)?;
                 fresh.attach_silencer()

@@ -97,9 +97,14 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 }
 
 impl Kernel {
-    /// Loads the object (maps are created; no program is loaded or attached yet).
-    pub fn load(layout: &KernelLayout) -> Result<Self> {
+    /// Loads the object (maps are created; no program is loaded or attached yet). With
+    /// `kernel_log`, the programs' diagnostics (why an injection was refused or skipped, a lost
+    /// event) are on: read them with [`Kernel::take_kernel_log`].
+    pub fn load(layout: &KernelLayout, kernel_log: bool) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        // aya-log's level in the programs: 0 turns every log statement into one global load.
+        let log_level: u8 = if kernel_log { 5 } else { 0 };
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         // No kernel BTF for the loader: it is only for CO-RE relocations, which Rust eBPF does
         // not emit (offsets come in LAYOUT), and parsing it costs ~100 ms at every start.
         loader.btf(None);
@@ -633,6 +638,12 @@ impl Kernel {
 
     pub fn events_lost(&self) -> u64 {
         self.lost.get(&0, 0).unwrap_or(0)
+    }
+
+    /// The programs' diagnostics (`fij run --kernel-log`), forwarded to fij's log lines under
+    /// the target `fij::kernel` (taken once, by the event loop).
+    pub fn take_kernel_log(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).context("reading the programs' log ring")
     }
 
     /// The event ring buffer (taken once, by the event loop).

@@ -60,6 +60,10 @@ enum Command {
         /// injections match.
         #[arg(long, conflicts_with = "scenario")]
         replay: Option<PathBuf>,
+        /// Show why the kernel side refused or skipped an injection (a protected process, a
+        /// full table, a failed bpf_send_signal, a lost event), as `fij::kernel` log lines.
+        #[arg(long)]
+        kernel_log: bool,
     },
     /// Print every decision that can be known before the run: which hits fire.
     Plan {
@@ -216,6 +220,7 @@ fn main() -> ExitCode {
             seed,
             log,
             replay,
+            kernel_log,
         } => {
             let (scenario, seed, log) = match &replay {
                 Some(original) => match fij::replay::origin(original) {
@@ -248,6 +253,7 @@ fn main() -> ExitCode {
                 log: log.clone(),
                 status_line: true,
                 guardian: true,
+                kernel_log,
                 ..RunOptions::default()
             };
             let result = runtime

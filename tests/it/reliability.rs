@@ -265,7 +265,8 @@ fn a_full_counter_table_is_reported_not_evicted() {
              target = \"w\"\naction = \"kill\"\ntrigger = {{ syscall = \"write\" }}\nnth = 3\n"
         ),
     );
-    let mut fij = Fij::run(&dir, &scenario).spawn();
+    // With the kernel's diagnostics on: it says why it skipped the hit.
+    let mut fij = Fij::run(&dir, &scenario).arg("--kernel-log").spawn();
     fij.wait_armed();
     let capacity = 65536;
     fill_process_counters(&dir, fij.pid(), 0, capacity).expect("the table takes its capacity");
@@ -284,6 +285,12 @@ fn a_full_counter_table_is_reported_not_evicted() {
     assert_eq!(injections[0]["delivered"], false, "{run}");
     let error = injections[0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("counters is full"), "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "fault 0 skipped a hit of pid {pid}: the per-process counter table is full"
+        )),
+        "--kernel-log shows the kernel's reason: {run}"
+    );
     assert_eq!(run.log.exit_status(pid), "code 0", "{run}");
     assert_eq!(fij_tests::read_lines(&out), fij_tests::numbered_lines(6));
 }
