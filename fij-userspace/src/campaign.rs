@@ -176,11 +176,6 @@ pub async fn run(
     let sources = prepare(scenario, &protected)?;
     // Root without the capabilities fij needs is told which, before anything is loaded.
     caps::check(scenario)?;
-    // Started before anything is loaded: it resumes the processes fij stopped if fij dies.
-    let mut guardian = opts.guardian.then(Guardian::start).transpose()?;
-    if let Some(guardian) = &guardian {
-        protected.push(guardian.pid());
-    }
     let faults = scenario
         .faults
         .iter()
@@ -191,6 +186,11 @@ pub async fn run(
         opts.keep_records,
     )?;
 
+    // Started before anything is loaded: it resumes the processes fij stopped if fij dies.
+    let mut guardian = opts.guardian.then(Guardian::start).transpose()?;
+    if let Some(guardian) = &guardian {
+        protected.push(guardian.pid());
+    }
     let layout = layout::discover()?;
     let mut kernel = Kernel::load(&layout, opts.kernel_log)?;
     let selectors: Vec<(u32, &selectors::Resolved)> = sources

@@ -62,7 +62,16 @@ impl Guardian {
         let exe = c"/proc/self/exe";
         let argv0 = c"fij";
         let arg1 = c"__guardian";
-        let argv = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+        // fij's pid, told rather than read with getppid(): if fij dies before the guardian runs,
+        // its parent is already someone else.
+        let fij_pid =
+            std::ffi::CString::new(std::process::id().to_string()).expect("a pid has no NUL");
+        let argv = [
+            argv0.as_ptr(),
+            arg1.as_ptr(),
+            fij_pid.as_ptr(),
+            std::ptr::null(),
+        ];
         // The environment as it is (for FIJ_LOG and the like), prepared before the fork.
         let env: Vec<std::ffi::CString> = std::env::vars_os()
             .filter_map(|(k, v)| {
@@ -200,12 +209,18 @@ fn receive(socket: RawFd) -> io::Result<Option<(u8, Option<OwnedFd>)>> {
 
 /// The guardian process (`fij __guardian`): returns its exit status.
 pub fn main() -> u8 {
-    // SAFETY: ignoring signals and reading our parent's pid have no preconditions.
-    let fij = unsafe {
+    // SAFETY: ignoring signals has no preconditions.
+    unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        libc::getppid()
+    }
+    let Some(fij) = std::env::args()
+        .nth(2)
+        .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+    else {
+        eprintln!("fij guardian: started without fij's pid (fij starts it; do not run it by hand)");
+        return 2;
     };
     let mut map = None;
     loop {
