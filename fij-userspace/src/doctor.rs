@@ -484,7 +484,7 @@ fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
     vec![ring, raw_tp, tp, signal, crash]
 }
 
-/// A scenario of one spawned `/bin/true` killed on its first `execve`, read and compiled the
+/// A scenario of one spawned program killed on its first `execve`, read and compiled the
 /// same way `fij run` does.
 fn kill_on_execve(program: &Path) -> Result<(Scenario, CompiledCampaign)> {
     let text = format!(
@@ -498,10 +498,12 @@ fn kill_on_execve(program: &Path) -> Result<(Scenario, CompiledCampaign)> {
     Ok((scenario, compiled))
 }
 
-/// End to end: a gated child running `/bin/true` is made a target with a rule "SIGKILL on the
+/// End to end: a gated child about to exec a program is made a target with a rule "SIGKILL on the
 /// first execve", released, and must die by SIGKILL — sent by the kernel program, not by fij.
 fn prove_send_signal(kernel: &mut Kernel) -> Result<String> {
-    let program = targets::resolve_program("true", None)?;
+    // Any executable does: the victim is killed entering its execve, before it runs a thing.
+    // fij's own needs no PATH and no other program on the machine.
+    let program = std::env::current_exe().context("finding fij's own executable")?;
     let (scenario, compiled) = kill_on_execve(&program)?;
     kernel.write_decisions(&compiled, &targets::self_and_ancestors())?;
     kernel.arm(monotonic_ns(), compiled.seed)?;

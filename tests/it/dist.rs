@@ -139,14 +139,15 @@ fn assert_crashed(out: &FijOutput) {
     assert_eq!(out.log.exit_status(victim), "signal SIGKILL", "{out}");
 }
 
-/// `fij doctor` of the static binary, with no environment at all: every required item works
-/// (its `bpf_send_signal` check spawns `true`, found through fij's default search path
-/// `/usr/local/bin:/usr/bin:/bin` when `PATH` is unset), and it leaves no program behind.
+/// `fij doctor` of the static binary, with no environment but an empty `PATH`: every required
+/// item works (its `bpf_send_signal` check kills a child entering the exec of fij's own
+/// executable: no other program is needed), and it leaves no program behind.
 #[test]
 fn dist_binary_doctor_with_no_environment() {
     let out = Command::new(fij_dist_bin())
         .arg("doctor")
         .env_clear()
+        .env("PATH", "")
         .output()
         .expect("running fij doctor");
     let stdout = String::from_utf8_lossy(&out.stdout);
