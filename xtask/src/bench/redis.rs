@@ -113,7 +113,7 @@ impl Bench {
                 Ok(rps)
             };
             // The server answers before anything is measured.
-            wait_until_answers(&client_bin, port)?;
+            wait_until_answers(port)?;
             for round in 0..rounds {
                 let mut line = Vec::new();
                 for (config, _) in CONFIGS {
@@ -210,28 +210,23 @@ fn rps_of_csv(csv: &str) -> Result<f64> {
     Ok(rps.iter().sum::<f64>() / rps.len() as f64)
 }
 
-/// Waits until the server on `port` answers a PING (it starts in milliseconds).
-fn wait_until_answers(client_bin: &Path, port: u16) -> Result<()> {
+/// Waits until the server on `port` answers a PING (it starts in milliseconds). Spoken over a
+/// plain TCP connection: redis-benchmark, started before the server listens, can spin forever.
+fn wait_until_answers(port: u16) -> Result<()> {
+    use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ok = Command::new(client_bin)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "1",
-                "-n",
-                "1",
-                "-t",
-                "ping",
-                "--csv",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
+        let pong = (|| -> std::io::Result<bool> {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+            stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+            stream.write_all(b"PING\r\n")?;
+            let mut reply = [0u8; 7];
+            stream.read_exact(&mut reply)?;
+            Ok(&reply == b"+PONG\r\n")
+        })();
+        if pong.is_ok_and(|p| p) {
             return Ok(());
         }
         ensure!(
