@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{all_pids, bpf_fds_of, fij_programs, links, maps, process_state};
+use crate::{all_pids, bpf_fds_of, bpftool_json, fij_programs, links, maps, process_state};
 
 /// One object on the machine, described in one line (`kind` and what identifies it).
 pub type Description = String;
@@ -118,24 +118,6 @@ impl Snapshot {
 
 /// `BPF_LINK_TYPE_TCX` of the kernel's UAPI, which older bpftools print as a number.
 const BPF_LINK_TYPE_TCX: u64 = 11;
-
-fn bpftool_json(args: &[&str]) -> Value {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running bpftool (installed by `cargo xtask setup`): {e}"));
-    assert!(
-        out.status.success(),
-        "bpftool -j {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        return Value::Array(Vec::new());
-    }
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("bpftool -j {args:?}: not JSON: {e}"))
-}
 
 /// Every JSON object under `value` with a `name` starting with `fij_`, described with the
 /// nearest enclosing `devname` / `cgroup` / `kind` / `attach_type` fields.

@@ -1024,6 +1024,8 @@ impl fmt::Display for Log {
 // ---------------------------------------------------------------------------------------------
 // The kernel side, through bpftool.
 
+/// `bpftool -j ARGS` as JSON (an empty array where bpftool prints nothing, as some of its
+/// listings do when there is nothing to list).
 fn bpftool_json(args: &[&str]) -> Value {
     let out = Command::new("bpftool")
         .arg("-j")
@@ -1035,6 +1037,9 @@ fn bpftool_json(args: &[&str]) -> Value {
         "bpftool -j {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Value::Array(Vec::new());
+    }
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("bpftool -j {args:?}: not JSON: {e}"))
 }
