@@ -108,6 +108,11 @@ fn crash_established_idle_peer_hears_nothing() {
         [tcp(port, 0), tcp(port, peer_port)],
         "{out}"
     );
+    // Ended by SIGINT while the crash was in effect: the log says the host came back, with the
+    // tuples it silenced, before the end.
+    let recovered = out.log.one("recovered");
+    assert_eq!(recovered["pid"], c_victim(&out), "{out}");
+    assert_eq!(recovered["tuples"], 2, "{out}");
     bystander.assert_healthy();
     assert_tc_gone(tc_prog);
     // After fij: lo is as it was, and the port serves again.
