@@ -9,7 +9,13 @@ use fij_tests::{
 /// Runs `fij run` on `scenario`, watching fij's file descriptors while it runs; returns the
 /// output and whether fij ever held a BPF program or map (it must load nothing).
 fn run_watching_programs(dir: &TempDir, scenario: &Path) -> (FijOutput, bool) {
-    let mut fij = Fij::run(dir, scenario).spawn();
+    watching_programs(Fij::run(dir, scenario))
+}
+
+/// Runs `fij`, watching its file descriptors while it runs: the output, and whether it ever
+/// held a BPF program or map.
+fn watching_programs(fij: Fij) -> (FijOutput, bool) {
+    let mut fij = fij.spawn();
     let pid = fij.pid();
     let mut loaded = false;
     while fij.running() {
@@ -500,25 +506,9 @@ fn a_log_path_that_is_a_symlink_is_refused() {
     let precious = dir.write("precious", "keep me\n");
     let link = dir.join("planted.jsonl");
     std::os::unix::fs::symlink(&precious, &link).unwrap();
-    let mut fij = std::process::Command::new(fij_tests::fij_bin())
-        .arg("run")
-        .arg(&scenario)
-        .arg("--log")
-        .arg(&link)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting fij");
-    let mut loaded = false;
-    while fij.try_wait().expect("waitpid").is_none() {
-        let held = bpf_fds_of(fij.id());
-        loaded |= !held.progs.is_empty() || !held.maps.is_empty();
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let out = fij.wait_with_output().expect("fij's output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("is a symbolic link"), "{stderr}");
+    let (out, loaded) = watching_programs(Fij::new_command(&[&"run", &scenario, &"--log", &link]));
+    out.assert_exit(2);
+    assert!(out.stderr.contains("is a symbolic link"), "{out}");
     assert!(!loaded, "fij loaded BPF objects");
     assert!(!marker.exists(), "the target ran");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
@@ -545,25 +535,13 @@ fn missing_capabilities_are_named_before_anything_is_loaded() {
         ),
     ];
     for (drop, named, not_named) in cases {
-        let mut fij = std::process::Command::new("setpriv")
-            .arg(format!("--bounding-set={drop}"))
-            .arg("--")
-            .arg(fij_tests::fij_bin())
-            .arg("run")
-            .arg(&scenario)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("running setpriv (util-linux)");
-        let mut loaded = false;
-        while fij.try_wait().expect("waitpid").is_none() {
-            let held = bpf_fds_of(fij.id());
-            loaded |= !held.progs.is_empty() || !held.maps.is_empty();
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let out = fij.wait_with_output().expect("fij's output");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "dropping {drop}: {stderr}");
+        // setpriv execs fij: the watched pid is fij's.
+        let (out, loaded) = watching_programs(
+            Fij::new_command(&[&"run", &scenario])
+                .through("setpriv", [format!("--bounding-set={drop}"), "--".into()]),
+        );
+        let stderr = &out.stderr;
+        assert_eq!(out.ended, Ended::Code(2), "dropping {drop}: {out}");
         assert!(
             stderr.contains("without capabilities this campaign needs"),
             "{stderr}"
