@@ -24,6 +24,20 @@ pub const MAX_PROTECTED: u32 = 256;
 /// Ring buffer size for events (bytes, a power of two multiple of the page size).
 pub const EVENT_RING_BYTES: u32 = 1 << 20;
 
+/// Index of the kernel's count of additions to the target set in `TARGET_SET_EPOCH`.
+pub const TARGET_SET_EPOCH_KERNEL: u32 = 0;
+/// Index of the loader's count of additions to the target set in `TARGET_SET_EPOCH`.
+pub const TARGET_SET_EPOCH_LOADER: u32 = 1;
+
+/// Per CPU: the last task found outside the target set on the syscall path, by the address of
+/// its user registers, and the target-set epoch of that verdict (see `fij-ebpf/src/maps.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NonTargetSeen {
+    pub regs: u64,
+    pub epoch: u64,
+}
+
 /// Value of the target set, keyed by tgid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -403,6 +417,7 @@ mod pod {
     unsafe impl aya::Pod for SelectKey {}
     unsafe impl aya::Pod for StopMark {}
     unsafe impl aya::Pod for InjectedMark {}
+    unsafe impl aya::Pod for NonTargetSeen {}
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use fij_common::{
 
 use crate::{
     decide::{forget_process_counters, take_last_injection},
-    maps::{STOPPED, add_target, config, emit, layout, remove_target, target},
+    maps::{STOPPED, add_target, config, emit, layout, remove_target, target, target_task_created},
     selectors::{join, match_inherited},
 };
 
@@ -38,6 +38,10 @@ pub fn fij_fork(ctx: RawTracePointContext) -> i32 {
     };
     if parent.is_none() && inherited.is_none() {
         return 0;
+    }
+    if parent.is_some() {
+        // A new task of a target process, thread or process, before it first runs.
+        target_task_created();
     }
     let child: *const u8 = ctx.arg(1);
     let l = layout();

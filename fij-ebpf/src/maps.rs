@@ -6,8 +6,9 @@ use aya_ebpf::{
 use fij_common::{
     BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
     HookKey, InjectedMark, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS,
-    MAX_PROTECTED, MAX_SELECTIONS, MAX_SILENCED, MAX_STOPPED, MAX_TARGET_PROCESSES, ProcessCounter,
-    ProcessCounterKey, SelectKey, SilenceEntry, SilenceKey, StopMark, TargetProcess,
+    MAX_PROTECTED, MAX_SELECTIONS, MAX_SILENCED, MAX_STOPPED, MAX_TARGET_PROCESSES, NonTargetSeen,
+    ProcessCounter, ProcessCounterKey, SelectKey, SilenceEntry, SilenceKey, StopMark,
+    TARGET_SET_EPOCH_KERNEL, TARGET_SET_EPOCH_LOADER, TargetProcess,
 };
 
 /// The target set: tgid → which target it belongs to. The source of truth; change it only
@@ -31,26 +32,66 @@ pub fn target(tgid: u32) -> Option<&'static TargetProcess> {
     unsafe { TARGETS.get(&tgid) }
 }
 
-/// Per CPU: non-zero while the task running there may belong to a target process. Kept by
-/// `fij_sched_switch` at every context switch (the loader writes 1 everywhere before attaching
-/// it), so that `fij_sys_enter` decides for a non-target without a single helper call: a per-CPU
-/// array lookup is inlined by the verifier, while a call costs ~20 ns with the "Safe RET"
-/// mitigation, more than the rest of the path. 1 when unsure; 0 only when surely not.
+/// How many times a task joined the target set: `[TARGET_SET_EPOCH_KERNEL]` counts the
+/// kernel's additions (forks of targets, selector joins), `[TARGET_SET_EPOCH_LOADER]` the
+/// loader's. Each side only writes its own counter, so neither update races the other; their sum
+/// grows at every addition and is the epoch a [`NON_TARGET_SEEN`] verdict is valid for.
 #[map]
-pub static CPU_MAY_RUN_TARGET: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static TARGET_SET_EPOCH: Array<u64> = Array::with_max_entries(2, 0);
 
-/// Whether the task running on this CPU may be a target (see [`CPU_MAY_RUN_TARGET`]).
+/// Per CPU: the last task `fij_sys_enter` found outside the target set (by the address of its
+/// user registers, unique to a live task: they sit at the top of its kernel stack), and at which
+/// epoch. While both still match, that task's syscalls leave at once: two inlined map loads, no
+/// helper call (a call costs ~20 ns with the "Safe RET" mitigation, more than the rest of the
+/// path). It depends on nothing but the syscall itself, so no context switch, migration or
+/// missed scheduler event can leave a target unseen (an earlier per-CPU flag kept at
+/// `sched_switch` did: see docs/reliability.md).
+#[map]
+pub static NON_TARGET_SEEN: PerCpuArray<NonTargetSeen> = PerCpuArray::with_max_entries(1, 0);
+
+/// The target set's epoch now (see [`TARGET_SET_EPOCH`]).
 #[inline(always)]
-pub fn cpu_may_run_target() -> bool {
-    !matches!(CPU_MAY_RUN_TARGET.get(0), Some(&0))
+pub fn target_set_epoch() -> u64 {
+    let kernel = TARGET_SET_EPOCH
+        .get(TARGET_SET_EPOCH_KERNEL)
+        .copied()
+        .unwrap_or(0);
+    let loader = TARGET_SET_EPOCH
+        .get(TARGET_SET_EPOCH_LOADER)
+        .copied()
+        .unwrap_or(0);
+    kernel.wrapping_add(loader)
 }
 
-/// Records whether the task this CPU switches to may be a target.
+/// Counts one kernel addition to the target set: every non-target verdict made before is void.
 #[inline(always)]
-pub fn set_cpu_may_run_target(may: bool) {
-    if let Some(flag) = CPU_MAY_RUN_TARGET.get_ptr_mut(0) {
-        unsafe { *flag = may as u32 };
+fn target_set_grew() {
+    if let Some(count) = TARGET_SET_EPOCH.get_ptr_mut(TARGET_SET_EPOCH_KERNEL) {
+        unsafe { crate::decide::atomic_add(count, 1) };
     }
+}
+
+/// Whether the task whose user registers are at `regs` was found outside the target set on this
+/// CPU at `epoch`.
+#[inline(always)]
+pub fn known_non_target(regs: u64, epoch: u64) -> bool {
+    matches!(NON_TARGET_SEEN.get(0), Some(seen) if seen.regs == regs && seen.epoch == epoch)
+}
+
+/// Remembers that the task whose user registers are at `regs` is not a target at `epoch` (an
+/// epoch read before the target set was looked up, so that a join in between voids it).
+#[inline(always)]
+pub fn remember_non_target(regs: u64, epoch: u64) {
+    if let Some(seen) = NON_TARGET_SEEN.get_ptr_mut(0) {
+        unsafe { *seen = NonTargetSeen { regs, epoch } };
+    }
+}
+
+/// A task of a target process is being created (a process or a thread): it may reuse the kernel
+/// stack, hence the register address, of a task remembered as a non-target.
+#[inline(always)]
+pub fn target_task_created() {
+    target_set_grew();
 }
 
 /// Whether `tgid` may be in the target set, by its flag alone (pids beyond the flags: maybe).
@@ -64,6 +105,7 @@ pub fn add_target(tgid: u32, entry: &TargetProcess) -> bool {
     let added = TARGETS.insert(&tgid, entry, 0).is_ok();
     if added {
         let _ = TARGET_FLAGS.set(tgid, 1u8, 0);
+        target_set_grew();
     }
     added
 }
@@ -164,12 +206,6 @@ pub static LAYOUT: KernelLayout = KernelLayout {
 pub fn layout() -> KernelLayout {
     // Volatile: the value is patched into the object at load time, not known to the compiler.
     unsafe { core::ptr::read_volatile(&LAYOUT) }
-}
-
-/// `task_struct.tgid`'s offset alone (cheaper than a whole [`layout`] on a hot path).
-#[inline(always)]
-pub fn task_tgid_offset() -> u32 {
-    unsafe { core::ptr::read_volatile(&raw const LAYOUT.task_tgid) }
 }
 
 #[inline(always)]

@@ -16,7 +16,7 @@ use fij_common::{
     SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE, SELECTOR_UID, TargetProcess,
 };
 
-use crate::maps::{add_target, config, emit, layout, set_cpu_may_run_target, target};
+use crate::maps::{add_target, config, emit, layout, target};
 
 #[map]
 pub static COMM_TARGETS: HashMap<[u8; COMM_KEY_LEN], u32> =
@@ -81,9 +81,9 @@ pub fn fij_exec(ctx: TracePointContext) -> u32 {
     }
     if let Some((idx, reason)) = match_exec(&ctx, selectors).or_else(|| match_inherited(selectors))
     {
+        // `add_target` moves the target set's epoch on: this task's next syscall is looked at
+        // afresh, although it may have been remembered as a non-target.
         join(tgid, idx, reason);
-        // The task runs here and now: fij_sys_enter must look at it from its next syscall on.
-        set_cpu_may_run_target(true);
     }
     0
 }

@@ -433,8 +433,6 @@ fn arm_targets(
             (_, Source::Spawn(_)) => unreachable!("only command targets are spawned"),
         }
     }
-    // Every target userspace adds is in the set now.
-    kernel.attach_syscall_prefilter()?;
     for (mut child, target, instance, argv) in gated {
         child
             .release()

@@ -520,7 +520,6 @@ fn prove_send_signal(kernel: &mut Kernel) -> Result<String> {
             generation: monotonic_ns(),
         },
     )?;
-    kernel.attach_syscall_prefilter()?;
     child.release()?;
     let status = child.wait(CHILD_TIMEOUT)?;
     kernel.disarm()?;

@@ -12,7 +12,7 @@ use crate::{
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, MapData, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSock, KProbe, PerfEvent, RawTracePoint, SchedClassifier,
         TcAttachType, TracePoint, UProbe,
@@ -24,7 +24,7 @@ use fij_common::{
     COMM_KEY_LEN, CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_SELECTORS,
     CONFIG_SILENCED, CONFIG_START_NS, CrashMark, EXE_KEY_LEN, FaultCounters, FaultRule, HookFaults,
     HookKey, KernelLayout, MAX_FAULTS_PER_HOOK, SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE,
-    SELECTOR_UID, SelectKey, SilenceEntry, SilenceKey, TargetProcess,
+    SELECTOR_UID, SelectKey, SilenceEntry, SilenceKey, TARGET_SET_EPOCH_LOADER, TargetProcess,
 };
 
 /// The eBPF object built from `fij-ebpf` by this crate's build script.
@@ -32,7 +32,6 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Program names in the object, one per hook.
 pub const PROG_SYS_ENTER: &str = "fij_sys_enter";
-pub const PROG_SCHED_SWITCH: &str = "fij_sched_switch";
 pub const PROG_FORK: &str = "fij_fork";
 pub const PROG_EXIT: &str = "fij_exit";
 pub const PROG_SOCK_RELEASE: &str = "fij_sock_release";
@@ -70,20 +69,10 @@ pub struct Kernel {
     kprobe_hooks: HashMap<MapData, u64, u32>,
     silenced: HashMap<MapData, SilenceKey, SilenceEntry>,
     events: Option<RingBuf<MapData>>,
-    cpu_may_run_target: PerCpuArray<MapData, u32>,
-    /// Where the syscall prefilter stands (see [`Kernel::attach_syscall_prefilter`]).
-    prefilter: Prefilter,
-}
-
-/// The per-CPU "may the running task be a target" flags in front of `fij_sys_enter`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Prefilter {
-    /// No syscall hook: nothing to filter.
-    Off,
-    /// The flags say "maybe" on every CPU: every syscall takes the full check.
-    Maybe,
-    /// `fij_sched_switch` keeps the flags exact; userspace must not add targets any more.
-    Exact,
+    target_set_epoch: Array<MapData, u64>,
+    /// How many targets the loader added: its own counter in `TARGET_SET_EPOCH`, of which it
+    /// is the only writer.
+    loader_additions: u64,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -133,8 +122,8 @@ impl Kernel {
             kprobe_hooks: take(&mut ebpf, "KPROBE_HOOKS")?,
             silenced: take(&mut ebpf, "SILENCED")?,
             events: Some(take(&mut ebpf, "EVENTS")?),
-            cpu_may_run_target: take(&mut ebpf, "CPU_MAY_RUN_TARGET")?,
-            prefilter: Prefilter::Off,
+            target_set_epoch: take(&mut ebpf, "TARGET_SET_EPOCH")?,
+            loader_additions: 0,
             ebpf,
         })
     }
@@ -163,8 +152,7 @@ impl Kernel {
 
     /// Installs a compiled campaign: attaches what it needs (and nothing else) and writes its
     /// rules, hook table and selections, the selector targets (resolved, with their target
-    /// index) and the protected pids. Nothing is armed yet; every target userspace adds comes
-    /// after this and before [`Kernel::attach_syscall_prefilter`]. Returns the interfaces the
+    /// index) and the protected pids. Nothing is armed yet. Returns the interfaces the
     /// silencer is attached to (none without crash or partition faults).
     pub fn install(
         &mut self,
@@ -238,28 +226,7 @@ impl Kernel {
 
     /// The syscall-entry hook: only attached when a fault has a syscall trigger.
     pub fn attach_syscalls(&mut self) -> Result<()> {
-        // "Maybe" on every CPU until `fij_sched_switch` keeps the flags: all take the full check.
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
-        let maybe = PerCpuValues::try_from(vec![1u32; cpus]).context("per-CPU flags")?;
-        self.cpu_may_run_target
-            .set(0, maybe, 0)
-            .context("writing the per-CPU target flags")?;
-        self.prefilter = Prefilter::Maybe;
         self.raw_tracepoint(PROG_SYS_ENTER, "sys_enter")
-    }
-
-    /// From now on the kernel alone keeps the per-CPU flags that let a non-target leave
-    /// `fij_sys_enter` without a helper call: `fij_sched_switch` sets them at each context
-    /// switch from the target set. Called once every target userspace adds is in the set (a
-    /// process the loader added later could be running with its CPU's flag at "no"); the
-    /// kernel's own additions keep the flags right (a forked child has not run yet; an exec
-    /// join sets its CPU's flag). Does nothing without the syscall hook.
-    pub fn attach_syscall_prefilter(&mut self) -> Result<()> {
-        if self.prefilter == Prefilter::Maybe {
-            self.raw_tracepoint(PROG_SCHED_SWITCH, "sched_switch")?;
-            self.prefilter = Prefilter::Exact;
-        }
-        Ok(())
     }
 
     /// Tracepoint triggers: tracepoint `i` gets program slot `fij_tracepoint_i`.
@@ -559,12 +526,9 @@ impl Kernel {
             .with_context(|| format!("protecting pid {pid}"))
     }
 
-    /// Adds `pid` to the target set (the hash, then its flag, as the kernel does).
+    /// Adds `pid` to the target set (the hash, then its flag, then the epoch, as the kernel
+    /// does): at any time, also while `pid` runs and makes syscalls.
     pub fn add_target(&mut self, pid: u32, entry: TargetProcess) -> Result<()> {
-        anyhow::ensure!(
-            self.prefilter != Prefilter::Exact,
-            "pid {pid} added to the target set after the syscall prefilter was attached"
-        );
         self.targets
             .insert(pid, entry, 0)
             .with_context(|| format!("adding pid {pid} to the target set"))?;
@@ -573,6 +537,11 @@ impl Kernel {
                 .set(pid, 1, 0)
                 .with_context(|| format!("flagging pid {pid}"))?;
         }
+        // Voids every "not a target" that `fij_sys_enter` remembered, `pid`'s among them.
+        self.loader_additions += 1;
+        self.target_set_epoch
+            .set(TARGET_SET_EPOCH_LOADER, self.loader_additions, 0)
+            .context("moving the target set's epoch on")?;
         Ok(())
     }
 

@@ -14,11 +14,13 @@ use fij_tests::{Fij, TempDir, workload};
 
 /// Campaigns of the hit-count check in a normal test run.
 const DEFAULT_STRESS_RUNS: u64 = 12;
+/// Campaigns of the every-write-counted check in a normal test run: with the old per-CPU flag,
+/// 3–6 % of them lost writes, so 100 of them passed by chance about once in 50 runs.
+const DEFAULT_COUNTED_RUNS: u64 = 100;
 
 /// Load that runs beside the checked campaigns until dropped: processes that switch all the
 /// time, a stream of short-lived processes, and a second fij campaign that
-/// starts and stops again and again (attaching and detaching its own `sys_enter` and
-/// `sched_switch` programs).
+/// starts and stops again and again (attaching and detaching its own `sys_enter` program).
 struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -187,6 +189,67 @@ fn nth_hit_is_exact_under_load() {
 /// What the forked child does before its exec (setpgid, prctl, getppid, close_range, entering
 /// the gate's read) is not the command's: fij adds the child to the target set only once it
 /// waits at the gate, so "the 1st getppid" is the command's own first one.
+/// Issue 18, item 3, the cause: a per-CPU "may the running task be a target" flag, kept at
+/// `sched_switch`, was found stale on this VM's kernel — a target ran on a CPU whose last
+/// switch event was to another process, so its syscalls were not counted until the campaign
+/// ended (3–6 % of such runs; see docs/reliability.md). A target that takes signals on its
+/// writes (each one a trip through the signal code and often a switch) writes 3000 lines; its
+/// last write must be hit 3000 in every run: one uncounted write and the `last` fault never
+/// fires.
+#[test]
+fn every_write_is_counted_while_signals_land() {
+    const WRITES: u64 = 3000;
+    let runs: u64 = std::env::var("FIJ_STRESS_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_COUNTED_RUNS);
+    let mut wrong = Vec::new();
+    let mut signalled = 0;
+    for run in 0..runs {
+        let dir = TempDir::new("stress-counted");
+        let command = workload!().command(&[&"write-lines", &"/dev/null", &WRITES.to_string()]);
+        let scenario = dir.write(
+            "s.toml",
+            &format!(
+                "seed = {run}\n\n[[target]]\nname = \"w\"\ncommand = {command}\n\n\
+                 [[fault]]\nname = \"urg\"\ntarget = \"w\"\naction = \"signal\"\n\
+                 signal = \"SIGURG\"\ntrigger = {{ syscall = \"write\" }}\nprobability = 0.3\n\
+                 count = 1000000\nper = \"target\"\n\n\
+                 [[fault]]\nname = \"last\"\ntarget = \"w\"\naction = \"signal\"\n\
+                 signal = \"SIGWINCH\"\ntrigger = {{ syscall = \"write\" }}\nnth = {WRITES}\n"
+            ),
+        );
+        let out = Fij::run(&dir, &scenario).output();
+        out.assert_exit(0);
+        let pid = out.log.target_pid("w");
+        let of = |fault: &str| -> Vec<u64> {
+            out.log
+                .injections()
+                .iter()
+                .filter(|r| r["fault"] == fault)
+                .filter_map(|r| r["hit"].as_u64())
+                .collect()
+        };
+        let (urg, last) = (of("urg"), of("last"));
+        signalled += urg.len();
+        let status = out.log.exit_status(pid);
+        if last != [WRITES] || urg.last().is_some_and(|&h| h > WRITES) || status != "code 0" {
+            eprintln!(
+                "run {run}: `last` fired on {last:?}; SIGURG on {} writes, the highest {:?}; {status}",
+                urg.len(),
+                urg.last()
+            );
+            wrong.push((run, last, urg.last().copied()));
+        }
+    }
+    eprintln!(
+        "{runs} campaigns of {WRITES} writes, {signalled} SIGURGs landed, {} with writes uncounted",
+        wrong.len()
+    );
+    assert!(signalled > 0, "no signal landed: the check did not run");
+    assert!(wrong.is_empty(), "writes that were not counted: {wrong:?}");
+}
+
 #[test]
 fn syscalls_before_the_exec_are_not_hits() {
     let dir = TempDir::new("pre-exec");

@@ -26,8 +26,9 @@
 //! 6. Scale: non-target and armed-target cost with 10,000 entries in the target set (fake pids
 //!    above `pid_max`, written with `bpftool batch`) and 1,000 faults in the scenario, against
 //!    1 × 1; armed-target cost with 16 faults counting the same syscall.
-//! 7. The cost fij moves to context switches (`fij_sched_switch`, which spares non-targets a
-//!    helper call on every syscall): pipe round trips between two processes on one CPU.
+//! 7. What context switches cost with fij on: pipe round trips between two processes on one
+//!    CPU (each switch makes the next syscall a different task's: one helper call in
+//!    `fij_sys_enter` to tell whether it is a target).
 //!
 //! A measurement is repeated (up to 3 times) when `bpftool perf` shows a program on `sys_enter`
 //! that the bench did not start (say a test running at the same time); such disturbances are
@@ -1401,7 +1402,7 @@ impl Results {
              Scale rows: the target set is filled with fake pids (above `pid_max`) before the \
              loop starts; the faults beyond the first are on syscalls the loop does not make. \
              Pipe round trips: the fastest of 100 chunks, with fij running a campaign on another \
-             process (its sys_enter and sched_switch programs attached). Kill latency: {} runs \
+             process (its sys_enter program attached). Kill latency: {} runs \
              per row, nearest-rank percentiles; the loop is pinned to CPU {}, fij (with \
              `taskset`) to another CPU or to the same one: there, fij's own wake-up for the \
              injection event competes with the dying target; bpftrace's `signal(\"KILL\")` on \
