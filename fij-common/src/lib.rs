@@ -29,18 +29,25 @@ pub const TARGET_SET_EPOCH_KERNEL: u32 = 0;
 /// Index of the loader's count of additions to the target set in `TARGET_SET_EPOCH`.
 pub const TARGET_SET_EPOCH_LOADER: u32 = 1;
 
-/// Per CPU: the last task found outside the target set on the syscall path, by the address of
-/// its user registers, and the target-set epoch of that verdict (see `fij-ebpf/src/maps.rs`).
+/// Per CPU: the last task the syscall path looked up in the target set, by the address of its
+/// user registers, the target-set epoch of that lookup and what it found (see
+/// `fij-ebpf/src/maps.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NonTargetSeen {
+pub struct SeenTask {
     pub regs: u64,
     pub epoch: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Non-zero when the task belongs to a target process: then `process` is its entry.
+    pub is_target: u32,
+    pub _pad: u32,
+    pub process: TargetProcess,
 }
 
 /// Value of the target set, keyed by tgid.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetProcess {
     /// Index of the scenario's `[[target]]` this process belongs to.
     pub target_idx: u32,
@@ -417,7 +424,7 @@ mod pod {
     unsafe impl aya::Pod for SelectKey {}
     unsafe impl aya::Pod for StopMark {}
     unsafe impl aya::Pod for InjectedMark {}
-    unsafe impl aya::Pod for NonTargetSeen {}
+    unsafe impl aya::Pod for SeenTask {}
 }
 
 #[cfg(test)]

@@ -10,10 +10,9 @@ use aya_log_ebpf::warn;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use fij_common::{
     CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_START_NS, COUNTER_TABLE_FULL,
-    CrashMark, EVENT_INJECTION, Event, FaultRule, HookKey, InjectedMark, MAX_FAULTS,
-    MAX_FAULTS_PER_HOOK, PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_CRASH,
-    RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey,
-    StopMark, TargetProcess,
+    EVENT_INJECTION, Event, FaultRule, HookKey, InjectedMark, MAX_FAULTS, MAX_FAULTS_PER_HOOK,
+    PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY,
+    RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey, StopMark, TargetProcess,
     random::{fires_with, hit_draw, key_from_seed},
 };
 
@@ -55,17 +54,28 @@ pub fn on_hit(
     if config(CONFIG_ARMED) == 0 {
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    // No clock here: a helper call that only `after` and an injection need.
     let hit = Hit {
         process: *process,
         tgid,
         tid,
-        now,
-        since_start: now.saturating_sub(config(CONFIG_START_NS)),
         detail,
         regs: regs as u64,
     };
     let len = faults.len as usize;
+    // The usual case, one fault on the hook, is evaluated inline: no BPF-to-BPF call. More go
+    // through the global function, verified once whatever the number of slots.
+    if len == 1 {
+        evaluate(
+            faults.fault_ids[0],
+            &hit.process,
+            hit.tgid,
+            hit.tid,
+            hit.detail,
+            hit.regs as *const u8,
+        );
+        return;
+    }
     for i in 0..MAX_FAULTS_PER_HOOK {
         if i >= len {
             break;
@@ -80,8 +90,6 @@ pub struct Hit {
     process: TargetProcess,
     tgid: u32,
     tid: u32,
-    now: u64,
-    since_start: u64,
     detail: u64,
     /// The user registers of a syscall trigger (0 for other triggers).
     regs: u64,
@@ -102,8 +110,6 @@ pub extern "C" fn fault_hit(fault_id: u32, hit: *const Hit) -> u32 {
         &hit.process,
         hit.tgid,
         hit.tid,
-        hit.now,
-        hit.since_start,
         hit.detail,
         hit.regs as *const u8,
     );
@@ -117,8 +123,6 @@ fn evaluate(
     process: &TargetProcess,
     tgid: u32,
     tid: u32,
-    now: u64,
-    since_start: u64,
     detail: u64,
     regs: *const u8,
 ) {
@@ -129,8 +133,11 @@ fn evaluate(
         return;
     }
     // Hits before `after` are not counted at all: `nth` counts from that moment on.
-    if since_start < rule.after_ns {
-        return;
+    if rule.after_ns != 0 {
+        let since_start = unsafe { bpf_ktime_get_ns() }.saturating_sub(config(CONFIG_START_NS));
+        if since_start < rule.after_ns {
+            return;
+        }
     }
     // A call to another port is no hit of this fault.
     if rule.flags & RULE_PORT != 0 && !port_matches(rule, regs) {
@@ -150,7 +157,7 @@ fn evaluate(
                     emit(&Event {
                         kind: EVENT_INJECTION,
                         fault_id,
-                        ktime_ns: now,
+                        ktime_ns: unsafe { bpf_ktime_get_ns() },
                         tgid,
                         tid,
                         signal: rule.signal,
@@ -189,6 +196,7 @@ fn evaluate(
     if unsafe { atomic_add(&raw mut (*counters).injections, 1) } >= rule.count {
         return;
     }
+    let now = unsafe { bpf_ktime_get_ns() };
     fire(rule, fault_id, process, tgid, tid, now, hit, detail, draw);
 }
 

@@ -13,7 +13,7 @@ use fij_common::{
 
 use crate::{
     decide::{forget_process_counters, take_last_injection},
-    maps::{STOPPED, add_target, config, emit, layout, remove_target, target, target_task_created},
+    maps::{STOPPED, add_target, config, emit, layout, remove_target, target, target_set_changed},
     selectors::{join, match_inherited},
 };
 
@@ -40,8 +40,9 @@ pub fn fij_fork(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     if parent.is_some() {
-        // A new task of a target process, thread or process, before it first runs.
-        target_task_created();
+        // A new task of a target process, thread or process, before it first runs: it may
+        // reuse the kernel stack (the register address) of a task the syscall hook remembers.
+        target_set_changed();
     }
     let child: *const u8 = ctx.arg(1);
     let l = layout();
@@ -89,6 +90,9 @@ pub fn fij_exit(ctx: TracePointContext) -> i32 {
     let Some(process) = target(tgid) else {
         return 0;
     };
+    // A task of a target is leaving (a thread or the whole process): its kernel stack, and with
+    // it the register address the syscall hook may remember it by, can go to a new task.
+    target_set_changed();
     let l = layout();
     let group_dead = if l.exit_group_dead == u32::MAX {
         pid_tgid as u32 == tgid // older kernels: take the leader's exit as the process's

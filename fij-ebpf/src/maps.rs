@@ -6,8 +6,8 @@ use aya_ebpf::{
 use fij_common::{
     BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
     HookKey, InjectedMark, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS,
-    MAX_PROTECTED, MAX_SELECTIONS, MAX_SILENCED, MAX_STOPPED, MAX_TARGET_PROCESSES, NonTargetSeen,
-    ProcessCounter, ProcessCounterKey, SelectKey, SilenceEntry, SilenceKey, StopMark,
+    MAX_PROTECTED, MAX_SELECTIONS, MAX_SILENCED, MAX_STOPPED, MAX_TARGET_PROCESSES, ProcessCounter,
+    ProcessCounterKey, SeenTask, SelectKey, SilenceEntry, SilenceKey, StopMark,
     TARGET_SET_EPOCH_KERNEL, TARGET_SET_EPOCH_LOADER, TargetProcess,
 };
 
@@ -32,22 +32,23 @@ pub fn target(tgid: u32) -> Option<&'static TargetProcess> {
     unsafe { TARGETS.get(&tgid) }
 }
 
-/// How many times a task joined the target set: `[TARGET_SET_EPOCH_KERNEL]` counts the
-/// kernel's additions (forks of targets, selector joins), `[TARGET_SET_EPOCH_LOADER]` the
-/// loader's. Each side only writes its own counter, so neither update races the other; their sum
-/// grows at every addition and is the epoch a [`NON_TARGET_SEEN`] verdict is valid for.
+/// How many times the target set changed in a way that voids a [`SEEN_TASK`] entry:
+/// `[TARGET_SET_EPOCH_KERNEL]` counts the kernel's changes (a task of a target created or
+/// exiting, a selector join), `[TARGET_SET_EPOCH_LOADER]` the loader's additions. Each side only
+/// writes its own counter, so neither update races the other; their sum grows at every change
+/// and is the epoch a [`SEEN_TASK`] entry is valid for.
 #[map]
 pub static TARGET_SET_EPOCH: Array<u64> = Array::with_max_entries(2, 0);
 
-/// Per CPU: the last task `fij_sys_enter` found outside the target set (by the address of its
-/// user registers, unique to a live task: they sit at the top of its kernel stack), and at which
-/// epoch. While both still match, that task's syscalls leave at once: two inlined map loads, no
-/// helper call (a call costs ~20 ns with the "Safe RET" mitigation, more than the rest of the
-/// path). It depends on nothing but the syscall itself, so no context switch, migration or
-/// missed scheduler event can leave a target unseen (an earlier per-CPU flag kept at
-/// `sched_switch` did: see docs/reliability.md).
+/// Per CPU: the last task `fij_sys_enter` looked up in the target set — by the address of its
+/// user registers, unique to a live task (they sit at the top of its kernel stack) — at which
+/// epoch, and what it found. While both still match, the lookup is not made again: a
+/// non-target's syscall leaves after two inlined map loads, a target's skips two helper calls
+/// (a call costs ~20 ns with the "Safe RET" mitigation). It depends on nothing but the syscall
+/// itself, so no context switch, migration or missed scheduler event can leave a target unseen
+/// (an earlier per-CPU flag kept at `sched_switch` did: see docs/reliability.md).
 #[map]
-pub static NON_TARGET_SEEN: PerCpuArray<NonTargetSeen> = PerCpuArray::with_max_entries(1, 0);
+pub static SEEN_TASK: PerCpuArray<SeenTask> = PerCpuArray::with_max_entries(1, 0);
 
 /// The target set's epoch now (see [`TARGET_SET_EPOCH`]).
 #[inline(always)]
@@ -63,35 +64,30 @@ pub fn target_set_epoch() -> u64 {
     kernel.wrapping_add(loader)
 }
 
-/// Counts one kernel addition to the target set: every non-target verdict made before is void.
+/// Counts one kernel change of the target set: every [`SEEN_TASK`] entry made before is void.
 #[inline(always)]
-fn target_set_grew() {
+pub fn target_set_changed() {
     if let Some(count) = TARGET_SET_EPOCH.get_ptr_mut(TARGET_SET_EPOCH_KERNEL) {
         unsafe { crate::decide::atomic_add(count, 1) };
     }
 }
 
-/// Whether the task whose user registers are at `regs` was found outside the target set on this
-/// CPU at `epoch`.
+/// What this CPU remembers of the task whose user registers are at `regs`, if it was looked up
+/// at `epoch`.
 #[inline(always)]
-pub fn known_non_target(regs: u64, epoch: u64) -> bool {
-    matches!(NON_TARGET_SEEN.get(0), Some(seen) if seen.regs == regs && seen.epoch == epoch)
+pub fn seen_task(regs: u64, epoch: u64) -> Option<&'static SeenTask> {
+    SEEN_TASK
+        .get(0)
+        .filter(|seen| seen.regs == regs && seen.epoch == epoch)
 }
 
-/// Remembers that the task whose user registers are at `regs` is not a target at `epoch` (an
-/// epoch read before the target set was looked up, so that a join in between voids it).
+/// Remembers what the lookup of the task whose user registers are at `regs` found, at `epoch`
+/// (read before the lookup, so that a change in between voids it).
 #[inline(always)]
-pub fn remember_non_target(regs: u64, epoch: u64) {
-    if let Some(seen) = NON_TARGET_SEEN.get_ptr_mut(0) {
-        unsafe { *seen = NonTargetSeen { regs, epoch } };
+pub fn remember_task(seen: &SeenTask) {
+    if let Some(slot) = SEEN_TASK.get_ptr_mut(0) {
+        unsafe { *slot = *seen };
     }
-}
-
-/// A task of a target process is being created (a process or a thread): it may reuse the kernel
-/// stack, hence the register address, of a task remembered as a non-target.
-#[inline(always)]
-pub fn target_task_created() {
-    target_set_grew();
 }
 
 /// Whether `tgid` may be in the target set, by its flag alone (pids beyond the flags: maybe).
@@ -105,7 +101,7 @@ pub fn add_target(tgid: u32, entry: &TargetProcess) -> bool {
     let added = TARGETS.insert(&tgid, entry, 0).is_ok();
     if added {
         let _ = TARGET_FLAGS.set(tgid, 1u8, 0);
-        target_set_grew();
+        target_set_changed();
     }
     added
 }
