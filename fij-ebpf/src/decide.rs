@@ -63,19 +63,6 @@ pub fn on_hit(
         regs: regs as u64,
     };
     let len = faults.len as usize;
-    // The usual case, one fault on the hook, is evaluated inline: no BPF-to-BPF call. More go
-    // through the global function, verified once whatever the number of slots.
-    if len == 1 {
-        evaluate(
-            faults.fault_ids[0],
-            &hit.process,
-            hit.tgid,
-            hit.tid,
-            hit.detail,
-            hit.regs as *const u8,
-        );
-        return;
-    }
     for i in 0..MAX_FAULTS_PER_HOOK {
         if i >= len {
             break;

@@ -384,6 +384,10 @@ fn fij_in_its_own_target_set(dir: &TempDir) -> (RunningFij, u64) {
     map_update(targets, &fij_pid.to_le_bytes(), &[0; 16]);
     let flags = map_of_process(fij_pid, "TARGET_FLAGS");
     map_update(flags, &fij_pid.to_le_bytes(), &[1]);
+    // As the loader does after an addition: move the target set's epoch on (its own counter,
+    // index 1), or the syscall hook may go on trusting that fij's threads are no targets.
+    let epoch = map_of_process(fij_pid, "TARGET_SET_EPOC"); // names are cut at 15 bytes
+    map_update(epoch, &1u32.to_le_bytes(), &(1u64 << 40).to_le_bytes());
     let injection = fij.wait_for_record("the refused injection", Duration::from_secs(2), |r| {
         r["event"] == "injection"
     });
