@@ -36,8 +36,11 @@ pub enum Record {
         syscall: Option<String>,
         /// The trigger as written: `write`, `sched:sched_switch`, `uprobe /bin/x:f`, `time …`.
         trigger: String,
-        /// "none" for `partition`, which signals nothing.
+        /// "none" for `partition` and `error`, which signal nothing.
         signal: String,
+        /// `action = "error"`: what the failed call returned (`ECONNREFUSED`, `retval 0`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        errno: Option<String>,
         /// Who fired it: "kernel" (in the victim's context), or "fij" (a time trigger whose
         /// victim slept through its due time and so could not claim it).
         by: String,

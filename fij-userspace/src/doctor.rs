@@ -783,7 +783,7 @@ fn kprobe_support() -> (String, bool) {
 }
 
 /// The running kernel's build configuration: /boot/config-RELEASE or /proc/config.gz.
-fn kernel_config() -> Option<(String, String)> {
+pub(crate) fn kernel_config() -> Option<(String, String)> {
     let boot = format!("/boot/config-{}", uname().0);
     if let Ok(text) = std::fs::read_to_string(&boot) {
         return Some((boot, text));
@@ -797,7 +797,7 @@ fn kernel_config() -> Option<(String, String)> {
 }
 
 /// The value of `option` in a kernel .config: `y`, `m`, a string…, or `n` for "is not set".
-fn config_option(config: &str, option: &str) -> Option<String> {
+pub(crate) fn config_option(config: &str, option: &str) -> Option<String> {
     config.lines().find_map(|line| {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("# ") {

@@ -12,6 +12,7 @@ pub mod caps;
 pub mod compile;
 pub mod doctor;
 pub mod draws;
+pub mod error_paths;
 pub mod events;
 pub mod guardian;
 pub mod kernel;

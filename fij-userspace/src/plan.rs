@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     compile::CompiledCampaign,
-    scenario::{Per, Scenario, Select, Trigger},
+    scenario::{Action, Per, Scenario, Select, Trigger},
     signals,
 };
 
@@ -35,6 +35,9 @@ pub struct FaultPlan {
     pub per: &'static str,
     pub trigger: String,
     pub signal: String,
+    /// `action = "error"`: what the failed call returns (`ECONNREFUSED`, `retval 0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub returns: Option<String>,
     pub probability: Option<f64>,
     pub count: u64,
     /// The instances that take part (`select`); all of them when absent.
@@ -113,6 +116,10 @@ pub fn plan(scenario: &Scenario, compiled: &CompiledCampaign, hits: u64) -> Plan
                     0 => "none".into(),
                     sig => signals::name(sig),
                 },
+                returns: match &fault.action {
+                    Action::Error { returns, .. } => Some(returns.to_string()),
+                    _ => None,
+                },
                 probability: fault.probability,
                 count: fault.count,
                 instances: (fault.select != Select::All).then_some(selected),
@@ -141,10 +148,14 @@ impl fmt::Display for Plan {
             let chance = p
                 .probability
                 .map_or(String::new(), |p| format!(", probability {p}"));
+            let what = match &p.returns {
+                Some(returns) => format!("fails the call with {returns}"),
+                None => p.signal.clone(),
+            };
             writeln!(
                 f,
                 "fault {} — {} on {} of target {} (per {}{}, count {}):",
-                p.fault, p.signal, p.trigger, p.target, p.per, chance, p.count
+                p.fault, what, p.trigger, p.target, p.per, chance, p.count
             )?;
             if let Some(instances) = &p.instances {
                 writeln!(f, "  selects instances {instances:?}")?;

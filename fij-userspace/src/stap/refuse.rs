@@ -66,6 +66,15 @@ pub fn check(scenario: &Scenario, runtime: Runtime) -> Result<ProbeBinaries, Dia
                      signals only the current one; use --runtime module"
                 ),
             ),
+            Action::Error { at: errno_at, .. } => at(
+                *errno_at,
+                format!(
+                    "fault `{name}`: fij stap does not write `error` faults: a guru-mode write to \
+                     `$return` in a syscall's .return probe changes what the call returns only \
+                     after it has run (a failed `write` would still have written), which is not \
+                     fij's failed call"
+                ),
+            ),
             Action::Kill | Action::Signal(_) | Action::Stop { .. } => {}
         }
         if bpf && fault.probability.is_some() {

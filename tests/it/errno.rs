@@ -1,0 +1,293 @@
+//! `action = "error"`: calls that fail with a chosen errno, decided in the cgroup-v2 socket hooks
+//! (`bpf_set_retval`). The victim (`fij-workload connects` / `sendtos`) prints the errno each of
+//! its calls returned; the tests read that, not fij's log alone. Bystanders (the test process
+//! itself and a workload fij does not target) make the same calls meanwhile and must not fail.
+use std::{
+    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use fij_tests::{Fij, Log, TempDir, fij_bin, read_lines, toml_str, wait_until, workload};
+use serde_json::Value;
+
+/// A listening loopback TCP port; connections complete in its backlog (never accepted).
+fn listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding a listener");
+    let port = listener.local_addr().expect("listener address").port();
+    (listener, port)
+}
+
+/// `call I ok` for every call of `calls`, `call I errno E` for those in `failed`.
+fn expected_report(call: &str, calls: u64, failed: &[u64], errno: i32) -> Vec<String> {
+    (1..=calls)
+        .map(|i| match failed.contains(&i) {
+            true => format!("{call} {i} errno {errno}"),
+            false => format!("{call} {i} ok"),
+        })
+        .collect()
+}
+
+/// The injection records of fault `name`.
+fn injections_of<'a>(log: &'a Log, name: &str) -> Vec<&'a Value> {
+    log.injections()
+        .into_iter()
+        .filter(|r| r["fault"] == name)
+        .collect()
+}
+
+fn hits(records: &[&Value]) -> Vec<u64> {
+    records
+        .iter()
+        .map(|r| r["hit"].as_u64().expect("hit"))
+        .collect()
+}
+
+/// A target that does nothing until `go` exists: it keeps the campaign running while the test
+/// checks bystanders.
+fn idle_target(go: &Path) -> String {
+    format!(
+        "[[target]]\nname = \"idle\"\ncommand = {}\n",
+        workload!().command(&[&"wait-for", &go])
+    )
+}
+
+/// The 3rd connect of a target fails with ECONNREFUSED, its four others succeed; while the
+/// hooks are attached, the test's own connects and a workload that is not a target all succeed;
+/// the log has the one injection, with its hit and errno.
+#[test]
+fn the_third_connect_of_a_target_is_refused_and_no_one_elses() {
+    let dir = TempDir::new("errno-connect");
+    let (_listener, port) = listener();
+    let report = dir.join("client-report");
+    let go = dir.join("go");
+    let client = workload!().command(&[&"connects", &port.to_string(), &"5", &report]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "seed = 1\n[[target]]\nname = \"client\"\ncommand = {client}\n{}\n\
+             [[fault]]\nname = \"refused\"\ntarget = \"client\"\naction = \"error\"\n\
+             errno = \"ECONNREFUSED\"\ntrigger = {{ syscall = \"connect\" }}\nnth = 3\n",
+            idle_target(&go)
+        ),
+    );
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    wait_until(Duration::from_secs(20), "the client's 5 connects", || {
+        (read_lines(&report).len() == 5).then_some(())
+    });
+    // Bystanders while the hooks are attached: this process, and a workload fij does not target.
+    for i in 1..=5 {
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .unwrap_or_else(|e| panic!("the test's connect {i} failed: {e}"));
+    }
+    let bystander_report = dir.join("bystander-report");
+    let status = workload!()
+        .spawn(&[&"connects", &port.to_string(), &"5", &bystander_report])
+        .wait()
+        .expect("waiting for the bystander");
+    assert!(status.success(), "bystander: {status:?}");
+    std::fs::write(&go, "").expect("creating the go file");
+    let out = fij.wait();
+    out.assert_exit(0);
+
+    assert_eq!(
+        read_lines(&report),
+        expected_report("connect", 5, &[3], libc::ECONNREFUSED),
+        "{out}"
+    );
+    assert_eq!(
+        read_lines(&bystander_report),
+        expected_report("connect", 5, &[], 0),
+        "{out}"
+    );
+    let injections = injections_of(&out.log, "refused");
+    assert_eq!(hits(&injections), [3], "{out}");
+    let client_pid = out.log.target_pid("client");
+    assert_eq!(injections[0]["pid"], client_pid, "{out}");
+    assert_eq!(injections[0]["errno"], "ECONNREFUSED", "{out}");
+    assert_eq!(injections[0]["signal"], "none", "{out}");
+    assert_eq!(injections[0]["delivered"], true, "{out}");
+    assert_eq!(out.log.exit_status(client_pid), "code 0", "{out}");
+    assert!(
+        out.stderr
+            .contains("1 injection(s), trigger connect, the call returned ECONNREFUSED"),
+        "the summary names the errno:\n{out}"
+    );
+}
+
+/// UDP `sendto`s with an address, `every = 2`, `port` set: the 2nd and 4th of six fail with the
+/// errno asked for (ENETUNREACH); a datagram to another port is no hit; the test's own sendtos
+/// to the same port go through.
+#[test]
+fn udp_sendto_fails_with_the_errno_asked_for() {
+    let dir = TempDir::new("errno-sendto");
+    let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding a UDP receiver");
+    let port = receiver.local_addr().expect("receiver address").port();
+    let report = dir.join("sender-report");
+    let go = dir.join("go");
+    let other_report = dir.join("other-port-report");
+    let sender = workload!().command(&[&"sendtos", &port.to_string(), &"6", &report]);
+    // The same target sending to another port first: not a hit of the port-filtered fault.
+    let other = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding another receiver");
+    let other_port = other.local_addr().expect("address").port();
+    let sender_elsewhere =
+        workload!().command(&[&"sendtos", &other_port.to_string(), &"3", &other_report]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "seed = 1\n[[target]]\nname = \"elsewhere\"\ncommand = {sender_elsewhere}\n\
+             [[target]]\nname = \"sender\"\ncommand = {sender}\n{}\n\
+             [[fault]]\nname = \"dropped\"\ntarget = \"sender\"\naction = \"error\"\n\
+             errno = \"ENETUNREACH\"\ntrigger = {{ syscall = \"sendto\", port = {port} }}\n\
+             every = 2\ncount = 10\n\
+             [[fault]]\nname = \"not-this-port\"\ntarget = \"elsewhere\"\naction = \"error\"\n\
+             errno = \"ENETUNREACH\"\ntrigger = {{ syscall = \"sendto\", port = {port} }}\n",
+            idle_target(&go)
+        ),
+    );
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    wait_until(Duration::from_secs(20), "the sender's 6 sendtos", || {
+        (read_lines(&report).len() == 6 && read_lines(&other_report).len() == 3).then_some(())
+    });
+    let me = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding the test's socket");
+    for i in 1..=4 {
+        me.send_to(b"y", (Ipv4Addr::LOCALHOST, port))
+            .unwrap_or_else(|e| panic!("the test's sendto {i} failed: {e}"));
+    }
+    std::fs::write(&go, "").expect("creating the go file");
+    let out = fij.wait();
+    out.assert_exit(0);
+
+    assert_eq!(
+        read_lines(&report),
+        expected_report("sendto", 6, &[2, 4, 6], libc::ENETUNREACH),
+        "{out}"
+    );
+    assert_eq!(
+        read_lines(&other_report),
+        expected_report("sendto", 3, &[], 0),
+        "{out}"
+    );
+    assert_eq!(
+        hits(&injections_of(&out.log, "dropped")),
+        [2, 4, 6],
+        "{out}"
+    );
+    assert!(injections_of(&out.log, "not-this-port").is_empty(), "{out}");
+    // What was let through arrived: 3 of the sender's datagrams and the test's 4.
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut arrived = 0;
+    let mut buf = [0u8; 8];
+    while receiver.recv_from(&mut buf).is_ok() {
+        arrived += 1;
+    }
+    assert_eq!(arrived, 3 + 4, "datagrams received\n{out}");
+}
+
+/// `fij plan SCENARIO --json --seed SEED --hits HITS`: the hits fault 0 fires on.
+fn planned_hits(scenario: &Path, seed: u64, hits: u64) -> Vec<u64> {
+    let out = Command::new(fij_bin())
+        .arg("plan")
+        .arg(scenario)
+        .args(["--json", "--seed", &seed.to_string()])
+        .args(["--hits", &hits.to_string()])
+        .output()
+        .expect("running fij plan");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(plan["faults"][0]["returns"], "ECONNREFUSED", "{plan}");
+    plan["faults"][0]["fires"]
+        .as_array()
+        .expect("fires")
+        .iter()
+        .map(|h| h["hit"].as_u64().expect("hit"))
+        .collect()
+}
+
+/// `probability = 0.3` on 30 connects, three seeds: the connects that failed in the victim are
+/// the hits `fij plan` listed for that seed, and the log's injections are the same hits.
+#[test]
+fn probabilistic_connect_failures_match_the_plan_for_three_seeds() {
+    const CONNECTS: u64 = 30;
+    let (_listener, port) = listener();
+    for seed in [1u64, 2, 3] {
+        let dir = TempDir::new(&format!("errno-plan-{seed}"));
+        let report = dir.join("report");
+        let client = workload!().command(&[
+            &"connects",
+            &port.to_string(),
+            &CONNECTS.to_string(),
+            &report,
+        ]);
+        let scenario = dir.write(
+            "s.toml",
+            &format!(
+                "[[target]]\nname = \"client\"\ncommand = {client}\n\
+                 [[fault]]\nname = {}\ntarget = \"client\"\naction = \"error\"\n\
+                 errno = \"ECONNREFUSED\"\ntrigger = {{ syscall = \"connect\" }}\n\
+                 probability = 0.3\ncount = 1000\n",
+                toml_str("maybe-refused")
+            ),
+        );
+        let planned = planned_hits(&scenario, seed, CONNECTS);
+        assert!(
+            !planned.is_empty() && planned.len() < CONNECTS as usize,
+            "seed {seed}: a plan that tells something: {planned:?}"
+        );
+        let out = Fij::run(&dir, &scenario)
+            .arg("--seed")
+            .arg(seed.to_string())
+            .spawn()
+            .wait();
+        out.assert_exit(0);
+        assert_eq!(
+            read_lines(&report),
+            expected_report("connect", CONNECTS, &planned, libc::ECONNREFUSED),
+            "seed {seed}: the victim's failed connects are the plan's\n{out}"
+        );
+        assert_eq!(
+            hits(&injections_of(&out.log, "maybe-refused")),
+            planned,
+            "seed {seed}\n{out}"
+        );
+        println!("seed {seed}: connects {planned:?} refused, as planned");
+    }
+}
+
+/// A call no mechanism of this kernel can fail (`write`: no kprobes with override, no
+/// trampolines here) is refused by `fij validate` and `fij run` at the trigger, with the
+/// reason, exit 2, and nothing spawned.
+#[test]
+fn a_call_this_kernel_cannot_fail_is_refused_at_its_trigger() {
+    let dir = TempDir::new("errno-refused");
+    let marker = dir.join("spawned");
+    let command = workload!().command(&[&"write-lines", &marker, &"3"]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"w\"\ncommand = {command}\n\
+             [[fault]]\nname = \"eio\"\ntarget = \"w\"\naction = \"error\"\nerrno = \"EIO\"\n\
+             trigger = {{ syscall = \"write\" }}\nnth = 2\n"
+        ),
+    );
+    let expected = format!(
+        "{}:9:11: fault `eio`: fij cannot fail `write` here",
+        scenario.display()
+    );
+    let validate = Fij::validate(&scenario).output();
+    validate.assert_exit(2);
+    assert!(validate.stderr.contains(&expected), "{validate}");
+    let run = Fij::run(&dir, &scenario).output();
+    run.assert_exit(2);
+    assert!(run.stderr.contains(&expected), "{run}");
+    assert!(!marker.exists(), "nothing may be spawned: {run}");
+}
