@@ -77,20 +77,23 @@ pub fn refusal(syscall: &str, retval: bool) -> Option<String> {
         "fij cannot fail `{syscall}` here{recv}: calls other than {cgroup_list} need \
          bpf_override_return (kprobes with CONFIG_BPF_KPROBE_OVERRIDE: {}) or fmod_ret (BPF \
          trampolines), which fij has no program for yet (`fij doctor` shows what this kernel has)",
-        kprobe_override()
+        kprobe_override().1
     ))
 }
 
-/// Whether this kernel has kprobes with `bpf_override_return`, in words.
-pub fn kprobe_override() -> String {
+/// Whether this kernel has kprobes with `bpf_override_return`, and that in words.
+pub fn kprobe_override() -> (bool, String) {
     if !std::path::Path::new(crate::scenario::KPROBE_PMU).exists() {
-        return "this kernel has no kprobes".into();
+        return (false, "this kernel has no kprobes".into());
     }
     match crate::doctor::kernel_config()
         .and_then(|(_, text)| crate::doctor::config_option(&text, "CONFIG_BPF_KPROBE_OVERRIDE"))
     {
-        Some(v) if v == "y" => "this kernel has them".into(),
-        Some(_) => "this kernel is built without CONFIG_BPF_KPROBE_OVERRIDE".into(),
-        None => "this kernel's config does not say".into(),
+        Some(v) if v == "y" => (true, "this kernel has them".into()),
+        Some(_) => (
+            false,
+            "this kernel is built without CONFIG_BPF_KPROBE_OVERRIDE".into(),
+        ),
+        None => (false, "this kernel's config does not say".into()),
     }
 }

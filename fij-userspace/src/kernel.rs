@@ -410,7 +410,6 @@ impl Kernel {
                 let loaded = match program {
                     aya::programs::Program::CgroupSockAddr(p) => p
                         .load()
-                        .map(|()| ())
                         .and_then(|()| p.attach(&cgroup, CgroupAttachMode::Single).map(drop)),
                     aya::programs::Program::CgroupSockopt(p) => p
                         .load()
