@@ -291,3 +291,66 @@ fn a_call_this_kernel_cannot_fail_is_refused_at_its_trigger() {
     assert!(run.stderr.contains(&expected), "{run}");
     assert!(!marker.exists(), "nothing may be spawned: {run}");
 }
+
+/// socket, setsockopt, getsockopt and bind fail through their hooks, each on the hit asked
+/// for, with its errno; a call on a socket that was never created fails with EBADF before any
+/// hook and is no hit (so bind's 2nd hit is in round 3, not round 2).
+#[test]
+fn socket_sockopt_and_bind_fail_on_their_hits() {
+    let dir = TempDir::new("errno-sockcalls");
+    let report = dir.join("report");
+    let command = workload!().command(&[&"sockcalls", &"3", &report]);
+    let fault = |name: &str, syscall: &str, errno: &str, nth: u32| {
+        format!(
+            "[[fault]]\nname = \"{name}\"\ntarget = \"w\"\naction = \"error\"\n\
+             errno = \"{errno}\"\ntrigger = {{ syscall = \"{syscall}\" }}\nnth = {nth}\n"
+        )
+    };
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "seed = 1\n[[target]]\nname = \"w\"\ncommand = {command}\n{}{}{}{}",
+            fault("no-socket", "socket", "EMFILE", 2),
+            fault("no-set", "setsockopt", "EINVAL", 1),
+            fault("no-get", "getsockopt", "ENOPROTOOPT", 2),
+            fault("no-bind", "bind", "EADDRINUSE", 2),
+        ),
+    );
+    let out = Fij::run(&dir, &scenario).spawn().wait();
+    out.assert_exit(0);
+    let (emfile, einval, enoprotoopt, eaddrinuse, ebadf) = (
+        libc::EMFILE,
+        libc::EINVAL,
+        libc::ENOPROTOOPT,
+        libc::EADDRINUSE,
+        libc::EBADF,
+    );
+    assert_eq!(
+        read_lines(&report),
+        [
+            "1 socket ok".to_string(),
+            format!("1 setsockopt errno {einval}"),
+            "1 getsockopt ok".into(),
+            "1 bind ok".into(),
+            format!("2 socket errno {emfile}"),
+            format!("2 setsockopt errno {ebadf}"),
+            format!("2 getsockopt errno {ebadf}"),
+            format!("2 bind errno {ebadf}"),
+            "3 socket ok".into(),
+            "3 setsockopt ok".into(),
+            format!("3 getsockopt errno {enoprotoopt}"),
+            format!("3 bind errno {eaddrinuse}"),
+        ],
+        "{out}"
+    );
+    for (fault, hit, errno) in [
+        ("no-socket", 2, "EMFILE"),
+        ("no-set", 1, "EINVAL"),
+        ("no-get", 2, "ENOPROTOOPT"),
+        ("no-bind", 2, "EADDRINUSE"),
+    ] {
+        let injections = injections_of(&out.log, fault);
+        assert_eq!(hits(&injections), [hit], "{fault}\n{out}");
+        assert_eq!(injections[0]["errno"], errno, "{fault}\n{out}");
+    }
+}

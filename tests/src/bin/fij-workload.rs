@@ -46,6 +46,10 @@
 //!   or `connect I errno E` (E: the errno the call returned, as a number). Exits 0.
 //! - `sendtos PORT N REPORT`: one UDP socket, N `sendto`s of one byte to 127.0.0.1:PORT,
 //!   reported as `sendto I ok` / `sendto I errno E`. Exits 0.
+//! - `sockcalls N REPORT`: N rounds of `socket(AF_INET, SOCK_DGRAM)`, `setsockopt(SO_REUSEADDR)`,
+//!   `getsockopt(SO_TYPE)`, `bind(127.0.0.1:0)`, `close`, each call reported as
+//!   `ROUND CALL ok` / `ROUND CALL errno E` (`writev`). Calls on a socket that failed to be
+//!   created are still made (they fail with EBADF). Exits 0.
 //! - `write-lines-errno FILE N REPORT`: like `write-lines` (no options), but a failed `write`
 //!   does not end it: it reports each line's `write` as `write I ok` / `write I errno E` to
 //!   REPORT (`writev`) and goes on. Exits 0.
@@ -76,6 +80,7 @@ fn main() {
         }
         ["connects", port, n, report] => connects(count(port), count(n), report),
         ["sendtos", port, n, report] => sendtos(count(port), count(n), report),
+        ["sockcalls", n, report] => sockcalls(count(n), report),
         ["write-lines-errno", file, n, report] => write_lines_errno(file, count(n), report),
         ["wait-for", path] => wait_for(path),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(count(ms))),
@@ -344,6 +349,62 @@ fn sendtos(port: u64, n: u64, report: &str) {
             )
         };
         writev_line(report_fd, &format!("sendto {i} {}\n", outcome(ret)));
+    }
+}
+
+fn sockcalls(n: u64, report: &str) {
+    let report_fd = open_for_writing(report);
+    let addr = loopback(0);
+    let one: libc::c_int = 1;
+    for round in 1..=n {
+        // SAFETY: a socket we own; options and addresses from buffers we own.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        writev_line(
+            report_fd,
+            &format!("{round} socket {}\n", outcome(fd as isize)),
+        );
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        writev_line(
+            report_fd,
+            &format!("{round} setsockopt {}\n", outcome(ret as isize)),
+        );
+        let mut kind: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as u32;
+        let ret = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&raw mut kind).cast(),
+                &mut len,
+            )
+        };
+        writev_line(
+            report_fd,
+            &format!("{round} getsockopt {}\n", outcome(ret as isize)),
+        );
+        let ret = unsafe {
+            libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        writev_line(
+            report_fd,
+            &format!("{round} bind {}\n", outcome(ret as isize)),
+        );
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+        }
     }
 }
 
