@@ -137,6 +137,22 @@ impl FaultRule {
             (n, e) => hit >= n && (hit - n).is_multiple_of(e),
         }
     }
+
+    /// Whether counted hit `hit` fires, before `count`: `nth`/`every`, then `probability`
+    /// with the hit's seeded draw (`draw` is only called when the rule has one). Returns the
+    /// draw that decided (0 without probability). The one decision of the kernel's programs
+    /// and of the seccomp supervisor in userspace, so both count and draw alike.
+    #[inline(always)]
+    pub fn decide(&self, hit: u64, draw: impl FnOnce() -> u64) -> Option<u64> {
+        if !self.fires_on(hit) {
+            return None;
+        }
+        if self.flags & RULE_PROBABILITY == 0 {
+            return Some(0);
+        }
+        let draw = draw();
+        random::fires_with(draw, self.probability).then_some(draw)
+    }
 }
 
 /// Hit and injection counters of one fault (the per-target counter lives here too).

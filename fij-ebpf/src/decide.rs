@@ -12,8 +12,8 @@ use fij_common::{
     CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_START_NS, COUNTER_TABLE_FULL,
     EVENT_INJECTION, Event, FaultRule, HookKey, InjectedMark, MAX_FAULTS, MAX_FAULTS_PER_HOOK,
     PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_ERROR, RULE_PER_TARGET, RULE_PORT,
-    RULE_PROBABILITY, RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey, StopMark, TargetProcess,
-    random::{fires_with, hit_draw, key_from_seed},
+    RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey, StopMark, TargetProcess,
+    random::{hit_draw, key_from_seed},
 };
 
 use crate::maps::{
@@ -218,19 +218,12 @@ fn evaluate<const SIGNALS: bool>(fault_id: u32, hit: &Hit) -> u32 {
             }
         }
     };
-    if !rule.fires_on(number) {
-        return 0;
-    }
     // Hit k of fault f always owns draw (f, k-1): the decision depends on the seed and the hit
     // number only, never on timing, so `fij plan` computes the same one in userspace.
-    let draw = if rule.flags & RULE_PROBABILITY != 0 {
-        let draw = fault_hit_draw(config(CONFIG_SEED), fault_id, number);
-        if !fires_with(draw, rule.probability) {
-            return 0;
-        }
-        draw
-    } else {
-        0
+    let Some(draw) = rule.decide(number, || {
+        fault_hit_draw(config(CONFIG_SEED), fault_id, number)
+    }) else {
+        return 0;
     };
     // Claim one of the fault's `count` injections; losers of a race past the cap do nothing.
     if unsafe { atomic_add(&raw mut (*counters).injections, 1) } >= rule.count {

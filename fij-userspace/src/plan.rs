@@ -4,7 +4,7 @@
 //! makes exactly these decisions.
 use std::fmt;
 
-use fij_common::random::{fires_with, hit_draw, key_from_seed};
+use fij_common::random::{hit_draw, key_from_seed};
 use serde::Serialize;
 
 use crate::{
@@ -87,16 +87,12 @@ pub fn plan(scenario: &Scenario, compiled: &CompiledCampaign, hits: u64) -> Plan
                 .collect();
             let counts_hits = !matches!(fault.trigger, Trigger::Time(_));
             let fires = (1..=if counts_hits { hits } else { 0 })
-                .filter(|&hit| rule.fires_on(hit))
-                .filter_map(|hit| match fault.probability {
-                    None => Some(PlannedHit { hit, draw: None }),
-                    Some(_) => {
-                        let draw = hit_draw(&key, id as u32, hit);
-                        fires_with(draw, rule.probability).then_some(PlannedHit {
-                            hit,
-                            draw: Some(draw),
-                        })
-                    }
+                .filter_map(|hit| {
+                    let draw = rule.decide(hit, || hit_draw(&key, id as u32, hit))?;
+                    Some(PlannedHit {
+                        hit,
+                        draw: fault.probability.map(|_| draw),
+                    })
                 })
                 .collect();
             let trigger = match &fault.trigger {
