@@ -42,7 +42,8 @@ pub enum Record {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         errno: Option<String>,
         /// Who fired it: "kernel" (in the victim's context), or "fij" (a time trigger whose
-        /// victim slept through its due time and so could not claim it).
+        /// victim slept through its due time and so could not claim it), or "seccomp" (fij's
+        /// answer to a call a spawned target's seccomp filter sent it, `action = "error"`).
         by: String,
         /// Time triggers: when it was due, and how late it fired.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -622,7 +622,7 @@ struct Victim {
 impl Victim {
     fn spawn(program: &Path, argv: &[String]) -> Result<Self> {
         Ok(Self {
-            child: GatedChild::spawn(program, argv, None, &[], (None, None))?,
+            child: GatedChild::spawn(program, argv, None, &[], (None, None), &[])?,
             reaped: false,
         })
     }
@@ -705,7 +705,8 @@ fn check_probes() -> Vec<Check> {
 
 /// What a kernel without bpf_override_return and BPF trampolines loses (fij has no program for
 /// either yet, so today it loses nothing more).
-const DISABLES_OTHER_ERRORS: &str = "`action = \"error\"` on calls the cgroup hooks cannot fail (write, fsync, …; not built in fij yet)";
+const DISABLES_OTHER_ERRORS: &str = "`action = \"error\"` on calls the cgroup hooks cannot fail, of adopted or selected \
+     targets (not built in fij yet; `command` targets use seccomp)";
 
 /// BPF trampolines, tried with a no-op fentry program (fmod_ret needs the same trampolines).
 fn check_fentry(ebpf: &mut Ebpf) -> Result<String> {

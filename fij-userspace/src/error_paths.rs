@@ -5,6 +5,9 @@
 //! - **cgroup-v2 socket hooks** (`bpf_set_retval`, kernel ≥ 5.18): the kernel decides in the
 //!   caller's context, for any target. Attached to the cgroup-v2 root, so every process passes
 //!   through them; the program leaves at once for a process outside the target set.
+//! - **seccomp user notification** (`crate::seccomp`): any syscall, for targets fij spawns
+//!   (the filter is installed before their exec); each listed call of a target is a round
+//!   trip to fij.
 //! - **bpf_override_return** (kprobes with `CONFIG_BPF_KPROBE_OVERRIDE`) and **fmod_ret** (BPF
 //!   trampolines) would fail any syscall; fij has no program for them yet, and `fij doctor`
 //!   says whether this kernel has them.
@@ -53,8 +56,9 @@ pub fn cgroup_hook(syscall: &str) -> Option<u32> {
 }
 
 /// Why fij cannot fail `syscall` on this machine (None: a path exists). `retval`: the fault
-/// asks for a return value rather than an errno.
-pub fn refusal(syscall: &str, retval: bool) -> Option<String> {
+/// asks for a return value rather than an errno; `spawned`: its target is a command fij
+/// spawns, whose calls the seccomp path can fail.
+pub fn refusal(syscall: &str, retval: bool, spawned: bool) -> Option<String> {
     if cgroup_hook(syscall).is_some() {
         return retval.then(|| {
             format!(
@@ -62,6 +66,9 @@ pub fn refusal(syscall: &str, retval: bool) -> Option<String> {
                  return -1 with an errno but not another value; use `errno`"
             )
         });
+    }
+    if spawned {
+        return None; // seccomp user notification, installed before the command's exec
     }
     let cgroup_list = CGROUP_CALLS
         .iter()
@@ -74,9 +81,11 @@ pub fn refusal(syscall: &str, retval: bool) -> Option<String> {
         ""
     };
     Some(format!(
-        "fij cannot fail `{syscall}` here{recv}: calls other than {cgroup_list} need \
-         bpf_override_return (kprobes with CONFIG_BPF_KPROBE_OVERRIDE: {}) or fmod_ret (BPF \
-         trampolines), which fij has no program for yet (`fij doctor` shows what this kernel has)",
+        "fij cannot fail `{syscall}` of this target{recv}: for calls other than {cgroup_list}, \
+         a target fij spawns (`command`) gets a seccomp filter before its exec, but an adopted or \
+         selected process needs bpf_override_return (kprobes with CONFIG_BPF_KPROBE_OVERRIDE: {}) \
+         or fmod_ret (BPF trampolines), which fij has no program for yet (`fij doctor` shows \
+         what this kernel has)",
         kprobe_override().1
     ))
 }

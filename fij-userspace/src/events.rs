@@ -22,6 +22,8 @@ use crate::{
 pub enum FiredBy {
     Kernel,
     Fij,
+    /// fij's answer to a seccomp notification (`action = "error"` on a spawned target).
+    Seccomp,
 }
 
 impl FiredBy {
@@ -29,6 +31,7 @@ impl FiredBy {
         match self {
             FiredBy::Kernel => "kernel",
             FiredBy::Fij => "fij",
+            FiredBy::Seccomp => "seccomp",
         }
     }
 }

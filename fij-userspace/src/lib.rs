@@ -23,6 +23,7 @@ pub mod plan;
 pub mod replay;
 pub mod report;
 pub mod scenario;
+pub mod seccomp;
 pub mod selectors;
 pub mod signals;
 pub mod sockets;

@@ -263,24 +263,22 @@ fn probabilistic_connect_failures_match_the_plan_for_three_seeds() {
     }
 }
 
-/// A call no mechanism of this kernel can fail (`write`: no kprobes with override, no
-/// trampolines here) is refused by `fij validate` and `fij run` at the trigger, with the
-/// reason, exit 2, and nothing spawned.
+/// A call no mechanism of this kernel can fail for a process fij does not spawn (`write` of a
+/// `comm` selector target: no kprobes with override, no trampolines here, and no exec of fij's
+/// to put a seccomp filter before) is refused by `fij validate` and `fij run` at the trigger,
+/// with the reason, exit 2, and nothing armed: a matching process started meanwhile writes
+/// undisturbed.
 #[test]
 fn a_call_this_kernel_cannot_fail_is_refused_at_its_trigger() {
     let dir = TempDir::new("errno-refused");
-    let marker = dir.join("spawned");
-    let command = workload!().command(&[&"write-lines", &marker, &"3"]);
     let scenario = dir.write(
         "s.toml",
-        &format!(
-            "[[target]]\nname = \"w\"\ncommand = {command}\n\
-             [[fault]]\nname = \"eio\"\ntarget = \"w\"\naction = \"error\"\nerrno = \"EIO\"\n\
-             trigger = {{ syscall = \"write\" }}\nnth = 2\n"
-        ),
+        "[[target]]\nname = \"w\"\ncomm = \"fij-workload\"\n\
+         [[fault]]\nname = \"eio\"\ntarget = \"w\"\naction = \"error\"\nerrno = \"EIO\"\n\
+         trigger = { syscall = \"write\" }\nnth = 2\n",
     );
     let expected = format!(
-        "{}:9:11: fault `eio`: fij cannot fail `write` here",
+        "{}:9:11: fault `eio`: fij cannot fail `write` of this target",
         scenario.display()
     );
     let validate = Fij::validate(&scenario).output();
@@ -289,7 +287,7 @@ fn a_call_this_kernel_cannot_fail_is_refused_at_its_trigger() {
     let run = Fij::run(&dir, &scenario).output();
     run.assert_exit(2);
     assert!(run.stderr.contains(&expected), "{run}");
-    assert!(!marker.exists(), "nothing may be spawned: {run}");
+    assert!(run.log.is_empty(), "nothing may run: {run}");
 }
 
 /// socket, setsockopt, getsockopt and bind fail through their hooks, each on the hit asked
@@ -352,5 +350,57 @@ fn socket_sockopt_and_bind_fail_on_their_hits() {
         let injections = injections_of(&out.log, fault);
         assert_eq!(hits(&injections), [hit], "{fault}\n{out}");
         assert_eq!(injections[0]["errno"], errno, "{fault}\n{out}");
+    }
+}
+
+/// A spawned target's calls that no cgroup hook can fail go through its seccomp filter: its
+/// 3rd `write` to a file fails with EIO (the victim says so), the data of that call never
+/// lands, the other writes do; `retval = 0` makes the 5th return 0 without writing; the log
+/// says fij answered (`by = "seccomp"`) on those hits.
+#[test]
+fn a_spawned_targets_third_write_fails_with_eio_and_its_data_never_lands() {
+    let dir = TempDir::new("errno-seccomp-write");
+    let file = dir.join("out");
+    let report = dir.join("report");
+    let command = workload!().command(&[&"write-lines-errno", &file, &"6", &report]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "seed = 1\n[[target]]\nname = \"w\"\ncommand = {command}\n\
+             [[fault]]\nname = \"eio\"\ntarget = \"w\"\naction = \"error\"\nerrno = \"EIO\"\n\
+             trigger = {{ syscall = \"write\" }}\nnth = 3\n\
+             [[fault]]\nname = \"nothing-written\"\ntarget = \"w\"\naction = \"error\"\n\
+             retval = 0\ntrigger = {{ syscall = \"write\" }}\nnth = 5\n"
+        ),
+    );
+    let out = Fij::run(&dir, &scenario).spawn().wait();
+    out.assert_exit(0);
+    assert_eq!(
+        read_lines(&report),
+        [
+            "write 1 ok".to_string(),
+            "write 2 ok".into(),
+            format!("write 3 errno {}", libc::EIO),
+            "write 4 ok".into(),
+            "write 5 returned 0".into(),
+            "write 6 ok".into(),
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        read_lines(&file),
+        ["line 1", "line 2", "line 4", "line 6"],
+        "the failed and the faked writes wrote nothing\n{out}"
+    );
+    for (fault, hit, returned) in [("eio", 3, "EIO"), ("nothing-written", 5, "retval 0")] {
+        let injections = injections_of(&out.log, fault);
+        assert_eq!(hits(&injections), [hit], "{fault}\n{out}");
+        assert_eq!(injections[0]["errno"], returned, "{fault}\n{out}");
+        assert_eq!(injections[0]["by"], "seccomp", "{fault}\n{out}");
+        assert_eq!(
+            injections[0]["pid"],
+            out.log.target_pid("w"),
+            "{fault}\n{out}"
+        );
     }
 }

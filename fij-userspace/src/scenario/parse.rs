@@ -227,8 +227,14 @@ fn scenario(cx: &mut Cx<'_>, root: &toml_edit::Table) -> Option<Scenario> {
                     if let Some(f) = &fault
                         && let (Action::Error { returns, at }, Trigger::Syscall { name, .. }) =
                             (&f.action, &f.trigger)
-                        && let Some(why) =
-                            error_paths::refusal(name, matches!(returns, Returns::Value(_)))
+                        && let Some(why) = error_paths::refusal(
+                            name,
+                            matches!(returns, Returns::Value(_)),
+                            matches!(
+                                targets.get(f.target).map(|t: &Target| &t.source),
+                                Some(TargetSource::Command { .. })
+                            ),
+                        )
                     {
                         let pos = match error_paths::cgroup_hook(name) {
                             Some(_) => *at,
@@ -2524,15 +2530,20 @@ trigger.syscall = "read"
             message.contains("return -1 with an errno but not another value"),
             "{message}"
         );
-        // No path for `write` on a kernel without kprobe override (this one): at the trigger.
-        let (line, col, message) =
-            at("action = \"error\"\nerrno = 5\ntrigger = { syscall = \"write\" }\n");
-        if error_paths::refusal("write", false).is_some() {
-            assert_eq!((line, col), (9, 11), "{message}");
-            assert!(
-                message.contains("fij cannot fail `write` here"),
-                "{message}"
-            );
+        // `write` of a spawned target: the seccomp path; `retval` is fine there.
+        let write = "action = \"error\"\ntrigger = { syscall = \"write\" }\n";
+        assert_eq!(
+            returns(&format!("{write}retval = 0\n")),
+            Ok(Returns::Value(0))
+        );
+        // Of an adopted process, on a kernel without kprobe override (this one): refused at
+        // the trigger.
+        let adopted = format!(
+            "[[target]]\nname = \"w\"\npid = 4242\n[[fault]]\nname = \"f\"\ntarget = \"w\"\n\
+             {write}errno = 5\n"
+        );
+        if error_paths::refusal("write", false, false).is_some() {
+            assert_error(&adopted, 8, 11, "fij cannot fail `write` of this target");
         }
     }
 

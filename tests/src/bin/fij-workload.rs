@@ -51,8 +51,8 @@
 //!   `ROUND CALL ok` / `ROUND CALL errno E` (`writev`). Calls on a socket that failed to be
 //!   created are still made (they fail with EBADF). Exits 0.
 //! - `write-lines-errno FILE N REPORT`: like `write-lines` (no options), but a failed `write`
-//!   does not end it: it reports each line's `write` as `write I ok` / `write I errno E` to
-//!   REPORT (`writev`) and goes on. Exits 0.
+//!   does not end it: it reports each line's `write` as `write I ok` / `write I errno E` /
+//!   `write I returned N` (a short count) to REPORT (`writev`) and goes on. Exits 0.
 //!
 //! `--wait-for` and `wait-for` give up after 60 s (exit 104), so a forgotten workload does not
 //! linger; `sleep` sleeps as long as asked (the tests end such targets themselves).
@@ -415,7 +415,12 @@ fn write_lines_errno(file: &str, n: u64, report: &str) {
         let line = format!("line {i}\n");
         // SAFETY: writing from a buffer we own.
         let ret = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
-        writev_line(report_fd, &format!("write {i} {}\n", outcome(ret)));
+        let what = match ret {
+            n if n == line.len() as isize => "ok".to_string(),
+            n if n >= 0 => format!("returned {n}"),
+            n => outcome(n),
+        };
+        writev_line(report_fd, &format!("write {i} {what}\n"));
     }
 }
 
