@@ -196,6 +196,22 @@ mod tests {
     }
 
     #[test]
+    fn an_error_fault_is_refused_at_its_errno() {
+        let text = format!(
+            "{TARGET}[[fault]]\nname = \"e\"\ntarget = \"t\"\naction = \"error\"\n\
+             errno = \"EIO\"\ntrigger = {{ syscall = \"write\" }}\n"
+        );
+        for runtime in [Runtime::Module, Runtime::Bpf] {
+            let got = refusals(&text, runtime);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(
+                got[0].starts_with("s.toml:8:9: fault `e`: fij stap does not write `error` faults"),
+                "{got:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_bpf_runtime_refuses_what_needs_c_or_a_signal_to_another_process() {
         let text = format!(
             "{TARGET}[[fault]]\nname = \"p\"\ntarget = \"t\"\naction = \"kill\"\n\
