@@ -10,8 +10,8 @@
 //! Only calls of the listed syscalls leave the target's kernel context at all; every other
 //! call, and every process that is not a target, costs nothing.
 //!
-//! When fij ends, the listener closes; a target that outlives it (fij ends what it spawned,
-//! and a spawned target dies with fij) would see its listed calls fail with ENOSYS.
+//! When fij ends, the listener closes; a target that outlives it (fij ends what it spawned at
+//! a normal end, but a SIGKILLed fij leaves it running) sees its listed calls fail with ENOSYS.
 use std::{
     collections::HashMap,
     io,

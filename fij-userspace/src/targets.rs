@@ -235,10 +235,12 @@ impl GatedChild {
             listener: None,
             pending: None,
         };
+        wait_until_gated(pid as u32);
+        // Only once the child is at its gate: until its close_range, it still holds copies of
+        // fij's fds, the listeners of the instances spawned before it among them.
         if !seccomp.is_empty() {
             child.listener = Some(crate::seccomp::take_listener(pid as u32)?);
         }
-        wait_until_gated(pid as u32);
         Ok(child)
     }
 
