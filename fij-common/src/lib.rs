@@ -76,6 +76,23 @@ pub const MAX_TRACEPOINTS: usize = 8;
 /// Hook ids of uprobe/uretprobe/kprobe/kretprobe triggers: the probe's index (its attach cookie
 /// for uprobes, `KPROBE_HOOKS[function address]` for kprobes).
 pub const HOOK_PROBE: u32 = 0x2_0000;
+/// Hook ids of the cgroup-v2 socket hooks that fail a call (`action = "error"`):
+/// `HOOK_ERRNO | ERRNO_HOOK_*`. Distinct from the syscall's own id, so an `error` fault on
+/// `connect` is evaluated by the cgroup hook only, never by `sys_enter` too.
+pub const HOOK_ERRNO: u32 = 0x4_0000;
+/// `connect(2)` of an AF_INET/AF_INET6 socket (cgroup `connect4`/`connect6`).
+pub const ERRNO_HOOK_CONNECT: u32 = 0;
+/// `bind(2)` of an AF_INET/AF_INET6 socket (cgroup `bind4`/`bind6`).
+pub const ERRNO_HOOK_BIND: u32 = 1;
+/// A UDP datagram sent with an explicit address: `sendto(2)`, `sendmsg(2)`, each message of
+/// `sendmmsg(2)` (cgroup `sendmsg4`/`sendmsg6`).
+pub const ERRNO_HOOK_UDP_SEND: u32 = 2;
+/// `getsockopt(2)` (cgroup `getsockopt`, which runs after the kernel's own getsockopt).
+pub const ERRNO_HOOK_GETSOCKOPT: u32 = 3;
+/// `setsockopt(2)` (cgroup `setsockopt`, before the kernel's).
+pub const ERRNO_HOOK_SETSOCKOPT: u32 = 4;
+/// `socket(2)` of AF_INET/AF_INET6 (cgroup `sock_create`).
+pub const ERRNO_HOOK_SOCKET: u32 = 5;
 
 /// Value of the hook table: the fault ids (indices into the rule array) to evaluate, in order.
 #[repr(C)]
@@ -97,6 +114,9 @@ pub const RULE_PROBABILITY: u32 = 1 << 2;
 /// `FaultRule::flags`: the action is `crash`: before the signal, the victim is marked crashed so
 /// that every socket it releases while dying is silenced (see [`SilenceKey`]).
 pub const RULE_CRASH: u32 = 1 << 1;
+/// `FaultRule::flags`: the action is `error`: nothing is signalled; the hook that evaluated the
+/// rule fails the call with `FaultRule::errno` (the cgroup hooks, `bpf_set_retval`).
+pub const RULE_ERROR: u32 = 1 << 5;
 
 /// One fault's firing conditions, all combined with AND. Zero means "not set" for
 /// `nth`, `every` and `after_ns`.
@@ -121,6 +141,9 @@ pub struct FaultRule {
     /// (2 or 5).
     pub port: u32,
     pub port_arg: u32,
+    /// With `RULE_ERROR`: the errno (positive) the failed call returns.
+    pub errno: u32,
+    pub _pad: u32,
 }
 
 impl FaultRule {
@@ -134,6 +157,22 @@ impl FaultRule {
             (0, e) => hit.is_multiple_of(e),
             (n, e) => hit >= n && (hit - n).is_multiple_of(e),
         }
+    }
+
+    /// Whether counted hit `hit` fires, before `count`: `nth`/`every`, then `probability`
+    /// with the hit's seeded draw (`draw` is only called when the rule has one). Returns the
+    /// draw that decided (0 without probability). The one decision of the kernel's programs
+    /// and of the seccomp supervisor in userspace, so both count and draw alike.
+    #[inline(always)]
+    pub fn decide(&self, hit: u64, draw: impl FnOnce() -> u64) -> Option<u64> {
+        if !self.fires_on(hit) {
+            return None;
+        }
+        if self.flags & RULE_PROBABILITY == 0 {
+            return Some(0);
+        }
+        let draw = draw();
+        random::fires_with(draw, self.probability).then_some(draw)
     }
 }
 
@@ -344,7 +383,7 @@ pub const EVENT_JOINED: u32 = 5;
 /// Fires a fault on a process: the one decision record of an injection, for both places that
 /// fire — the kernel in its victim's context (`fij-ebpf`'s `decide::fire`) and the loader for
 /// a time-triggered victim that slept through its due time. `event` comes filled in but for
-/// `signal` and `result`, which this sets. A protected process (`may_signal` false: pid 1, a
+/// `signal`, `errno` and `result`, which this sets. A protected process (`may_signal` false: pid 1, a
 /// kernel thread, fij or its ancestor) is refused: nothing is marked or sent. A `crash` marks
 /// the process before the signal, so the sockets it releases while dying are silenced. A rule
 /// without a signal (`partition`) sends nothing. The result is the send's (0 = queued).
@@ -358,6 +397,9 @@ pub fn fire(
 ) {
     event.kind = EVENT_INJECTION;
     event.signal = rule.signal;
+    if rule.flags & RULE_ERROR != 0 {
+        event.errno = rule.errno;
+    }
     event.result = if !may_signal {
         SIGNAL_REFUSED
     } else if rule.signal == 0 {
@@ -402,6 +444,9 @@ pub struct Event {
     /// The draw that decided a probabilistic injection (0 when the rule has no probability);
     /// for an exit whose `hit` is set, the hit the last injection fired on.
     pub draw: u64,
+    /// The errno a failed call returned (injection of an `error` fault), 0 otherwise.
+    pub errno: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

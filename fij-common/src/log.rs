@@ -36,10 +36,14 @@ pub enum Record {
         syscall: Option<String>,
         /// The trigger as written: `write`, `sched:sched_switch`, `uprobe /bin/x:f`, `time …`.
         trigger: String,
-        /// "none" for `partition`, which signals nothing.
+        /// "none" for `partition` and `error`, which signal nothing.
         signal: String,
+        /// `action = "error"`: what the failed call returned (`ECONNREFUSED`, `retval 0`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        errno: Option<String>,
         /// Who fired it: "kernel" (in the victim's context), or "fij" (a time trigger whose
-        /// victim slept through its due time and so could not claim it).
+        /// victim slept through its due time and so could not claim it), or "seccomp" (fij's
+        /// answer to a call a spawned target's seccomp filter sent it, `action = "error"`).
         by: String,
         /// Time triggers: when it was due, and how late it fired.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -11,9 +11,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use fij_common::{
     CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_START_NS, COUNTER_TABLE_FULL,
     EVENT_INJECTION, Event, FaultRule, HookKey, InjectedMark, MAX_FAULTS, MAX_FAULTS_PER_HOOK,
-    PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY,
+    PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_ERROR, RULE_PER_TARGET, RULE_PORT,
     RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey, StopMark, TargetProcess,
-    random::{fires_with, hit_draw, key_from_seed},
+    random::{hit_draw, key_from_seed},
 };
 
 use crate::maps::{
@@ -48,19 +48,9 @@ pub fn on_hit(
     detail: u64,
     regs: *const u8,
 ) {
-    let Some(faults) = (unsafe { HOOKS.get(key) }) else {
+    let Some((faults, hit)) = hit_of(process, tgid, tid, key, detail, regs as u64, PORT_IN_REGS)
+    else {
         return;
-    };
-    if config(CONFIG_ARMED) == 0 {
-        return;
-    }
-    // No clock here: a helper call that only `after` and an injection need.
-    let hit = Hit {
-        process: *process,
-        tgid,
-        tid,
-        detail,
-        regs: regs as u64,
     };
     let len = faults.len as usize;
     for i in 0..MAX_FAULTS_PER_HOOK {
@@ -69,6 +59,60 @@ pub fn on_hit(
         }
         fault_hit(faults.fault_ids[i], &hit);
     }
+}
+
+/// A hit of a cgroup hook that can fail the call (`action = "error"`) by the current task:
+/// the same conditions as [`on_hit`], but nothing is signalled. `port` is the call's port
+/// (host order; 0 when it has none). Returns the errno of the first fault that fired (0: let
+/// the call through); every fault on the hook counts the hit either way.
+#[inline(always)]
+pub fn on_error_hit(process: &TargetProcess, tgid: u32, tid: u32, key: &HookKey, port: u32) -> u32 {
+    let Some((faults, hit)) = hit_of(process, tgid, tid, key, key.hook as u64, 0, port) else {
+        return 0;
+    };
+    let len = faults.len as usize;
+    let mut errno = 0;
+    for i in 0..MAX_FAULTS_PER_HOOK {
+        if i >= len {
+            break;
+        }
+        let fired = fault_error_hit(faults.fault_ids[i], &hit);
+        if errno == 0 {
+            errno = fired;
+        }
+    }
+    errno
+}
+
+/// `Hit::port` of a syscall trigger: the port is read from the sockaddr in its registers.
+const PORT_IN_REGS: u32 = u32::MAX;
+
+#[inline(always)]
+fn hit_of(
+    process: &TargetProcess,
+    tgid: u32,
+    tid: u32,
+    key: &HookKey,
+    detail: u64,
+    regs: u64,
+    port: u32,
+) -> Option<(&'static fij_common::HookFaults, Hit)> {
+    let faults = unsafe { HOOKS.get(key) }?;
+    if config(CONFIG_ARMED) == 0 {
+        return None;
+    }
+    // No clock here: a helper call that only `after` and an injection need.
+    Some((
+        faults,
+        Hit {
+            process: *process,
+            tgid,
+            tid,
+            detail,
+            regs,
+            port,
+        },
+    ))
 }
 
 /// One hit, as [`fault_hit`] sees it (a BPF function takes at most five arguments).
@@ -80,6 +124,8 @@ pub struct Hit {
     detail: u64,
     /// The user registers of a syscall trigger (0 for other triggers).
     regs: u64,
+    /// The call's port, from a cgroup hook; `PORT_IN_REGS` for a syscall trigger.
+    port: u32,
 }
 
 /// Evaluates fault `fault_id` for `hit`. A global, not inlined function: the verifier checks
@@ -92,52 +138,58 @@ pub extern "C" fn fault_hit(fault_id: u32, hit: *const Hit) -> u32 {
     let Some(hit) = (unsafe { hit.as_ref() }) else {
         return 0;
     };
-    evaluate(
-        fault_id,
-        &hit.process,
-        hit.tgid,
-        hit.tid,
-        hit.detail,
-        hit.regs as *const u8,
-    );
-    0 // the verifier wants a global function to return a scalar
+    evaluate::<true>(fault_id, hit)
 }
 
+/// [`fault_hit`] for the cgroup hooks, whose program types may not call `bpf_send_signal` or
+/// read the task: the same evaluation with signals compiled out. Returns the errno to fail the
+/// call with (0: none).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn fault_error_hit(fault_id: u32, hit: *const Hit) -> u32 {
+    let Some(hit) = (unsafe { hit.as_ref() }) else {
+        return 0;
+    };
+    evaluate::<false>(fault_id, hit)
+}
+
+/// The conditions, then [`fire`]. Returns the errno of an `error` fault that fired on a
+/// process that may be failed, else 0.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn evaluate(
-    fault_id: u32,
-    process: &TargetProcess,
-    tgid: u32,
-    tid: u32,
-    detail: u64,
-    regs: *const u8,
-) {
+fn evaluate<const SIGNALS: bool>(fault_id: u32, hit: &Hit) -> u32 {
+    let (process, tgid, tid) = (&hit.process, hit.tgid, hit.tid);
     let Some(rule) = RULES.get(fault_id) else {
-        return;
+        return 0;
     };
     if !selected(rule, fault_id, process) {
-        return;
+        return 0;
     }
     // Hits before `after` are not counted at all: `nth` counts from that moment on.
     if rule.after_ns != 0 {
         let since_start = unsafe { bpf_ktime_get_ns() }.saturating_sub(config(CONFIG_START_NS));
         if since_start < rule.after_ns {
-            return;
+            return 0;
         }
     }
     // A call to another port is no hit of this fault.
-    if rule.flags & RULE_PORT != 0 && !port_matches(rule, regs) {
-        return;
+    if rule.flags & RULE_PORT != 0 {
+        let matches = if hit.port == PORT_IN_REGS {
+            port_matches(rule, hit.regs as *const u8)
+        } else {
+            hit.port == rule.port
+        };
+        if !matches {
+            return 0;
+        }
     }
     let Some(counters) = COUNTERS.get_ptr_mut(fault_id) else {
-        return;
+        return 0;
     };
-    let hit = if rule.flags & RULE_PER_TARGET != 0 {
+    let number = if rule.flags & RULE_PER_TARGET != 0 {
         unsafe { atomic_add(&raw mut (*counters).target_hits, 1) + 1 }
     } else {
         match process_hit(fault_id, tgid, process.generation) {
-            Some(hit) => hit,
+            Some(number) => number,
             None => {
                 // Table full: say so (once per fault) rather than count from a wrong number.
                 if unsafe { atomic_add(&raw mut (*counters).uncounted, 1) } == 0 {
@@ -161,30 +213,30 @@ fn evaluate(
                     fault_id,
                     tgid
                 );
-                return;
+                return 0;
             }
         }
     };
-    if !rule.fires_on(hit) {
-        return;
-    }
     // Hit k of fault f always owns draw (f, k-1): the decision depends on the seed and the hit
     // number only, never on timing, so `fij plan` computes the same one in userspace.
-    let draw = if rule.flags & RULE_PROBABILITY != 0 {
-        let draw = fault_hit_draw(config(CONFIG_SEED), fault_id, hit);
-        if !fires_with(draw, rule.probability) {
-            return;
-        }
-        draw
-    } else {
-        0
+    let Some(draw) = rule.decide(number, || {
+        fault_hit_draw(config(CONFIG_SEED), fault_id, number)
+    }) else {
+        return 0;
     };
     // Claim one of the fault's `count` injections; losers of a race past the cap do nothing.
     if unsafe { atomic_add(&raw mut (*counters).injections, 1) } >= rule.count {
-        return;
+        return 0;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    fire(rule, fault_id, process, tgid, tid, now, hit, detail, draw);
+    let fired = fire::<SIGNALS>(
+        rule, fault_id, process, tgid, tid, now, number, hit.detail, draw,
+    );
+    if fired && rule.flags & RULE_ERROR != 0 {
+        rule.errno
+    } else {
+        0
+    }
 }
 
 /// Whether the sockaddr argument of the current syscall (an IPv4 or IPv6 address) names the
@@ -247,14 +299,16 @@ pub fn claim_due(process: &TargetProcess, tgid: u32, tid: u32) {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    fire(rule, fault_id, process, tgid, tid, now, TIME_HIT, 0, 0);
+    fire::<true>(rule, fault_id, process, tgid, tid, now, TIME_HIT, 0, 0);
 }
 
-/// Carries out a fault on the current task: the crash mark, the signal (none for partition:
-/// the event tells the loader to act), and the event — also when fij refused.
+/// Carries out a fault on the current task: the crash mark, the signal (none for partition
+/// and error: the event tells the loader to act, the hook fails the call), and the event — also
+/// when fij refused. Returns whether it was carried out (not refused, the signal queued).
+/// Without `SIGNALS` (the cgroup hooks) no signal can be sent and the task is not read.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn fire(
+fn fire<const SIGNALS: bool>(
     rule: &FaultRule,
     fault_id: u32,
     process: &TargetProcess,
@@ -264,7 +318,7 @@ fn fire(
     hit: u64,
     detail: u64,
     draw: u64,
-) {
+) -> bool {
     let mut event = Event {
         fault_id,
         ktime_ns: now,
@@ -277,14 +331,24 @@ fn fire(
         draw,
         ..Event::default()
     };
+    let allowed = if SIGNALS {
+        may_signal(tgid)
+    } else {
+        // A cgroup hook cannot read the task; kernel threads never join the target set, and
+        // the rest of the exclusions are checked here as everywhere.
+        tgid > 1 && unsafe { PROTECTED.get(&tgid) }.is_none()
+    };
     fij_common::fire(
         rule,
         &mut event,
-        may_signal(tgid),
+        allowed,
         |mark| {
             let _ = CRASHED.insert(&tgid, mark, 0);
         },
         |signal| {
+            if !SIGNALS {
+                return -22; // EINVAL: no rule with a signal is evaluated without signals
+            }
             // Recorded before the signal: if fij dies before it reads the event, its guardian
             // still finds the process to resume.
             let stops = signal == SIGSTOP;
@@ -336,6 +400,7 @@ fn fire(
     } else {
         emit(&event)
     }
+    event.result == 0
 }
 
 /// Records that the current process `tgid` is being stopped by `fault_id`, with its start time

@@ -3,8 +3,8 @@
 //! They touch no map and have no effect where they run.
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    macros::{classifier, kprobe, uprobe},
-    programs::{ProbeContext, TcContext},
+    macros::{classifier, fentry, kprobe, uprobe},
+    programs::{FEntryContext, ProbeContext, TcContext},
 };
 
 #[uprobe]
@@ -14,6 +14,13 @@ pub fn fij_probe_uprobe(_ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn fij_probe_kprobe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// A BPF trampoline program: where fentry loads, fmod_ret (which could fail any syscall with an
+/// errno) has the trampolines it needs.
+#[fentry(function = "do_sys_openat2")]
+pub fn fij_probe_fentry(_ctx: FEntryContext) -> u32 {
     0
 }
 

@@ -74,7 +74,9 @@ impl Campaign<'_> {
                 recover_after: None,
             }
             | Action::Kill
-            | Action::Signal(_) => {}
+            | Action::Signal(_)
+            // The hook failed the call; nothing follows.
+            | Action::Error { .. } => {}
         }
         Ok(())
     }

@@ -3,7 +3,12 @@
 //! order of those steps and the state they share ([`Campaign`]); what the events mean is
 //! [`crate::events`], what each action does after its injection is [`crate::actions`], when
 //! time-triggered faults fall due is [`crate::time_faults`].
-use std::{path::PathBuf, time::Duration};
+use std::{
+    os::fd::OwnedFd,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
@@ -18,6 +23,7 @@ use tracing::{info, warn};
 use crate::{
     InvalidInput, actions, caps,
     compile::CompiledCampaign,
+    events::FiredBy,
     guardian::Guardian,
     kernel::Kernel,
     layout,
@@ -70,6 +76,10 @@ pub(crate) struct ArmedInstance {
     pub pid: u32,
     pub spawned: bool,
 }
+
+/// A spawned instance's seccomp listener (`crate::seccomp`), taken at its release: (target,
+/// instance, listener, the command's first notified call if it came during the release).
+type SeccompListener = (usize, u32, OwnedFd, Option<libc::seccomp_notif>);
 
 /// The running campaign: what the event handlers, the actions' follow-ups and the time
 /// triggers share.
@@ -212,7 +222,7 @@ pub async fn run(
     let start_ns = monotonic_ns();
     let start = Instant::now();
     kernel.arm(start_ns, compiled.seed)?;
-    let (armed, running) = arm_targets(
+    let (armed, running, listeners) = arm_targets(
         &mut kernel,
         scenario,
         &sources,
@@ -250,6 +260,25 @@ pub async fn run(
     if let Some(armed) = &opts.armed {
         let _ = armed.send(());
     }
+    // The seccomp listeners of spawned targets: one thread each answers their calls; what it
+    // injects comes to the event loop as an event.
+    let (seccomp_events, mut seccomp_rx) = tokio::sync::mpsc::unbounded_channel();
+    let supervisor = Arc::new(Mutex::new(crate::seccomp::Supervisor::new(
+        scenario, compiled, start_ns,
+    )));
+    let listener_threads = listeners
+        .into_iter()
+        .map(|(target_idx, instance, listener, pending)| {
+            crate::seccomp::ListenerThread::start(
+                listener,
+                target_idx,
+                instance,
+                pending,
+                supervisor.clone(),
+                seccomp_events.clone(),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let ring = kernel.take_events().context("event ring already taken")?;
     // SAFETY: the ring owns its fd and keeps it open for as long as the AsyncFd holds it.
@@ -293,8 +322,15 @@ pub async fn run(
         selector_targets,
         opts.stop.clone(),
         &mut kernel_log,
+        &mut seccomp_rx,
     )
     .await?;
+    // No call is answered any more (a target still running sees ENOSYS for them until fij
+    // ends it); what was injected is logged.
+    drop(listener_threads);
+    while let Ok(event) = seccomp_rx.try_recv() {
+        campaign.injection(&mut kernel, &event, FiredBy::Seccomp)?;
+    }
     if let Some(kernel_log) = &mut kernel_log {
         kernel_log.get_mut().flush();
     }
@@ -356,9 +392,10 @@ fn arm_targets(
     sources: &[Source],
     tick: bool,
     protected: &[u32],
-) -> Result<(Vec<ArmedInstance>, Vec<RunningMatch>)> {
+) -> Result<(Vec<ArmedInstance>, Vec<RunningMatch>, Vec<SeccompListener>)> {
     let mut armed = Vec::new();
     let mut running = Vec::new();
+    let mut listeners = Vec::new();
     // Spawned instances wait at their gate until fij is wholly armed: attaching a program
     // patches kernel text on every CPU, which would slow a target that already runs.
     let mut gated = Vec::new();
@@ -380,10 +417,17 @@ fn arm_targets(
                 },
                 Source::Spawn(program),
             ) => {
+                let seccomp = crate::seccomp::syscalls_of(scenario, target_idx);
                 for instance in 0..*instances {
-                    let child =
-                        GatedChild::spawn(program, argv, cwd.as_deref(), env, (*user, *group))
-                            .with_context(|| format!("target `{}`", target.name))?;
+                    let child = GatedChild::spawn(
+                        program,
+                        argv,
+                        cwd.as_deref(),
+                        env,
+                        (*user, *group),
+                        &seccomp,
+                    )
+                    .with_context(|| format!("target `{}`", target.name))?;
                     kernel.add_target(child.pid, entry(instance, monotonic_ns()))?;
                     if tick {
                         kernel.attach_tick(child.pid)?;
@@ -438,11 +482,21 @@ fn arm_targets(
             .release()
             .with_context(|| format!("target `{}`", target.name))?;
         info!(target = %target.name, instance, pid = child.pid, "spawned {}", argv.join(" "));
+        if let Some(listener) = child.listener.take() {
+            let target_idx = scenario
+                .targets
+                .iter()
+                .position(|t| std::ptr::eq(t, target))
+                .expect("a target of the scenario");
+            listeners.push((target_idx, instance, listener, child.pending.take()));
+        }
     }
-    Ok((armed, running))
+    Ok((armed, running, listeners))
 }
 
-/// Waits for events, timed steps, the deadline or a signal; returns why the campaign ends.
+/// Waits for events (the ring's, the seccomp listeners'), timed steps, the deadline or a
+/// signal; returns why the campaign ends.
+#[allow(clippy::too_many_arguments)]
 async fn event_loop(
     campaign: &mut Campaign<'_>,
     kernel: &mut Kernel,
@@ -451,6 +505,7 @@ async fn event_loop(
     selector_targets: bool,
     mut stop: Option<tokio::sync::watch::Receiver<bool>>,
     kernel_log: &mut Option<AsyncFd<KernelLog>>,
+    seccomp: &mut tokio::sync::mpsc::UnboundedReceiver<fij_common::Event>,
 ) -> Result<EndReason> {
     let deadline = campaign.scenario.duration.map(|d| campaign.start + d);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -482,6 +537,7 @@ async fn event_loop(
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            Some(event) = seccomp.recv() => campaign.injection(kernel, &event, FiredBy::Seccomp)?,
             _ = sigint.recv() => return Ok(EndReason::Interrupted),
             _ = sigterm.recv() => return Ok(EndReason::Interrupted),
             Ok(()) = async { stop.as_mut().expect("guarded").wait_for(|s| *s).await.map(|_| ()) }, if stop.is_some() => return Ok(EndReason::Interrupted),

@@ -43,15 +43,17 @@ pub fn missing(scenario: &Scenario, effective: u64) -> Vec<String> {
             "to load tracing programs that read kernel memory",
         );
     }
-    let net = scenario
-        .faults
-        .iter()
-        .any(|f| matches!(f.action, Action::Crash { .. } | Action::Partition { .. }));
+    let net = scenario.faults.iter().any(|f| {
+        matches!(
+            f.action,
+            Action::Crash { .. } | Action::Partition { .. } | Action::Error { .. }
+        )
+    });
     if net {
         need(
             CAP_NET_ADMIN,
             "CAP_NET_ADMIN",
-            "for `crash` and `partition`: socket and tcx programs",
+            "for `crash`, `partition` and `error`: socket, cgroup and tcx programs",
         );
     }
     let others = scenario

@@ -8,16 +8,17 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use fij_common::{
-    FaultRule, HOOK_PROBE, HOOK_TRACEPOINT, HookKey, MAX_DUE, MAX_FAULTS, MAX_FAULTS_PER_HOOK,
-    MAX_KPROBES, MAX_SELECTIONS, MAX_SELECTORS_PER_KIND, MAX_TARGET_PROCESSES, MAX_TRACEPOINTS,
-    RULE_CRASH, RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY, RULE_SELECT, random,
+    FaultRule, HOOK_ERRNO, HOOK_PROBE, HOOK_TRACEPOINT, HookKey, MAX_DUE, MAX_FAULTS,
+    MAX_FAULTS_PER_HOOK, MAX_KPROBES, MAX_SELECTIONS, MAX_SELECTORS_PER_KIND, MAX_TARGET_PROCESSES,
+    MAX_TRACEPOINTS, RULE_CRASH, RULE_ERROR, RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY,
+    RULE_SELECT, random,
 };
 
 use crate::{
-    draws,
+    draws, error_paths,
     scenario::{
-        Action, Diagnostic, Diagnostics, PORT_SYSCALLS, Per, Probe, ProbeKind, Scenario, Select,
-        Selector, SourcePos, TargetSource, Trigger,
+        Action, Diagnostic, Diagnostics, PORT_SYSCALLS, Per, Probe, ProbeKind, Returns, Scenario,
+        Select, Selector, SourcePos, TargetSource, Trigger,
     },
 };
 
@@ -56,6 +57,8 @@ pub struct Attachments {
     pub silencer: bool,
     /// The task-clock tick on each instance's root process (time triggers).
     pub tick: bool,
+    /// The cgroup-v2 hooks that fail calls (`ERRNO_HOOK_*`, ascending; `action = "error"`).
+    pub errno_hooks: Vec<u32>,
 }
 
 /// When a time-triggered fault falls due for one instance, counted from the campaign start.
@@ -188,6 +191,18 @@ fn hook_table(
     let mut kprobes = 0;
     for (id, fault) in scenario.faults.iter().enumerate() {
         let hook = match &fault.trigger {
+            // A failed call is decided in the cgroup hook that can fail it (the parser refused
+            // any other), never at sys_enter too.
+            Trigger::Syscall { name, .. } if matches!(fault.action, Action::Error { .. }) => {
+                let Some(errno_hook) = error_paths::cgroup_hook(name) else {
+                    continue;
+                };
+                if !attach.errno_hooks.contains(&errno_hook) {
+                    attach.errno_hooks.push(errno_hook);
+                    attach.errno_hooks.sort_unstable();
+                }
+                HOOK_ERRNO | errno_hook
+            }
             Trigger::Syscall { nr, .. } => {
                 attach.syscalls = true;
                 *nr
@@ -353,7 +368,16 @@ fn rules(scenario: &Scenario) -> Vec<FaultRule> {
                 signal: fault.action.signal() as u32,
                 port: port.map_or(0, |(port, _)| port),
                 port_arg: port.map_or(0, |(_, arg)| arg),
+                errno: match fault.action {
+                    Action::Error {
+                        returns: Returns::Errno(errno),
+                        ..
+                    } => errno as u32,
+                    _ => 0,
+                },
+                _pad: 0,
                 flags: flag(port.is_some(), RULE_PORT)
+                    | flag(matches!(fault.action, Action::Error { .. }), RULE_ERROR)
                     | flag(fault.per == Per::Target, RULE_PER_TARGET)
                     | flag(matches!(fault.action, Action::Crash { .. }), RULE_CRASH)
                     | flag(fault.probability.is_some(), RULE_PROBABILITY)
@@ -461,6 +485,7 @@ mod tests {
                 crash: true,
                 silencer: true,
                 tick: true,
+                errno_hooks: vec![],
             }
         );
         assert_eq!(c.rules[0].nth, 3);
@@ -486,6 +511,76 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn an_error_fault_is_counted_at_its_cgroup_hook_not_at_sys_enter() {
+        let s = scenario(
+            &[
+                fault(
+                    "refuse",
+                    "w",
+                    "action = \"error\"\nerrno = \"ECONNREFUSED\"\ntrigger = { syscall = \"connect\", port = 80 }\nnth = 3",
+                ),
+                fault(
+                    "drop",
+                    "db",
+                    "action = \"error\"\nerrno = 105\ntrigger = { syscall = \"sendmsg\" }",
+                ),
+                fault(
+                    "kill",
+                    "w",
+                    "action = \"kill\"\ntrigger = { syscall = \"connect\" }",
+                ),
+            ]
+            .concat(),
+        );
+        let c = compile(&s, 1).unwrap();
+        let connect = libc::SYS_connect as u32;
+        assert_eq!(
+            c.hooks,
+            BTreeMap::from([
+                (
+                    HookKey {
+                        target_idx: 0,
+                        hook: connect
+                    },
+                    vec![2]
+                ),
+                (
+                    HookKey {
+                        target_idx: 0,
+                        hook: HOOK_ERRNO | fij_common::ERRNO_HOOK_CONNECT
+                    },
+                    vec![0]
+                ),
+                (
+                    HookKey {
+                        target_idx: 1,
+                        hook: HOOK_ERRNO | fij_common::ERRNO_HOOK_UDP_SEND
+                    },
+                    vec![1]
+                ),
+            ])
+        );
+        assert_eq!(
+            c.attach.errno_hooks,
+            [
+                fij_common::ERRNO_HOOK_CONNECT,
+                fij_common::ERRNO_HOOK_UDP_SEND
+            ]
+        );
+        assert!(
+            c.attach.syscalls,
+            "the kill on connect still needs sys_enter"
+        );
+        assert_eq!(c.rules[0].flags, RULE_ERROR | RULE_PORT);
+        assert_eq!(
+            (c.rules[0].errno, c.rules[0].signal, c.rules[0].port),
+            (111, 0, 80)
+        );
+        assert_eq!(c.rules[1].errno, 105);
+        assert_eq!(c.rules[2].errno, 0);
     }
 
     #[test]

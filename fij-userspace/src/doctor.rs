@@ -17,7 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf,
     programs::{
-        KProbe, LinkOrder, SchedClassifier, TcAttachType, TcError, UProbe,
+        FEntry, KProbe, LinkOrder, SchedClassifier, TcAttachType, TcError, UProbe,
         tc::{NlOptions, TcAttachOptions, qdisc_add_clsact},
         uprobe::UProbeScope,
     },
@@ -48,6 +48,7 @@ use crate::{
 const PROBE_UPROBE: &str = "fij_probe_uprobe";
 const PROBE_KPROBE: &str = "fij_probe_kprobe";
 const PROBE_TC: &str = "fij_probe_tc";
+const PROBE_FENTRY: &str = "fij_probe_fentry";
 
 /// Where the probes are attached: a libc function, a kernel function, an interface that exists
 /// everywhere.
@@ -221,11 +222,18 @@ pub fn run() -> Report {
     } else {
         skip_probes("needs root")
     });
+    let (override_return, why) = crate::error_paths::kprobe_override();
     checks.push(Check {
-        name: "fentry / LSM",
-        status: Status::NotUsed,
-        detail: "not checked: fij uses neither".into(),
-        disables: "",
+        name: "bpf_override_return",
+        status: if override_return {
+            Status::Ok
+        } else {
+            Status::Missing
+        },
+        detail: format!(
+            "kprobes with CONFIG_BPF_KPROBE_OVERRIDE: {why}; fij has no program for it yet"
+        ),
+        disables: DISABLES_OTHER_ERRORS,
         required: false,
     });
     Report {
@@ -402,8 +410,13 @@ fn skip_fij_programs(why: &str) -> Vec<Check> {
         Check::skipped("tracepoint", true, DISABLES_TP, why),
         Check::skipped("bpf_send_signal", true, DISABLES_SIGNAL, why),
         Check::skipped("crash / partition", false, DISABLES_CRASH, why),
+        Check::skipped("error: cgroup hooks", false, DISABLES_CGROUP_ERRORS, why),
     ]
 }
+
+/// What a kernel without the cgroup hooks that fail calls loses.
+const DISABLES_CGROUP_ERRORS: &str =
+    "`action = \"error\"` (connect, bind, UDP sendto/sendmsg, get/setsockopt, socket)";
 
 /// What a kernel without the silencing hooks loses.
 const DISABLES_CRASH: &str = "the crash and partition actions (kill, stop and signal still work)";
@@ -481,7 +494,21 @@ fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
                 )
             }),
     );
-    vec![ring, raw_tp, tp, signal, crash]
+    // In an object of its own, as the silencing hooks above.
+    let errors = Check::new(
+        "error: cgroup hooks",
+        false,
+        DISABLES_CGROUP_ERRORS,
+        Kernel::load(layout, false).and_then(|mut fresh| {
+            let all: Vec<u32> = (0..kernel::PROGS_ERRNO.len() as u32).collect();
+            fresh.attach_errno_hooks(&all)?;
+            Ok(format!(
+                "{} attached to the cgroup v2 root (bpf_set_retval)",
+                kernel::PROGS_ERRNO.concat().join(", ")
+            ))
+        }),
+    );
+    vec![ring, raw_tp, tp, signal, crash, errors]
 }
 
 /// A scenario of one spawned program killed on its first `execve`, read and compiled the
@@ -594,7 +621,7 @@ struct Victim {
 impl Victim {
     fn spawn(program: &Path, argv: &[String]) -> Result<Self> {
         Ok(Self {
-            child: GatedChild::spawn(program, argv, None, &[], (None, None))?,
+            child: GatedChild::spawn(program, argv, None, &[], (None, None), &[])?,
             reaped: false,
         })
     }
@@ -666,7 +693,36 @@ fn check_probes() -> Vec<Check> {
         Check::new("uprobe", false, DISABLES_UPROBE, check_uprobe(&mut probes)),
         check_kprobe(&mut probes),
         Check::new("tc / tcx", false, DISABLES_TC, check_tc(&mut probes)),
+        Check::new(
+            "fentry / fmod_ret",
+            false,
+            DISABLES_OTHER_ERRORS,
+            check_fentry(&mut probes),
+        ),
     ]
+}
+
+/// What a kernel without bpf_override_return and BPF trampolines loses (fij has no program for
+/// either yet, so today it loses nothing more).
+const DISABLES_OTHER_ERRORS: &str = "`action = \"error\"` on calls the cgroup hooks cannot fail, of adopted or selected \
+     targets (not built in fij yet; `command` targets use seccomp)";
+
+/// BPF trampolines, tried with a no-op fentry program (fmod_ret needs the same trampolines).
+fn check_fentry(ebpf: &mut Ebpf) -> Result<String> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let program: &mut FEntry = program(ebpf, PROBE_FENTRY)?;
+    program
+        .load(KPROBE_FUNCTION, &btf)
+        .with_context(|| format!("loading {PROBE_FENTRY} on {KPROBE_FUNCTION}"))?;
+    let link = program
+        .attach()
+        .with_context(|| format!("attaching {PROBE_FENTRY}"))?;
+    program
+        .detach(link)
+        .with_context(|| format!("detaching {PROBE_FENTRY}"))?;
+    Ok(format!(
+        "{PROBE_FENTRY} attached to {KPROBE_FUNCTION}: trampolines (fentry, fmod_ret) work; fij has no fmod_ret program yet"
+    ))
 }
 
 fn skip_probes(why: &str) -> Vec<Check> {
@@ -674,6 +730,7 @@ fn skip_probes(why: &str) -> Vec<Check> {
         Check::skipped("uprobe", false, DISABLES_UPROBE, why),
         Check::skipped("kprobe", false, DISABLES_KPROBE, why),
         Check::skipped("tc / tcx", false, DISABLES_TC, why),
+        Check::skipped("fentry / fmod_ret", false, DISABLES_OTHER_ERRORS, why),
     ]
 }
 
@@ -782,7 +839,7 @@ fn kprobe_support() -> (String, bool) {
 }
 
 /// The running kernel's build configuration: /boot/config-RELEASE or /proc/config.gz.
-fn kernel_config() -> Option<(String, String)> {
+pub(crate) fn kernel_config() -> Option<(String, String)> {
     let boot = format!("/boot/config-{}", uname().0);
     if let Ok(text) = std::fs::read_to_string(&boot) {
         return Some((boot, text));
@@ -796,7 +853,7 @@ fn kernel_config() -> Option<(String, String)> {
 }
 
 /// The value of `option` in a kernel .config: `y`, `m`, a string…, or `n` for "is not set".
-fn config_option(config: &str, option: &str) -> Option<String> {
+pub(crate) fn config_option(config: &str, option: &str) -> Option<String> {
     config.lines().find_map(|line| {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("# ") {

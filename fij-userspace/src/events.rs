@@ -11,7 +11,7 @@ use crate::{
     campaign::Campaign,
     kernel::Kernel,
     log::Record,
-    scenario::Trigger,
+    scenario::{Action, Trigger},
     signals,
     targets::{self},
 };
@@ -22,6 +22,8 @@ use crate::{
 pub enum FiredBy {
     Kernel,
     Fij,
+    /// fij's answer to a seccomp notification (`action = "error"` on a spawned target).
+    Seccomp,
 }
 
 impl FiredBy {
@@ -29,6 +31,7 @@ impl FiredBy {
         match self {
             FiredBy::Kernel => "kernel",
             FiredBy::Fij => "fij",
+            FiredBy::Seccomp => "seccomp",
         }
     }
 }
@@ -150,6 +153,14 @@ impl Campaign<'_> {
             0 => "none".to_string(),
             sig => signals::name(sig as i32),
         };
+        let errno = match &fault.action {
+            Action::Error { returns, .. } => Some(returns.to_string()),
+            _ => None,
+        };
+        // What the injection did, for the stderr line.
+        let done = errno
+            .as_ref()
+            .map_or(signal.clone(), |e| format!("{e} returned"));
         let delivered = e.result == 0;
         let error = (!delivered).then(|| injection_error(e.result));
         if delivered {
@@ -162,9 +173,9 @@ impl Campaign<'_> {
         self.tally.injections += 1;
         if let Some(error) = &error {
             self.tally.failed_injections += 1;
-            warn!(fault = %fault.name, target, pid = e.tgid, "{signal} on {what} not sent: {error}");
+            warn!(fault = %fault.name, target, pid = e.tgid, "{done} on {what} not done: {error}");
         } else {
-            info!(fault = %fault.name, target, pid = e.tgid, tid = e.tid, "{signal} on {what}");
+            info!(fault = %fault.name, target, pid = e.tgid, tid = e.tid, "{done} on {what}");
         }
         self.log.write(&Record::Injection {
             t_ns,
@@ -178,6 +189,7 @@ impl Campaign<'_> {
             syscall,
             trigger: fault.trigger.describe(),
             signal,
+            errno,
             by: by.as_str().to_string(),
             scheduled_t_ns: due.map(|d| d.saturating_sub(self.start_ns)),
             late_ns: due.map(|d| e.ktime_ns.saturating_sub(d)),

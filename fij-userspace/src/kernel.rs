@@ -48,6 +48,15 @@ pub const PROG_UPROBE: &str = "fij_uprobe";
 pub const PROG_URETPROBE: &str = "fij_uretprobe";
 pub const PROG_KPROBE: &str = "fij_kprobe";
 pub const PROG_KRETPROBE: &str = "fij_kretprobe";
+/// The cgroup hooks that fail calls, per `ERRNO_HOOK_*` (index): one or two programs each.
+pub const PROGS_ERRNO: [&[&str]; 6] = [
+    &["fij_errno_connect4", "fij_errno_connect6"],
+    &["fij_errno_bind4", "fij_errno_bind6"],
+    &["fij_errno_sendmsg4", "fij_errno_sendmsg6"],
+    &["fij_errno_getsockopt"],
+    &["fij_errno_setsockopt"],
+    &["fij_errno_socket"],
+];
 
 /// Task-clock sampling period of the time-trigger tick: 1 ms of the target's own CPU time.
 const TICK_PERIOD_NS: u64 = 1_000_000;
@@ -175,6 +184,10 @@ impl Kernel {
         }
         if attach.exec {
             self.attach_exec()?;
+        }
+        if !attach.errno_hooks.is_empty() {
+            self.attach_errno_hooks(&attach.errno_hooks)
+                .context("setting up error injection (fij doctor tells what is missing)")?;
         }
         if attach.crash {
             self.attach_crash(layout)
@@ -347,6 +360,38 @@ impl Kernel {
                 .with_context(|| format!("attaching {name} to cgroup {}", root.display()))?;
         }
         self.raw_tracepoint(PROG_TASK_FREE, "sched_process_free")
+    }
+
+    /// `action = "error"`: the cgroup hooks `errno_hooks` (`ERRNO_HOOK_*`) on the cgroup-v2
+    /// root, so they see every process's calls (the programs leave at once for non-targets).
+    pub fn attach_errno_hooks(&mut self, errno_hooks: &[u32]) -> Result<()> {
+        let root = crate::net::cgroup2_root()?;
+        let cgroup = std::fs::File::open(&root)
+            .with_context(|| format!("opening cgroup {}", root.display()))?;
+        for &hook in errno_hooks {
+            let names = PROGS_ERRNO
+                .get(hook as usize)
+                .ok_or_else(|| anyhow!("no program for error hook {hook}"))?;
+            for name in names.iter() {
+                let program = self.program(name)?;
+                let loaded = match program {
+                    aya::programs::Program::CgroupSockAddr(p) => p
+                        .load()
+                        .and_then(|()| p.attach(&cgroup, CgroupAttachMode::Single).map(drop)),
+                    aya::programs::Program::CgroupSockopt(p) => p
+                        .load()
+                        .and_then(|()| p.attach(&cgroup, CgroupAttachMode::Single).map(drop)),
+                    aya::programs::Program::CgroupSock(p) => p
+                        .load()
+                        .and_then(|()| p.attach(&cgroup, CgroupAttachMode::Single).map(drop)),
+                    _ => anyhow::bail!("{name} is not a cgroup program"),
+                };
+                loaded.with_context(|| {
+                    format!("loading and attaching {name} to cgroup {}", root.display())
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The tc program that drops silenced tuples (`crash`, `partition`), on ingress and egress

@@ -4,12 +4,12 @@
 //! makes exactly these decisions.
 use std::fmt;
 
-use fij_common::random::{fires_with, hit_draw, key_from_seed};
+use fij_common::random::{hit_draw, key_from_seed};
 use serde::Serialize;
 
 use crate::{
     compile::CompiledCampaign,
-    scenario::{Per, Scenario, Select, Trigger},
+    scenario::{Action, Per, Scenario, Select, Trigger},
     signals,
 };
 
@@ -35,6 +35,9 @@ pub struct FaultPlan {
     pub per: &'static str,
     pub trigger: String,
     pub signal: String,
+    /// `action = "error"`: what the failed call returns (`ECONNREFUSED`, `retval 0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub returns: Option<String>,
     pub probability: Option<f64>,
     pub count: u64,
     /// The instances that take part (`select`); all of them when absent.
@@ -84,16 +87,12 @@ pub fn plan(scenario: &Scenario, compiled: &CompiledCampaign, hits: u64) -> Plan
                 .collect();
             let counts_hits = !matches!(fault.trigger, Trigger::Time(_));
             let fires = (1..=if counts_hits { hits } else { 0 })
-                .filter(|&hit| rule.fires_on(hit))
-                .filter_map(|hit| match fault.probability {
-                    None => Some(PlannedHit { hit, draw: None }),
-                    Some(_) => {
-                        let draw = hit_draw(&key, id as u32, hit);
-                        fires_with(draw, rule.probability).then_some(PlannedHit {
-                            hit,
-                            draw: Some(draw),
-                        })
-                    }
+                .filter_map(|hit| {
+                    let draw = rule.decide(hit, || hit_draw(&key, id as u32, hit))?;
+                    Some(PlannedHit {
+                        hit,
+                        draw: fault.probability.map(|_| draw),
+                    })
                 })
                 .collect();
             let trigger = match &fault.trigger {
@@ -112,6 +111,10 @@ pub fn plan(scenario: &Scenario, compiled: &CompiledCampaign, hits: u64) -> Plan
                 signal: match fault.action.signal() {
                     0 => "none".into(),
                     sig => signals::name(sig),
+                },
+                returns: match &fault.action {
+                    Action::Error { returns, .. } => Some(returns.to_string()),
+                    _ => None,
                 },
                 probability: fault.probability,
                 count: fault.count,
@@ -141,10 +144,14 @@ impl fmt::Display for Plan {
             let chance = p
                 .probability
                 .map_or(String::new(), |p| format!(", probability {p}"));
+            let what = match &p.returns {
+                Some(returns) => format!("fails the call with {returns}"),
+                None => p.signal.clone(),
+            };
             writeln!(
                 f,
                 "fault {} — {} on {} of target {} (per {}{}, count {}):",
-                p.fault, p.signal, p.trigger, p.target, p.per, chance, p.count
+                p.fault, what, p.trigger, p.target, p.per, chance, p.count
             )?;
             if let Some(instances) = &p.instances {
                 writeln!(f, "  selects instances {instances:?}")?;

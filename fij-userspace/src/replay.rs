@@ -29,11 +29,13 @@ pub fn injections(log: &Path) -> Result<Vec<String>> {
                 hit,
                 syscall,
                 signal,
+                errno,
                 draw,
                 ..
             } => Some(format!(
-                "fault {fault:?} target {target:?} instance {instance} hit {hit} {} {signal:?} draw {}",
+                "fault {fault:?} target {target:?} instance {instance} hit {hit} {} {signal:?}{} draw {}",
                 syscall.map_or("null".to_string(), |s| format!("{s:?}")),
+                errno.map_or(String::new(), |e| format!(" {e}")),
                 draw.map_or("null".to_string(), |d| d.to_string()),
             )),
             _ => None,

@@ -38,6 +38,9 @@ pub struct FaultSummary {
     pub failed: u64,
     /// Of those, the ones fij fired itself (a time-triggered victim asleep at its due time).
     pub by_fij: u64,
+    /// `action = "error"`: what the failed calls returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -144,6 +147,7 @@ impl Summary {
                 trigger,
                 pid,
                 signal,
+                errno,
                 by,
                 delivered,
                 ..
@@ -161,6 +165,9 @@ impl Summary {
                     }
                 };
                 summary.injections += 1;
+                if summary.errno.is_none() {
+                    summary.errno = errno.clone();
+                }
                 summary.failed += u64::from(!delivered);
                 summary.by_fij += u64::from(by == "fij");
                 if *delivered && signal == "SIGSTOP" {
@@ -324,8 +331,14 @@ impl fmt::Display for Summary {
             };
             writeln!(
                 f,
-                "  {:<24} {:>6} injection(s), trigger {}{extra}",
-                fault.fault, fault.injections, fault.trigger
+                "  {:<24} {:>6} injection(s), trigger {}{}{extra}",
+                fault.fault,
+                fault.injections,
+                fault.trigger,
+                fault
+                    .errno
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(", the call returned {e}"))
             )?;
         }
         writeln!(f, "targets:")?;
@@ -393,6 +406,7 @@ mod tests {
             syscall: Some("write".into()),
             trigger: "write".into(),
             signal: signal.into(),
+            errno: None,
             by: "kernel".into(),
             scheduled_t_ns: None,
             late_ns: None,

@@ -3,7 +3,7 @@
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
 };
 
@@ -105,6 +105,11 @@ pub struct GatedChild {
     pub pid: u32,
     gate: Option<OwnedFd>,
     exec_errors: OwnedFd,
+    /// The seccomp listener of a child spawned with syscalls to fail (`crate::seccomp`).
+    pub listener: Option<OwnedFd>,
+    /// A notification of the command's, taken while the child was released: the first call
+    /// the listener's thread must answer.
+    pub pending: Option<libc::seccomp_notif>,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -132,6 +137,7 @@ impl GatedChild {
         cwd: Option<&Path>,
         env: &[(String, String)],
         (user, group): (Option<u32>, Option<u32>),
+        seccomp: &[u32],
     ) -> Result<Self> {
         use std::os::unix::ffi::OsStrExt;
         // Everything the child needs is prepared here: after fork it may only make raw syscalls.
@@ -155,6 +161,11 @@ impl GatedChild {
             .map(|a| a.as_ptr())
             .chain(std::iter::once(std::ptr::null()))
             .collect();
+        let filter = crate::seccomp::filter(seccomp);
+        let program = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut _,
+        };
         let (gate_rx, gate_tx) = pipe()?;
         let (err_rx, err_tx) = pipe()?;
         // SAFETY: getpid has no preconditions.
@@ -197,6 +208,11 @@ impl GatedChild {
                 if close_fds_except(&[gate_rx.as_raw_fd(), err_tx.as_raw_fd()]).is_err() {
                     report_errno_and_exit(err_tx.as_raw_fd());
                 }
+                // The calls fij fails by answering them; from here on every one of them waits
+                // for fij (which answers the child's own until the exec).
+                if !seccomp.is_empty() && !crate::seccomp::install(&program, user.is_some()) {
+                    report_errno_and_exit(err_tx.as_raw_fd());
+                }
                 let mut byte = 0u8;
                 // EOF without a byte means fij gave up: exit without running the command.
                 if libc::read(gate_rx.as_raw_fd(), (&raw mut byte).cast(), 1) != 1 {
@@ -212,12 +228,20 @@ impl GatedChild {
             }
         }
         drop((gate_rx, err_tx));
-        wait_until_gated(pid as u32);
-        Ok(Self {
+        let mut child = Self {
             pid: pid as u32,
             gate: Some(gate_tx),
             exec_errors: err_rx,
-        })
+            listener: None,
+            pending: None,
+        };
+        wait_until_gated(pid as u32);
+        // Only once the child is at its gate: until its close_range, it still holds copies of
+        // fij's fds, the listeners of the instances spawned before it among them.
+        if !seccomp.is_empty() {
+            child.listener = Some(crate::seccomp::take_listener(pid as u32)?);
+        }
+        Ok(child)
     }
 
     /// Lets the child exec, and waits until the exec has happened (or reports why it failed).
@@ -228,6 +252,9 @@ impl GatedChild {
             return Err(io::Error::last_os_error()).context("releasing the child");
         }
         drop(gate);
+        if let Some(listener) = &self.listener {
+            self.pending = self.continue_until_exec(listener.as_raw_fd())?;
+        }
         let mut errno = [0u8; 4];
         // The error pipe is close-on-exec: EOF means the exec succeeded.
         let n = unsafe { libc::read(self.exec_errors.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
@@ -293,10 +320,45 @@ unsafe fn report_errno_and_exit(fd: libc::c_int) -> ! {
     }
 }
 
+impl GatedChild {
+    /// Lets the child's own calls before its exec run (the gate's read, chdir, execve, the
+    /// report of a failed exec), not counting them, until the exec result is in: a call
+    /// notified once the error pipe is closed is the command's, and is returned unanswered.
+    fn continue_until_exec(&self, listener: RawFd) -> Result<Option<libc::seccomp_notif>> {
+        let exec_done = || {
+            let mut poll = libc::pollfd {
+                fd: self.exec_errors.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd we own; no wait.
+            unsafe { libc::poll(&mut poll, 1, 0) == 1 }
+        };
+        loop {
+            if exec_done() {
+                return Ok(None);
+            }
+            let Some(notif) = crate::seccomp::receive(listener, 10)? else {
+                continue;
+            };
+            // The exec closes the error pipe before the command makes its first call.
+            if exec_done() {
+                return Ok(Some(notif));
+            }
+            crate::seccomp::respond(listener, notif.id, crate::seccomp::Answer::Continue)?;
+        }
+    }
+}
+
 impl Drop for GatedChild {
     fn drop(&mut self) {
-        // Never released: closing the gate makes the child exit before running anything; reap it.
+        // Never released: closing the gate makes the child exit before running anything; reap
+        // it. One with a seccomp filter may wait in a notified call that only its own copy of
+        // the listener could answer: it is killed (it has run nothing of the command).
         if self.gate.take().is_some() {
+            if self.listener.is_some() {
+                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+            }
             unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0) };
         }
     }

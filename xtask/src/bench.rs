@@ -29,6 +29,10 @@
 //! 7. What context switches cost with fij on: pipe round trips between two processes on one
 //!    CPU (each switch makes the next syscall a different task's: one helper call in
 //!    `fij_sys_enter` to tell whether it is a target).
+//! 8. A call fij can fail on a spawned target (`action = "error"` on `getppid`, through the
+//!    seccomp user-notification path, with a fault that never fires) against
+//!    `strace --inject=getppid:error=EPERM:when=…` of the same loop (`--only errno` runs this
+//!    part alone and prints its rows, writing no results file).
 //!
 //! A measurement is repeated (up to 3 times) when `bpftool perf` shows a program on `sys_enter`
 //! that the bench did not start (say a test running at the same time); such disturbances are
@@ -148,12 +152,34 @@ const OTHER_SYSCALLS: &str = "\
 /// a hung fij is killed (and the bench fails).
 const FIJ_RUN_LIMIT: Duration = Duration::from_secs(15 * 60);
 
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     crate::setup::run()?;
     crate::build(true)?;
     let started = Instant::now();
     let cfg = Config::new(quick);
     let mut bench = Bench::new(cfg)?;
+    if let Some(part) = only {
+        ensure!(part == "errno", "--only knows `errno`, not `{part}`");
+        let mut r = Results::default();
+        let result = bench.errno(&mut r);
+        let _ = fs::remove_dir_all(&bench.dir);
+        result?;
+        println!();
+        for row in r.errno_rows() {
+            println!(
+                "{}: fij {} | {}: {} | {}",
+                row.measurement,
+                row.cell(&row.fij),
+                row.peer_name,
+                row.peer.as_ref().map_or("—".into(), |p| row.cell(p)),
+                row.ratio
+                    .as_ref()
+                    .map_or(String::new(), |(label, v)| format!("{label} {v:.1}"))
+            );
+        }
+        println!("(only part 8 ran; bench/ is left alone)");
+        return Ok(());
+    }
     let result = bench.measure_all();
     let _ = fs::remove_dir_all(&bench.dir);
     let results = result?;
@@ -648,6 +674,7 @@ impl Bench {
         self.kill_latency(&mut r)?;
         self.start_to_armed(&mut r)?;
         self.redis(&mut r)?;
+        self.errno(&mut r)?;
         r.load_after = loadavg();
         Ok(r)
     }
@@ -865,6 +892,78 @@ impl Bench {
     /// `fij run SCENARIO` whose target waits for `gate`: fills the target set with `fake` more
     /// entries once fij is armed, opens the gate, and returns fij's stdout (its target's) when
     /// the campaign ends.
+    /// Part 8: an armed target's cost per call of a syscall an `error` fault names, through the
+    /// seccomp path (a round trip to fij per call), against strace's inject on the same loop.
+    fn errno(&mut self, r: &mut Results) -> Result<()> {
+        let calls = self.cfg.strace_calls;
+        let mut argv = vec![self.syscall_loop.display().to_string()];
+        argv.extend(self.loop_args(calls));
+        let command = argv
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let scenario = format!(
+            "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"loop\"\n\
+             command = [{command}]\n\n[[fault]]\nname = \"never\"\ntarget = \"loop\"\n\
+             action = \"error\"\nerrno = \"EPERM\"\ntrigger = {{ syscall = \"getppid\" }}\n\
+             nth = {NEVER}\n"
+        );
+        let scenario = self.write_scenario("errno-seccomp", &scenario)?;
+        let strace_args: Vec<String> = ["-f", "-e", "inject=getppid:error=EPERM:when=65535"]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                "-o".into(),
+                "/dev/null".into(),
+                self.syscall_loop.display().to_string(),
+            ])
+            .chain(self.loop_args(calls))
+            .collect();
+        println!(
+            "\n== 8. a call fij can fail, on an armed spawned target: `fij run` (error on getppid \
+             through seccomp user notification, nth = {NEVER}) / {} ==",
+            cmd::display(Command::new(&self.strace).args(&strace_args))
+        );
+        for round in 0..self.cfg.reps {
+            let base = self.measure_loop(&[])?;
+            let fij = self.clean(&[], |b| b.run_fij(None, &scenario))?;
+            let seccomp = parse_loop(&fij.stdout)?.best;
+            let middle = self.measure_loop(&[])?;
+            let strace = self.clean(&[], |b| {
+                let out = Command::new(&b.strace)
+                    .args(&strace_args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running strace")?;
+                ensure!(
+                    out.status.success(),
+                    "strace failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                parse_loop(&String::from_utf8_lossy(&out.stdout))
+            })?;
+            let after = self.measure_loop(&[])?;
+            r.over
+                .entry("fij_errno_seccomp")
+                .or_default()
+                .push(seccomp - (base + middle) / 2.0);
+            r.over
+                .entry("strace_errno")
+                .or_default()
+                .push(strace.best - (middle + after) / 2.0);
+            println!(
+                "round {}/{}: ns/syscall baseline {base:.1}, fij seccomp {seccomp:.0}, baseline \
+                 {middle:.1}, strace {:.0}, baseline {after:.1}",
+                round + 1,
+                self.cfg.reps,
+                strace.best
+            );
+        }
+        Ok(())
+    }
+
     fn run_gated_fij(&mut self, scenario: &Path, gate: &Path, fake: usize) -> Result<String> {
         let _ = fs::remove_file(gate);
         let mut fij = self.start_fij(scenario);
@@ -1210,6 +1309,24 @@ impl Results {
         self.over.get(name).cloned().unwrap_or_default()
     }
 
+    /// Part 8's row (none when it did not run).
+    fn errno_rows(&self) -> Vec<Row> {
+        let seccomp = self.over("fij_errno_seccomp");
+        if seccomp.0.is_empty() {
+            return Vec::new();
+        }
+        vec![
+            Row::new(
+                "Armed spawned target, a call an `error` fault names (seccomp user notification; \
+                 fault never fires), overhead vs strace inject",
+                "ns",
+                &seccomp,
+            )
+            .vs("strace", &self.over("strace_errno"))
+            .inverse(),
+        ]
+    }
+
     fn rows(&self, cfg: &Config) -> Vec<Row> {
         let floor = self.over("floor");
         let fij = self.over("fij_non_target");
@@ -1329,6 +1446,7 @@ impl Results {
         ]
         .into_iter()
         .chain(self.redis_rows())
+        .chain(self.errno_rows())
         // The kill latency with fij on another CPU is not measured on a 1-CPU machine.
         .filter(|row| !row.fij.0.is_empty())
         .collect()

@@ -64,6 +64,9 @@ enum Task {
         /// <target>/bench-quick/ instead of bench/.
         #[arg(long)]
         quick: bool,
+        /// Run one part alone and print its rows, writing no results file: `errno`.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Run setup and build, then randomized campaigns for minutes (kill, crash, stop, partition,
     /// signals; forking, adopted targets; bystanders; fij SIGKILLed and SIGTERMed at random
@@ -90,7 +93,7 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Dist => setup::run_build_only().and_then(|()| dist().map(drop)),
         Task::Demo => demo::run(),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { quick, only } => bench::run(quick, only.as_deref()),
         Task::Soak {
             quick,
             seed,

@@ -125,6 +125,31 @@ pub enum Action {
         duration: Option<Duration>,
         ports: Vec<u16>,
     },
+    /// `action = "error"`: nothing is signalled; the call that is the hit fails, with `errno`
+    /// (a name such as "ECONNREFUSED" or a number), or returns `retval` without running.
+    Error { returns: Returns, at: SourcePos },
+}
+
+/// What a call failed by an `error` fault returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Returns {
+    /// `errno = "EIO"`: -1 with this errno (1..=4095).
+    Errno(i32),
+    /// `retval = N`: this value, the call not run (the seccomp path only).
+    Value(i64),
+}
+
+impl std::fmt::Display for Returns {
+    /// `ECONNREFUSED`, `errno 531` (a number without a name), `retval 0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Returns::Errno(n) => match syscalls::Errno::new(*n).name() {
+                Some(name) => f.write_str(name),
+                None => write!(f, "errno {n}"),
+            },
+            Returns::Value(v) => write!(f, "retval {v}"),
+        }
+    }
 }
 
 impl Action {
@@ -134,7 +159,7 @@ impl Action {
             Action::Kill | Action::Crash { .. } => libc::SIGKILL,
             Action::Signal(sig) => *sig,
             Action::Stop { .. } => libc::SIGSTOP,
-            Action::Partition { .. } => 0,
+            Action::Partition { .. } | Action::Error { .. } => 0,
         }
     }
 }

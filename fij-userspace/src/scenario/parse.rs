@@ -14,11 +14,14 @@ use std::{
 
 use toml_edit::{Array, ImDocument, Item, TableLike, Value};
 
-use crate::signals::{self, SIGNAL_MAX};
+use crate::{
+    error_paths,
+    signals::{self, SIGNAL_MAX},
+};
 
 use super::model::{
-    Action, CgroupRef, Fault, Per, Probe, ProbeKind, ProbeLocation, Scenario, Schedule, Select,
-    Selector, SourcePos, Target, TargetSource, Trigger,
+    Action, CgroupRef, Fault, Per, Probe, ProbeKind, ProbeLocation, Returns, Scenario, Schedule,
+    Select, Selector, SourcePos, Target, TargetSource, Trigger,
 };
 
 /// One error in a scenario file. `line` and `col` are 1-based; `col` counts characters.
@@ -217,6 +220,27 @@ fn scenario(cx: &mut Cx<'_>, root: &toml_edit::Table) -> Option<Scenario> {
                                 f.name, targets[f.target].name
                             ),
                         );
+                        faults_ok = false;
+                    }
+                    // A call no mechanism of this kernel can fail: said at the trigger.
+                    // (A `retval` that only the call's path refuses, at the `retval`.)
+                    if let Some(f) = &fault
+                        && let (Action::Error { returns, at }, Trigger::Syscall { name, .. }) =
+                            (&f.action, &f.trigger)
+                        && let Some(why) = error_paths::refusal(
+                            name,
+                            matches!(returns, Returns::Value(_)),
+                            matches!(
+                                targets.get(f.target).map(|t: &Target| &t.source),
+                                Some(TargetSource::Command { .. })
+                            ),
+                        )
+                    {
+                        let pos = match error_paths::cgroup_hook(name) {
+                            Some(_) => *at,
+                            None => f.trigger_at,
+                        };
+                        cx.error_at_pos(pos, format!("fault `{}`: {why}", f.name));
                         faults_ok = false;
                     }
                     faults_ok &= fault.is_some();
@@ -674,10 +698,11 @@ enum ActionKind {
     Crash,
     Stop,
     Partition,
+    Error,
 }
 
 impl ActionKind {
-    const NAMES: [&'static str; 5] = ["kill", "signal", "crash", "stop", "partition"];
+    const NAMES: [&'static str; 6] = ["kill", "signal", "crash", "stop", "partition", "error"];
 
     fn name(self) -> &'static str {
         Self::NAMES[self as usize]
@@ -728,12 +753,13 @@ fn fault(
             "crash" => Some(ActionKind::Crash),
             "stop" => Some(ActionKind::Stop),
             "partition" => Some(ActionKind::Partition),
+            "error" => Some(ActionKind::Error),
             _ => {
                 cx.error(
                     e.at,
                     format!(
-                        "unknown action `{action}`: expected `kill`, `signal`, `crash`, `stop` or \
-                         `partition`{}",
+                        "unknown action `{action}`: expected `kill`, `signal`, `crash`, `stop`, \
+                         `partition` or `error`{}",
                         did_you_mean(action, ActionKind::NAMES)
                     ),
                 );
@@ -752,12 +778,18 @@ fn fault(
     let heal_after = heal_entry.as_ref().and_then(|e| cx.duration(e));
     let ports_entry = r.get("ports");
     let ports = ports_entry.as_ref().and_then(|e| ports(cx, e));
+    let errno_entry = r.get("errno");
+    let errno = errno_entry.as_ref().and_then(|e| errno(cx, e));
+    let retval_entry = r.get("retval");
+    let retval = retval_entry.as_ref().and_then(|e| cx.integer(e));
     if let Some(kind) = action {
         for (entry, key, owner) in [
             (&recover_entry, "recover_after", ActionKind::Crash),
             (&resume_entry, "resume_after", ActionKind::Stop),
             (&heal_entry, "duration", ActionKind::Partition),
             (&ports_entry, "ports", ActionKind::Partition),
+            (&errno_entry, "errno", ActionKind::Error),
+            (&retval_entry, "retval", ActionKind::Error),
         ] {
             if let Some(e) = entry.as_ref().filter(|_| kind != owner) {
                 cx.error(
@@ -845,7 +877,52 @@ fn fault(
         );
     }
 
+    // A failed call is a call: only a syscall trigger names one.
+    if action == Some(ActionKind::Error)
+        && let Some(t) = trigger
+            .as_ref()
+            .filter(|t| !matches!(t, Trigger::Syscall { .. }))
+    {
+        cx.error(
+            trigger_at,
+            format!(
+                "`action = \"error\"` fails the call that is the hit, so it needs a syscall \
+                 trigger such as `{{ syscall = \"connect\" }}`, not `{}`",
+                t.describe()
+            ),
+        );
+    }
+
     let action = match (action, &signal_entry) {
+        (Some(ActionKind::Error), None) => match (&errno_entry, &retval_entry) {
+            (Some(_), None) => errno.map(Returns::Errno),
+            (None, Some(_)) => retval.map(Returns::Value),
+            (Some(_), Some(e)) => {
+                cx.error(
+                    e.key_at,
+                    "`errno` and `retval` cannot both be given: a failed call returns -1 with \
+                     `errno`, or `retval` without running",
+                );
+                None
+            }
+            (None, None) => {
+                cx.error(
+                    r_at,
+                    "missing required key `errno` in [[fault]]: `action = \"error\"` needs one, \
+                     e.g. `errno = \"ECONNREFUSED\"` (or `retval = N`)",
+                );
+                None
+            }
+        }
+        .map(|returns| Action::Error {
+            returns,
+            at: cx.pos(
+                errno_entry
+                    .as_ref()
+                    .or(retval_entry.as_ref())
+                    .map_or(r_at, |e| e.at),
+            ),
+        }),
         (Some(ActionKind::Kill), None) => Some(Action::Kill),
         (Some(ActionKind::Crash), None) => Some(Action::Crash { recover_after }),
         (Some(ActionKind::Stop), None) => Some(Action::Stop { resume_after }),
@@ -858,7 +935,8 @@ fn fault(
                 kind @ (ActionKind::Kill
                 | ActionKind::Crash
                 | ActionKind::Stop
-                | ActionKind::Partition),
+                | ActionKind::Partition
+                | ActionKind::Error),
             ),
             Some(e),
         ) => {
@@ -1306,6 +1384,47 @@ fn select(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<Select> {
     }
 }
 
+/// `errno = "ECONNREFUSED"` or a number from 1 to 4095 (the kernel's MAX_ERRNO).
+fn errno(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<i32> {
+    const MAX_ERRNO: i64 = 4095;
+    let names =
+        || (1..=MAX_ERRNO as i32).filter_map(|n| Some((syscalls::Errno::new(n).name()?, n)));
+    match e.item.as_value() {
+        Some(Value::Integer(n)) => {
+            let n = *n.value();
+            if (1..=MAX_ERRNO).contains(&n) {
+                Some(n as i32)
+            } else {
+                cx.error(
+                    e.at,
+                    format!("`errno` must be between 1 and {MAX_ERRNO}, found {n}"),
+                );
+                None
+            }
+        }
+        Some(Value::String(s)) => {
+            let name = s.value();
+            if let Some((_, n)) = names().find(|(known, _)| *known == name) {
+                return Some(n);
+            }
+            let suggestion = did_you_mean(name, names().map(|(known, _)| known));
+            cx.error(
+                e.at,
+                format!(
+                    "unknown errno `{name}` on {}: use a name such as \"ECONNREFUSED\" or a \
+                     number from 1 to {MAX_ERRNO}{suggestion}",
+                    std::env::consts::ARCH
+                ),
+            );
+            None
+        }
+        _ => {
+            cx.type_error(e, "an errno name such as \"ECONNREFUSED\" or a number");
+            None
+        }
+    }
+}
+
 /// Signal names without the `SIG` prefix, as understood by `signal = "..."`.
 fn signal(cx: &mut Cx<'_>, e: &Entry<'_>) -> Option<i32> {
     match e.item.as_value() {
@@ -1456,6 +1575,16 @@ impl Cx<'_> {
     fn pos(&self, at: usize) -> SourcePos {
         let (line, col) = self.line_col(at);
         SourcePos { line, col }
+    }
+
+    /// An error at a position the model kept (checks that need more than one table).
+    fn error_at_pos(&mut self, pos: SourcePos, message: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line: pos.line,
+            col: pos.col,
+            message: message.into(),
+        });
     }
 
     fn error(&mut self, at: usize, message: impl Into<String>) {
@@ -2339,8 +2468,83 @@ trigger.syscall = "read"
             &fault("action = \"kil\"\ntrigger.syscall = \"read\"\n"),
             7,
             10,
-            "unknown action `kil`: expected `kill`, `signal`, `crash`, `stop` or `partition` (did you mean `kill`?)",
+            "unknown action `kil`: expected `kill`, `signal`, `crash`, `stop`, `partition` or `error` (did you mean `kill`?)",
         );
+    }
+
+    #[test]
+    fn error_action_errno_retval_and_its_paths() {
+        let action = |body: &str| parse(&fault(body)).map(|s| s.faults[0].action.clone());
+        let returns = |body: &str| match action(body) {
+            Ok(Action::Error { returns, .. }) => Ok(returns),
+            other => Err(format!("{other:?}")),
+        };
+        let connect = "action = \"error\"\ntrigger.syscall = \"connect\"\n";
+        assert_eq!(
+            returns(&format!("{connect}errno = \"ECONNREFUSED\"\n")),
+            Ok(Returns::Errno(libc::ECONNREFUSED))
+        );
+        assert_eq!(
+            returns(&format!("{connect}errno = 5\n")),
+            Ok(Returns::Errno(libc::EIO))
+        );
+        assert_eq!(Returns::Errno(libc::EIO).to_string(), "EIO");
+        assert_eq!(Returns::Errno(4000).to_string(), "errno 4000");
+        let at = |body: &str| {
+            let e = error(&fault(body));
+            (e.0, e.1, e.2)
+        };
+        let (_, _, message) = at(&format!("{connect}errno = \"ECONREFUSED\"\n"));
+        assert!(
+            message.contains("unknown errno `ECONREFUSED`") && message.contains("`ECONNREFUSED`"),
+            "{message}"
+        );
+        assert_eq!(
+            at(&format!("{connect}errno = 0\n")).2,
+            "`errno` must be between 1 and 4095, found 0"
+        );
+        assert!(
+            at(connect)
+                .2
+                .starts_with("missing required key `errno` in [[fault]]"),
+        );
+        assert!(
+            at(&format!("{connect}errno = 5\nretval = 0\n"))
+                .2
+                .starts_with("`errno` and `retval` cannot both be given")
+        );
+        assert!(
+            at("action = \"kill\"\nerrno = 5\ntrigger.syscall = \"connect\"\n")
+                .2
+                .starts_with("`errno` only applies to `action = \"error\"`, not `kill`")
+        );
+        assert!(
+            at("action = \"error\"\nerrno = 5\ntrigger = { at = \"1s\" }\n")
+                .2
+                .contains("needs a syscall trigger")
+        );
+        // A cgroup hook cannot return a value: refused at `retval`, on line 9.
+        let (line, _, message) = at(&format!("{connect}retval = 0\n"));
+        assert_eq!(line, 9, "{message}");
+        assert!(
+            message.contains("return -1 with an errno but not another value"),
+            "{message}"
+        );
+        // `write` of a spawned target: the seccomp path; `retval` is fine there.
+        let write = "action = \"error\"\ntrigger = { syscall = \"write\" }\n";
+        assert_eq!(
+            returns(&format!("{write}retval = 0\n")),
+            Ok(Returns::Value(0))
+        );
+        // Of an adopted process, on a kernel without kprobe override (this one): refused at
+        // the trigger.
+        let adopted = format!(
+            "[[target]]\nname = \"w\"\npid = 4242\n[[fault]]\nname = \"f\"\ntarget = \"w\"\n\
+             {write}errno = 5\n"
+        );
+        if error_paths::refusal("write", false, false).is_some() {
+            assert_error(&adopted, 8, 11, "fij cannot fail `write` of this target");
+        }
     }
 
     #[test]

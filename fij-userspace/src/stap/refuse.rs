@@ -66,6 +66,15 @@ pub fn check(scenario: &Scenario, runtime: Runtime) -> Result<ProbeBinaries, Dia
                      signals only the current one; use --runtime module"
                 ),
             ),
+            Action::Error { at: errno_at, .. } => at(
+                *errno_at,
+                format!(
+                    "fault `{name}`: fij stap does not write `error` faults: a guru-mode write to \
+                     `$return` in a syscall's .return probe changes what the call returns only \
+                     after it has run (a failed `write` would still have written), which is not \
+                     fij's failed call"
+                ),
+            ),
             Action::Kill | Action::Signal(_) | Action::Stop { .. } => {}
         }
         if bpf && fault.probability.is_some() {
@@ -184,6 +193,22 @@ mod tests {
         assert!(got[0].contains("that is fij's `kill`") && got[0].contains("cannot drop packets"));
         assert!(got[1].starts_with("s.toml:10:1: fault `p`: SystemTap cannot express `partition`"));
         assert!(got[1].contains("cannot drop packets"));
+    }
+
+    #[test]
+    fn an_error_fault_is_refused_at_its_errno() {
+        let text = format!(
+            "{TARGET}[[fault]]\nname = \"e\"\ntarget = \"t\"\naction = \"error\"\n\
+             errno = \"EIO\"\ntrigger = {{ syscall = \"write\" }}\n"
+        );
+        for runtime in [Runtime::Module, Runtime::Bpf] {
+            let got = refusals(&text, runtime);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(
+                got[0].starts_with("s.toml:8:9: fault `e`: fij stap does not write `error` faults"),
+                "{got:?}"
+            );
+        }
     }
 
     #[test]

@@ -858,6 +858,7 @@ fn action_name(action: &Action) -> String {
         Action::Crash { .. } => "crash".into(),
         Action::Stop { .. } => "stop".into(),
         Action::Partition { .. } => "partition".into(),
+        Action::Error { returns, .. } => format!("error {returns}"),
     }
 }
 

@@ -41,6 +41,19 @@
 //!   With `--migrate-every K`, it moves itself to the next CPU (`sched_setaffinity`, not a
 //!   `getppid`) every K calls. Exits 0.
 //!
+//! - `connects PORT N REPORT`: N times: a new TCP socket, a blocking `connect` to
+//!   127.0.0.1:PORT, close. Writes (with `writev`) to REPORT one line per call: `connect I ok`
+//!   or `connect I errno E` (E: the errno the call returned, as a number). Exits 0.
+//! - `sendtos PORT N REPORT`: one UDP socket, N `sendto`s of one byte to 127.0.0.1:PORT,
+//!   reported as `sendto I ok` / `sendto I errno E`. Exits 0.
+//! - `sockcalls N REPORT`: N rounds of `socket(AF_INET, SOCK_DGRAM)`, `setsockopt(SO_REUSEADDR)`,
+//!   `getsockopt(SO_TYPE)`, `bind(127.0.0.1:0)`, `close`, each call reported as
+//!   `ROUND CALL ok` / `ROUND CALL errno E` (`writev`). Calls on a socket that failed to be
+//!   created are still made (they fail with EBADF). Exits 0.
+//! - `write-lines-errno FILE N REPORT`: like `write-lines` (no options), but a failed `write`
+//!   does not end it: it reports each line's `write` as `write I ok` / `write I errno E` /
+//!   `write I returned N` (a short count) to REPORT (`writev`) and goes on. Exits 0.
+//!
 //! `--wait-for` and `wait-for` give up after 60 s (exit 104), so a forgotten workload does not
 //! linger; `sleep` sleeps as long as asked (the tests end such targets themselves).
 use std::{
@@ -65,6 +78,10 @@ fn main() {
         ["getppid-record", file, n, "--migrate-every", k] => {
             getppid_record(file, count(n), count(k))
         }
+        ["connects", port, n, report] => connects(count(port), count(n), report),
+        ["sendtos", port, n, report] => sendtos(count(port), count(n), report),
+        ["sockcalls", n, report] => sockcalls(count(n), report),
+        ["write-lines-errno", file, n, report] => write_lines_errno(file, count(n), report),
         ["wait-for", path] => wait_for(path),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(count(ms))),
         ["spin", ms] => spin(Duration::from_millis(count(ms))),
@@ -251,6 +268,159 @@ fn fork(file: &str, report: &str) {
     // SAFETY: one iovec over a buffer we own. writev, not write: not a `write` hit.
     if unsafe { libc::writev(report_fd, &iov, 1) } != line.len() as isize {
         fail(102, "writev failed");
+    }
+}
+
+/// One line to `fd` through `writev` (not a `write` hit).
+fn writev_line(fd: i32, line: &str) {
+    let iov = libc::iovec {
+        iov_base: line.as_ptr() as *mut _,
+        iov_len: line.len(),
+    };
+    // SAFETY: one iovec over a buffer we own.
+    if unsafe { libc::writev(fd, &iov, 1) } != line.len() as isize {
+        fail(102, "writev failed");
+    }
+}
+
+/// `ok`, or `errno E` of the call that just returned `ret`.
+fn outcome(ret: isize) -> String {
+    if ret < 0 {
+        format!(
+            "errno {}",
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        )
+    } else {
+        "ok".to_string()
+    }
+}
+
+fn loopback(port: u64) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: (port as u16).to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn connects(port: u64, n: u64, report: &str) {
+    let report_fd = open_for_writing(report);
+    let addr = loopback(port);
+    for i in 1..=n {
+        // SAFETY: a socket we own, connected to a sockaddr we own, then closed.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            fail(103, "socket failed");
+        }
+        let ret = unsafe {
+            libc::connect(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        let line = format!("connect {i} {}\n", outcome(ret as isize));
+        unsafe { libc::close(fd) };
+        writev_line(report_fd, &line);
+    }
+}
+
+fn sendtos(port: u64, n: u64, report: &str) {
+    let report_fd = open_for_writing(report);
+    let addr = loopback(port);
+    // SAFETY: a socket we own.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        fail(103, "socket failed");
+    }
+    for i in 1..=n {
+        // SAFETY: one byte from a buffer we own, to a sockaddr we own.
+        let ret = unsafe {
+            libc::sendto(
+                fd,
+                b"x".as_ptr().cast(),
+                1,
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        writev_line(report_fd, &format!("sendto {i} {}\n", outcome(ret)));
+    }
+}
+
+fn sockcalls(n: u64, report: &str) {
+    let report_fd = open_for_writing(report);
+    let addr = loopback(0);
+    let one: libc::c_int = 1;
+    for round in 1..=n {
+        // SAFETY: a socket we own; options and addresses from buffers we own.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        writev_line(
+            report_fd,
+            &format!("{round} socket {}\n", outcome(fd as isize)),
+        );
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        writev_line(
+            report_fd,
+            &format!("{round} setsockopt {}\n", outcome(ret as isize)),
+        );
+        let mut kind: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as u32;
+        let ret = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&raw mut kind).cast(),
+                &mut len,
+            )
+        };
+        writev_line(
+            report_fd,
+            &format!("{round} getsockopt {}\n", outcome(ret as isize)),
+        );
+        let ret = unsafe {
+            libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        writev_line(
+            report_fd,
+            &format!("{round} bind {}\n", outcome(ret as isize)),
+        );
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+fn write_lines_errno(file: &str, n: u64, report: &str) {
+    let fd = open_for_writing(file);
+    let report_fd = open_for_writing(report);
+    for i in 1..=n {
+        let line = format!("line {i}\n");
+        // SAFETY: writing from a buffer we own.
+        let ret = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+        let what = match ret {
+            n if n == line.len() as isize => "ok".to_string(),
+            n if n >= 0 => format!("returned {n}"),
+            n => outcome(n),
+        };
+        writev_line(report_fd, &format!("write {i} {what}\n"));
     }
 }
 

@@ -1,0 +1,435 @@
+//! `action = "error"` on calls no kernel hook here can fail (write, fsync, …), for targets fij
+//! spawns: seccomp user notification. The gated child installs, before its exec, a filter that
+//! sends only the scenario's syscalls of this kind to a listener; fij takes the listener (with
+//! `pidfd_getfd`) and answers each call: fail it with the fault's errno (or `retval`), or let it
+//! run (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). The filter is inherited by the target's
+//! descendants, so their calls come to the same listener.
+//!
+//! Counting is the kernel's (`FaultRule::decide`, the same per-process / per-target counters,
+//! `select`, `after`, `count`): one hit per entry into the syscall, as `sys_enter` counts it.
+//! Only calls of the listed syscalls leave the target's kernel context at all; every other
+//! call, and every process that is not a target, costs nothing.
+//!
+//! When fij ends, the listener closes; a target that outlives it (fij ends what it spawned at
+//! a normal end, but a SIGKILLed fij leaves it running) sees its listed calls fail with ENOSYS.
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use anyhow::{Context, Result, bail};
+use fij_common::{EVENT_INJECTION, Event, FaultRule, random};
+
+use crate::{
+    compile::CompiledCampaign,
+    scenario::{Action, Returns, Scenario, Trigger},
+};
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
+
+/// Offsets in `struct seccomp_data`.
+const DATA_NR: u32 = 0;
+const DATA_ARCH: u32 = 4;
+
+/// The classic-BPF filter that notifies fij of syscalls `nrs` (and of nothing else, nor of a
+/// call made through another ABI).
+pub fn filter(nrs: &[u32]) -> Vec<libc::sock_filter> {
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let n = nrs.len();
+    let mut program = vec![
+        stmt(load, DATA_ARCH),
+        // Another ABI: allow (its numbers mean other calls).
+        jump(AUDIT_ARCH, 0, (n + 1) as u8),
+        stmt(load, DATA_NR),
+    ];
+    for (i, &nr) in nrs.iter().enumerate() {
+        // Match: jump to the notify return, past the remaining comparisons and the allow.
+        program.push(jump(nr, (n - i) as u8, 0));
+    }
+    program.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
+    program.push(stmt(ret, libc::SECCOMP_RET_USER_NOTIF));
+    program
+}
+
+/// In the forked child, before exec: installs `program` with a new listener (left open,
+/// close-on-exec, for fij to take). Async-signal-safe. Without `CAP_SYS_ADMIN` (a `user`
+/// target), `no_new_privs` is set first, as the kernel requires.
+///
+/// # Safety
+/// `program` must point to a valid `sock_fprog` that outlives the call.
+pub unsafe fn install(program: *const libc::sock_fprog, no_new_privs: bool) -> bool {
+    unsafe {
+        if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return false;
+        }
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            program,
+        ) >= 0
+    }
+}
+
+/// Takes the seccomp listener the gated child `pid` installed: the descriptor
+/// `anon_inode:seccomp notify` among its fds, duplicated into fij with `pidfd_getfd`.
+pub fn take_listener(pid: u32) -> Result<OwnedFd> {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(fd) = listener_fd_of(pid) {
+            // SAFETY: plain syscalls; the returned fds are new and ours.
+            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            if pidfd < 0 {
+                return Err(io::Error::last_os_error()).context("pidfd_open");
+            }
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error()).context("pidfd_getfd");
+            }
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        if crate::targets::has_exited(pid) || std::time::Instant::now() > give_up {
+            bail!("the child (pid {pid}) did not install its seccomp filter");
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}
+
+fn listener_fd_of(pid: u32) -> Option<RawFd> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:seccomp notify")
+        })
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// Waits up to `timeout_ms` for a notification on `listener`, and receives it. None: nothing
+/// came; an error: the listener is done (every process using the filter is gone).
+pub fn receive(listener: RawFd, timeout_ms: i32) -> io::Result<Option<libc::seccomp_notif>> {
+    let mut poll = libc::pollfd {
+        fd: listener,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own.
+    let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+    if ready < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    if ready == 0 {
+        return Ok(None);
+    }
+    if poll.revents & libc::POLLIN == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "no process uses the filter any more",
+        ));
+    }
+    // SAFETY: the kernel fills the zeroed struct we own.
+    let mut notif: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    if unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut notif) } != 0 {
+        let e = io::Error::last_os_error();
+        // ENOENT: the caller died (or was interrupted) before we took the call.
+        return if e.raw_os_error() == Some(libc::ENOENT) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(Some(notif))
+}
+
+/// What fij answers a notified call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Let the call run.
+    Continue,
+    /// Fail it with this errno (positive).
+    Errno(i32),
+    /// Return this value without running it.
+    Value(i64),
+}
+
+/// Answers notification `id`. A call whose caller died meanwhile (ENOENT) is no error.
+pub fn respond(listener: RawFd, id: u64, answer: Answer) -> io::Result<()> {
+    let (val, error, flags) = match answer {
+        Answer::Continue => (0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
+        Answer::Errno(errno) => (0, -errno, 0),
+        Answer::Value(value) => (value, 0, 0),
+    };
+    let mut resp = libc::seccomp_notif_resp {
+        id,
+        val,
+        error,
+        flags,
+    };
+    // SAFETY: a response struct we own.
+    if unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The syscalls the seccomp path fails for target `target_idx` (ascending, distinct).
+pub fn syscalls_of(scenario: &Scenario, target_idx: usize) -> Vec<u32> {
+    let mut nrs: Vec<u32> = scenario
+        .faults
+        .iter()
+        .filter(|f| f.target == target_idx)
+        .filter_map(|f| match (&f.action, &f.trigger) {
+            (Action::Error { .. }, Trigger::Syscall { name, nr, .. })
+                if crate::error_paths::cgroup_hook(name).is_none() =>
+            {
+                Some(*nr)
+            }
+            _ => None,
+        })
+        .collect();
+    nrs.sort_unstable();
+    nrs.dedup();
+    nrs
+}
+
+/// The counters and rules every listener's thread decides with (one lock: per-target counters
+/// are shared by all instances).
+pub struct Supervisor {
+    seed_key: [u32; 8],
+    start_ns: u64,
+    /// fault id → (rule, what a failed call returns, target index, syscall nr), for seccomp
+    /// faults only.
+    faults: Vec<(u32, FaultRule, Returns, usize, u32)>,
+    /// (fault, instance) pairs that take part (`select`).
+    selections: Vec<(u32, u32)>,
+    process_hits: HashMap<(u32, u32), u64>,
+    target_hits: HashMap<u32, u64>,
+    injections: HashMap<u32, u64>,
+    /// tid → tgid of the threads seen (per-process counting is by tgid).
+    tgids: HashMap<u32, u32>,
+}
+
+impl Supervisor {
+    pub fn new(scenario: &Scenario, compiled: &CompiledCampaign, start_ns: u64) -> Self {
+        let faults = scenario
+            .faults
+            .iter()
+            .enumerate()
+            .filter_map(|(id, f)| match (&f.action, &f.trigger) {
+                (Action::Error { returns, .. }, Trigger::Syscall { name, nr, .. })
+                    if crate::error_paths::cgroup_hook(name).is_none() =>
+                {
+                    Some((id as u32, compiled.rules[id], *returns, f.target, *nr))
+                }
+                _ => None,
+            })
+            .collect();
+        Self {
+            seed_key: random::key_from_seed(compiled.seed),
+            start_ns,
+            faults,
+            selections: compiled.selections.clone(),
+            process_hits: HashMap::new(),
+            target_hits: HashMap::new(),
+            injections: HashMap::new(),
+            tgids: HashMap::new(),
+        }
+    }
+
+    /// Decides a notified call of target `target_idx`, instance `instance`: every fault on
+    /// that syscall counts the hit; the first that fires answers. Returns the answer and the
+    /// injection events (at most one).
+    pub fn decide(
+        &mut self,
+        target_idx: usize,
+        instance: u32,
+        notif: &libc::seccomp_notif,
+    ) -> (Answer, Option<Event>) {
+        let now = fij_common::log::monotonic_ns();
+        let tid = notif.pid;
+        let tgid = *self.tgids.entry(tid).or_insert_with(|| tgid_of(tid));
+        let nr = notif.data.nr as u32;
+        let mut answer = Answer::Continue;
+        let mut event = None;
+        for i in 0..self.faults.len() {
+            let (fault_id, rule, returns, target, fault_nr) = self.faults[i];
+            if target != target_idx || fault_nr != nr {
+                continue;
+            }
+            if rule.flags & fij_common::RULE_SELECT != 0
+                && !self.selections.contains(&(fault_id, instance))
+            {
+                continue;
+            }
+            if now.saturating_sub(self.start_ns) < rule.after_ns {
+                continue;
+            }
+            let counter = if rule.flags & fij_common::RULE_PER_TARGET != 0 {
+                self.target_hits.entry(fault_id).or_default()
+            } else {
+                self.process_hits.entry((fault_id, tgid)).or_default()
+            };
+            *counter += 1;
+            let hit = *counter;
+            let key = &self.seed_key;
+            let Some(draw) = rule.decide(hit, || random::hit_draw(key, fault_id, hit)) else {
+                continue;
+            };
+            let injections = self.injections.entry(fault_id).or_default();
+            if *injections >= rule.count {
+                continue;
+            }
+            *injections += 1;
+            if answer != Answer::Continue {
+                continue; // an earlier fault answers this call
+            }
+            answer = match returns {
+                Returns::Errno(errno) => Answer::Errno(errno),
+                Returns::Value(value) => Answer::Value(value),
+            };
+            event = Some(Event {
+                kind: EVENT_INJECTION,
+                fault_id,
+                ktime_ns: now,
+                tgid,
+                tid,
+                hit,
+                detail: u64::from(nr),
+                target_idx: target_idx as u32,
+                instance,
+                draw,
+                errno: rule.errno,
+                ..Event::default()
+            });
+        }
+        (answer, event)
+    }
+
+    /// Forgets the counters of exited process `tgid` (a later process may get its pid).
+    pub fn forget(&mut self, tgid: u32) {
+        self.process_hits.retain(|(_, pid), _| *pid != tgid);
+        self.tgids.retain(|_, pid| *pid != tgid);
+    }
+}
+
+/// The thread group of thread `tid`, from /proc (the thread itself when unreadable).
+fn tgid_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
+/// One listener's thread: receives, decides, answers; sends injection events to the campaign.
+pub struct ListenerThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl ListenerThread {
+    /// Starts answering `listener` (target `target_idx`, instance `instance`), first the
+    /// notification `pending` taken while the child was released, if any.
+    pub fn start(
+        listener: OwnedFd,
+        target_idx: usize,
+        instance: u32,
+        pending: Option<libc::seccomp_notif>,
+        supervisor: Arc<Mutex<Supervisor>>,
+        events: tokio::sync::mpsc::UnboundedSender<Event>,
+    ) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("fij-seccomp-{target_idx}-{instance}"))
+            .spawn(move || {
+                let fd = listener.as_raw_fd();
+                let mut next = pending;
+                while !stopping.load(Ordering::Relaxed) {
+                    let notif = match next.take() {
+                        Some(notif) => notif,
+                        None => match receive(fd, 100) {
+                            Ok(Some(notif)) => notif,
+                            Ok(None) => continue,
+                            Err(_) => break, // every process using the filter is gone
+                        },
+                    };
+                    let (answer, event) = supervisor
+                        .lock()
+                        .expect("the supervisor lock")
+                        .decide(target_idx, instance, &notif);
+                    if let Err(e) = respond(fd, notif.id, answer) {
+                        tracing::warn!(target_idx, instance, "answering a seccomp call: {e}");
+                    }
+                    if let Some(event) = event {
+                        let _ = events.send(event);
+                    }
+                }
+            })
+            .context("starting a seccomp listener thread")?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for ListenerThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_jumps_to_notify_for_each_listed_call_and_allows_the_rest() {
+        let program = filter(&[1, 74]);
+        // arch check, load nr, two comparisons, allow, notify.
+        assert_eq!(program.len(), 7);
+        assert_eq!(program[1].jf, 3, "another ABI jumps to allow");
+        assert_eq!((program[3].k, program[3].jt), (1, 2));
+        assert_eq!((program[4].k, program[4].jt), (74, 1));
+        assert_eq!(program[5].k, libc::SECCOMP_RET_ALLOW);
+        assert_eq!(program[6].k, libc::SECCOMP_RET_USER_NOTIF);
+    }
+}
