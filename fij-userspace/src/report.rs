@@ -432,6 +432,8 @@ mod tests {
                     pid: 10,
                     spawned: true,
                 }],
+                node: None,
+                clock: None,
             },
             Record::Fork {
                 t_ns: 1_000_000,
