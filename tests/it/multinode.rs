@@ -196,3 +196,241 @@ fn a_multi_node_scenario_without_its_node_is_refused_before_anything_runs() {
     let takes_part = plan.get("node_faults").is_some();
     assert_eq!(takes_part, victim == "b", "{plan}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A real 3-member etcd cluster, one member per network-namespace node, one fij per node.
+
+mod etcd {
+    use std::{net::Ipv4Addr, process::Command, time::Duration};
+
+    use fij_tests::{
+        Fij, FijOutput, RunningFij, TempDir,
+        net::NetNs,
+        send_signal,
+        systems::{EtcdClient, EtcdCluster, Outcome, Sampler, etcd_status},
+        wait_no_fij_programs,
+    };
+    use serde_json::Value;
+
+    const HEARTBEAT_MS: u64 = 100;
+    const ELECTION_MS: u64 = 1000;
+    /// The client's timeout for a connect or an answer.
+    const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// "At once": how soon the client of a killed node must hear of it.
+    const AT_ONCE: Duration = Duration::from_secs(1);
+    const SEED: u64 = 5;
+
+    /// One campaign: three namespace nodes n1..n3 each running one member, a node fault
+    /// (`action`) on one node drawn from the seed, 2 s after the start; that node made the
+    /// leader beforehand (the plan says which node it is). What the client and the survivors saw.
+    struct Observed {
+        victim: String,
+        first_failure: Outcome,
+        detected_after: Duration,
+        elected_after: Duration,
+        outs: Vec<(String, FijOutput)>,
+    }
+
+    fn scenario(nets: &[NetNs], cluster: &EtcdCluster, action: &str) -> String {
+        let mut s = format!("seed = {SEED}\nduration = \"40s\"\nstart_at = \"next 2s\"\n");
+        for (i, net) in nets.iter().enumerate() {
+            s += &format!(
+                "[[node]]\nname = \"n{}\"\naddresses = [\"{}\"]\nnetns = \"{}\"\n",
+                i + 1,
+                net.ns_addr,
+                net.name
+            );
+        }
+        for (i, member) in cluster.members.iter().enumerate() {
+            s += &format!(
+                "[[target]]\nname = \"etcd-{}\"\npid = {}\nnode = \"n{}\"\n",
+                member.name,
+                member.server.pid(),
+                i + 1
+            );
+        }
+        s += &format!(
+            "[[node_fault]]\nname = \"power\"\naction = \"{action}\"\nnodes = [\"n1\", \"n2\", \"n3\"]\n\
+             select = \"one\"\ntrigger = {{ at = \"2s\" }}\n"
+        );
+        s
+    }
+
+    /// `etcdctl move-leader` to member `to` (hex id), asked of every endpoint.
+    fn move_leader(endpoints: &[String], to: u64) {
+        let out = Command::new("etcdctl")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .args(["--dial-timeout=2s", "--command-timeout=5s", "move-leader"])
+            .arg(format!("{to:x}"))
+            .output()
+            .expect("etcdctl");
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        // Already the leader is fine too.
+        assert!(
+            out.status.success() || text.contains("already"),
+            "move-leader: {text}"
+        );
+    }
+
+    fn fail_a_node(action: &str) -> Observed {
+        let dir = TempDir::new(&format!("multinode-etcd-{action}"));
+        let nets: Vec<NetNs> = (0..3).map(|_| NetNs::new().routed()).collect();
+        let hosts: Vec<(Vec<String>, Ipv4Addr)> = nets
+            .iter()
+            .map(|n| (n.exec_argv(Vec::new()), n.ns_addr))
+            .collect();
+        let cluster = EtcdCluster::start_on(dir.path(), &hosts, HEARTBEAT_MS, ELECTION_MS);
+        let path = dir.write("etcd.toml", &scenario(&nets, &cluster, action));
+
+        // The plan names the node; make its member the leader, so that its loss means an election.
+        let (victim, _) = super::planned_node_fault(&path);
+        let v: usize = victim[1..].parse::<usize>().unwrap() - 1;
+        let endpoints = cluster.endpoints();
+        let ids: Vec<u64> = cluster
+            .members
+            .iter()
+            .map(|m| etcd_status(&[m.endpoint()])[0].member_id)
+            .collect();
+        move_leader(&endpoints, ids[v]);
+        let leader = cluster.wait_leader(Duration::from_secs(10));
+        assert_eq!(leader, v, "the planned node's member leads");
+        let survivors: Vec<String> = (0..3)
+            .filter(|&i| i != v)
+            .map(|i| cluster.members[i].endpoint())
+            .collect();
+
+        let order: Vec<_> = std::iter::once(v)
+            .chain((0..3).filter(|&i| i != v))
+            .map(|i| cluster.members[i].client_addr())
+            .collect();
+        let client = EtcdClient::start(
+            order,
+            CLIENT_TIMEOUT,
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+        );
+        client.wait_for(Duration::from_secs(10), "5 puts on the leader", |r| {
+            r.iter()
+                .filter(|r| r.member == 0 && r.outcome.is_ok())
+                .count()
+                >= 5
+        });
+        let status = Sampler::start(
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+            move || etcd_status(&survivors),
+        );
+        let old_leader = ids[v];
+
+        let mut fijs: Vec<(String, RunningFij)> = (1..=3)
+            .map(|i| {
+                let node = format!("n{i}");
+                let log = dir.join(&format!("{node}.jsonl"));
+                let fij = Fij::run_logging_to(&path, log).arg("--node").arg(&node);
+                (node, fij.spawn())
+            })
+            .collect();
+        let injection =
+            fijs[v]
+                .1
+                .wait_for_record("the node fault's injection", Duration::from_secs(20), |r| {
+                    r["event"] == "injection"
+                });
+        let t0 = injection["ktime_ns"].as_u64().unwrap();
+        client.wait_for(CLIENT_TIMEOUT * 4, "a put on a survivor", |r| {
+            r.iter()
+                .any(|r| r.sent_ns > t0 && r.member != 0 && r.outcome.is_ok())
+        });
+        let new_leader = |s: &Vec<fij_tests::systems::EtcdStatus>| {
+            s.len() == 2 && s.iter().all(|s| s.leader != 0 && s.leader != old_leader)
+        };
+        status.wait_for(Duration::from_secs(15), "a new leader", |samples| {
+            samples.iter().any(|(t, s)| *t > t0 && new_leader(s))
+        });
+        let requests = client.stop();
+        let samples = status.stop();
+        let outs: Vec<(String, FijOutput)> = fijs
+            .iter_mut()
+            .map(|(node, fij)| {
+                if fij.running() {
+                    send_signal(fij.pid(), libc::SIGINT);
+                }
+                (node.clone(), fij.finish())
+            })
+            .collect();
+        wait_no_fij_programs(Duration::from_secs(10)).expect("nothing left behind");
+        for (node, out) in &outs {
+            eprintln!("{action}, node {node}:\n{}", out.stderr);
+            out.assert_exit(0);
+        }
+        let failure = requests
+            .iter()
+            .find(|r| r.done_ns > t0 && !r.outcome.is_ok())
+            .expect("a failed request after the injection");
+        let elected = samples
+            .iter()
+            .find(|(t, s)| *t > t0 && new_leader(s))
+            .expect("a new leader");
+        Observed {
+            victim,
+            first_failure: failure.outcome.clone(),
+            detected_after: Duration::from_nanos(failure.done_ns.saturating_sub(t0)),
+            elected_after: Duration::from_nanos(elected.0.saturating_sub(t0)),
+            outs,
+        }
+    }
+
+    /// Each node's injections: exactly the plan's (the victim node's one member, SIGKILL), in
+    /// both runs; the other nodes none.
+    fn assert_as_planned(o: &Observed) {
+        for (node, out) in &o.outs {
+            let injections = out.log.injections();
+            if *node == o.victim {
+                assert_eq!(injections.len(), 1, "{out}");
+                let pid = injections[0]["pid"].as_u64().unwrap() as u32;
+                assert_eq!(injections[0]["signal"], "SIGKILL");
+                assert_eq!(injections[0]["scheduled_t_ns"], 2_000_000_000u64);
+                assert_eq!(out.log.exit_status(pid), "signal SIGKILL", "{out}");
+            } else {
+                assert!(injections.is_empty(), "node {node}: {out}");
+            }
+            let start: &Value = out.log.json().next().unwrap();
+            assert_eq!(start["node"], node.as_str());
+        }
+    }
+
+    #[test]
+    fn a_node_crash_is_silence_and_a_node_kill_is_resets_with_the_same_plan() {
+        let crash = fail_a_node("crash");
+        eprintln!(
+            "crash of {}: client's first failure {:?} after {:?}; new leader after {:?}",
+            crash.victim, crash.first_failure, crash.detected_after, crash.elected_after
+        );
+        assert_as_planned(&crash);
+        // The client hears nothing: it gives up at its own timeout, no reset, no EOF.
+        assert_eq!(crash.first_failure, Outcome::TimedOut);
+        assert!(crash.detected_after >= CLIENT_TIMEOUT - Duration::from_millis(100));
+        // The survivors elect only after their election timeout (less one heartbeat).
+        assert!(
+            crash.elected_after >= Duration::from_millis(ELECTION_MS - HEARTBEAT_MS),
+            "{:?}",
+            crash.elected_after
+        );
+
+        let kill = fail_a_node("kill");
+        eprintln!(
+            "kill of {}: client's first failure {:?} after {:?}; new leader after {:?}",
+            kill.victim, kill.first_failure, kill.detected_after, kill.elected_after
+        );
+        // The same seed: the same node, the same injections.
+        assert_eq!(kill.victim, crash.victim);
+        assert_as_planned(&kill);
+        // The client learns at once: EOF or a reset/refusal.
+        assert!(
+            matches!(kill.first_failure, Outcome::Eof | Outcome::Error(_)),
+            "{:?}",
+            kill.first_failure
+        );
+        assert!(kill.detected_after < AT_ONCE, "{:?}", kill.detected_after);
+    }
+}
