@@ -53,7 +53,7 @@ enum Command {
         /// Seed of the campaign (overrides the scenario's `seed`).
         #[arg(long, conflicts_with = "replay")]
         seed: Option<u64>,
-        /// Write one JSON object per event to this file.
+        /// Write one JSON object per event to this file (`{node}` in it: the node's name).
         #[arg(long)]
         log: Option<PathBuf>,
         /// Rerun the campaign of this log (its scenario and seed) and report whether the
@@ -300,6 +300,8 @@ fn main() -> ExitCode {
                 Ok(node) => node,
                 Err(code) => return code,
             };
+            let node_name = node.map(|n| scenario.cluster.nodes[n].name.as_str());
+            let log = log.map(|path| fij::nodes::per_node_path(&path, node_name));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();

@@ -78,6 +78,16 @@ fn resolve(
     }
 }
 
+/// `path` with every `{node}` replaced by the node's name (`--log /var/log/fij-{node}.jsonl`):
+/// launchers that start the same command on every node, on one shared directory or one
+/// machine, get one log per node. Without a node, `{node}` is kept as written.
+pub fn per_node_path(path: &std::path::Path, node: Option<&str>) -> std::path::PathBuf {
+    match (node, path.to_str()) {
+        (Some(node), Some(text)) if text.contains("{node}") => text.replace("{node}", node).into(),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// The wall-clock time at which `start_at` says time 0 is, seen at `now`: a fixed time as
 /// written; `next P` is the next multiple of P since the epoch that is at least a second away
 /// (time to arm the targets).
@@ -157,6 +167,20 @@ mod tests {
             resolve(&single, None, some("a"), None),
             Err("FIJ_NODE a: s.toml has no [[node]]".into())
         );
+    }
+
+    #[test]
+    fn a_log_path_names_its_node() {
+        let p = |s: &str, n| per_node_path(Path::new(s), n);
+        assert_eq!(
+            p("/l/fij-{node}.jsonl", Some("n2")),
+            Path::new("/l/fij-n2.jsonl")
+        );
+        assert_eq!(
+            p("/l/fij-{node}.jsonl", None),
+            Path::new("/l/fij-{node}.jsonl")
+        );
+        assert_eq!(p("/l/fij.jsonl", Some("n2")), Path::new("/l/fij.jsonl"));
     }
 
     #[test]

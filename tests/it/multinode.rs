@@ -434,3 +434,209 @@ mod etcd {
         assert!(kill.detected_after < AT_ONCE, "{:?}", kill.detected_after);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Launchers: Ansible and mpirun start one fij per node; the DaemonSet manifest is checked.
+
+/// The injections of the two-node scenario's logs `logs` (node → log) are the plan's.
+fn assert_launched_as_planned(scenario: &Path, logs: &[(&str, std::path::PathBuf)]) {
+    let (victim, _) = planned_node_fault(scenario);
+    let mut planned_starts = Vec::new();
+    for (node, log) in logs {
+        let log = fij_tests::Log::read_partial(log);
+        let start = log
+            .json()
+            .next()
+            .unwrap_or_else(|| panic!("no log of node {node}"));
+        assert_eq!(start["node"], *node, "{log}");
+        let expected = match (*node == victim, *node) {
+            (false, _) => 0,
+            (true, "a") => 1,
+            (true, _) => 2,
+        };
+        assert_eq!(log.injections().len(), expected, "node {node}: {log}");
+        assert!(log.injections().iter().all(|r| r["signal"] == "SIGKILL"));
+        planned_starts.push(start["clock"]["planned_unix_ns"].as_u64().unwrap());
+    }
+    // Launched together: both waited for the same start_at.
+    assert!(
+        planned_starts.windows(2).all(|w| w[0] == w[1]),
+        "{planned_starts:?}"
+    );
+}
+
+#[test]
+fn ansible_runs_one_fij_per_node_and_merges_their_logs() {
+    let ansible = fij_tests::systems::require_tool("ansible-playbook", "ansible");
+    let dir = TempDir::new("multinode-ansible");
+    let scenario = scenario(&dir, "crash");
+    // Two "hosts" on this machine, each with a local connection.
+    let inventory = dir.write(
+        "inventory.ini",
+        "[fij]\na ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n\
+         b ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+    );
+    let playbook = fij_tests::workspace_root().join("launchers/ansible/fij-campaign.yml");
+    let fij = fij_tests::fij_bin();
+    let logs = dir.join("logs");
+    let out = std::process::Command::new(ansible)
+        .arg("-i")
+        .arg(&inventory)
+        .arg(&playbook)
+        .arg("-e")
+        .arg(format!(
+            "fij_scenario={} fij_binary={} fij_local={} fij_dir={} fij_logs={} fij_hosts=fij \
+             fij_become=false",
+            scenario.display(),
+            fij.display(),
+            fij.display(),
+            dir.join("hosts").display(),
+            logs.display()
+        ))
+        .env("ANSIBLE_LOCAL_TEMP", dir.join("ansible-tmp"))
+        .env("ANSIBLE_HOME", dir.join("ansible-home"))
+        .env("ANSIBLE_NOCOLOR", "1")
+        .output()
+        .expect("running ansible-playbook");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    eprintln!("{text}");
+    assert!(out.status.success(), "ansible-playbook failed:\n{text}");
+    wait_no_fij_programs(Duration::from_secs(10)).expect("nothing left behind");
+    assert_launched_as_planned(
+        &scenario,
+        &[("a", logs.join("a.jsonl")), ("b", logs.join("b.jsonl"))],
+    );
+    // The merged timeline has every record of both logs, each with its node.
+    let merged = std::fs::read_to_string(logs.join("campaign.jsonl")).unwrap();
+    let total = ["a", "b"]
+        .iter()
+        .map(|n| {
+            fij_tests::Log::read_partial(&logs.join(format!("{n}.jsonl")))
+                .json()
+                .count()
+        })
+        .sum::<usize>();
+    assert_eq!(merged.lines().count(), total);
+    assert!(
+        merged
+            .lines()
+            .all(|l| l.starts_with("{\"node\":\"a\"") || l.starts_with("{\"node\":\"b\""))
+    );
+}
+
+#[test]
+fn mpirun_runs_one_fij_per_rank_as_the_rank_th_node() {
+    let mpirun = fij_tests::systems::require_tool("mpirun", "openmpi-bin");
+    let dir = TempDir::new("multinode-mpirun");
+    let scenario = scenario(&dir, "crash");
+    let out = std::process::Command::new(mpirun)
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .arg(fij_tests::fij_bin())
+        .arg("run")
+        .arg(&scenario)
+        .arg("--log")
+        .arg(dir.join("mpi-{node}.jsonl"))
+        .args(["--color", "never"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running mpirun");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    eprintln!("{text}");
+    assert!(out.status.success(), "mpirun failed:\n{text}");
+    wait_no_fij_programs(Duration::from_secs(10)).expect("nothing left behind");
+    // Rank 0 is node a, rank 1 node b.
+    assert_launched_as_planned(
+        &scenario,
+        &[
+            ("a", dir.join("mpi-a.jsonl")),
+            ("b", dir.join("mpi-b.jsonl")),
+        ],
+    );
+}
+
+#[test]
+fn the_kubernetes_daemonset_is_privileged_in_the_host_pid_namespace_and_names_its_node() {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let path = fij_tests::workspace_root().join("launchers/kubernetes/fij-daemonset.yaml");
+    let docs = YamlLoader::load_from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let kind = |d: &Yaml| d["kind"].as_str().unwrap_or_default().to_string();
+    let daemonset = docs
+        .iter()
+        .find(|d| kind(d) == "DaemonSet")
+        .expect("a DaemonSet");
+    assert_eq!(daemonset["apiVersion"].as_str(), Some("apps/v1"));
+    let spec = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(
+        daemonset["spec"]["selector"]["matchLabels"]["app"],
+        daemonset["spec"]["template"]["metadata"]["labels"]["app"]
+    );
+    assert_eq!(spec["hostPID"].as_bool(), Some(true));
+    let fij = &spec["initContainers"][0];
+    assert_eq!(fij["securityContext"]["privileged"].as_bool(), Some(true));
+    // The node from the downward API.
+    let env = fij["env"].as_vec().unwrap();
+    let node = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("FIJ_NODE"))
+        .expect("FIJ_NODE");
+    assert_eq!(
+        node["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("spec.nodeName")
+    );
+    // `fij run` of the mounted scenario, one log per node.
+    let args: Vec<&str> = fij["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(args[0], "run");
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--log" && w[1].contains("{node}"))
+    );
+    // Every mount has its volume; the host's bpffs and tracefs are among them.
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    let mounts: Vec<(&str, &str)> = fij["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        mounts.iter().all(|(name, _)| volumes.contains(name)),
+        "{mounts:?}"
+    );
+    for needed in ["/sys/fs/bpf", "/sys/kernel/tracing"] {
+        assert!(
+            mounts.iter().any(|(_, at)| *at == needed),
+            "{needed} not mounted"
+        );
+    }
+    let scenario_dir = mounts.iter().find(|(n, _)| *n == "scenario").unwrap().1;
+    assert_eq!(format!("{scenario_dir}/scenario.toml"), args[1]);
+    // The ConfigMap's scenario is valid, and its nodes are what FIJ_NODE will name.
+    let config = docs
+        .iter()
+        .find(|d| kind(d) == "ConfigMap")
+        .expect("a ConfigMap");
+    let text = config["data"]["scenario.toml"].as_str().unwrap();
+    let dir = TempDir::new("multinode-k8s");
+    let scenario = dir.write("scenario.toml", text);
+    let out = Fij::validate(&scenario).output();
+    out.assert_exit(0);
+    let plan = Fij::new_command(&[&"plan", &scenario, &"--node", &"worker-2"]).output();
+    plan.assert_exit(0);
+}
