@@ -640,3 +640,82 @@ fn the_kubernetes_daemonset_is_privileged_in_the_host_pid_namespace_and_names_it
     let plan = Fij::new_command(&[&"plan", &scenario, &"--node", &"worker-2"]).output();
     plan.assert_exit(0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A node partition: node `a` (a network namespace running a ticking server) cut off from node
+// `b` (this machine's end of the veth, where the test's client is) for 2 s, then healed.
+
+#[test]
+fn a_node_partition_silences_the_connections_between_the_nodes_until_it_heals() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::Instant;
+
+    let net = fij_tests::net::NetNs::new();
+    let dir = TempDir::new("multinode-partition");
+    let ports = dir.join("ports");
+    let server = net.exec_argv(fij_tests::net::net_victim_bin().argv(&[
+        &"tcp",
+        &net.ns_addr.to_string(),
+        &ports,
+        &"--ticks",
+        &"16",
+        &"--interval-ms",
+        &"250",
+    ]));
+    let scenario = dir.write(
+        "partition.toml",
+        &format!(
+            "seed = 3\nduration = \"15s\"\n\
+             [[node]]\nname = \"a\"\naddresses = [\"{}\"]\n\
+             [[node]]\nname = \"b\"\naddresses = [\"{}\"]\n\
+             [[target]]\nname = \"server\"\ncommand = {}\nnode = \"a\"\n\
+             [[node_fault]]\nname = \"cut\"\naction = \"partition\"\nnodes = [\"a\"]\n\
+             from = [\"b\"]\nduration = \"2s\"\ntrigger = {{ at = \"2s\" }}\n",
+            net.ns_addr,
+            net.host_addr,
+            toml_array(&server)
+        ),
+    );
+    let mut fij = Fij::run_logging_to(&scenario, dir.join("a.jsonl"))
+        .arg("--node")
+        .arg("a")
+        .spawn();
+    fij.wait_armed();
+    let port = fij_tests::net::read_port(&ports, Duration::from_secs(10));
+    let mut stream =
+        std::net::TcpStream::connect((net.ns_addr, port)).expect("connecting to node a");
+    stream.write_all(b"hello\n").unwrap();
+    let mut lines = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    // Every tick's arrival; the longest silence between two must be the partition's.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(6)))
+        .unwrap();
+    let mut arrivals = Vec::new();
+    for _ in 0..16 {
+        line.clear();
+        match lines.read_line(&mut line) {
+            Ok(n) if n > 0 => arrivals.push(Instant::now()),
+            other => panic!(
+                "the connection broke: {other:?} after {} ticks",
+                arrivals.len()
+            ),
+        }
+    }
+    let gap = arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!("longest silence between two ticks: {gap:?}");
+    drop(stream);
+    let out = fij.wait();
+    out.assert_exit(0);
+    let partitioned = out.log.records("partitioned");
+    assert_eq!(partitioned.len(), 1, "{out}");
+    assert_eq!(partitioned[0]["fault"], "cut");
+    assert!(partitioned[0]["tuples"].as_u64().unwrap() >= 1, "{out}");
+    assert_eq!(out.log.records("healed").len(), 1, "{out}");
+    // Ticks every 250 ms; nothing for the partition's 2 s (less a tick), then all of them, on
+    // the same connection: silence, not a reset.
+    assert!(gap >= Duration::from_millis(1700), "{gap:?}");
+    assert_eq!(arrivals.len(), 16);
+}
