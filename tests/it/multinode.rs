@@ -167,6 +167,17 @@ fn a_node_crash_fails_every_process_of_the_planned_node_and_no_other_in_two_runs
             );
         }
     }
+    // `--replay` of the failed node's log reruns that node (the log names it) and matches.
+    let original = dir.join(&format!("first-{victim}.jsonl"));
+    let replay = Fij::new_command(&[&"run", &"--replay", &original]).output();
+    replay.assert_exit(0);
+    let injections = expected(&victim).len();
+    assert!(
+        replay.stderr.contains(&format!(
+            "replay matched: the same {injections} injection(s)"
+        )),
+        "{replay}"
+    );
 }
 
 #[test]
