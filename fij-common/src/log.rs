@@ -20,6 +20,12 @@ pub enum Record {
         scenario: String,
         start_ktime_ns: u64,
         targets: Vec<TargetRecord>,
+        /// The node this fij ran as (`--node`, docs/multi-node.md); absent on one machine.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        /// The wall clock at `t_ns` 0, and how far this node can vouch for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clock: Option<Clock>,
     },
     Injection {
         t_ns: u64,
@@ -132,6 +138,21 @@ pub struct TargetRecord {
     pub spawned: bool,
 }
 
+/// The wall clock of a campaign's start (`CLOCK_REALTIME`), to order several nodes' logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {
+    /// Unix time in nanoseconds at `t_ns` 0.
+    pub start_unix_ns: u64,
+    /// `start_at`: the planned start, Unix nanoseconds (the start is this plus fij's lateness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_unix_ns: Option<u64>,
+    /// Whether the kernel says the clock is synchronized (NTP/PTP: `adjtimex`'s STA_UNSYNC clear).
+    pub synchronized: bool,
+    /// The kernel's maximum error of the clock (`adjtimex` maxerror), microseconds: how far this
+    /// node's clock may be from true time, so from another node's by at most the sum of both.
+    pub max_error_us: u64,
+}
+
 /// Why a campaign ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -215,6 +236,13 @@ mod tests {
                     pid: 42,
                     spawned: true,
                 }],
+                node: Some("n1".into()),
+                clock: Some(Clock {
+                    start_unix_ns: 1_796_407_200_000_000_000,
+                    planned_unix_ns: Some(1_796_407_200_000_000_000),
+                    synchronized: true,
+                    max_error_us: 500,
+                }),
             },
             Record::Exit {
                 t_ns: 5,

@@ -59,6 +59,11 @@ pub const DOMAIN_FAULT_HITS: u32 = 1;
 pub const DOMAIN_FAULT_TIMES: u32 = 2;
 /// Domain of a fault's `select` draw (userspace, `rand::seq::index::sample` from word 0).
 pub const DOMAIN_FAULT_SELECTION: u32 = 3;
+/// Domain of a node fault's due times (userspace): the `i`-th selected node samples from word
+/// position `i << 32`, as instances do for `DOMAIN_FAULT_TIMES`.
+pub const DOMAIN_NODE_FAULT_TIMES: u32 = 4;
+/// Domain of a node fault's `select` among its `nodes` (userspace).
+pub const DOMAIN_NODE_FAULT_SELECTION: u32 = 5;
 
 /// The stream id of `id` in `domain`: `domain << 32 | id`.
 #[inline(always)]
@@ -82,6 +87,18 @@ pub const fn stream_for_fault_times(fault_id: u32) -> u64 {
 #[inline(always)]
 pub const fn stream_for_fault_selection(fault_id: u32) -> u64 {
     stream_id(DOMAIN_FAULT_SELECTION, fault_id)
+}
+
+/// Stream of node fault `node_fault_id`'s due times (one region of 2^32 words per node).
+#[inline(always)]
+pub const fn stream_for_node_fault_times(node_fault_id: u32) -> u64 {
+    stream_id(DOMAIN_NODE_FAULT_TIMES, node_fault_id)
+}
+
+/// Stream of node fault `node_fault_id`'s node selection.
+#[inline(always)]
+pub const fn stream_for_node_fault_selection(node_fault_id: u32) -> u64 {
+    stream_id(DOMAIN_NODE_FAULT_SELECTION, node_fault_id)
 }
 
 /// Position in the fault's stream of counted hit number `hit` (1-based): `hit - 1`, so hit k

@@ -16,6 +16,7 @@ use crate::{
     events::FiredBy,
     kernel::Kernel,
     log::Record,
+    node_faults,
     scenario::Action,
     sockets, targets,
 };
@@ -143,6 +144,9 @@ impl Campaign<'_> {
         for (_, entry) in kernel.silenced() {
             let follow_up = match self.scenario.faults.get(entry.fault_id as usize) {
                 Some(f) if matches!(f.action, Action::Crash { .. }) => FollowUp::Recover,
+                None if node_faults::is_node_crash(self.scenario, entry.fault_id) => {
+                    FollowUp::Recover
+                }
                 _ => FollowUp::Heal,
             };
             if !ends.contains(&(follow_up, entry.tgid)) {

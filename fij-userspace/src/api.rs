@@ -140,6 +140,7 @@ impl Campaign {
             status_line: false,
             guardian: false,
             kernel_log: false,
+            node: None,
         };
         let scenario = self.scenario;
         let thread = std::thread::Builder::new()

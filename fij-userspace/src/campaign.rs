@@ -28,6 +28,7 @@ use crate::{
     kernel::Kernel,
     layout,
     log::{EndReason, EventLog, Record, TargetRecord},
+    node_faults, nodes,
     report::Summary,
     scenario::{Scenario, TargetSource},
     selectors, status, targets,
@@ -54,6 +55,9 @@ pub struct RunOptions {
     /// targets fij stopped if fij dies. Only the `fij` binary can be its own guardian: the
     /// library API runs without one.
     pub guardian: bool,
+    /// The node this fij runs as (`--node`, an index into the scenario's `[[node]]`): only its
+    /// targets are spawned, adopted or selected. None without `[[node]]`.
+    pub node: Option<usize>,
 }
 
 /// What happened: the summary, the totals for the exit status, and the records if kept.
@@ -96,6 +100,8 @@ pub(crate) struct Campaign<'a> {
     pub protected: &'a [u32],
     /// (fault, root pid) → kernel time the time-triggered fault was due, for the log.
     pub due_ktime: std::collections::HashMap<(u32, u32), u64>,
+    /// The node this fij runs as (`RunOptions::node`).
+    pub node: Option<usize>,
 }
 
 impl Campaign<'_> {
@@ -126,6 +132,8 @@ pub(crate) enum Step {
     FollowUp(actions::FollowUp),
     /// A time-triggered fault falls due, or its claim grace ends.
     TimeTrigger(time_faults::Step),
+    /// A node fault falls due for a node (`pid` unused).
+    NodeFault(node_faults::Step),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -162,7 +170,7 @@ impl Timers {
             .into_iter()
             .filter_map(|t| match t.step {
                 Step::FollowUp(follow_up) => Some((follow_up, t.pid)),
-                Step::TimeTrigger(_) => None,
+                Step::TimeTrigger(_) | Step::NodeFault(_) => None,
             })
             .collect()
     }
@@ -183,13 +191,17 @@ pub async fn run(
         ));
     }
     let mut protected = targets::self_and_ancestors();
-    let sources = prepare(scenario, &protected)?;
+    let sources = prepare(scenario, opts.node, &protected)?;
     // Root without the capabilities fij needs is told which, before anything is loaded.
     caps::check(scenario)?;
     let faults = scenario
         .faults
         .iter()
-        .map(|f| (f.name.as_str(), f.trigger.describe()));
+        .map(|f| (f.name.as_str(), f.trigger.describe()))
+        .chain(scenario.cluster.node_faults.iter().map(|f| {
+            let what = format!("node {} {}", f.action.name(), f.schedule);
+            (f.name.as_str(), what)
+        }));
     let mut log = EventLog::create(
         opts.log.as_deref(),
         Summary::with_faults(faults),
@@ -219,8 +231,26 @@ pub async fn run(
         info!(interfaces = %interfaces.join(","), "silencer attached");
     }
 
+    // `start_at`: time 0 is the same wall-clock moment on every node.
+    let planned = scenario
+        .cluster
+        .start_at
+        .map(|at| nodes::planned_start(at, std::time::SystemTime::now()));
+    if let Some(planned) = planned {
+        match planned.duration_since(std::time::SystemTime::now()) {
+            Ok(wait) => {
+                info!("start_at: waiting {:.3} s", wait.as_secs_f64());
+                sleep(wait).await;
+            }
+            Err(late) => warn!(
+                "start_at has passed {:.3} s ago: starting now, late",
+                late.duration().as_secs_f64()
+            ),
+        }
+    }
     let start_ns = monotonic_ns();
     let start = Instant::now();
+    let start_wall = std::time::SystemTime::now();
     kernel.arm(start_ns, compiled.seed)?;
     let (armed, running, listeners) = arm_targets(
         &mut kernel,
@@ -229,6 +259,8 @@ pub async fn run(
         compiled.attach.tick,
         &protected,
     )?;
+    let node_name = opts.node.map(|n| scenario.cluster.nodes[n].name.clone());
+    let clock = nodes::clock(start_wall, planned);
 
     // Absolute, so `fij run --replay LOG` finds the scenario from any directory.
     let scenario_path =
@@ -247,6 +279,8 @@ pub async fn run(
                 spawned: a.spawned,
             })
             .collect(),
+        node: node_name.clone(),
+        clock: Some(clock),
     })?;
     for (pid, target_idx, by) in running {
         log.write(&Record::Joined {
@@ -256,7 +290,18 @@ pub async fn run(
             by: by.to_string(),
         })?;
     }
-    info!(seed = compiled.seed, scenario = %scenario_path, "campaign armed");
+    info!(seed = compiled.seed, scenario = %scenario_path, node = node_name.as_deref().unwrap_or("-"), "campaign armed");
+    if node_name.is_some() {
+        info!(
+            start_unix_ns = clock.start_unix_ns,
+            late_ns = clock
+                .planned_unix_ns
+                .map(|p| clock.start_unix_ns.saturating_sub(p)),
+            synchronized = clock.synchronized,
+            max_error_us = clock.max_error_us,
+            "wall clock at the start"
+        );
+    }
     if let Some(armed) = &opts.armed {
         let _ = armed.send(());
     }
@@ -308,8 +353,10 @@ pub async fn run(
         timers: Timers::default(),
         protected: &protected,
         due_ktime: Default::default(),
+        node: opts.node,
     };
     campaign.schedule_time_faults(&armed);
+    campaign.schedule_node_faults();
     if opts.status_line {
         status::start();
     }
@@ -355,15 +402,21 @@ enum Source {
     Adopt(u32),
     /// A selector, resolved (cgroup path → id).
     Select(selectors::Resolved),
+    /// A target of another node: this fij leaves it alone.
+    Elsewhere,
 }
 
 /// Checks what about the targets can only be known by looking at the machine (the program to
 /// spawn, the process to adopt, the cgroup to select), before anything is loaded.
-fn prepare(scenario: &Scenario, protected: &[u32]) -> Result<Vec<Source>> {
+fn prepare(scenario: &Scenario, node: Option<usize>, protected: &[u32]) -> Result<Vec<Source>> {
     scenario
         .targets
         .iter()
-        .map(|target| {
+        .enumerate()
+        .map(|(idx, target)| {
+            if !scenario.cluster.is_on(idx, node) {
+                return Ok(Source::Elsewhere);
+            }
             let invalid =
                 |e: anyhow::Error| InvalidInput(format!("target `{}`: {e:#}", target.name));
             Ok(match &target.source {
@@ -474,6 +527,7 @@ fn arm_targets(
                 }
                 info!(target = %target.name, running = matching.len(), "selector armed: {selector:?}");
             }
+            (_, Source::Elsewhere) => {}
             (_, Source::Spawn(_)) => unreachable!("only command targets are spawned"),
         }
     }
@@ -524,6 +578,7 @@ async fn event_loop(
                     match timer.step {
                         Step::FollowUp(follow_up) => campaign.follow_up(kernel, follow_up, timer.pid)?,
                         Step::TimeTrigger(step) => campaign.time_trigger(kernel, step, timer.pid)?,
+                        Step::NodeFault(step) => campaign.node_fault(kernel, step)?,
                     }
                 }
             }

@@ -17,8 +17,8 @@ use fij_common::{
 use crate::{
     draws, error_paths,
     scenario::{
-        Action, Diagnostic, Diagnostics, PORT_SYSCALLS, Per, Probe, ProbeKind, Returns, Scenario,
-        Select, Selector, SourcePos, TargetSource, Trigger,
+        Action, Diagnostic, Diagnostics, NodeAction, PORT_SYSCALLS, Per, Probe, ProbeKind, Returns,
+        Scenario, Select, Selector, SourcePos, TargetSource, Trigger,
     },
 };
 
@@ -37,6 +37,18 @@ pub struct CompiledCampaign {
     pub selections: Vec<(u32, u32)>,
     /// Each time-triggered fault's due time for each instance it selects, in fault order.
     pub due: Vec<DueTime>,
+    /// Each node fault's due time for each node it fails, in node fault order: the same on
+    /// every node, from the seed alone (docs/multi-node.md).
+    pub node_due: Vec<NodeDue>,
+}
+
+/// When a node fault falls due for one node, counted from the campaign start.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeDue {
+    pub node_fault_id: u32,
+    /// Index into `Scenario::cluster.nodes`.
+    pub node: usize,
+    pub after: Duration,
 }
 
 /// The hooks and programs a campaign needs; nothing else is attached.
@@ -117,7 +129,23 @@ pub fn compile(scenario: &Scenario, seed: u64) -> Result<CompiledCampaign, Diagn
         attach,
         selections,
         due,
+        node_due: node_due_times(scenario, seed),
     })
+}
+
+/// Each node fault's selected nodes and their due times, drawn from the seed in the node
+/// faults' own streams (so adding a node fault changes no other decision).
+fn node_due_times(scenario: &Scenario, seed: u64) -> Vec<NodeDue> {
+    let mut due = Vec::new();
+    for (id, fault) in scenario.cluster.node_faults.iter().enumerate() {
+        let picked = draws::selected_nodes(seed, id as u32, fault.select, fault.nodes.len() as u32);
+        due.extend(picked.into_iter().map(|candidate| NodeDue {
+            node_fault_id: id as u32,
+            node: fault.nodes[candidate as usize],
+            after: draws::node_due_after(seed, id as u32, candidate, &fault.schedule),
+        }));
+    }
+    due
 }
 
 /// The diagnostics found so far, all in one file.
@@ -284,15 +312,22 @@ fn hook_table(
         .targets
         .iter()
         .any(|t| matches!(t.source, TargetSource::Selector(_)));
+    let node_faults = &scenario.cluster.node_faults;
     attach.crash = scenario
         .faults
         .iter()
-        .any(|f| matches!(f.action, Action::Crash { .. }));
+        .any(|f| matches!(f.action, Action::Crash { .. }))
+        || node_faults
+            .iter()
+            .any(|f| matches!(f.action, NodeAction::Crash { .. }));
     attach.silencer = attach.crash
         || scenario
             .faults
             .iter()
-            .any(|f| matches!(f.action, Action::Partition { .. }));
+            .any(|f| matches!(f.action, Action::Partition { .. }))
+        || node_faults
+            .iter()
+            .any(|f| matches!(f.action, NodeAction::Partition { .. }));
     (table, attach)
 }
 

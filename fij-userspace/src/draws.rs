@@ -5,7 +5,10 @@
 //! (`probability`) are made in kernel, by `fij_common::random::hit_draw`.
 use std::time::Duration;
 
-use fij_common::random::{seed_bytes, stream_for_fault_selection, stream_for_fault_times};
+use fij_common::random::{
+    seed_bytes, stream_for_fault_selection, stream_for_fault_times,
+    stream_for_node_fault_selection, stream_for_node_fault_times,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Exp, Uniform, Weibull};
@@ -22,6 +25,27 @@ fn stream(seed: u64, stream: u64, word_pos: u128) -> ChaCha20Rng {
 /// The instances (0-based, ascending) of a target with `instances` instances that fault
 /// `fault_id` selects.
 pub fn selected_instances(seed: u64, fault_id: u32, select: Select, instances: u32) -> Vec<u32> {
+    sample(
+        seed,
+        stream_for_fault_selection(fault_id),
+        select,
+        instances,
+    )
+}
+
+/// The candidates (0-based positions in its `nodes`, ascending) that node fault
+/// `node_fault_id` fails: the same draw as `select` of instances, in the node faults' own stream.
+pub fn selected_nodes(seed: u64, node_fault_id: u32, select: Select, candidates: u32) -> Vec<u32> {
+    sample(
+        seed,
+        stream_for_node_fault_selection(node_fault_id),
+        select,
+        candidates,
+    )
+}
+
+/// `k` of `0..n` as `select` says, drawn from `stream_id` (sorted).
+fn sample(seed: u64, stream_id: u64, select: Select, instances: u32) -> Vec<u32> {
     let n = instances as usize;
     let k = match select {
         Select::All => return (0..instances).collect(),
@@ -29,7 +53,7 @@ pub fn selected_instances(seed: u64, fault_id: u32, select: Select, instances: u
         Select::Fixed(k) => (k as usize).min(n),
         Select::Percent(p) => ((p / 100.0 * n as f64).ceil() as usize).clamp(1, n),
     };
-    let mut rng = stream(seed, stream_for_fault_selection(fault_id), 0);
+    let mut rng = stream(seed, stream_id, 0);
     let mut picked: Vec<u32> = rand::seq::index::sample(&mut rng, n, k)
         .into_iter()
         .map(|i| i as u32)
@@ -40,11 +64,28 @@ pub fn selected_instances(seed: u64, fault_id: u32, select: Select, instances: u
 
 /// When fault `fault_id` falls due for `instance`, counted from the campaign start.
 pub fn due_after(seed: u64, fault_id: u32, instance: u32, schedule: &Schedule) -> Duration {
-    let mut rng = stream(
+    sample_time(seed, stream_for_fault_times(fault_id), instance, schedule)
+}
+
+/// When node fault `node_fault_id` falls due for its candidate node `candidate` (0-based
+/// position in its `nodes`), counted from the campaign start.
+pub fn node_due_after(
+    seed: u64,
+    node_fault_id: u32,
+    candidate: u32,
+    schedule: &Schedule,
+) -> Duration {
+    sample_time(
         seed,
-        stream_for_fault_times(fault_id),
-        (instance as u128) << 32,
-    );
+        stream_for_node_fault_times(node_fault_id),
+        candidate,
+        schedule,
+    )
+}
+
+/// A time from `schedule`, drawn at word position `region << 32` of `stream_id`.
+fn sample_time(seed: u64, stream_id: u64, region: u32, schedule: &Schedule) -> Duration {
+    let mut rng = stream(seed, stream_id, (region as u128) << 32);
     let secs = match schedule {
         Schedule::At(at) => return *at,
         Schedule::Exponential { mean } => Exp::new(1.0 / mean.as_secs_f64())

@@ -82,12 +82,7 @@ impl Campaign<'_> {
                 })
             }
             EVENT_SILENCED => {
-                let fault = self
-                    .scenario
-                    .faults
-                    .get(e.fault_id as usize)
-                    .map_or("?", |f| f.name.as_str())
-                    .to_string();
+                let fault = crate::node_faults::fault_name(self.scenario, e.fault_id).to_string();
                 let protocol = if e.detail >> 32 == 6 { "tcp" } else { "udp" };
                 let (local_port, remote_port) = ((e.detail >> 16) as u16, e.detail as u16);
                 info!(

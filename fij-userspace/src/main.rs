@@ -53,7 +53,7 @@ enum Command {
         /// Seed of the campaign (overrides the scenario's `seed`).
         #[arg(long, conflicts_with = "replay")]
         seed: Option<u64>,
-        /// Write one JSON object per event to this file.
+        /// Write one JSON object per event to this file (`{node}` in it: the node's name).
         #[arg(long)]
         log: Option<PathBuf>,
         /// Rerun the campaign of this log (its scenario and seed) and report whether the
@@ -64,6 +64,10 @@ enum Command {
         /// full table, a failed bpf_send_signal, a lost event), as `fij::kernel` log lines.
         #[arg(long)]
         kernel_log: bool,
+        /// The `[[node]]` this machine is (else `$FIJ_NODE`, else the `$OMPI_COMM_WORLD_RANK`-th
+        /// node; with --replay, the log's node): only its targets are run.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Print every decision that can be known before the run: which hits fire.
     Plan {
@@ -78,6 +82,17 @@ enum Command {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// Only the decisions of this `[[node]]` (else `$FIJ_NODE`, else the MPI rank's node).
+        #[arg(long, conflicts_with = "all_nodes")]
+        node: Option<String>,
+        /// Every node's decisions: the whole campaign, as every node computes it.
+        #[arg(long)]
+        all_nodes: bool,
+    },
+    /// Work with campaign logs.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
     },
     /// Check a scenario file; print every error as file:line:col: message.
     Validate { scenario: PathBuf },
@@ -121,6 +136,27 @@ enum Command {
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Merge the logs of a campaign's nodes into one timeline, ordered by wall-clock time, each
+    /// record with its node (`node`) and Unix time (`unix_ns`).
+    Merge {
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+        /// Write the merged log to this file instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// The node a command runs as, or exit 2 with why not.
+fn this_node(scenario: &Scenario, flag: Option<&str>) -> Result<Option<usize>, ExitCode> {
+    fij::nodes::this_node(scenario, flag).map_err(|e| {
+        eprintln!("fij: {e}");
+        ExitCode::from(EXIT_INVALID)
+    })
 }
 
 /// Writes a command's output; a closed pipe (`fij doctor | head`) is not an error.
@@ -194,6 +230,8 @@ fn main() -> ExitCode {
             seed,
             hits,
             json,
+            node,
+            all_nodes,
         } => {
             let seed = |scenario: &Scenario| {
                 seed.or(scenario.seed).ok_or_else(|| {
@@ -207,7 +245,14 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
-            let plan = fij::plan::plan(&scenario, &compiled, hits);
+            let mut plan = fij::plan::plan(&scenario, &compiled, hits);
+            if !all_nodes {
+                match this_node(&scenario, node.as_deref()) {
+                    Ok(Some(node)) => plan = plan.of_node(&scenario, node),
+                    Ok(None) => {}
+                    Err(code) => return code,
+                }
+            }
             if json {
                 out(&(serde_json::to_string_pretty(&plan).expect("plan serializes") + "\n"));
             } else {
@@ -221,7 +266,12 @@ fn main() -> ExitCode {
             log,
             replay,
             kernel_log,
+            node,
         } => {
+            let node = match (&replay, node) {
+                (Some(original), None) => fij::replay::origin_node(original).ok().flatten(),
+                (_, node) => node,
+            };
             let (scenario, seed, log) = match &replay {
                 Some(original) => match fij::replay::origin(original) {
                     Ok((path, seed)) => {
@@ -246,6 +296,12 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
+            let node = match this_node(&scenario, node.as_deref()) {
+                Ok(node) => node,
+                Err(code) => return code,
+            };
+            let node_name = node.map(|n| scenario.cluster.nodes[n].name.as_str());
+            let log = log.map(|path| fij::nodes::per_node_path(&path, node_name));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
@@ -254,6 +310,7 @@ fn main() -> ExitCode {
                 status_line: true,
                 guardian: true,
                 kernel_log,
+                node,
                 ..RunOptions::default()
             };
             let result = runtime
@@ -318,6 +375,27 @@ fn main() -> ExitCode {
                     &(serde_json::to_string_pretty(&summary).expect("summary serializes") + "\n"),
                 ),
                 false => out(&summary.to_string()),
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Log {
+            command: LogCommand::Merge { logs, output },
+        } => {
+            let merged = match fij::merge::merge(&logs) {
+                Ok(merged) => merged,
+                Err(e) => {
+                    eprintln!("fij log merge: {e:#}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            match output {
+                Some(path) => {
+                    if let Err(e) = fij::log::write_new_file(&path, merged.as_bytes()) {
+                        eprintln!("fij log merge: {e:#}");
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
+                }
+                None => out(&merged),
             }
             ExitCode::SUCCESS
         }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     compile::CompiledCampaign,
-    scenario::{Action, Per, Scenario, Select, Trigger},
+    scenario::{Action, NodeAction, Per, Scenario, Select, Trigger},
     signals,
 };
 
@@ -26,12 +26,33 @@ pub struct Plan {
     /// Hits considered per fault (per process for `per = "process"`).
     pub hits: u64,
     pub faults: Vec<FaultPlan>,
+    /// `[[node_fault]]`: which nodes fail, and when (the same on every node).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_faults: Vec<NodeFaultPlan>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeFaultPlan {
+    pub fault: String,
+    pub action: &'static str,
+    /// Each node the fault fails, with its due time.
+    pub due: Vec<PlannedNodeDue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedNodeDue {
+    pub node: String,
+    /// Seconds after the campaign start.
+    pub after_s: f64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct FaultPlan {
     pub fault: String,
     pub target: String,
+    /// The node the target runs on (`[[node]]` scenarios).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub per: &'static str,
     pub trigger: String,
     pub signal: String,
@@ -103,6 +124,13 @@ pub fn plan(scenario: &Scenario, compiled: &CompiledCampaign, hits: u64) -> Plan
             FaultPlan {
                 fault: fault.name.clone(),
                 target: scenario.targets[fault.target].name.clone(),
+                node: scenario
+                    .cluster
+                    .target_node
+                    .get(fault.target)
+                    .copied()
+                    .flatten()
+                    .map(|n| scenario.cluster.nodes[n].name.clone()),
                 per: match fault.per {
                     Per::Process => "process",
                     Per::Target => "target",
@@ -129,12 +157,71 @@ pub fn plan(scenario: &Scenario, compiled: &CompiledCampaign, hits: u64) -> Plan
         seed,
         hits,
         faults,
+        node_faults: node_faults(scenario, compiled),
+    }
+}
+
+/// The node faults' decisions: which nodes fail, when.
+fn node_faults(scenario: &Scenario, compiled: &CompiledCampaign) -> Vec<NodeFaultPlan> {
+    let cluster = &scenario.cluster;
+    cluster
+        .node_faults
+        .iter()
+        .enumerate()
+        .map(|(id, fault)| NodeFaultPlan {
+            fault: fault.name.clone(),
+            action: fault.action.name(),
+            due: compiled
+                .node_due
+                .iter()
+                .filter(|d| d.node_fault_id == id as u32)
+                .map(|d| PlannedNodeDue {
+                    node: cluster.nodes[d.node].name.clone(),
+                    after_s: d.after.as_secs_f64(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+impl Plan {
+    /// The part of the plan that node `node` carries out: the faults of its targets, and the
+    /// node faults that fail it or cut it off (`fij plan --node NAME`).
+    pub fn of_node(mut self, scenario: &Scenario, node: usize) -> Plan {
+        let name = &scenario.cluster.nodes[node].name;
+        self.faults.retain(|f| f.node.as_ref() == Some(name));
+        let cluster = &scenario.cluster;
+        let mut kept = Vec::new();
+        for (fault, planned) in cluster.node_faults.iter().zip(self.node_faults) {
+            let fails_it = planned.due.iter().any(|d| &d.node == name);
+            let cut_off = match &fault.action {
+                NodeAction::Partition { from, .. } => {
+                    from.contains(&node) || (from.is_empty() && !planned.due.is_empty())
+                }
+                _ => false,
+            };
+            if fails_it || cut_off {
+                kept.push(planned);
+            }
+        }
+        self.node_faults = kept;
+        self
     }
 }
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "plan for {} with seed {}", self.scenario, self.seed)?;
+        for p in &self.node_faults {
+            writeln!(f, "node fault {} — node {}:", p.fault, p.action)?;
+            for d in &p.due {
+                writeln!(
+                    f,
+                    "  node {} fails {:.3} s after the start",
+                    d.node, d.after_s
+                )?;
+            }
+        }
         for p in &self.faults {
             let whose = if p.per == "process" {
                 "of each process"
@@ -150,8 +237,17 @@ impl fmt::Display for Plan {
             };
             writeln!(
                 f,
-                "fault {} — {} on {} of target {} (per {}{}, count {}):",
-                p.fault, what, p.trigger, p.target, p.per, chance, p.count
+                "fault {} — {} on {} of target {}{} (per {}{}, count {}):",
+                p.fault,
+                what,
+                p.trigger,
+                p.target,
+                p.node
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(" on node {n}")),
+                p.per,
+                chance,
+                p.count
             )?;
             if let Some(instances) = &p.instances {
                 writeln!(f, "  selects instances {instances:?}")?;

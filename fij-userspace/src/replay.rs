@@ -16,6 +16,17 @@ pub fn origin(log: &Path) -> Result<(PathBuf, u64)> {
         .with_context(|| format!("{}: no `start` record: not a fij log", log.display()))
 }
 
+/// The node a log's `start` record names (`fij run --node`), if any.
+pub fn origin_node(log: &Path) -> Result<Option<String>> {
+    Ok(records(log)?
+        .into_iter()
+        .find_map(|r| match r {
+            Record::Start { node, .. } => Some(node),
+            _ => None,
+        })
+        .flatten())
+}
+
 /// The injections of a log, as (fault, target, instance, hit, syscall, signal, draw): what a
 /// seed decides. Pids, times and who fired (kernel or fij) are not part of it.
 pub fn injections(log: &Path) -> Result<Vec<String>> {

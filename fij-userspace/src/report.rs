@@ -446,6 +446,8 @@ mod tests {
                     pid: 10,
                     spawned: true,
                 }],
+                node: None,
+                clock: None,
             },
             Record::Fork {
                 t_ns: 1_000_000,

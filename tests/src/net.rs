@@ -744,6 +744,28 @@ impl NetNs {
         ns
     }
 
+    /// Makes the namespace a host that reaches the other namespaces' addresses through this
+    /// machine: a default route via the host end, and forwarding on the host end only (the
+    /// machine's own `ip_forward` is left as it is). Traffic between two such namespaces crosses
+    /// the host's interfaces, where fij's silencer sees it.
+    pub fn routed(self) -> Self {
+        ip_cmd(&[
+            "-n",
+            &self.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.host_addr.to_string(),
+        ]);
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{}/forwarding", self.host_if),
+            "1",
+        )
+        .expect("forwarding on the host end of the veth");
+        self
+    }
+
     /// `ip netns exec NAME` + `argv`, for a scenario's `command`.
     pub fn exec_argv(&self, argv: Vec<String>) -> Vec<String> {
         ["ip", "netns", "exec", &self.name]

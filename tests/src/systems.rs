@@ -443,19 +443,21 @@ pub fn redis_link_status(port: u16) -> Option<String> {
 /// One member of a test cluster.
 pub struct EtcdMember {
     pub name: String,
+    /// The address it listens on (127.0.0.1, or its network namespace's).
+    pub ip: Ipv4Addr,
     pub client_port: u16,
     pub peer_port: u16,
     pub server: Server,
 }
 
 impl EtcdMember {
-    /// `127.0.0.1:CLIENT_PORT`, as etcdctl's `--endpoints` takes it.
+    /// `IP:CLIENT_PORT`, as etcdctl's `--endpoints` takes it.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.ip, self.client_port)
     }
 
     pub fn client_addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port))
+        SocketAddr::from((self.ip, self.client_port))
     }
 }
 
@@ -477,11 +479,24 @@ impl EtcdCluster {
     /// Starts `n` members `m1`…`mN` with the given raft timing (ms) and waits until every member
     /// reports the same leader.
     pub fn start(dir: &Path, n: usize, heartbeat_ms: u64, election_ms: u64) -> Self {
+        let hosts = vec![(Vec::new(), Ipv4Addr::LOCALHOST); n];
+        Self::start_on(dir, &hosts, heartbeat_ms, election_ms)
+    }
+
+    /// Starts one member per host: (a command prefix that runs it there, e.g. `ip netns exec
+    /// NS`, and the address it listens on), and waits for a leader.
+    pub fn start_on(
+        dir: &Path,
+        hosts: &[(Vec<String>, Ipv4Addr)],
+        heartbeat_ms: u64,
+        election_ms: u64,
+    ) -> Self {
+        let n = hosts.len();
         let etcd = require_tool("etcd", "etcd-server");
         require_tool("etcdctl", "etcd-client");
         let ports = free_ports(2 * n);
-        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
-        let client_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i]);
+        let peer_url = |i: usize| format!("http://{}:{}", hosts[i].1, ports[2 * i + 1]);
+        let client_url = |i: usize| format!("http://{}:{}", hosts[i].1, ports[2 * i]);
         let initial_cluster: Vec<String> = (0..n)
             .map(|i| format!("m{}={}", i + 1, peer_url(i)))
             .collect();
@@ -489,7 +504,14 @@ impl EtcdCluster {
         let members = (0..n)
             .map(|i| {
                 let name = format!("m{}", i + 1);
-                let mut command = Command::new(&etcd);
+                let mut command = match hosts[i].0.split_first() {
+                    Some((program, args)) => {
+                        let mut c = Command::new(program);
+                        c.args(args).arg(&etcd);
+                        c
+                    }
+                    None => Command::new(&etcd),
+                };
                 command
                     .args(["--name", &name, "--data-dir"])
                     .arg(dir.join(format!("{name}.etcd")))
@@ -509,6 +531,7 @@ impl EtcdCluster {
                 );
                 EtcdMember {
                     name,
+                    ip: hosts[i].1,
                     client_port: ports[2 * i],
                     peer_port: ports[2 * i + 1],
                     server,

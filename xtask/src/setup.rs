@@ -47,6 +47,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "etcd-client",
     "openmpi-bin",
     "libopenmpi-dev",
+    // tests/it/multinode.rs runs launchers/ansible/fij-campaign.yml.
+    "ansible",
     // tests/it/report.rs renders `fij report --html` in a real browser.
     "chromium",
     // The library example's echo server (fij-userspace/examples/crash_a_server.rs).

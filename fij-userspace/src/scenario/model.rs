@@ -12,6 +12,9 @@ pub struct Scenario {
     pub duration: Option<Duration>,
     pub targets: Vec<Target>,
     pub faults: Vec<Fault>,
+    /// `[[node]]`, `node = …` on targets, `[[node_fault]]`, `start_at`: a campaign across
+    /// machines (docs/multi-node.md). Empty for a campaign on one machine.
+    pub cluster: Cluster,
 }
 
 impl Scenario {
@@ -306,4 +309,100 @@ pub enum Per {
     #[default]
     Process,
     Target,
+}
+
+/// The multi-node part of a scenario: every node runs the same file, acts on its own targets,
+/// and computes every decision from the seed alone (docs/multi-node.md).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cluster {
+    /// `[[node]]`, in file order.
+    pub nodes: Vec<Node>,
+    /// The node of each target (`node = "…"`), by target index; None when the scenario has no
+    /// `[[node]]` (then every target is local).
+    pub target_node: Vec<Option<usize>>,
+    /// `[[node_fault]]`, in file order: node fault id `i` is the `i`-th.
+    pub node_faults: Vec<NodeFault>,
+    /// `start_at`: when the campaign's time 0 is, on every node's wall clock.
+    pub start_at: Option<StartAt>,
+}
+
+impl Cluster {
+    /// Whether target `target_idx` runs on node `node` (always, without `[[node]]`).
+    pub fn is_on(&self, target_idx: usize, node: Option<usize>) -> bool {
+        match (self.target_node.get(target_idx).copied().flatten(), node) {
+            (Some(of_target), Some(node)) => of_target == node,
+            _ => self.nodes.is_empty(),
+        }
+    }
+
+    /// The index of the node named `name`.
+    pub fn node(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+}
+
+/// `[[node]]`: one machine (or network namespace) of the campaign.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// `name`: unique among nodes; what `--node`/`FIJ_NODE` name.
+    pub name: String,
+    /// `addresses`: the node's IP addresses (a partition drops traffic to and from them).
+    pub addresses: Vec<std::net::IpAddr>,
+    /// `netns`: the network namespace (under /run/netns) that is this node on a test machine;
+    /// a node crash takes its links down too, as a power loss would.
+    pub netns: Option<String>,
+    pub at: SourcePos,
+}
+
+/// `[[node_fault]]`: a failure of whole nodes, at a time drawn from the seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeFault {
+    pub name: String,
+    pub action: NodeAction,
+    /// `nodes`: the candidate nodes, by index, in file order.
+    pub nodes: Vec<usize>,
+    /// `select`: which of the candidates fail (default: all).
+    pub select: Select,
+    /// `trigger = { at = … }` or `{ after = … }`: when each selected node fails.
+    pub schedule: Schedule,
+    pub at: SourcePos,
+    pub trigger_at: SourcePos,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeAction {
+    /// `action = "crash"` (a node crash): every target process of the node is crashed at once
+    /// (fij's `crash`: SIGKILL, nothing it owned speaks again), and a `netns` node's links go
+    /// down, until `recover_after` or the campaign's end.
+    Crash { recover_after: Option<Duration> },
+    /// `action = "kill"`: every target process of the node is SIGKILLed at once; the OS closes
+    /// their connections (peers see resets and EOFs), as when every process is killed.
+    Kill,
+    /// `action = "partition"` (a node partition): the selected nodes are cut off from the nodes
+    /// in `from` (default: every other node) both ways for `duration` (else until the end).
+    Partition {
+        from: Vec<usize>,
+        duration: Option<Duration>,
+    },
+}
+
+impl NodeAction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeAction::Crash { .. } => "crash",
+            NodeAction::Kill => "kill",
+            NodeAction::Partition { .. } => "partition",
+        }
+    }
+}
+
+/// `start_at`: the wall-clock moment that is time 0 of the campaign on every node.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StartAt {
+    /// `start_at = "2026-12-04T19:00:00Z"` (RFC 3339).
+    Wall(std::time::SystemTime),
+    /// `start_at = "next 10s"`: the next whole multiple of this period since the Unix epoch
+    /// (at least a second after fij reads the scenario), the same on every node started within
+    /// one period.
+    Next(Duration),
 }

@@ -19,9 +19,11 @@ use crate::{
     signals::{self, SIGNAL_MAX},
 };
 
+mod cluster;
+
 use super::model::{
-    Action, CgroupRef, Fault, Per, Probe, ProbeKind, ProbeLocation, Returns, Scenario, Schedule,
-    Select, Selector, SourcePos, Target, TargetSource, Trigger,
+    Action, CgroupRef, Cluster, Fault, Per, Probe, ProbeKind, ProbeLocation, Returns, Scenario,
+    Schedule, Select, Selector, SourcePos, Target, TargetSource, Trigger,
 };
 
 /// One error in a scenario file. `line` and `col` are 1-based; `col` counts characters.
@@ -159,7 +161,16 @@ fn scenario(cx: &mut Cx<'_>, root: &toml_edit::Table) -> Option<Scenario> {
     });
     let target_entry = r.get("target");
     let fault_entry = r.get("fault");
+    let node_entry = r.get("node");
+    let node_fault_entry = r.get("node_fault");
+    let start_at = r.get("start_at").map(|e| cluster::start_at(cx, &e));
     r.finish(cx);
+
+    // Nodes first: targets name them.
+    let (nodes, nodes_ok) = node_entry
+        .as_ref()
+        .map_or((Vec::new(), true), |e| cluster::nodes(cx, e));
+    let mut target_node = Vec::new();
 
     // Targets. `names[i]` is the name of the i-th [[target]] table, if it has a valid one.
     let mut targets = Vec::new();
@@ -182,7 +193,25 @@ fn scenario(cx: &mut Cx<'_>, root: &toml_edit::Table) -> Option<Scenario> {
                 let mut seen = Seen::default();
                 let names = names.insert(Vec::new());
                 for (table, at) in tables {
-                    let (name, target) = target(cx, table, at, dir, &mut seen);
+                    let (name, target, node) = target(cx, table, at, dir, &mut seen);
+                    // With an invalid [[node]], references to it are not checked.
+                    let node = match nodes_ok {
+                        true => cluster::target_node(cx, node.as_ref(), &nodes),
+                        false => node.map(|_| None),
+                    };
+                    if node.is_none() && !nodes.is_empty() && nodes_ok {
+                        cx.error(
+                            at,
+                            format!(
+                                "target `{}` needs `node = \"…\"`: in a scenario with [[node]], \
+                                 every target runs on one node",
+                                name.as_deref().unwrap_or("?")
+                            ),
+                        );
+                        targets_ok = false;
+                    }
+                    targets_ok &= node.is_none_or(|n| n.is_some());
+                    target_node.push(node.flatten());
                     targets_ok &= target.is_some();
                     names.push(name);
                     targets.extend(target);
@@ -250,13 +279,46 @@ fn scenario(cx: &mut Cx<'_>, root: &toml_edit::Table) -> Option<Scenario> {
         }
     }
 
-    (target_entry.is_some() && targets_ok && faults_ok).then(|| Scenario {
-        path: cx.file.to_path_buf(),
-        seed,
-        duration,
-        targets,
-        faults,
-    })
+    let mut node_faults = Vec::new();
+    let mut node_faults_ok = true;
+    if let Some(e) = &node_fault_entry
+        && let Some(tables) = cx.tables(e, "[[node_fault]]")
+    {
+        if nodes.is_empty() && nodes_ok {
+            cx.error(
+                e.key_at,
+                "[[node_fault]] needs [[node]]: a node fault fails whole nodes",
+            );
+        }
+        let mut seen = Seen::default();
+        for (table, at) in tables {
+            let fault = cluster::node_fault(cx, table, at, &nodes, &mut seen);
+            node_faults_ok &= fault.is_some();
+            node_faults.extend(fault);
+        }
+    } else {
+        node_faults_ok = node_fault_entry.is_none();
+    }
+    let start_at_ok = start_at.as_ref().is_none_or(Option::is_some);
+
+    (target_entry.is_some() && targets_ok && faults_ok && nodes_ok && node_faults_ok && start_at_ok)
+        .then(|| Scenario {
+            path: cx.file.to_path_buf(),
+            seed,
+            duration,
+            targets,
+            faults,
+            cluster: Cluster {
+                target_node: if nodes.is_empty() {
+                    Vec::new()
+                } else {
+                    target_node
+                },
+                nodes,
+                node_faults,
+                start_at: start_at.flatten(),
+            },
+        })
 }
 
 /// Names already used by one kind of table, with the line each was first defined on.
@@ -284,14 +346,15 @@ impl Seen {
 }
 
 /// One [[target]] table: its name (if valid, even when the rest is not) and the target.
-fn target(
+fn target<'d>(
     cx: &mut Cx<'_>,
-    table: &dyn TableLike,
+    table: &'d dyn TableLike,
     at: usize,
     dir: &Path,
     seen: &mut Seen,
-) -> (Option<String>, Option<Target>) {
+) -> (Option<String>, Option<Target>, Option<Entry<'d>>) {
     let mut r = Reader::new(table, "in [[target]]", "", at);
+    let node = r.get("node");
     let name = r
         .required(cx, "name")
         .and_then(|e| seen.name(cx, &e, "target"));
@@ -331,7 +394,7 @@ fn target(
             }),
             _ => None,
         };
-        return (name, target);
+        return (name, target, node);
     }
     let instances_value = instances.as_ref().and_then(|e| {
         let n = cx.uint(e, 1)?;
@@ -419,7 +482,7 @@ fn target(
         }),
         _ => None,
     };
-    (name, target)
+    (name, target, node)
 }
 
 /// `comm = "etcd"`, `exe = "/usr/bin/etcd"`, `uid = 1000`, `cgroup = "/sys/fs/cgroup/x"` (or an id).
@@ -2025,6 +2088,7 @@ syscall = "openat"
                     trigger_at: SourcePos { line: 32, col: 1 },
                 },
             ],
+            cluster: Default::default(),
         };
         assert_eq!(scenario, expected);
     }
