@@ -14,6 +14,7 @@ mod cmd;
 mod demo;
 mod setup;
 mod soak;
+mod vm;
 
 use std::{
     env,
@@ -80,6 +81,30 @@ enum Task {
         #[arg(long, default_value_t = 8.0)]
         minutes: f64,
     },
+    /// The kernel lab: run setup (with qemu), build fij, its static binary and the test
+    /// executables, then run the integration tests (all, or the filtered ones) under a Debian
+    /// kernel booted with qemu, with the host's root file system shared read-only. See
+    /// docs/kernel-lab.md.
+    Vm {
+        /// The kernel to run under (repeatable).
+        #[arg(long, value_enum, default_values_t = [vm::Kernel::Debian13])]
+        kernel: Vec<vm::Kernel>,
+        /// Every kernel of the matrix: debian12, debian13, host.
+        #[arg(long, conflicts_with = "kernel")]
+        all: bool,
+        /// Only this test file of tests/it (repeatable), e.g. `--test dist`.
+        #[arg(long = "test")]
+        tests: Vec<String>,
+        /// Fetch the kernel packages again and rebuild the initramfs, even if cached.
+        #[arg(long)]
+        refresh: bool,
+        /// Kill a guest still running after this many minutes.
+        #[arg(long, default_value_t = 60)]
+        timeout_minutes: u64,
+        /// Passed to each test executable: libtest's filter and options.
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +121,24 @@ fn main() -> ExitCode {
             seed,
             minutes,
         } => soak::run(quick, seed, minutes),
+        Task::Vm {
+            kernel,
+            all,
+            tests,
+            refresh,
+            timeout_minutes,
+            test_args,
+        } => vm::run(&vm::Request {
+            kernels: if all {
+                vm::Kernel::ALL.to_vec()
+            } else {
+                kernel
+            },
+            tests,
+            test_args,
+            refresh,
+            timeout: std::time::Duration::from_secs(timeout_minutes * 60),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
