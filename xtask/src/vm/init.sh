@@ -1,6 +1,7 @@
 #!/bin/busybox sh
-# The kernel lab's /init (`cargo xtask vm`): runs in the initramfs under the Debian kernel being
-# tested. It loads the 9p and overlay modules, mounts the host's root file system read-only
+# The kernel lab's /stage2 (`cargo xtask vm`), run by busybox's init (the initramfs's /init,
+# pid 1, which reaps every orphan the tests leave, as a real init would) under the Debian kernel
+# being tested. It loads the 9p and overlay modules, mounts the host's root file system read-only
 # (9p share `hostroot`) under a tmpfs overlay, so the guest sees the host's programs, libraries
 # and the built binaries at their own paths while its writes stay in guest memory; binds the
 # kernel package's /boot and modules (share `kernel`) over the host's; mounts what fij needs
@@ -47,6 +48,11 @@ mount -t cgroup2 cgroup2 $M/sys/fs/cgroup
 mount -t tracefs tracefs $M/sys/kernel/tracing
 mount -t debugfs debugfs $M/sys/kernel/debug
 mount -t bpf bpf $M/sys/fs/bpf
+# The kernel runs its module loader (a qdisc or veth asked for by a test) in pid 1's root, the
+# initramfs: the helper runs the host's modprobe in the test root, where the modules are.
+printf '#!/bin/busybox sh\nexec /bin/busybox chroot %s /sbin/modprobe "$@"\n' $M >/bin/modprobe-in-root
+chmod 755 /bin/modprobe-in-root
+echo /bin/modprobe-in-root >/proc/sys/kernel/modprobe
 mkdir -p "$M$out"
 mount -t 9p -o "$P9,cache=none" out "$M$out" || fail "cannot mount the run directory (9p out)"
 echo "fij-vm: root file system ready after $(cut -d' ' -f1 /proc/uptime) s"

@@ -13,8 +13,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd;
 
-/// The guest's /init, see the script's own comment.
+/// The guest's /stage2, which busybox's init (/init) runs; see the script's own comment.
 const INIT: &str = include_str!("init.sh");
+
+/// busybox init's table: run /stage2 once (it powers the guest off at its end).
+const INITTAB: &str = "::sysinit:/bin/busybox sh /stage2\n";
 
 /// The modules /init loads before it can mount the host's root: virtio over PCI, 9p over virtio,
 /// overlayfs. Their dependencies come first (from `modules.dep`); built-in ones are skipped.
@@ -69,11 +72,12 @@ impl DebianKernel {
         let release = release_in(&root)?;
         let initramfs = dir.join("initramfs.cpio");
         let initramfs_stamp = dir.join("initramfs.ready");
-        // The stamp holds the init script it was built with, so a changed script rebuilds it.
+        // The stamp holds the init scripts it was built with, so a changed script rebuilds it.
+        let contents = format!("{INITTAB}{INIT}");
         let current = fs::read_to_string(&initramfs_stamp).ok();
-        if refresh || current.as_deref() != Some(INIT) || !initramfs.is_file() {
+        if refresh || current.as_deref() != Some(&contents) || !initramfs.is_file() {
             build_initramfs(&root, &release, &dir.join("initramfs"), &initramfs)?;
-            fs::write(&initramfs_stamp, INIT)?;
+            fs::write(&initramfs_stamp, contents)?;
         }
         Ok(Prepared {
             vmlinuz: root.join("boot").join(format!("vmlinuz-{release}")),
@@ -211,9 +215,19 @@ fn build_initramfs(root: &Path, release: &str, staging: &Path, cpio: &Path) -> R
     }
     fs::copy(BUSYBOX, staging.join("bin/busybox"))
         .with_context(|| format!("copying {BUSYBOX} (Debian package busybox-static)"))?;
-    let init = staging.join("init");
-    fs::write(&init, INIT)?;
-    fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let stage2 = staging.join("stage2");
+    fs::write(&stage2, INIT)?;
+    fs::set_permissions(&stage2, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::os::unix::fs::symlink("bin/busybox", staging.join("init"))?;
+    fs::create_dir_all(staging.join("etc"))?;
+    fs::write(staging.join("etc/inittab"), INITTAB)?;
+    // The kernel opens /dev/console for pid 1 before anything is mounted.
+    fs::create_dir_all(staging.join("dev"))?;
+    cmd::run(
+        Command::new("mknod")
+            .arg(staging.join("dev/console"))
+            .args(["c", "5", "1"]),
+    )?;
 
     let modules_dir = root.join("lib/modules").join(release);
     let dep = fs::read_to_string(modules_dir.join("modules.dep"))

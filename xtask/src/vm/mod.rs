@@ -142,7 +142,9 @@ impl Run {
         let mut s = String::from(
             "# Written by `cargo xtask vm`.\n\
              export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
-             export HOME=/root\n",
+             export HOME=/root\n\
+             # busybox init's TERM=linux has padding that libtest would print.\n\
+             export TERM=dumb\n",
         );
         s += &format!(
             "export FIJ_BIN={} FIJ_DIST_BIN={}\n",
