@@ -50,7 +50,9 @@ enum Task {
         release: bool,
     },
     /// Run setup, build and dist, then `cargo test --workspace` one test at a time, with
-    /// `FIJ_BIN` set to the built `fij` binary and `FIJ_DIST_BIN` to the static one.
+    /// `FIJ_BIN` set to the built `fij` binary and `FIJ_DIST_BIN` to the static one; then the
+    /// kernel lab's bounded subset (`cargo xtask vm` under Debian 12 and 13, see
+    /// docs/kernel-lab.md).
     Test,
     /// Install the build tools (setup without test packages and mounts), then build `fij` as one
     /// static executable (release, glibc linked in with `+crt-static`, the eBPF object
@@ -129,13 +131,18 @@ fn main() -> ExitCode {
             timeout_minutes,
             test_args,
         } => vm::run(&vm::Request {
-            kernels: if all {
+            selections: (if all {
                 vm::Kernel::ALL.to_vec()
             } else {
                 kernel
-            },
-            tests,
-            test_args,
+            })
+            .into_iter()
+            .map(|kernel| vm::Selection {
+                kernel,
+                tests: tests.clone(),
+                test_args: test_args.clone(),
+            })
+            .collect(),
             refresh,
             timeout: std::time::Duration::from_secs(timeout_minutes * 60),
         }),
@@ -172,7 +179,7 @@ fn build(release: bool) -> Result<()> {
 }
 
 /// setup, build, dist, then `FIJ_BIN=<target>/debug/fij FIJ_DIST_BIN=<target>/dist/fij cargo
-/// test --workspace -- --test-threads=1`. The privileged integration tests run one at a time:
+/// test --workspace -- --test-threads=1`, then the kernel lab's subset ([`vm::ci_subset`]). The privileged integration tests run one at a time:
 /// each checks that no fij program is left in the kernel, which a concurrent test would break.
 fn test() -> Result<()> {
     setup::run()?;
@@ -180,9 +187,18 @@ fn test() -> Result<()> {
     let dist_bin = dist()?;
     let mut c = cargo_command();
     c.env("FIJ_BIN", fij_bin(false))
-        .env("FIJ_DIST_BIN", dist_bin)
+        .env("FIJ_DIST_BIN", &dist_bin)
         .args(["test", "--workspace", "--", "--test-threads=1"]);
-    cmd::run(&mut c)
+    cmd::run(&mut c)?;
+    // The kernel lab's bounded subset: the same binaries under Debian 12's and 13's kernels.
+    vm::run_built(
+        &vm::Request {
+            selections: vm::ci_subset(),
+            refresh: false,
+            timeout: std::time::Duration::from_secs(20 * 60),
+        },
+        &dist_bin,
+    )
 }
 
 /// The target the static `fij` is built for: the host's glibc target, named explicitly so that

@@ -57,7 +57,7 @@ mkdir -p "$M$out"
 mount -t 9p -o "$P9,cache=none" out "$M$out" || fail "cannot mount the run directory (9p out)"
 echo "fij-vm: root file system ready after $(cut -d' ' -f1 /proc/uptime) s"
 
-chroot $M /bin/sh -c "ip link set lo up && hostname fij-vm && cd '$out' && exec /bin/bash '$out/run.sh'" </dev/console
+chroot $M /bin/sh -c "ip link set lo up; hostname -F /etc/hostname; cd '$out' && exec /bin/bash '$out/run.sh'" </dev/console
 status=$?
 echo "$status" >"$M$out/status"
 echo "fij-vm: run.sh exited with $status after $(cut -d' ' -f1 /proc/uptime) s"
