@@ -18,7 +18,7 @@ use fij_common::{
 
 use crate::maps::{
     COUNTERS, CRASHED, DUE, HOOKS, INJECTED, PROCESS_COUNTERS, PROTECTED, RULES, SELECTED, STOPPED,
-    config, emit, emit_quietly, layout,
+    config, emit, emit_quietly, layout, with_scratch_event,
 };
 
 /// `Event::hit` of an injection fired by a time trigger (it has no hit number).
@@ -193,17 +193,17 @@ fn evaluate<const SIGNALS: bool>(fault_id: u32, hit: &Hit) -> u32 {
             None => {
                 // Table full: say so (once per fault) rather than count from a wrong number.
                 if unsafe { atomic_add(&raw mut (*counters).uncounted, 1) } == 0 {
-                    emit(&Event {
-                        kind: EVENT_INJECTION,
-                        fault_id,
-                        ktime_ns: unsafe { bpf_ktime_get_ns() },
-                        tgid,
-                        tid,
-                        signal: rule.signal,
-                        result: COUNTER_TABLE_FULL,
-                        target_idx: process.target_idx,
-                        instance: process.instance,
-                        ..Event::default()
+                    with_scratch_event(|event| {
+                        event.kind = EVENT_INJECTION;
+                        event.fault_id = fault_id;
+                        event.ktime_ns = unsafe { bpf_ktime_get_ns() };
+                        event.tgid = tgid;
+                        event.tid = tid;
+                        event.signal = rule.signal;
+                        event.result = COUNTER_TABLE_FULL;
+                        event.target_idx = process.target_idx;
+                        event.instance = process.instance;
+                        emit(event);
                     });
                 }
                 warn!(
@@ -319,18 +319,44 @@ fn fire<const SIGNALS: bool>(
     detail: u64,
     draw: u64,
 ) -> bool {
-    let mut event = Event {
-        fault_id,
-        ktime_ns: now,
-        tgid,
-        tid,
-        hit,
-        detail,
-        target_idx: process.target_idx,
-        instance: process.instance,
-        draw,
-        ..Event::default()
-    };
+    // The event is built in a per-CPU slot, not on the stack: the syscall program's call chain
+    // must fit the verifier's 512-byte combined stack on kernels up to 6.12 (see
+    // `maps::with_scratch_event`).
+    let mut fired = false;
+    let built = with_scratch_event(|event| {
+        event.fault_id = fault_id;
+        event.ktime_ns = now;
+        event.tgid = tgid;
+        event.tid = tid;
+        event.hit = hit;
+        event.detail = detail;
+        event.target_idx = process.target_idx;
+        event.instance = process.instance;
+        event.draw = draw;
+        fired = fire_event::<SIGNALS>(rule, event, tgid, hit);
+    });
+    if !built {
+        warn!(
+            &(),
+            target: "fij::kernel",
+            "fault {} on pid {} (hit {}) not fired: no free event slot on this CPU",
+            fault_id,
+            tgid,
+            hit
+        );
+    }
+    fired
+}
+
+/// The rest of [`fire`], on its event: the signal, the marks, the event out.
+#[inline(always)]
+fn fire_event<const SIGNALS: bool>(
+    rule: &FaultRule,
+    event: &mut Event,
+    tgid: u32,
+    hit: u64,
+) -> bool {
+    let fault_id = event.fault_id;
     let allowed = if SIGNALS {
         may_signal(tgid)
     } else {
@@ -340,7 +366,7 @@ fn fire<const SIGNALS: bool>(
     };
     fij_common::fire(
         rule,
-        &mut event,
+        event,
         allowed,
         |mark| {
             let _ = CRASHED.insert(&tgid, mark, 0);
@@ -396,9 +422,9 @@ fn fire<const SIGNALS: bool>(
     }
     // Signalled victims die and report it; a partition (signal 0) needs fij at once.
     if rule.signal != 0 && event.result == 0 {
-        emit_quietly(&event)
+        emit_quietly(event)
     } else {
-        emit(&event)
+        emit(event)
     }
     event.result == 0
 }

@@ -209,6 +209,47 @@ pub fn config(index: u32) -> u64 {
     CONFIG.get(index).copied().unwrap_or(0)
 }
 
+/// Slots of [`EVENT_SCRATCH`]: one per program that can run on a CPU while another one is in
+/// the middle of building an event there (a perf or kprobe program interrupting the syscall
+/// program; the kernel runs none of those nested in each other).
+const EVENT_SCRATCH_SLOTS: u32 = 4;
+
+/// Where an injection's event is built, per CPU, instead of on the BPF stack: the syscall
+/// program's call chain (`fij_sys_enter` → `fault_hit` → `fault_hit_draw`) must fit the
+/// verifier's 512-byte combined stack, and with a 64-byte event in two of its frames it did not
+/// on kernels up to 6.12 ("combined stack size of 3 calls is 560. Too large" on Debian 12 and
+/// 13; 6.18 loaded it). [`EVENT_SCRATCH_DEPTH`] says which slot is free.
+#[map]
+static EVENT_SCRATCH: PerCpuArray<fij_common::Event> =
+    PerCpuArray::with_max_entries(EVENT_SCRATCH_SLOTS, 0);
+
+/// How many programs on this CPU are building an event in [`EVENT_SCRATCH`] now.
+#[map]
+static EVENT_SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Runs `build` on a zeroed event of this CPU's next free [`EVENT_SCRATCH`] slot, which stays
+/// taken until `build` returns. Returns false (and runs nothing) when no slot is free, which
+/// needs more nested programs than the kernel runs.
+#[inline(always)]
+pub fn with_scratch_event(build: impl FnOnce(&mut fij_common::Event)) -> bool {
+    let Some(depth) = EVENT_SCRATCH_DEPTH.get_ptr_mut(0) else {
+        return false;
+    };
+    // A program that interrupts this one between the load and the store below finishes (and
+    // puts the depth back) before this one goes on, so the slot is still free for it.
+    let slot = unsafe { *depth };
+    let Some(event) = EVENT_SCRATCH.get_ptr_mut(slot) else {
+        return false;
+    };
+    unsafe {
+        *depth = slot + 1;
+        core::ptr::write_bytes(event, 0, 1);
+        build(&mut *event);
+        *depth = slot;
+    }
+    true
+}
+
 /// `bpf_ringbuf_output` flag: do not wake the reader now.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use fij_tests::{FijOutput, fij_dist_bin, net::*, wait_no_fij_programs};
+use fij_tests::{FijOutput, TempDir, fij_dist_bin, net::*, wait_no_fij_programs};
 use object::{
     Endianness,
     elf::{DT_NEEDED, PT_DYNAMIC, PT_INTERP},
@@ -91,9 +91,51 @@ fn tcp_states(local: u16, remote: u16) -> Vec<String> {
 /// nothing; the victim's socket lives on as an orphan in FIN_WAIT1, its FIN held back. Ending
 /// the campaign destroys that orphan (SOCK_DESTROY, no `ss`), so it is gone once fij has exited
 /// and the peer's next segment meets a host with no state: RST.
+///
+/// On a kernel older than 6.6 (no tcx: Debian 12's 6.1 in the kernel lab), `crash` is refused
+/// instead, at its key, and nothing runs.
 #[test]
 fn dist_binary_crash_with_empty_path_destroys_the_orphan() {
     let bin = fij_dist_bin();
+    if let Some(release) = kernel_without_tcx() {
+        let dir = TempDir::new("dist-crash-refused");
+        let marker = dir.join("ran");
+        let scenario = dir.join("s.toml");
+        std::fs::write(
+            &scenario,
+            format!(
+                "[[target]]\nname = \"t\"\ncommand = [\"/bin/touch\", \"{}\"]\n\n\
+                 [[fault]]\nname = \"c\"\ntarget = \"t\"\naction = \"crash\"\n\
+                 trigger = {{ syscall = \"write\" }}\n",
+                marker.display()
+            ),
+        )
+        .unwrap();
+        let run = Command::new(&bin)
+            .arg("run")
+            .arg(&scenario)
+            .env_clear()
+            .env("PATH", "")
+            .output()
+            .expect("running the dist binary");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "{}:8:10: `crash` needs tcx (kernel 6.6 or later) to silence the process's \
+                 packets; this kernel is {release} (`fij doctor` lists what it supports); use \
+                 `kill` instead",
+                scenario.display()
+            )
+        );
+        assert!(!marker.exists(), "a refused campaign runs nothing");
+        let _ = writeln!(
+            std::io::stderr(),
+            "crash refused as it must be: kernel {release} has no tcx"
+        );
+        return;
+    }
     let mut c = Campaign::start_configured(
         "dist-crash",
         &["tcp", "127.0.0.1"],
@@ -132,6 +174,43 @@ fn dist_binary_crash_with_empty_path_destroys_the_orphan() {
     assert_eq!(outcome, ReadOutcome::Error(libc::ECONNRESET), "{out}");
 }
 
+/// The static binary's `kill`, with the same empty environment, on every kernel fij supports
+/// (6.1 included: `cargo xtask vm --all --test dist`): the victim dies by SIGKILL on its first
+/// sleep, and its peer gets the FIN the kernel sends for a killed process.
+#[test]
+fn dist_binary_kill_with_empty_path() {
+    let bin = fij_dist_bin();
+    let mut c = Campaign::start_configured(
+        "dist-kill",
+        &["tcp", "127.0.0.1"],
+        "action = \"kill\"",
+        |argv| argv,
+        |fij| fij.bin(&bin).env_clear().env("PATH", ""),
+    );
+    let mut peer = connect_and_greet(c.addr(V4));
+    c.wait_dead();
+    let (outcome, took) = read_once(&mut peer, Duration::from_secs(5));
+    eprintln!("killed: read → {outcome:?} after {took:?}");
+    assert_eq!(
+        outcome,
+        ReadOutcome::Eof,
+        "a killed process's socket is closed"
+    );
+    let (out, _dir) = c.finish();
+    assert_crashed(&out);
+}
+
+/// The running kernel's release when it is older than 6.6 (no tcx).
+fn kernel_without_tcx() -> Option<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let release = release.trim();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = numbers.next().unwrap().parse().unwrap();
+    let minor: u32 = numbers.next().unwrap().parse().unwrap();
+    ((major, minor) < (6, 6)).then(|| release.to_owned())
+}
+
+/// The victim died by SIGKILL, injected on its first `clock_nanosleep`.
 fn assert_crashed(out: &FijOutput) {
     let victim = out.log.target_pid("victim");
     out.log

@@ -88,7 +88,8 @@ pub fn display(cmd: &Command) -> String {
     envs.chain(words).collect::<Vec<_>>().join(" ")
 }
 
-fn quote(word: &str) -> String {
+/// `word` as one shell word: as is when plain, else in single quotes.
+pub fn quote(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
     if !word.is_empty() && word.chars().all(plain) {
         word.to_owned()

@@ -14,6 +14,7 @@ mod cmd;
 mod demo;
 mod setup;
 mod soak;
+mod vm;
 
 use std::{
     env,
@@ -49,7 +50,9 @@ enum Task {
         release: bool,
     },
     /// Run setup, build and dist, then `cargo test --workspace` one test at a time, with
-    /// `FIJ_BIN` set to the built `fij` binary and `FIJ_DIST_BIN` to the static one.
+    /// `FIJ_BIN` set to the built `fij` binary and `FIJ_DIST_BIN` to the static one; then the
+    /// kernel lab's bounded subset (`cargo xtask vm` under Debian 12 and 13, see
+    /// docs/kernel-lab.md).
     Test,
     /// Install the build tools (setup without test packages and mounts), then build `fij` as one
     /// static executable (release, glibc linked in with `+crt-static`, the eBPF object
@@ -83,6 +86,30 @@ enum Task {
         #[arg(long, default_value_t = 8.0)]
         minutes: f64,
     },
+    /// The kernel lab: run setup (with qemu), build fij, its static binary and the test
+    /// executables, then run the integration tests (all, or the filtered ones) under a Debian
+    /// kernel booted with qemu, with the host's root file system shared read-only. See
+    /// docs/kernel-lab.md.
+    Vm {
+        /// The kernel to run under (repeatable).
+        #[arg(long, value_enum, default_values_t = [vm::Kernel::Debian13])]
+        kernel: Vec<vm::Kernel>,
+        /// Every kernel of the matrix: debian12, debian13, host.
+        #[arg(long, conflicts_with = "kernel")]
+        all: bool,
+        /// Only this test file of tests/it (repeatable), e.g. `--test dist`.
+        #[arg(long = "test")]
+        tests: Vec<String>,
+        /// Fetch the kernel packages again and rebuild the initramfs, even if cached.
+        #[arg(long)]
+        refresh: bool,
+        /// Kill a guest still running after this many minutes.
+        #[arg(long, default_value_t = 60)]
+        timeout_minutes: u64,
+        /// Passed to each test executable: libtest's filter and options.
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -99,6 +126,29 @@ fn main() -> ExitCode {
             seed,
             minutes,
         } => soak::run(quick, seed, minutes),
+        Task::Vm {
+            kernel,
+            all,
+            tests,
+            refresh,
+            timeout_minutes,
+            test_args,
+        } => vm::run(&vm::Request {
+            selections: (if all {
+                vm::Kernel::ALL.to_vec()
+            } else {
+                kernel
+            })
+            .into_iter()
+            .map(|kernel| vm::Selection {
+                kernel,
+                tests: tests.clone(),
+                test_args: test_args.clone(),
+            })
+            .collect(),
+            refresh,
+            timeout: std::time::Duration::from_secs(timeout_minutes * 60),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -132,7 +182,7 @@ fn build(release: bool) -> Result<()> {
 }
 
 /// setup, build, dist, then `FIJ_BIN=<target>/debug/fij FIJ_DIST_BIN=<target>/dist/fij cargo
-/// test --workspace -- --test-threads=1`. The privileged integration tests run one at a time:
+/// test --workspace -- --test-threads=1`, then the kernel lab's subset ([`vm::ci_subset`]). The privileged integration tests run one at a time:
 /// each checks that no fij program is left in the kernel, which a concurrent test would break.
 fn test() -> Result<()> {
     setup::run()?;
@@ -140,9 +190,18 @@ fn test() -> Result<()> {
     let dist_bin = dist()?;
     let mut c = cargo_command();
     c.env("FIJ_BIN", fij_bin(false))
-        .env("FIJ_DIST_BIN", dist_bin)
+        .env("FIJ_DIST_BIN", &dist_bin)
         .args(["test", "--workspace", "--", "--test-threads=1"]);
-    cmd::run(&mut c)
+    cmd::run(&mut c)?;
+    // The kernel lab's bounded subset: the same binaries under Debian 12's and 13's kernels.
+    vm::run_built(
+        &vm::Request {
+            selections: vm::ci_subset(),
+            refresh: false,
+            timeout: std::time::Duration::from_secs(20 * 60),
+        },
+        &dist_bin,
+    )
 }
 
 /// The target the static `fij` is built for: the host's glibc target, named explicitly so that

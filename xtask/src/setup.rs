@@ -57,6 +57,11 @@ pub const TEST_PACKAGES: &[&str] = &[
     "linux-headers-amd64",
 ];
 
+/// Debian packages of the kernel lab (`cargo xtask vm`): qemu, the static busybox of its
+/// initramfs, and kmod (`depmod` indexes a fetched kernel's modules; in the guest, whose root is
+/// the host's, `modprobe` loads the modules the tests need, e.g. veth).
+pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod"];
+
 /// The rustc from rustc-web, which builds the eBPF programs; bpf-linker must use its LLVM.
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 
@@ -66,6 +71,16 @@ const MOUNTS: &[(&str, &str)] = &[("tracefs", "/sys/kernel/tracing"), ("bpf", "/
 /// Everything building, testing and running fij needs: packages, bpf-linker, mounts.
 pub fn run() -> Result<()> {
     install(TEST_PACKAGES)?;
+    for (fstype, dir) in MOUNTS {
+        ensure_mounted(fstype, dir)?;
+    }
+    Ok(())
+}
+
+/// [`run`] and the kernel lab's packages.
+pub fn run_vm() -> Result<()> {
+    let packages: Vec<&str> = TEST_PACKAGES.iter().chain(VM_PACKAGES).copied().collect();
+    install(&packages)?;
     for (fstype, dir) in MOUNTS {
         ensure_mounted(fstype, dir)?;
     }

@@ -813,6 +813,17 @@ fn fault(
         match action {
             "kill" => Some(ActionKind::Kill),
             "signal" => Some(ActionKind::Signal),
+            "crash" | "partition" if let Some(release) = kernel_without_tcx() => {
+                cx.error(
+                    e.at,
+                    format!(
+                        "`{action}` needs tcx (kernel 6.6 or later) to silence the process's \
+                         packets; this kernel is {release} (`fij doctor` lists what it \
+                         supports); use `kill` instead"
+                    ),
+                );
+                None
+            }
             "crash" => Some(ActionKind::Crash),
             "stop" => Some(ActionKind::Stop),
             "partition" => Some(ActionKind::Partition),
@@ -1320,6 +1331,20 @@ fn probe(cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<Trigger> {
         binary: binary.to_string(),
         location,
     }))
+}
+
+/// The running kernel's release when it is older than 6.6, which has no tcx: `crash` and
+/// `partition` attach their packet filter as tcx links (owned by fij's file descriptors, so
+/// nothing stays behind when fij dies; a legacy clsact filter would). Measured in the kernel
+/// lab: on 6.1 the attach fails with "Parent Qdisc doesn't exists".
+fn kernel_without_tcx() -> Option<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let release = release.trim();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    let (major, minor) = (numbers.next()??, numbers.next()??);
+    ((major, minor) < (6, 6)).then(|| release.to_owned())
 }
 
 /// Present when the kernel can create kprobes through perf (what aya uses).

@@ -1,0 +1,537 @@
+//! `cargo xtask vm`: the kernel lab. fij's integration tests (all, or filtered) run under Debian
+//! kernels booted with qemu, against the binaries built on the host: the guest's root file system
+//! is the host's own, shared read-only over 9p with a tmpfs overlay on top (see `init.sh`), so
+//! the test executables, `target/debug/fij`, the static `target/dist/fij` and every tool the
+//! tests run (installed by `cargo xtask setup`) are there at their host paths, with the host's
+//! glibc. Only the kernel differs: the Debian package's, booted from an initramfs that this
+//! module builds and caches under `<target>/vm/<kernel>/`. The guest has no network device.
+//!
+//! `--kernel host` runs the same tests on the running kernel, holding the privileged-tests lock.
+mod kernels;
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::io::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+
+use crate::{cmd, setup};
+
+pub use kernels::DebianKernel;
+
+/// A kernel of the lab's matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Kernel {
+    /// Debian 12's linux-image-amd64 (6.1).
+    Debian12,
+    /// Debian 13's linux-image-amd64 (6.12).
+    Debian13,
+    /// The running kernel, without a VM (the tests run directly, holding
+    /// /tmp/fij-privileged.lock).
+    Host,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 3] = [Kernel::Debian12, Kernel::Debian13, Kernel::Host];
+
+    fn debian(self) -> Option<DebianKernel> {
+        match self {
+            Kernel::Debian12 => Some(kernels::DEBIAN12),
+            Kernel::Debian13 => Some(kernels::DEBIAN13),
+            Kernel::Host => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        self.debian().map_or("host", |k| k.name)
+    }
+}
+
+/// One run of the lab: these tests under this kernel.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    pub kernel: Kernel,
+    /// Test files (`tests/it/<name>.rs`) to run; all of them when empty.
+    pub tests: Vec<String>,
+    /// Arguments for each test executable (libtest's filter and options).
+    pub test_args: Vec<String>,
+}
+
+/// What `cargo xtask vm` was asked to run.
+pub struct Request {
+    pub selections: Vec<Selection>,
+    /// Fetch the kernel packages and rebuild the initramfs even when cached.
+    pub refresh: bool,
+    /// The guest is killed (and the run fails) after this long.
+    pub timeout: Duration,
+}
+
+/// The lab's part of `cargo xtask test`, bounded so that CI stays well within its time (see
+/// docs/kernel-lab.md for the measured times): on Debian 12 (6.1) and Debian 13 (6.12) the
+/// static binary's tests (`fij doctor`, a kill, crash refused on 6.1 and run on 6.12), and on
+/// Debian 13 the kprobe and kretprobe triggers firing. The host kernel is the rest of `test`.
+pub fn ci_subset() -> Vec<Selection> {
+    let selection = |kernel, tests: &[&str], args: &[&str]| Selection {
+        kernel,
+        tests: tests.iter().map(|t| t.to_string()).collect(),
+        test_args: args.iter().map(|a| a.to_string()).collect(),
+    };
+    vec![
+        selection(Kernel::Debian12, &["dist"], &[]),
+        selection(Kernel::Debian13, &["dist"], &[]),
+        selection(Kernel::Debian13, &["triggers_targets"], &["kprobe"]),
+    ]
+}
+
+/// Guest memory: the tests' files live in the guest's tmpfs overlay.
+const GUEST_MEMORY_MIB: u32 = 3072;
+/// Held while a guest runs, so that VMs on this machine boot one at a time (TCG is CPU-heavy).
+const VM_LOCK: &str = "/tmp/fij-vm.lock";
+/// The lock the privileged tests on the host kernel hold (they check the whole kernel for fij's
+/// programs, so two runs at once break each other).
+const PRIVILEGED_LOCK: &str = "/tmp/fij-privileged.lock";
+
+/// Runs setup (with the lab's packages), builds fij, its static dist binary and the test
+/// executables, then each selection. Fails if any selection failed, after all of them ran.
+pub fn run(request: &Request) -> Result<()> {
+    setup::run_vm()?;
+    crate::build(false)?;
+    let dist_bin = crate::dist()?;
+    run_built(request, &dist_bin)
+}
+
+/// [`run`] once fij and its dist binary are built (`cargo xtask test` has done that).
+pub fn run_built(request: &Request, dist_bin: &Path) -> Result<()> {
+    setup::run_vm()?;
+    let all_tests = test_executables()?;
+    let vm_dir = crate::target_dir().join("vm");
+    fs::create_dir_all(&vm_dir)?;
+
+    let mut failed = Vec::new();
+    for selection in &request.selections {
+        let name = selection.kernel.name();
+        let shown = format!(
+            "{name} ({}{})",
+            if selection.tests.is_empty() {
+                "all test files".to_owned()
+            } else {
+                selection.tests.join(", ")
+            },
+            if selection.test_args.is_empty() {
+                String::new()
+            } else {
+                format!(" -- {}", selection.test_args.join(" "))
+            }
+        );
+        let started = Instant::now();
+        let outcome = select_tests(&all_tests, &selection.tests).and_then(|tests| {
+            let run = Run {
+                fij_bin: crate::fij_bin(false),
+                dist_bin: dist_bin.to_path_buf(),
+                tests,
+                test_args: selection.test_args.clone(),
+            };
+            match selection.kernel.debian() {
+                Some(debian) => run_in_vm(&vm_dir, debian, &run, request),
+                None => run_on_host(&vm_dir, &run),
+            }
+        });
+        let seconds = started.elapsed().as_secs_f64();
+        match &outcome {
+            Ok(()) => println!("vm: {shown}: passed in {seconds:.0} s"),
+            Err(e) => {
+                println!("vm: {shown}: FAILED in {seconds:.0} s: {e:#}");
+                failed.push(shown);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("the tests failed under: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// The binaries a run uses, all built on the host.
+struct Run {
+    fij_bin: PathBuf,
+    dist_bin: PathBuf,
+    /// (test file name, executable).
+    tests: Vec<(String, PathBuf)>,
+    test_args: Vec<String>,
+}
+
+impl Run {
+    /// The shell script that runs in the guest (or on the host): `fij doctor` of the static
+    /// binary into `<out>/doctor.txt`, then each test executable one test at a time. Exits 1 if
+    /// any test executable failed.
+    fn script(&self, out: &Path) -> String {
+        let q = |p: &Path| cmd::quote(&p.to_string_lossy());
+        let args: Vec<String> = std::iter::once("--test-threads=1".to_owned())
+            .chain(self.test_args.iter().cloned())
+            .map(|a| cmd::quote(&a))
+            .collect();
+        let mut s = String::from(
+            "# Written by `cargo xtask vm`.\n\
+             export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+             export HOME=/root\n\
+             # busybox init's TERM=linux has padding that libtest would print.\n\
+             export TERM=dumb\n",
+        );
+        s += &format!(
+            "export FIJ_BIN={} FIJ_DIST_BIN={}\n",
+            q(&self.fij_bin),
+            q(&self.dist_bin)
+        );
+        s += &format!(
+            "echo \"== kernel $(uname -r)\"\n\
+             \"$FIJ_DIST_BIN\" doctor > {doctor} 2>&1; echo \"== fij doctor (exit $?)\"; cat {doctor}\n\
+             failed=\n",
+            doctor = q(&out.join("doctor.txt"))
+        );
+        for (name, exe) in &self.tests {
+            s += &format!(
+                "echo '== tests/it/{name}.rs'\n{} {} || failed=\"$failed {name}\"\n",
+                q(exe),
+                args.join(" ")
+            );
+        }
+        s += "if [ -n \"$failed\" ]; then echo \"== failed:$failed\"; exit 1; fi\n\
+              echo '== all passed'\n";
+        s
+    }
+}
+
+/// `cargo test -p fij-tests --no-run --message-format=json`: the integration test executables
+/// (test file name, executable), sorted by name.
+fn test_executables() -> Result<Vec<(String, PathBuf)>> {
+    let mut c = crate::cargo_command();
+    c.args([
+        "test",
+        "--package",
+        "fij-tests",
+        "--tests",
+        "--no-run",
+        "--message-format=json",
+    ])
+    .stderr(Stdio::inherit());
+    println!("+ {}", cmd::display(&c));
+    let out = c.output().context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("`{}` failed ({})", cmd::display(&c), out.status);
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = message["target"]["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|k| k == "test"));
+        if let (true, Some(name), Some(exe)) = (
+            is_test,
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) {
+            tests.push((name.to_owned(), PathBuf::from(exe)));
+        }
+    }
+    tests.sort();
+    Ok(tests)
+}
+
+/// The test executables named in `only`, all of them when it is empty; an unknown name is an
+/// error.
+fn select_tests(all: &[(String, PathBuf)], only: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    if let Some(unknown) = only.iter().find(|n| !all.iter().any(|(t, _)| t == *n)) {
+        let names: Vec<&str> = all.iter().map(|(t, _)| t.as_str()).collect();
+        bail!(
+            "no test file tests/it/{unknown}.rs (there are: {})",
+            names.join(", ")
+        );
+    }
+    Ok(all
+        .iter()
+        .filter(|(t, _)| only.is_empty() || only.contains(t))
+        .cloned()
+        .collect())
+}
+
+/// The tests on the running kernel, under /tmp/fij-privileged.lock.
+fn run_on_host(vm_dir: &Path, run: &Run) -> Result<()> {
+    let out = vm_dir.join("host");
+    fs::create_dir_all(&out)?;
+    let script = out.join("run.sh");
+    fs::write(&script, run.script(&out))?;
+    let _lock = Lock::exclusive(PRIVILEGED_LOCK)?;
+    cmd::run(Command::new("bash").arg(&script))
+}
+
+/// Prepares the kernel and boots it with the run's script; the guest's exit status is the run's.
+fn run_in_vm(vm_dir: &Path, debian: DebianKernel, run: &Run, request: &Request) -> Result<()> {
+    let kernel = debian.prepare(vm_dir, request.refresh)?;
+    let out = vm_dir.join(debian.name).join("run");
+    if out.exists() {
+        fs::remove_dir_all(&out)?;
+    }
+    fs::create_dir_all(&out)?;
+    fs::write(out.join("run.sh"), run.script(&out))?;
+    let _lock = Lock::exclusive(VM_LOCK)?;
+    let accel = accelerator(vm_dir, &kernel)?;
+    let console = out.join("console.log");
+    boot(&kernel, accel, &out, &console, request.timeout)?;
+    let status = fs::read_to_string(out.join("status")).with_context(|| {
+        format!(
+            "the guest wrote no exit status (it did not reach the end of run.sh): see {}",
+            console.display()
+        )
+    })?;
+    match status.trim() {
+        "0" => Ok(()),
+        s => bail!(
+            "run.sh exited with {s} under {} (console: {})",
+            kernel.release,
+            console.display()
+        ),
+    }
+}
+
+/// How qemu runs the guest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// KVM if it boots a guest here, else TCG (software emulation). Nested KVM can fail in ways that
+/// hang the guest rather than stop qemu, so it is tried once, with a short boot that must reach
+/// the end of its script, and the answer is kept in `<target>/vm/accel`. `FIJ_VM_ACCEL=kvm|tcg`
+/// decides without trying.
+fn accelerator(vm_dir: &Path, kernel: &kernels::Prepared) -> Result<Accel> {
+    let parse = |s: &str| match s.trim() {
+        "kvm" => Some(Accel::Kvm),
+        "tcg" => Some(Accel::Tcg),
+        _ => None,
+    };
+    if let Ok(forced) = std::env::var("FIJ_VM_ACCEL") {
+        return parse(&forced).with_context(|| format!("FIJ_VM_ACCEL={forced}: kvm or tcg"));
+    }
+    let cached = vm_dir.join("accel");
+    if let Some(accel) = fs::read_to_string(&cached).ok().as_deref().and_then(parse) {
+        return Ok(accel);
+    }
+    let usable = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let accel = if usable {
+        println!("vm: trying KVM (a short boot, at most 30 s)");
+        let probe = vm_dir.join("kvm-probe");
+        if probe.exists() {
+            fs::remove_dir_all(&probe)?;
+        }
+        fs::create_dir_all(&probe)?;
+        fs::write(probe.join("run.sh"), "exit 0\n")?;
+        let booted = boot(
+            kernel,
+            Accel::Kvm,
+            &probe,
+            &probe.join("console.log"),
+            Duration::from_secs(30),
+        )
+        .is_ok()
+            && fs::read_to_string(probe.join("status")).is_ok_and(|s| s.trim() == "0");
+        if booted { Accel::Kvm } else { Accel::Tcg }
+    } else {
+        Accel::Tcg
+    };
+    let name = if accel == Accel::Kvm { "kvm" } else { "tcg" };
+    println!(
+        "vm: using {name} (kept in {}; delete it to try again)",
+        cached.display()
+    );
+    fs::write(&cached, name)?;
+    Ok(accel)
+}
+
+/// Boots the kernel with 9p shares `hostroot` (/, read-only), `kernel` (the package) and `out`
+/// (the run directory, where /init finds run.sh and writes `status`), no network device, the
+/// serial console copied to our stdout and to `console`. Fails if qemu fails or the guest runs
+/// past `timeout` (then qemu is killed).
+fn boot(
+    kernel: &kernels::Prepared,
+    accel: Accel,
+    out: &Path,
+    console: &Path,
+    timeout: Duration,
+) -> Result<()> {
+    let share = |path: &Path, tag: &str, readonly: bool| {
+        format!(
+            "local,path={},mount_tag={tag},security_model=none,multidevs=remap{}",
+            path.display(),
+            if readonly { ",readonly=on" } else { "" }
+        )
+    };
+    let mut c = Command::new("qemu-system-x86_64");
+    match accel {
+        Accel::Kvm => c.args(["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => c.args(["-accel", "tcg"]),
+    };
+    c.args(["-m", &GUEST_MEMORY_MIB.to_string(), "-smp", "2"])
+        .args(["-nodefaults", "-no-reboot", "-display", "none"])
+        .args(["-serial", "stdio", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&kernel.initramfs)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 fij.out={}",
+            out.display()
+        ))
+        .arg("-virtfs")
+        .arg(share(Path::new("/"), "hostroot", true))
+        .arg("-virtfs")
+        .arg(share(&kernel.root, "kernel", true))
+        .arg("-virtfs")
+        .arg(share(out, "out", false))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    println!("+ {}", cmd::display(&c));
+    let started = Instant::now();
+    let mut child = c.spawn().context("starting qemu-system-x86_64")?;
+    let pid = child.id();
+    let finished = Arc::new(AtomicBool::new(false));
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (finished, timed_out) = (finished.clone(), timed_out.clone());
+        std::thread::spawn(move || {
+            while !finished.load(Ordering::Relaxed) {
+                if started.elapsed() > timeout {
+                    timed_out.store(true, Ordering::Relaxed);
+                    // SAFETY: kill(2) on the pid of our own qemu child, not yet reaped (we
+                    // reap it only after setting `finished`, which stops this loop).
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let mut log = fs::File::create(console)?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        let text = printable(&line);
+        log.write_all(text.as_bytes())?;
+        print!("{text}");
+        std::io::stdout().flush()?;
+        line.clear();
+    }
+    let status = child.wait()?;
+    finished.store(true, Ordering::Relaxed);
+    watchdog.join().ok();
+    println!(
+        "vm: qemu ({}) ran {:.1} s",
+        if accel == Accel::Kvm { "kvm" } else { "tcg" },
+        started.elapsed().as_secs_f64()
+    );
+    if timed_out.load(Ordering::Relaxed) {
+        bail!(
+            "the guest ran longer than {} s and was killed (console: {})",
+            timeout.as_secs(),
+            console.display()
+        );
+    }
+    if !status.success() {
+        bail!("qemu-system-x86_64 failed ({status})");
+    }
+    Ok(())
+}
+
+/// A console line without carriage returns and terminal escape sequences (the firmware clears
+/// the screen).
+fn printable(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // ESC [ parameters final-byte, or ESC and one more character.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An exclusive flock(2) on a file, held until dropped.
+struct Lock(#[allow(dead_code, reason = "held for its flock, released on close")] fs::File);
+
+impl Lock {
+    fn exclusive(path: &str) -> Result<Self> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {path}"))?;
+        println!("vm: waiting for {path}");
+        // SAFETY: flock(2) on a file descriptor we own for as long as the Lock lives.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("flock {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self(file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_lose_escapes_and_carriage_returns() {
+        assert_eq!(
+            printable(b"\x1bc\x1b[?7l\x1b[2JSeaBIOS\r\n"),
+            "SeaBIOS\n".to_owned()
+        );
+    }
+
+    #[test]
+    fn the_script_runs_doctor_then_each_test_with_quoted_arguments() {
+        let run = Run {
+            fij_bin: "/t/debug/fij".into(),
+            dist_bin: "/t/dist/fij".into(),
+            tests: vec![("dist".into(), "/t/debug/deps/dist-1".into())],
+            test_args: vec!["kprobe".into(), "it's".into()],
+        };
+        let script = run.script(Path::new("/t/vm/x/run"));
+        assert!(script.contains("\"$FIJ_DIST_BIN\" doctor > /t/vm/x/run/doctor.txt"));
+        assert!(script.contains(
+            "/t/debug/deps/dist-1 --test-threads=1 kprobe 'it'\\''s' || failed=\"$failed dist\""
+        ));
+    }
+}
