@@ -283,8 +283,9 @@ fn selected(rule: &FaultRule, fault_id: u32, process: &TargetProcess) -> bool {
 
 /// A time-triggered fault fires in the context of the instance's root process when the loader
 /// marked it due: whoever removes the `DUE` entry first (this task, or the loader when the task
-/// sleeps) fires it, exactly once.
-#[inline(always)]
+/// sleeps) fires it, exactly once. Not inlined: its frame then stays off the stack of the hit
+/// path's call chain, which must fit 512 bytes on kernels up to 6.12.
+#[inline(never)]
 pub fn claim_due(process: &TargetProcess, tgid: u32, tid: u32) {
     if config(CONFIG_DUE) == 0 || config(CONFIG_ARMED) == 0 {
         return;

@@ -72,24 +72,6 @@ pub fn target_set_changed() {
     }
 }
 
-/// What this CPU remembers of the task whose user registers are at `regs`, if it was looked up
-/// at `epoch`.
-#[inline(always)]
-pub fn seen_task(regs: u64, epoch: u64) -> Option<&'static SeenTask> {
-    SEEN_TASK
-        .get(0)
-        .filter(|seen| seen.regs == regs && seen.epoch == epoch)
-}
-
-/// Remembers what the lookup of the task whose user registers are at `regs` found, at `epoch`
-/// (read before the lookup, so that a change in between voids it).
-#[inline(always)]
-pub fn remember_task(seen: &SeenTask) {
-    if let Some(slot) = SEEN_TASK.get_ptr_mut(0) {
-        unsafe { *slot = *seen };
-    }
-}
-
 /// Whether `tgid` may be in the target set, by its flag alone (pids beyond the flags: maybe).
 #[inline(always)]
 pub fn may_be_target(tgid: u32) -> bool {
