@@ -43,6 +43,12 @@ impl Color {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Ebpf,
+    Stap,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario: spawn or adopt its targets and inject its faults from the kernel.
@@ -64,6 +70,10 @@ enum Command {
         /// full table, a failed bpf_send_signal, a lost event), as `fij::kernel` log lines.
         #[arg(long)]
         kernel_log: bool,
+        /// Who injects: `ebpf` (fij's own programs) or `stap` (the script `fij stap --runtime
+        /// bpf` prints, run by stap's BPF runtime; docs/stap.md).
+        #[arg(long, value_enum, default_value_t = Backend::Ebpf)]
+        backend: Backend,
     },
     /// Print every decision that can be known before the run: which hits fire.
     Plan {
@@ -221,6 +231,7 @@ fn main() -> ExitCode {
             log,
             replay,
             kernel_log,
+            backend,
         } => {
             let (scenario, seed, log) = match &replay {
                 Some(original) => match fij::replay::origin(original) {
@@ -246,6 +257,16 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
+            // What the BPF runtime cannot express is refused here, at its key, before anything runs.
+            let stap_script = match backend {
+                Backend::Stap => {
+                    match fij::stap::generate(&scenario, &compiled, fij::stap::Runtime::Bpf) {
+                        Ok(script) => Some(script),
+                        Err(refused) => return invalid(refused),
+                    }
+                }
+                Backend::Ebpf => None,
+            };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
@@ -256,9 +277,16 @@ fn main() -> ExitCode {
                 kernel_log,
                 ..RunOptions::default()
             };
-            let result = runtime
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(campaign::run(&scenario, &compiled, &options)));
+            let result = runtime.map_err(anyhow::Error::from).and_then(|rt| {
+                rt.block_on(async {
+                    match &stap_script {
+                        Some(script) => {
+                            fij::stap::run::run(&scenario, &compiled, script, &options).await
+                        }
+                        None => campaign::run(&scenario, &compiled, &options).await,
+                    }
+                })
+            });
             fij::status::finish();
             if let Ok(report) = &result {
                 eprint!("{}", report.summary);

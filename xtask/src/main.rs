@@ -64,6 +64,10 @@ enum Task {
         /// <target>/bench-quick/ instead of bench/.
         #[arg(long)]
         quick: bool,
+        /// Only the stap rows: the same campaigns through `fij run --backend stap` and
+        /// `--backend ebpf`; writes <target>/bench-stap/results.md.
+        #[arg(long, conflicts_with = "quick")]
+        stap: bool,
     },
     /// Run setup and build, then randomized campaigns for minutes (kill, crash, stop, partition,
     /// signals; forking, adopted targets; bystanders; fij SIGKILLed and SIGTERMed at random
@@ -90,7 +94,11 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Dist => setup::run_build_only().and_then(|()| dist().map(drop)),
         Task::Demo => demo::run(),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench {
+            quick: _,
+            stap: true,
+        } => bench::stap::run(),
+        Task::Bench { quick, stap: false } => bench::run(quick),
         Task::Soak {
             quick,
             seed,
