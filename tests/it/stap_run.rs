@@ -71,7 +71,11 @@ fn scenario(dir: &TempDir) -> String {
         "[[fault]]\nname = \"kill\"\ntarget = \"kill\"\naction = \"kill\"\n\
          trigger = { syscall = \"write\" }\nnth = 5\n\n",
     );
-    text.push_str(&fault("uprobe", "{ uprobe = \"libc:write\" }", "every = 5"));
+    text.push_str(&fault(
+        "uprobe",
+        "{ uprobe = \"libc:write\" }",
+        "every = 5\ncount = 100",
+    ));
     text
 }
 
