@@ -258,15 +258,12 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             // What the BPF runtime cannot express is refused here, at its key, before anything runs.
-            let stap_script = match backend {
-                Backend::Stap => {
-                    match fij::stap::generate(&scenario, &compiled, fij::stap::Runtime::Bpf) {
-                        Ok(script) => Some(script),
-                        Err(refused) => return invalid(refused),
-                    }
-                }
-                Backend::Ebpf => None,
-            };
+            if backend == Backend::Stap
+                && let Err(refused) =
+                    fij::stap::generate(&scenario, &compiled, fij::stap::Runtime::Bpf)
+            {
+                return invalid(refused);
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
@@ -279,11 +276,9 @@ fn main() -> ExitCode {
             };
             let result = runtime.map_err(anyhow::Error::from).and_then(|rt| {
                 rt.block_on(async {
-                    match &stap_script {
-                        Some(script) => {
-                            fij::stap::run::run(&scenario, &compiled, script, &options).await
-                        }
-                        None => campaign::run(&scenario, &compiled, &options).await,
+                    match backend {
+                        Backend::Stap => fij::stap::run::run(&scenario, &compiled, &options).await,
+                        Backend::Ebpf => campaign::run(&scenario, &compiled, &options).await,
                     }
                 })
             });

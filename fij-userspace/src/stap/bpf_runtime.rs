@@ -50,14 +50,9 @@ impl Toolchain {
         })
     }
 
-    /// Compiles `script` (passes 1–4) into `dir/NAME.bo`, with `globals` as `-G NAME=VALUE`.
-    /// Returns the `.bo` and how long stap took.
-    pub fn compile(
-        &self,
-        script: &Path,
-        dir: &Path,
-        globals: &[(String, u32)],
-    ) -> Result<(PathBuf, Duration)> {
+    /// Compiles `script` (passes 1–4) into `dir/NAME.bo`. Returns the `.bo` and how long stap
+    /// took.
+    pub fn compile(&self, script: &Path, dir: &Path) -> Result<(PathBuf, Duration)> {
         const MODULE: &str = "fij_campaign";
         let started = Instant::now();
         let mut command = std::process::Command::new(&self.stap);
@@ -72,9 +67,6 @@ impl Toolchain {
                 MODULE,
             ])
             .args(["-r", &self.headers_release]);
-        for (name, value) in globals {
-            command.arg("-G").arg(format!("{name}={value}"));
-        }
         let output = command
             .arg(script)
             .stdin(Stdio::null())
@@ -100,7 +92,16 @@ impl Toolchain {
         let fstype = CString::new("debugfs").expect("no NUL");
         let root = CString::new("/").expect("no NUL");
         let mount_debugfs = !Path::new(DEBUGFS).join("tracing").is_dir();
-        let mut command = tokio::process::Command::new(&self.stapbpf);
+        // Line-buffered output when stdbuf (coreutils) is there: fij reads the script's lines
+        // as they come (`armed` releases the targets), and stdio fully buffers a pipe.
+        let mut command = match which("stdbuf") {
+            Some(stdbuf) => {
+                let mut command = tokio::process::Command::new(stdbuf);
+                command.arg("-oL").arg(&self.stapbpf);
+                command
+            }
+            None => tokio::process::Command::new(&self.stapbpf),
+        };
         command
             .arg(bo)
             .stdin(Stdio::null())

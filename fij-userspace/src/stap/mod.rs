@@ -54,12 +54,25 @@ pub fn generate(
     compiled: &CompiledCampaign,
     runtime: Runtime,
 ) -> Result<String, Diagnostics> {
+    generate_with_roots(scenario, compiled, runtime, &[])
+}
+
+/// The same, with the root processes of instances already known, as `(target, instance, pid)`:
+/// `probe begin` sets them (what `fij run --backend stap` runs; stapbpf takes no `-G`, and the
+/// BPF runtime does not apply stap's `-G` to a global either).
+pub fn generate_with_roots(
+    scenario: &Scenario,
+    compiled: &CompiledCampaign,
+    runtime: Runtime,
+    roots: &[(usize, u32, u32)],
+) -> Result<String, Diagnostics> {
     let probe_binaries = refuse::check(scenario, runtime)?;
     Ok(script::Script {
         scenario,
         compiled,
         runtime,
         probe_binaries: &probe_binaries,
+        roots,
     }
     .render())
 }

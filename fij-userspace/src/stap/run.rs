@@ -105,11 +105,11 @@ struct Root {
     spawned: bool,
 }
 
-/// Runs `script` (the campaign's BPF-runtime script) through stapbpf to the campaign's end.
+/// Runs the campaign's BPF-runtime script through stapbpf to the campaign's end. What the
+/// runtime cannot express has been refused (`stap::generate`, exit 2) before.
 pub async fn run(
     scenario: &Scenario,
     compiled: &CompiledCampaign,
-    script: &str,
     opts: &RunOptions,
 ) -> Result<Report> {
     // SAFETY: geteuid has no preconditions.
@@ -144,12 +144,10 @@ pub async fn run(
     )?;
     let dir = WorkDir::create()?;
     let script_path = dir.0.join("campaign.stp");
-    std::fs::write(&script_path, script).context("writing the script")?;
 
     // The targets wait at their gate through stap's compile: their pids go into the script.
     let mut roots = Vec::new();
     let mut gated = Vec::new();
-    let mut globals = Vec::new();
     for (target_idx, target) in scenario.targets.iter().enumerate() {
         match &target.source {
             TargetSource::Command {
@@ -165,7 +163,6 @@ pub async fn run(
                     let child =
                         GatedChild::spawn(&program, argv, cwd.as_deref(), env, (*user, *group))
                             .with_context(|| format!("target `{}`", target.name))?;
-                    globals.push((format!("fij_root_{target_idx}_{instance}"), child.pid));
                     roots.push(Root {
                         target_idx,
                         instance,
@@ -185,13 +182,20 @@ pub async fn run(
         }
     }
 
+    let known: Vec<(usize, u32, u32)> = roots
+        .iter()
+        .filter(|r| r.spawned)
+        .map(|r| (r.target_idx, r.instance, r.pid))
+        .collect();
+    let script = super::generate_with_roots(scenario, compiled, super::Runtime::Bpf, &known)
+        .map_err(|refused| InvalidInput(refused.to_string()))?;
+    std::fs::write(&script_path, script).context("writing the script")?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     info!(release = %toolchain.headers_release, "stap: compiling the script (passes 1-4)");
     let compiling = {
         let (toolchain, script_path, dir) = (toolchain.clone(), script_path.clone(), dir.0.clone());
-        let globals = globals.clone();
-        tokio::task::spawn_blocking(move || toolchain.compile(&script_path, &dir, &globals))
+        tokio::task::spawn_blocking(move || toolchain.compile(&script_path, &dir))
     };
     let (bo, compile_time) = tokio::select! {
         done = compiling => done.context("stap's compile")??,

@@ -60,6 +60,9 @@ pub struct Script<'a> {
     pub runtime: Runtime,
     /// Uprobe binaries as written in the scenario → absolute paths (see `refuse::check`).
     pub probe_binaries: &'a ProbeBinaries,
+    /// Root processes known when the script is written, `(target, instance, pid)`: set in
+    /// `probe begin` (`fij run --backend stap`).
+    pub roots: &'a [(usize, u32, u32)],
 }
 
 impl Script<'_> {
@@ -577,6 +580,9 @@ impl Script<'_> {
             out,
             "probe begin {{\n\tfij_start_ns = ktime_get_ns()\n\tfij_end_reason = \"exit\""
         );
+        for (t, i, pid) in self.roots {
+            let _ = writeln!(out, "\tfij_root_{t}_{i} = {pid} // spawned by fij");
+        }
         if let Some(c) = self.c_target() {
             let _ = writeln!(out, "\tif (fij_root_{c}_0 == 0) fij_root_{c}_0 = target()");
         }
