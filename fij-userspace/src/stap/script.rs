@@ -744,13 +744,25 @@ impl Script<'_> {
             } else {
                 ""
             };
-            let _ = writeln!(
-                out,
-                "// Every syscall entry, as fij's sys_enter program: hit numbers count the same calls.\n\
-                 probe kernel.trace(\"raw_syscalls:sys_enter\") {{\n\ttgid = pid()\n{join}\
-                 \ttarget = fij_target[tgid]\n\tnr = $id\n{sockaddr}"
-            );
+            let header = |out: &mut String| {
+                let _ = writeln!(
+                    out,
+                    "// Every syscall entry, as fij's sys_enter program: hit numbers count the same calls.\n\
+                     probe kernel.trace(\"raw_syscalls:sys_enter\") {{\n\ttgid = pid()\n{join}\
+                     \ttarget = fij_target[tgid]\n\tnr = $id\n{sockaddr}"
+                );
+            };
+            // The BPF runtime inlines every function a probe calls into one program, whose
+            // 512-byte stack a handful of faults overflows ("register allocation failed"): one
+            // probe per (target, syscall) there, each its own program.
+            let one_probe_per_hook = !self.module();
+            if !one_probe_per_hook {
+                header(out);
+            }
             for (key, faults) in syscalls {
+                if one_probe_per_hook {
+                    header(out);
+                }
                 let calls: Vec<String> = faults
                     .iter()
                     .map(|&id| {
@@ -769,8 +781,13 @@ impl Script<'_> {
                     key.hook,
                     calls.join("; ")
                 );
+                if one_probe_per_hook {
+                    let _ = writeln!(out, "}}\n");
+                }
             }
-            let _ = writeln!(out, "}}\n");
+            if !one_probe_per_hook {
+                let _ = writeln!(out, "}}\n");
+            }
         }
         let attach = &self.compiled.attach;
         for (slot, (category, name)) in attach.tracepoints.iter().enumerate() {
