@@ -14,7 +14,7 @@ use fij_tests::{Fij, RunningFij, processes_named};
 use super::{Bench, Config, NEVER, Samples, fault, kill_latency_ns, parse_loop, terminate};
 
 /// Rounds of each stap campaign (one compile each).
-const STAP_ROUNDS: usize = 2;
+const STAP_ROUNDS: usize = 1;
 /// Loop measurements per round while a campaign runs, each between baselines.
 const LOOPS_PER_ROUND: usize = 3;
 /// A stap campaign's compile can take minutes on a busy 2-CPU machine.
