@@ -67,6 +67,13 @@ impl Toolchain {
                 MODULE,
             ])
             .args(["-r", &self.headers_release]);
+        // SAFETY: the closure makes one raw syscall. The compile stops if fij dies.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         let output = command
             .arg(script)
             .stdin(Stdio::null())

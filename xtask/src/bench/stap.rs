@@ -99,7 +99,10 @@ fn measure(b: &mut Bench) -> Result<(StapResults, u64)> {
         for (i, backend) in BACKENDS.into_iter().enumerate() {
             let before = b.measure_loop(&[])?;
             let mut fij = fij_run(b, &other, backend).spawn();
-            fij.wait_armed();
+            // A stap campaign compiles first: minutes, not wait_armed's 30 s.
+            fij.wait_for_record("the start record", STAP_RUN_LIMIT, |r| {
+                r["event"] == "start"
+            });
             let owners = ours(&fij);
             // The victim is killed at once; its exit is in the log before the loop is measured.
             let mut during = Vec::new();
