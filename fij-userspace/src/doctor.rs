@@ -222,6 +222,7 @@ pub fn run() -> Report {
     } else {
         skip_probes("needs root")
     });
+    checks.extend(check_stap_runtimes());
     let (override_return, why) = crate::error_paths::kprobe_override();
     checks.push(Check {
         name: "bpf_override_return",
@@ -240,6 +241,46 @@ pub fn run() -> Report {
         kernel: uname(),
         checks,
     }
+}
+
+/// One line per SystemTap runtime: whether `fij run --backend stap` (BPF) and a `fij stap`
+/// script run with `stap -g` (module) can run here. Not tried by running a script: stap takes
+/// minutes to compile one; what is checked is everything the run needs from the machine.
+fn check_stap_runtimes() -> Vec<Check> {
+    use crate::stap::bpf_runtime::{Toolchain, modules_loadable};
+    let toolchain = Toolchain::find();
+    let module = toolchain
+        .as_ref()
+        .map_err(|e| anyhow!("{e:#}"))
+        .and_then(|t| {
+            modules_loadable()?;
+            Ok(format!(
+                "{} against headers {} (their kernel must be the running one)",
+                t.stap.display(),
+                t.headers_release
+            ))
+        });
+    let bpf = toolchain.as_ref().map_err(|e| anyhow!("{e:#}")).and_then(|t| {
+        if !Path::new("/sys/kernel/debug").is_dir() {
+            bail!("no /sys/kernel/debug to mount debugfs on (stapbpf's uprobes need it)");
+        }
+        Ok(format!(
+            "{} and {} against headers {}: `fij run --backend stap` (debugfs mounted privately, \
+             RLIMIT_MEMLOCK raise made a no-op; docs/stap.md)",
+            t.stap.display(),
+            t.stapbpf.display(),
+            t.headers_release
+        ))
+    });
+    vec![
+        Check::new(
+            "stap module",
+            false,
+            "running `fij stap` scripts with `stap -g` here",
+            module,
+        ),
+        Check::new("stap bpf", false, "fij run --backend stap", bpf),
+    ]
 }
 
 fn uname() -> (String, String) {

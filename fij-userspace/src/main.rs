@@ -43,6 +43,12 @@ impl Color {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Ebpf,
+    Stap,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario: spawn or adopt its targets and inject its faults from the kernel.
@@ -68,6 +74,10 @@ enum Command {
         /// node; with --replay, the log's node): only its targets are run.
         #[arg(long)]
         node: Option<String>,
+        /// Who injects: `ebpf` (fij's own programs) or `stap` (the script `fij stap --runtime
+        /// bpf` prints, run by stap's BPF runtime; docs/stap.md).
+        #[arg(long, value_enum, default_value_t = Backend::Ebpf)]
+        backend: Backend,
     },
     /// Print every decision that can be known before the run: which hits fire.
     Plan {
@@ -267,6 +277,7 @@ fn main() -> ExitCode {
             replay,
             kernel_log,
             node,
+            backend,
         } => {
             let node = match (&replay, node) {
                 (Some(original), None) => fij::replay::origin_node(original).ok().flatten(),
@@ -302,6 +313,13 @@ fn main() -> ExitCode {
             };
             let node_name = node.map(|n| scenario.cluster.nodes[n].name.as_str());
             let log = log.map(|path| fij::nodes::per_node_path(&path, node_name));
+            // What the BPF runtime cannot express is refused here, at its key, before anything runs.
+            if backend == Backend::Stap
+                && let Err(refused) =
+                    fij::stap::generate(&scenario, &compiled, fij::stap::Runtime::Bpf)
+            {
+                return invalid(refused);
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
@@ -313,9 +331,14 @@ fn main() -> ExitCode {
                 node,
                 ..RunOptions::default()
             };
-            let result = runtime
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(campaign::run(&scenario, &compiled, &options)));
+            let result = runtime.map_err(anyhow::Error::from).and_then(|rt| {
+                rt.block_on(async {
+                    match backend {
+                        Backend::Stap => fij::stap::run::run(&scenario, &compiled, &options).await,
+                        Backend::Ebpf => campaign::run(&scenario, &compiled, &options).await,
+                    }
+                })
+            });
             fij::status::finish();
             if let Ok(report) = &result {
                 eprint!("{}", report.summary);

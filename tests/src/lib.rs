@@ -1051,6 +1051,19 @@ pub struct Prog {
     pub name: String,
 }
 
+/// Every process whose name (`/proc/PID/comm`) is `name`.
+pub fn processes_named(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
+}
+
 /// Every loaded BPF program whose name starts with `fij_`.
 pub fn fij_programs() -> Vec<Prog> {
     let progs = bpftool_json(&["prog", "show"]);

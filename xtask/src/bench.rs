@@ -60,6 +60,7 @@ use serde::{Serialize, Serializer};
 use crate::cmd;
 
 mod redis;
+pub mod stap;
 
 /// The sizes of one run.
 struct Config {

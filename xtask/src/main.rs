@@ -70,6 +70,10 @@ enum Task {
         /// Run one part alone and print its rows, writing no results file: `errno`.
         #[arg(long)]
         only: Option<String>,
+        /// Only the stap rows: the same campaigns through `fij run --backend stap` and
+        /// `--backend ebpf`; writes <target>/bench-stap/results.md.
+        #[arg(long, conflicts_with = "quick")]
+        stap: bool,
     },
     /// Run setup and build, then randomized campaigns for minutes (kill, crash, stop, partition,
     /// signals; forking, adopted targets; bystanders; fij SIGKILLed and SIGTERMed at random
@@ -120,7 +124,16 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Dist => setup::run_build_only().and_then(|()| dist().map(drop)),
         Task::Demo => demo::run(),
-        Task::Bench { quick, only } => bench::run(quick, only.as_deref()),
+        Task::Bench {
+            quick: _,
+            only: _,
+            stap: true,
+        } => bench::stap::run(),
+        Task::Bench {
+            quick,
+            only,
+            stap: false,
+        } => bench::run(quick, only.as_deref()),
         Task::Soak {
             quick,
             seed,

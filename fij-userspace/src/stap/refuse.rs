@@ -77,17 +77,6 @@ pub fn check(scenario: &Scenario, runtime: Runtime) -> Result<ProbeBinaries, Dia
             ),
             Action::Kill | Action::Signal(_) | Action::Stop { .. } => {}
         }
-        if bpf && fault.probability.is_some() {
-            at(
-                fault.at,
-                format!(
-                    "fault `{name}`: the BPF runtime cannot express `probability`: fij's draws \
-                     are ChaCha20, which the module runtime embeds as C and the BPF runtime \
-                     cannot embed, and stap's randint() is a jiffies-seeded LCG that no run can \
-                     replay; use --runtime module"
-                ),
-            );
-        }
         match &fault.trigger {
             Trigger::Syscall { port: Some(_), .. } if bpf => at(
                 fault.trigger_at,
@@ -213,6 +202,7 @@ mod tests {
 
     #[test]
     fn the_bpf_runtime_refuses_what_needs_c_or_a_signal_to_another_process() {
+        // `probability` is not refused: the BPF script gets the compile stage's decisions.
         let text = format!(
             "{TARGET}[[fault]]\nname = \"p\"\ntarget = \"t\"\naction = \"kill\"\n\
              trigger = {{ syscall = \"write\" }}\nprobability = 0.5\n\n\
@@ -222,16 +212,12 @@ mod tests {
         );
         assert_eq!(refusals(&text, Runtime::Module), Vec::<String>::new());
         let got = refusals(&text, Runtime::Bpf);
-        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got.len(), 2, "{got:?}");
         assert!(
-            got[0]
-                .starts_with("s.toml:4:1: fault `p`: the BPF runtime cannot express `probability`")
+            got[0].starts_with("s.toml:11:1: fault `s`: the BPF runtime cannot express `stop`")
         );
         assert!(
-            got[1].starts_with("s.toml:11:1: fault `s`: the BPF runtime cannot express `stop`")
-        );
-        assert!(
-            got[2].starts_with(
+            got[1].starts_with(
                 "s.toml:21:11: fault `a`: the BPF runtime cannot express time triggers"
             )
         );

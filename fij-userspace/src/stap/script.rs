@@ -30,7 +30,10 @@
 //! the low 7 bits, exit code << 8; -1 in the BPF runtime, whose exit event does not carry it).
 use std::fmt::Write;
 
-use fij_common::{HOOK_PROBE, HOOK_TRACEPOINT, SIGNAL_REFUSED, random::probability_threshold};
+use fij_common::{
+    HOOK_PROBE, HOOK_TRACEPOINT, SIGNAL_REFUSED,
+    random::{fires_with, hit_draw, key_from_seed, probability_threshold},
+};
 
 use super::{OUTPUT_PREFIX, Runtime, chacha::CHACHA20_C, refuse::ProbeBinaries};
 use crate::{
@@ -46,6 +49,10 @@ use crate::{
 /// `fij run` holds. stap's default (2048 entries) would end a campaign with many processes.
 const TABLE_ENTRIES: u32 = fij_common::MAX_TARGET_PROCESSES;
 
+/// How many hits of each probabilistic fault the BPF runtime's script has decisions for: the
+/// decisions are written into the script (`fij_fires`), and a later hit never fires there.
+pub const BPF_DECIDED_HITS: u64 = 1024;
+
 /// A script being written: the campaign, and where its probe binaries are.
 pub struct Script<'a> {
     pub scenario: &'a Scenario,
@@ -53,6 +60,9 @@ pub struct Script<'a> {
     pub runtime: Runtime,
     /// Uprobe binaries as written in the scenario → absolute paths (see `refuse::check`).
     pub probe_binaries: &'a ProbeBinaries,
+    /// Root processes known when the script is written, `(target, instance, pid)`: set in
+    /// `probe begin` (`fij run --backend stap`).
+    pub roots: &'a [(usize, u32, u32)],
 }
 
 impl Script<'_> {
@@ -91,6 +101,26 @@ impl Script<'_> {
 
     fn has_probability(&self) -> bool {
         self.scenario.faults.iter().any(|f| f.probability.is_some())
+    }
+
+    /// For the BPF runtime, which cannot run ChaCha20: each probabilistic fault's hits among
+    /// the first [`BPF_DECIDED_HITS`] that are eligible (`nth`, `every`) and whose draw fires,
+    /// as the kernel programs would decide them (the same draws as `fij plan`'s).
+    fn bpf_fires(&self) -> impl Iterator<Item = (usize, Vec<u64>)> + '_ {
+        let key = key_from_seed(self.compiled.seed);
+        self.scenario
+            .faults
+            .iter()
+            .enumerate()
+            .filter_map(move |(id, fault)| {
+                fault.probability?;
+                let rule = &self.compiled.rules[id];
+                let hits = (1..=BPF_DECIDED_HITS)
+                    .filter(|&hit| rule.fires_on(hit))
+                    .filter(|&hit| fires_with(hit_draw(&key, id as u32, hit), rule.probability))
+                    .collect();
+                Some((id, hits))
+            })
     }
 
     fn has_stop(&self) -> bool {
@@ -271,6 +301,14 @@ impl Script<'_> {
             let _ = writeln!(
                 out,
                 "global fij_due_fired      // due-time index → 1 once fired"
+            );
+        }
+        if self.has_probability() && !self.module() {
+            let entries: usize = self.bpf_fires().map(|(_, hits)| hits.len()).sum();
+            let _ = writeln!(
+                out,
+                "global fij_fires[{}]      // [fault, hit] → 1: the hits whose draw fires (the first {BPF_DECIDED_HITS})",
+                entries.max(1)
             );
         }
         for (t, target) in self.scenario.targets.iter().enumerate() {
@@ -504,11 +542,19 @@ impl Script<'_> {
         if let Some(not_eligible) = eligible {
             let _ = writeln!(out, "\tif ({not_eligible}) return 0 // nth, every");
         }
-        if fault.probability.is_some() {
+        if fault.probability.is_some() && self.module() {
             let _ = writeln!(
                 out,
                 "\tdraw = fij_draw({id}, hit)\n\
                  \tif (!fij_fires({id}, draw)) return 0 // probability"
+            );
+        } else if fault.probability.is_some() {
+            // The compile stage's decisions (`bpf_fires`): stapbpf cannot run ChaCha20. The
+            // draw is left to the reader of the line, which knows the seed.
+            let _ = writeln!(
+                out,
+                "\tif (!([{id}, hit] in fij_fires)) return 0 // probability, decided by the compile stage\n\
+                 \tdraw = 0"
             );
         } else {
             let _ = writeln!(out, "\tdraw = 0");
@@ -534,6 +580,9 @@ impl Script<'_> {
             out,
             "probe begin {{\n\tfij_start_ns = ktime_get_ns()\n\tfij_end_reason = \"exit\""
         );
+        for (t, i, pid) in self.roots {
+            let _ = writeln!(out, "\tfij_root_{t}_{i} = {pid} // spawned by fij");
+        }
         if let Some(c) = self.c_target() {
             let _ = writeln!(out, "\tif (fij_root_{c}_0 == 0) fij_root_{c}_0 = target()");
         }
@@ -556,6 +605,13 @@ impl Script<'_> {
         }
         for (fault, instance) in &self.compiled.selections {
             let _ = writeln!(out, "\tfij_selected[{fault}, {instance}] = 1");
+        }
+        if !self.module() {
+            for (fault, hits) in self.bpf_fires() {
+                for hit in hits {
+                    let _ = writeln!(out, "\tfij_fires[{fault}, {hit}] = 1");
+                }
+            }
         }
         let _ = writeln!(
             out,
@@ -688,13 +744,25 @@ impl Script<'_> {
             } else {
                 ""
             };
-            let _ = writeln!(
-                out,
-                "// Every syscall entry, as fij's sys_enter program: hit numbers count the same calls.\n\
-                 probe kernel.trace(\"raw_syscalls:sys_enter\") {{\n\ttgid = pid()\n{join}\
-                 \ttarget = fij_target[tgid]\n\tnr = $id\n{sockaddr}"
-            );
+            let header = |out: &mut String| {
+                let _ = writeln!(
+                    out,
+                    "// Every syscall entry, as fij's sys_enter program: hit numbers count the same calls.\n\
+                     probe kernel.trace(\"raw_syscalls:sys_enter\") {{\n\ttgid = pid()\n{join}\
+                     \ttarget = fij_target[tgid]\n\tnr = $id\n{sockaddr}"
+                );
+            };
+            // The BPF runtime inlines every function a probe calls into one program, whose
+            // 512-byte stack a handful of faults overflows ("register allocation failed"): one
+            // probe per (target, syscall) there, each its own program.
+            let one_probe_per_hook = !self.module();
+            if !one_probe_per_hook {
+                header(out);
+            }
             for (key, faults) in syscalls {
+                if one_probe_per_hook {
+                    header(out);
+                }
                 let calls: Vec<String> = faults
                     .iter()
                     .map(|&id| {
@@ -713,8 +781,13 @@ impl Script<'_> {
                     key.hook,
                     calls.join("; ")
                 );
+                if one_probe_per_hook {
+                    let _ = writeln!(out, "}}\n");
+                }
             }
-            let _ = writeln!(out, "}}\n");
+            if !one_probe_per_hook {
+                let _ = writeln!(out, "}}\n");
+            }
         }
         let attach = &self.compiled.attach;
         for (slot, (category, name)) in attach.tracepoints.iter().enumerate() {
@@ -976,6 +1049,41 @@ mod tests {
         for (fault, instance) in compiled.selections {
             assert!(script.contains(&format!("fij_selected[{fault}, {instance}] = 1")));
         }
+    }
+
+    /// The BPF runtime cannot run ChaCha20: its script holds the hits whose draw fires, which
+    /// are exactly `fij plan`'s decisions (the kernel programs' draws) for those hits.
+    #[test]
+    fn the_bpf_script_holds_the_plan_s_probability_decisions() {
+        let text = "[[target]]\nname = \"t\"\ncommand = [\"true\"]\n\n\
+                    [[fault]]\nname = \"f\"\ntarget = \"t\"\naction = \"kill\"\n\
+                    trigger = { syscall = \"write\" }\nevery = 2\nprobability = 0.25\n";
+        let scenario = parse_str(Path::new("s.toml"), text).unwrap();
+        let compiled = compile(&scenario, 9).unwrap();
+        let script = super::super::generate(&scenario, &compiled, Runtime::Bpf).unwrap();
+        let plan = crate::plan::plan(&scenario, &compiled, BPF_DECIDED_HITS);
+        let planned: Vec<u64> = serde_json::to_value(&plan).unwrap()["faults"][0]["fires"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["hit"].as_u64().unwrap())
+            .collect();
+        let in_script: Vec<u64> = script
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("fij_fires[0, ")?
+                    .strip_suffix("] = 1")
+            })
+            .map(|hit| hit.parse().unwrap())
+            .collect();
+        assert!(planned.len() > 100, "{planned:?}");
+        assert!(planned.iter().all(|hit| hit % 2 == 0));
+        assert_eq!(in_script, planned);
+        assert!(
+            script.contains("if (!([0, hit] in fij_fires)) return 0"),
+            "{script}"
+        );
     }
 
     #[test]
