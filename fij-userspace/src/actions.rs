@@ -187,15 +187,7 @@ impl Campaign<'_> {
             &mut event,
             may_signal,
             |mark| marked = kernel.mark_crashed(pid, *mark),
-            |signal| {
-                if targets::signal_target(pid, signal as i32, self.protected) {
-                    0
-                } else {
-                    -std::io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::ESRCH)
-                }
-            },
+            |signal| targets::signal_target_result(pid, signal as i32, self.protected),
         );
         marked?;
         self.injection(kernel, &event, FiredBy::Fij)

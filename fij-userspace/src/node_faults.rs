@@ -267,15 +267,7 @@ impl Campaign<'_> {
                 event,
                 true,
                 |_| {},
-                |signal| {
-                    if targets::signal_target(pid, signal as i32, self.protected) {
-                        0
-                    } else {
-                        -std::io::Error::last_os_error()
-                            .raw_os_error()
-                            .unwrap_or(libc::ESRCH)
-                    }
-                },
+                |signal| targets::signal_target_result(pid, signal as i32, self.protected),
             );
         }
         let fault = &self.scenario.cluster.node_faults[step.node_fault_id as usize];

@@ -368,15 +368,27 @@ impl Drop for GatedChild {
 /// the same exclusions as the kernel's — never pid ≤ 1, fij itself or an ancestor (`protected`).
 /// Returns whether the signal was sent.
 pub fn signal_target(pid: u32, signal: i32, protected: &[u32]) -> bool {
+    signal_target_result(pid, signal, protected) == 0
+}
+
+/// [`signal_target`] as `fij_common::fire`'s send step wants it: 0, or the negative errno (as
+/// `bpf_send_signal` returns them in the kernel).
+pub fn signal_target_result(pid: u32, signal: i32, protected: &[u32]) -> i32 {
     if pid <= 1 || protected.contains(&pid) {
         tracing::warn!(
             pid,
             "refused to signal a protected process (pid 1, fij or its ancestor)"
         );
-        return false;
+        return -libc::EPERM;
     }
     // SAFETY: kill has no memory preconditions; the pid is a live target by the caller's check.
-    unsafe { libc::kill(pid as i32, signal) == 0 }
+    if unsafe { libc::kill(pid as i32, signal) } == 0 {
+        0
+    } else {
+        -std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ESRCH)
+    }
 }
 
 /// Reaps a child of fij once it has exited (non-blocking), returning its wait status.
