@@ -29,9 +29,21 @@ pub const TARGET_SET_EPOCH_KERNEL: u32 = 0;
 /// Index of the loader's count of additions to the target set in `TARGET_SET_EPOCH`.
 pub const TARGET_SET_EPOCH_LOADER: u32 = 1;
 
-/// Per CPU: the last task the syscall path looked up in the target set, by the address of its
-/// user registers, the target-set epoch of that lookup and what it found (see
-/// `fij-ebpf/src/maps.rs`).
+/// Per CPU: the last two tasks the syscall path looked up in the target set (see
+/// `fij-ebpf/src/maps.rs`). Two, because two tasks taking turns on a CPU (a client and its
+/// server, the ends of a pipe) are the common case: with one slot, each of their syscalls after
+/// a context switch would look the task up again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeenTasks {
+    pub slots: [SeenTask; 2],
+    /// The slot the next lookup overwrites (0 or 1): they take turns.
+    pub next_victim: u32,
+    pub _pad: u32,
+}
+
+/// One task the syscall path looked up in the target set: by the address of its user
+/// registers, the target-set epoch of that lookup and what it found.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SeenTask {
@@ -67,6 +79,10 @@ pub struct HookKey {
     /// `HOOK_PROBE | probe index`.
     pub hook: u32,
 }
+
+/// Syscall numbers the syscall hook table has a slot for (a target's row in `SYSCALL_HOOKS`):
+/// every native syscall of x86-64 and arm64 is below it. The compile stage refuses others.
+pub const SYSCALL_SLOTS: u32 = 1024;
 
 /// Hook ids of tracepoint triggers: `HOOK_TRACEPOINT | slot`, one program slot per distinct
 /// tracepoint of a scenario.
@@ -470,6 +486,7 @@ mod pod {
     unsafe impl aya::Pod for StopMark {}
     unsafe impl aya::Pod for InjectedMark {}
     unsafe impl aya::Pod for SeenTask {}
+    unsafe impl aya::Pod for SeenTasks {}
 }
 
 #[cfg(test)]

@@ -3,14 +3,17 @@
 //! for all of them; a time-triggered fault that fell due fires through [`claim_due`]. Both end
 //! in [`fire`].
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+    bpf_get_current_task, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
     bpf_send_signal,
 };
 use aya_log_ebpf::warn;
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 use fij_common::{
     CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_START_NS, COUNTER_TABLE_FULL,
-    EVENT_INJECTION, Event, FaultRule, HookKey, InjectedMark, MAX_FAULTS, MAX_FAULTS_PER_HOOK,
+    EVENT_INJECTION, Event, FaultRule, HookFaults, HookKey, InjectedMark, MAX_FAULTS, MAX_FAULTS_PER_HOOK,
     PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_ERROR, RULE_PER_TARGET, RULE_PORT,
     RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey, StopMark, TargetProcess,
     random::{hit_draw, key_from_seed},
@@ -48,8 +51,22 @@ pub fn on_hit(
     detail: u64,
     regs: *const u8,
 ) {
-    let Some((faults, hit)) = hit_of(process, tgid, tid, key, detail, regs as u64, PORT_IN_REGS)
-    else {
+    if let Some(faults) = unsafe { HOOKS.get(key) } {
+        on_hook_hit(faults, process, tgid, tid, detail, regs);
+    }
+}
+
+/// A hit of a hook watched by `faults` (from `HOOKS`, or for syscalls `syscall_faults`).
+#[inline(always)]
+pub fn on_hook_hit(
+    faults: &HookFaults,
+    process: &TargetProcess,
+    tgid: u32,
+    tid: u32,
+    detail: u64,
+    regs: *const u8,
+) {
+    let Some(hit) = armed_hit(process, tgid, tid, detail, regs as u64, PORT_IN_REGS) else {
         return;
     };
     let len = faults.len as usize;
@@ -67,7 +84,10 @@ pub fn on_hit(
 /// the call through); every fault on the hook counts the hit either way.
 #[inline(always)]
 pub fn on_error_hit(process: &TargetProcess, tgid: u32, tid: u32, key: &HookKey, port: u32) -> u32 {
-    let Some((faults, hit)) = hit_of(process, tgid, tid, key, key.hook as u64, 0, port) else {
+    let Some(faults) = (unsafe { HOOKS.get(key) }) else {
+        return 0;
+    };
+    let Some(hit) = armed_hit(process, tgid, tid, key.hook as u64, 0, port) else {
         return 0;
     };
     let len = faults.len as usize;
@@ -87,32 +107,28 @@ pub fn on_error_hit(process: &TargetProcess, tgid: u32, tid: u32, key: &HookKey,
 /// `Hit::port` of a syscall trigger: the port is read from the sockaddr in its registers.
 const PORT_IN_REGS: u32 = u32::MAX;
 
+/// The hit to evaluate, if the campaign is armed.
 #[inline(always)]
-fn hit_of(
+fn armed_hit(
     process: &TargetProcess,
     tgid: u32,
     tid: u32,
-    key: &HookKey,
     detail: u64,
     regs: u64,
     port: u32,
-) -> Option<(&'static fij_common::HookFaults, Hit)> {
-    let faults = unsafe { HOOKS.get(key) }?;
+) -> Option<Hit> {
     if config(CONFIG_ARMED) == 0 {
         return None;
     }
     // No clock here: a helper call that only `after` and an injection need.
-    Some((
-        faults,
-        Hit {
-            process: *process,
-            tgid,
-            tid,
-            detail,
-            regs,
-            port,
-        },
-    ))
+    Some(Hit {
+        process: *process,
+        tgid,
+        tid,
+        detail,
+        regs,
+        port,
+    })
 }
 
 /// One hit, as [`fault_hit`] sees it (a BPF function takes at most five arguments).
@@ -494,24 +510,32 @@ pub fn take_last_injection(tgid: u32, generation: u64) -> Option<(u32, u64, u64)
 }
 
 /// Deletes the per-process counters of exiting process `tgid`, for every fault of the
-/// campaign (`CONFIG_FAULTS`), so the table holds live processes only.
+/// campaign (`CONFIG_FAULTS`), so the table holds live processes only. Through `bpf_loop`
+/// (5.17+): an open-coded loop bounded by `MAX_FAULTS` made the verifier walk all 1024
+/// iterations, ~8 ms of every start; `bpf_loop`'s callback is verified once.
 #[inline(always)]
 pub fn forget_process_counters(tgid: u32) {
     let faults = config(CONFIG_FAULTS).min(MAX_FAULTS as u64) as u32;
-    for fault_id in 0..MAX_FAULTS {
-        if fault_id >= faults {
-            break;
-        }
-        forget_counter(fault_id, tgid);
-    }
+    let mut tgid = tgid;
+    unsafe {
+        bpf_loop(
+            faults,
+            forget_counter as *mut c_void,
+            &mut tgid as *mut u32 as *mut c_void,
+            0,
+        )
+    };
 }
 
-/// One deletion of [`forget_process_counters`]. A global function: the verifier checks its
-/// body once, not once per iteration.
-#[unsafe(no_mangle)]
+/// `bpf_loop`'s callback for [`forget_process_counters`]: deletes counter `fault_id` of the
+/// process whose tgid `ctx` points to. Returns 0: go on with the next fault.
 #[inline(never)]
-pub extern "C" fn forget_counter(fault_id: u32, tgid: u32) -> u32 {
-    let _ = PROCESS_COUNTERS.remove(&ProcessCounterKey { fault_id, tgid });
+extern "C" fn forget_counter(fault_id: u64, ctx: *mut c_void) -> i64 {
+    let tgid = unsafe { *(ctx as *const u32) };
+    let _ = PROCESS_COUNTERS.remove(&ProcessCounterKey {
+        fault_id: fault_id as u32,
+        tgid,
+    });
     0
 }
 

@@ -7,7 +7,7 @@ use fij_common::{
     BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
     HookKey, InjectedMark, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS,
     MAX_PROTECTED, MAX_SELECTIONS, MAX_SILENCED, MAX_STOPPED, MAX_TARGET_PROCESSES, ProcessCounter,
-    ProcessCounterKey, SeenTask, SelectKey, SilenceEntry, SilenceKey, StopMark,
+    ProcessCounterKey, SYSCALL_SLOTS, SeenTasks, SelectKey, SilenceEntry, SilenceKey, StopMark,
     TARGET_SET_EPOCH_KERNEL, TARGET_SET_EPOCH_LOADER, TargetProcess,
 };
 
@@ -32,23 +32,24 @@ pub fn target(tgid: u32) -> Option<&'static TargetProcess> {
     unsafe { TARGETS.get(&tgid) }
 }
 
-/// How many times the target set changed in a way that voids a [`SEEN_TASK`] entry:
+/// How many times the target set changed in a way that voids a [`SEEN_TASKS`] entry:
 /// `[TARGET_SET_EPOCH_KERNEL]` counts the kernel's changes (a task of a target created or
 /// exiting, a selector join), `[TARGET_SET_EPOCH_LOADER]` the loader's additions. Each side only
 /// writes its own counter, so neither update races the other; their sum grows at every change
-/// and is the epoch a [`SEEN_TASK`] entry is valid for.
+/// and is the epoch a [`SEEN_TASKS`] entry is valid for.
 #[map]
 pub static TARGET_SET_EPOCH: Array<u64> = Array::with_max_entries(2, 0);
 
-/// Per CPU: the last task `fij_sys_enter` looked up in the target set — by the address of its
-/// user registers, unique to a live task (they sit at the top of its kernel stack) — at which
-/// epoch, and what it found. While both still match, the lookup is not made again: a
-/// non-target's syscall leaves after two inlined map loads, a target's skips two helper calls
-/// (a call costs ~20 ns with the "Safe RET" mitigation). It depends on nothing but the syscall
-/// itself, so no context switch, migration or missed scheduler event can leave a target unseen
-/// (an earlier per-CPU flag kept at `sched_switch` did: see docs/reliability.md).
+/// Per CPU: the last two tasks `fij_sys_enter` looked up in the target set — each by the
+/// address of its user registers, unique to a live task (they sit at the top of its kernel
+/// stack) — at which epoch, and what it found. While both still match, the lookup is not made
+/// again: a non-target's syscall leaves after a few inlined map loads, a target's skips two
+/// helper calls (a call costs ~20 ns with the "Safe RET" mitigation). Two slots, so two tasks
+/// taking turns on a CPU both stay remembered. It depends on nothing but the syscall itself, so
+/// no context switch, migration or missed scheduler event can leave a target unseen (an earlier
+/// per-CPU flag kept at `sched_switch` did: see docs/reliability.md).
 #[map]
-pub static SEEN_TASK: PerCpuArray<SeenTask> = PerCpuArray::with_max_entries(1, 0);
+pub static SEEN_TASKS: PerCpuArray<SeenTasks> = PerCpuArray::with_max_entries(1, 0);
 
 /// The target set's epoch now (see [`TARGET_SET_EPOCH`]).
 #[inline(always)]
@@ -64,7 +65,7 @@ pub fn target_set_epoch() -> u64 {
     kernel.wrapping_add(loader)
 }
 
-/// Counts one kernel change of the target set: every [`SEEN_TASK`] entry made before is void.
+/// Counts one kernel change of the target set: every [`SEEN_TASKS`] entry made before is void.
 #[inline(always)]
 pub fn target_set_changed() {
     if let Some(count) = TARGET_SET_EPOCH.get_ptr_mut(TARGET_SET_EPOCH_KERNEL) {
@@ -98,9 +99,43 @@ pub fn remove_target(tgid: u32) {
 #[map]
 pub static PROTECTED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PROTECTED, 0);
 
-/// (target, syscall) → the faults to evaluate.
+/// (target, hook) → the faults to evaluate, for every hook but a syscall's (tracepoints,
+/// probes, the cgroup error hooks).
 #[map]
 pub static HOOKS: HashMap<HookKey, HookFaults> = HashMap::with_max_entries(4096, 0);
+
+/// The syscall hooks, in arrays rather than in `HOOKS`: an array lookup is inlined by the
+/// verifier, a hash lookup is a call and a hash (~10 ns of an armed target's every syscall).
+/// Target index → its row in `SYSCALL_HOOKS` plus one (0: no syscall fault on the target).
+/// The loader sizes it to the campaign's targets.
+#[map]
+pub static SYSCALL_ROWS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Row × `SYSCALL_SLOTS` + syscall number → index into `SYSCALL_HOOK_FAULTS` (0: no fault on
+/// that syscall). The loader sizes it to the rows the campaign needs.
+#[map]
+pub static SYSCALL_HOOKS: Array<u16> = Array::with_max_entries(1, 0);
+
+/// The faults of one syscall hook; index 0 is never used.
+#[map]
+pub static SYSCALL_HOOK_FAULTS: Array<HookFaults> = Array::with_max_entries(MAX_FAULTS + 1, 0);
+
+/// The faults watching syscall `nr` of target `target_idx`, if any.
+#[inline(always)]
+pub fn syscall_faults(target_idx: u32, nr: i64) -> Option<&'static HookFaults> {
+    if !(0..SYSCALL_SLOTS as i64).contains(&nr) {
+        return None;
+    }
+    let row = *SYSCALL_ROWS.get(target_idx)?;
+    if row == 0 {
+        return None;
+    }
+    let index = *SYSCALL_HOOKS.get((row - 1) * SYSCALL_SLOTS + nr as u32)?;
+    if index == 0 {
+        return None;
+    }
+    SYSCALL_HOOK_FAULTS.get(index as u32)
+}
 
 /// Fault id → rule.
 #[map]

@@ -25,7 +25,7 @@ use crate::{
     compile::CompiledCampaign,
     events::FiredBy,
     guardian::Guardian,
-    kernel::Kernel,
+    kernel::{Kernel, TableSizes},
     layout,
     log::{EndReason, EventLog, Record, TargetRecord},
     node_faults, nodes,
@@ -214,7 +214,11 @@ pub async fn run(
         protected.push(guardian.pid());
     }
     let layout = layout::discover()?;
-    let mut kernel = Kernel::load(&layout, opts.kernel_log)?;
+    let mut kernel = Kernel::load(
+        &layout,
+        opts.kernel_log,
+        &TableSizes::for_campaign(compiled),
+    )?;
     let selectors: Vec<(u32, &selectors::Resolved)> = sources
         .iter()
         .enumerate()

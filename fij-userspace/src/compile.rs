@@ -442,6 +442,16 @@ mod tests {
     use crate::scenario::parse_str;
     use std::fmt::Write;
 
+    /// Syscall hooks live in arrays with `SYSCALL_SLOTS` slots per target (kernel.rs): every
+    /// syscall a trigger can name on this architecture must have one.
+    #[test]
+    fn every_syscall_of_this_arch_has_a_slot_in_the_syscall_hook_table() {
+        let over: Vec<_> = syscalls::Sysno::iter()
+            .filter(|s| s.id() as u32 >= fij_common::SYSCALL_SLOTS)
+            .collect();
+        assert!(over.is_empty(), "{over:?}");
+    }
+
     const TARGETS: &str = "[[target]]\nname = \"w\"\ncommand = [\"true\"]\ninstances = 4\n\
                            [[target]]\nname = \"db\"\npid = 4242\n";
 

@@ -464,7 +464,14 @@ const DISABLES_CRASH: &str = "the crash and partition actions (kill, stop and si
 
 /// Loads fij's object and attaches its programs; they are detached when `kernel` is dropped.
 fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
-    let mut kernel = match Kernel::load(layout, false) {
+    // The silencing hooks are attached below, and the signal check writes one syscall hook of
+    // one target (`kill_on_execve`).
+    let all_tables = kernel::TableSizes {
+        silences: true,
+        syscall_targets: 1,
+        syscall_rows: 1,
+    };
+    let mut kernel = match Kernel::load(layout, false, &all_tables) {
         Ok(kernel) => kernel,
         Err(e) => {
             let mut checks = skip_fij_programs("fij's eBPF object did not load (see ring buffer)");
@@ -522,7 +529,7 @@ fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
         "crash / partition",
         false,
         DISABLES_CRASH,
-        Kernel::load(layout, false)
+        Kernel::load(layout, false, &all_tables)
             .and_then(|mut fresh| {
                 fresh.attach_crash(layout)?;
                 fresh.attach_silencer()
@@ -540,7 +547,7 @@ fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
         "error: cgroup hooks",
         false,
         DISABLES_CGROUP_ERRORS,
-        Kernel::load(layout, false).and_then(|mut fresh| {
+        Kernel::load(layout, false, &all_tables).and_then(|mut fresh| {
             let all: Vec<u32> = (0..kernel::PROGS_ERRNO.len() as u32).collect();
             fresh.attach_errno_hooks(&all)?;
             Ok(format!(

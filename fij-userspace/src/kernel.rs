@@ -24,7 +24,8 @@ use fij_common::{
     COMM_KEY_LEN, CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_SELECTORS,
     CONFIG_SILENCED, CONFIG_START_NS, CrashMark, EXE_KEY_LEN, FaultCounters, FaultRule, HookFaults,
     HookKey, KernelLayout, MAX_FAULTS_PER_HOOK, SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE,
-    SELECTOR_UID, SelectKey, SilenceEntry, SilenceKey, TARGET_SET_EPOCH_LOADER, TargetProcess,
+    SELECTOR_UID, SYSCALL_SLOTS, SelectKey, SilenceEntry, SilenceKey, TARGET_SET_EPOCH_LOADER,
+    TargetProcess,
 };
 
 /// The eBPF object built from `fij-ebpf` by this crate's build script.
@@ -67,6 +68,9 @@ pub struct Kernel {
     target_flags: Array<MapData, u8>,
     protected: HashMap<MapData, u32, u8>,
     hooks: HashMap<MapData, HookKey, HookFaults>,
+    syscall_rows: Array<MapData, u32>,
+    syscall_hooks: Array<MapData, u16>,
+    syscall_hook_faults: Array<MapData, HookFaults>,
     rules: Array<MapData, FaultRule>,
     counters: Array<MapData, FaultCounters>,
     config: Array<MapData, u64>,
@@ -84,6 +88,91 @@ pub struct Kernel {
     loader_additions: u64,
 }
 
+/// Whether `key` is a syscall trigger's hook (its id is the raw syscall number).
+fn is_syscall_hook(key: &HookKey) -> bool {
+    key.hook < SYSCALL_SLOTS
+}
+
+/// How large the tables whose need depends on the campaign are made at load: their entries
+/// are preallocated, and an unused 65,536-entry table costs ~1 ms of every start.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TableSizes {
+    /// The silence tables at full size (crash, partition, the silencer); else one entry.
+    pub silences: bool,
+    /// Targets indexable in `SYSCALL_ROWS`: the highest target index with a syscall hook + 1.
+    pub syscall_targets: u32,
+    /// Targets with a syscall hook: the rows of `SYSCALL_HOOKS`.
+    pub syscall_rows: u32,
+}
+
+impl TableSizes {
+    pub fn for_campaign(compiled: &CompiledCampaign) -> Self {
+        let syscall_targets: std::collections::BTreeSet<u32> = compiled
+            .hooks
+            .keys()
+            .filter(|key| is_syscall_hook(key))
+            .map(|key| key.target_idx)
+            .collect();
+        Self {
+            silences: compiled.attach.crash || compiled.attach.silencer,
+            syscall_targets: syscall_targets.last().map_or(0, |last| last + 1),
+            syscall_rows: syscall_targets.len() as u32,
+        }
+    }
+}
+
+/// An `EbpfLoader` made without parsing the kernel's BTF. aya 0.14's `EbpfLoader::new()` always
+/// parses `/sys/kernel/btf/vmlinux` (15–45 ms here, the largest part of start to armed), even
+/// when `.btf(None)` follows (aya-rs/aya#1172). fij needs no kernel BTF to load its object: the
+/// BTF is only for CO-RE relocations, which Rust eBPF does not emit (offsets come in `LAYOUT`).
+/// So the loader is made on a short-lived thread with its own mount namespace, in which
+/// `/sys/kernel/btf` is an empty tmpfs and the parse fails at once. Nothing is mounted in fij's
+/// namespace or the host's, and the namespace goes away with the thread, also if fij is killed.
+/// Where a step is refused (no CAP_SYS_ADMIN, a locked-down mount namespace), the plain
+/// constructor is used: slower, same result.
+fn loader_without_kernel_btf() -> EbpfLoader<'static> {
+    std::thread::spawn(|| {
+        hide_kernel_btf_from_this_thread()
+            .ok()
+            .map(|()| EbpfLoader::new())
+    })
+    .join()
+    .ok()
+    .flatten()
+    .unwrap_or_else(EbpfLoader::new)
+}
+
+/// Gives the calling thread a mount namespace of its own in which `/sys/kernel/btf` is empty.
+fn hide_kernel_btf_from_this_thread() -> std::io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: unshare and mount take no pointers besides the NUL-terminated literals passed.
+    unsafe {
+        // CLONE_NEWNS implies CLONE_FS: only this thread moves to the new namespace.
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        // Private before anything is mounted, so no mount propagates back to fij's namespace.
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            c"fij-no-btf".as_ptr(),
+            c"/sys/kernel/btf".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ))
+    }
+}
+
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &str,
@@ -95,20 +184,28 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 }
 
 impl Kernel {
-    /// Loads the object (maps are created; no program is loaded or attached yet). With
-    /// `kernel_log`, the programs' diagnostics (why an injection was refused or skipped, a lost
-    /// event) are on: read them with [`Kernel::take_kernel_log`].
-    pub fn load(layout: &KernelLayout, kernel_log: bool) -> Result<Self> {
-        let mut loader = EbpfLoader::new();
+    /// Loads the object (maps are created; no program is loaded or attached yet), its tables
+    /// sized by `sizes`. With `kernel_log`, the programs' diagnostics (why an injection was
+    /// refused or skipped, a lost event) are on: read them with [`Kernel::take_kernel_log`].
+    pub fn load(layout: &KernelLayout, kernel_log: bool, sizes: &TableSizes) -> Result<Self> {
+        let mut loader = loader_without_kernel_btf();
         // aya-log's level in the programs: 0 turns every log statement into one global load.
         let log_level: u8 = if kernel_log { 5 } else { 0 };
         loader.override_global(aya_log::LEVEL, &log_level, true);
-        // No kernel BTF for the loader: it is only for CO-RE relocations, which Rust eBPF does
-        // not emit (offsets come in LAYOUT), and parsing it costs ~100 ms at every start.
+        // No kernel BTF for the loader (see `loader_without_kernel_btf`).
         loader.btf(None);
         loader.override_global("LAYOUT", layout, true);
         // One flag byte per possible pid (pids above a later-raised pid_max use the hash alone).
         loader.map_max_entries("TARGET_FLAGS", pid_max());
+        if !sizes.silences {
+            loader.map_max_entries("SILENCED", 1);
+            loader.map_max_entries("BOUND_UDP", 1);
+        }
+        loader.map_max_entries("SYSCALL_ROWS", sizes.syscall_targets.max(1));
+        loader.map_max_entries(
+            "SYSCALL_HOOKS",
+            (sizes.syscall_rows * SYSCALL_SLOTS).max(1),
+        );
         // FIJ_VERIFIER_LOG=1: the verifier's full trace in load errors, for debugging programs.
         if std::env::var_os("FIJ_VERIFIER_LOG").is_some() {
             loader
@@ -120,6 +217,9 @@ impl Kernel {
             target_flags: take(&mut ebpf, "TARGET_FLAGS")?,
             protected: take(&mut ebpf, "PROTECTED")?,
             hooks: take(&mut ebpf, "HOOKS")?,
+            syscall_rows: take(&mut ebpf, "SYSCALL_ROWS")?,
+            syscall_hooks: take(&mut ebpf, "SYSCALL_HOOKS")?,
+            syscall_hook_faults: take(&mut ebpf, "SYSCALL_HOOK_FAULTS")?,
             rules: take(&mut ebpf, "RULES")?,
             counters: take(&mut ebpf, "COUNTERS")?,
             config: take(&mut ebpf, "CONFIG")?,
@@ -606,7 +706,11 @@ impl Kernel {
     }
 
     /// Installs the hook table: for each (target, syscall), the faults to evaluate in order.
+    /// Writes the hook table: syscall hooks into the syscall arrays (rows in the order of
+    /// [`TableSizes::for_campaign`]), every other hook into `HOOKS`.
     fn set_hooks(&mut self, hooks: &BTreeMap<HookKey, Vec<u32>>) -> Result<()> {
+        let mut rows: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut syscall_hooks = 0u32;
         for (key, ids) in hooks {
             // The compile stage refuses more, at the fault's position.
             assert!(
@@ -618,9 +722,26 @@ impl Kernel {
                 fault_ids: [0; MAX_FAULTS_PER_HOOK],
             };
             value.fault_ids[..ids.len()].copy_from_slice(ids);
-            self.hooks
-                .insert(key, value, 0)
-                .context("writing the hook table")?;
+            if !is_syscall_hook(key) {
+                self.hooks
+                    .insert(key, value, 0)
+                    .context("writing the hook table")?;
+                continue;
+            }
+            let next_row = rows.len() as u32;
+            let row = *rows.entry(key.target_idx).or_insert(next_row);
+            // One hook per (target, syscall), each with a fault: fewer than `MAX_FAULTS`.
+            syscall_hooks += 1;
+            let index = u16::try_from(syscall_hooks).context("more syscall hooks than faults")?;
+            self.syscall_hook_faults
+                .set(u32::from(index), value, 0)
+                .context("writing the syscall hook table")?;
+            self.syscall_hooks
+                .set(row * SYSCALL_SLOTS + key.hook, index, 0)
+                .context("writing the syscall hook table")?;
+            self.syscall_rows
+                .set(key.target_idx, row + 1, 0)
+                .context("writing the syscall hook table")?;
         }
         Ok(())
     }
