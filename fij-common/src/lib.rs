@@ -134,6 +134,9 @@ pub struct FaultRule {
     /// With `RULE_PROBABILITY`: the threshold a hit's draw must pass
     /// (`random::fires_with`; `random::probability_threshold(p)` on the loader's side).
     pub probability: u64,
+    /// With `RULE_PROBABILITY`: the stream of the fault's hit draws (`random::hit_draw`),
+    /// chosen by the compile stage (docs/determinism.md).
+    pub hit_stream: u64,
     /// Signal sent on fire (0: none, the event alone tells the loader to act).
     pub signal: u32,
     pub flags: u32,

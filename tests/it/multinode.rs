@@ -909,3 +909,108 @@ mod node_silence {
         assert_eq!(reach(&net, port, &host), open(), "after fij was SIGKILLed");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-node hit streams on a real kernel (docs/determinism.md): a node's probabilistic fault
+// draws from the stream of (seed, node, its position among the node's faults), as
+// `fij plan --all-nodes` says, not from its global fault id's.
+
+#[test]
+fn a_nodes_probabilistic_fault_draws_from_the_nodes_stream_as_the_plan_says() {
+    use rand_chacha::{
+        ChaCha20Rng,
+        rand_core::{Rng, SeedableRng},
+    };
+    const SEED: u64 = 21;
+    const WRITES: u64 = 400;
+    let dir = TempDir::new("multinode-draws");
+    let out = dir.join("out.txt");
+    let sleeper = toml_array(&fij_tests::workload!().argv(&[&"sleep", &"20000"]));
+    let writer =
+        toml_array(&fij_tests::workload!().argv(&[&"write-lines", &out, &WRITES.to_string()]));
+    let chance = |name: &str, target: &str| {
+        format!(
+            "[[fault]]\nname = \"{name}\"\ntarget = \"{target}\"\naction = \"signal\"\n\
+             signal = \"SIGURG\"\ntrigger = {{ syscall = \"write\" }}\nprobability = 0.3\n\
+             count = 1000000\nper = \"target\"\n"
+        )
+    };
+    let scenario = dir.write(
+        "draws.toml",
+        &format!(
+            "seed = {SEED}\nduration = \"20s\"\n[[node]]\nname = \"a\"\n[[node]]\nname = \"b\"\n\
+             [[target]]\nname = \"on-a\"\ncommand = {sleeper}\nnode = \"a\"\n\
+             [[target]]\nname = \"on-b\"\ncommand = {writer}\nnode = \"b\"\n{}{}",
+            chance("a-urg", "on-a"),
+            chance("b-urg", "on-b")
+        ),
+    );
+    let plan = Fij::new_command(&[
+        &"plan",
+        &scenario,
+        &"--all-nodes",
+        &"--json",
+        &"--hits",
+        &WRITES.to_string(),
+    ])
+    .output();
+    plan.assert_exit(0);
+    let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
+    let planned: Vec<(u64, u64)> = plan["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fault"] == "b-urg")
+        .unwrap()["fires"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["hit"].as_u64().unwrap(), h["draw"].as_u64().unwrap()))
+        .collect();
+    assert!(!planned.is_empty());
+
+    let run = Fij::run_logging_to(&scenario, dir.join("b.jsonl"))
+        .arg("--node")
+        .arg("b")
+        .spawn()
+        .wait();
+    run.assert_exit(0);
+    let pid = run.log.target_pid("on-b");
+    assert_eq!(run.log.exit_status(pid), "code 0", "{run}");
+    let mut injected: Vec<(u64, u64)> = run
+        .log
+        .injections()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["fault"], "b-urg", "{r}");
+            (r["hit"].as_u64().unwrap(), r["draw"].as_u64().unwrap())
+        })
+        .collect();
+    injected.sort();
+    assert_eq!(injected, planned, "node b's injections are the plan's");
+
+    // The reference, from the contract alone: node b (index 1), b's first fault (0).
+    let draw = |stream: u64, hit: u64| {
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&SEED.to_le_bytes());
+        let mut rng = ChaCha20Rng::from_seed(bytes);
+        rng.set_stream(stream);
+        rng.set_word_pos(2 * u128::from(hit - 1));
+        rng.next_u64()
+    };
+    let node_stream = 6 << 32 | 1 << 16;
+    for &(hit, d) in &injected {
+        assert_eq!(d, draw(node_stream, hit), "hit {hit}");
+    }
+    let threshold = (0.3 * 18_446_744_073_709_551_616.0) as u64;
+    let expected: Vec<u64> = (1..=WRITES)
+        .filter(|&h| draw(node_stream, h) < threshold)
+        .collect();
+    let hits: Vec<u64> = injected.iter().map(|(h, _)| *h).collect();
+    assert_eq!(hits, expected);
+    // Not the global fault id's stream (b-urg is fault 1).
+    let by_fault_id: Vec<u64> = (1..=WRITES)
+        .filter(|&h| draw(1 << 32 | 1, h) < threshold)
+        .collect();
+    assert_ne!(hits, by_fault_id);
+}
