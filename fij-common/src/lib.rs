@@ -150,6 +150,9 @@ pub struct FaultRule {
     /// With `RULE_PROBABILITY`: the threshold a hit's draw must pass
     /// (`random::fires_with`; `random::probability_threshold(p)` on the loader's side).
     pub probability: u64,
+    /// With `RULE_PROBABILITY`: the stream of the fault's hit draws (`random::hit_draw`),
+    /// chosen by the compile stage (docs/determinism.md).
+    pub hit_stream: u64,
     /// Signal sent on fire (0: none, the event alone tells the loader to act).
     pub signal: u32,
     pub flags: u32,
@@ -260,6 +263,8 @@ pub struct StopMark {
 /// Capacity of the set of crashed processes and of silenced socket tuples.
 pub const MAX_CRASHED: u32 = 1024;
 pub const MAX_SILENCED: u32 = 65536;
+/// Capacity of the set of silent addresses (a crashed node's `addresses`).
+pub const MAX_SILENT_ADDRESSES: u32 = 256;
 
 /// Value of the crashed-process set, keyed by tgid: set in kernel when a `crash` fires, before
 /// the signal, and removed by the loader once the process is a zombie (its sockets are released).
@@ -324,7 +329,10 @@ pub const CONFIG_SELECTORS: u32 = 5;
 /// Number of faults (rules) of the campaign: the exit hook deletes the exiting process's
 /// per-process counters of faults `0..CONFIG_FAULTS`.
 pub const CONFIG_FAULTS: u32 = 6;
-pub const CONFIG_LEN: u32 = 7;
+/// Non-zero while any address is silent (a node crash, `SILENT_ADDRESSES` not empty): the tc
+/// programs skip the address lookups while it is 0.
+pub const CONFIG_SILENT_ADDRESSES: u32 = 7;
+pub const CONFIG_LEN: u32 = 8;
 
 /// Selector kinds, as `CONFIG_SELECTORS` bits and as the `detail` of `EVENT_JOINED`.
 pub const SELECTOR_COMM: u64 = 1 << 0;

@@ -119,6 +119,22 @@ pub enum Record {
     Healed { t_ns: u64, pid: u32, tuples: usize },
     /// `resume_after` passed (or the campaign ended): SIGCONT for a stopped process.
     Resumed { t_ns: u64, pid: u32 },
+    /// A node crash silenced its node's addresses: no packet from or to them passes fij's tc
+    /// programs, whatever process or protocol (a power loss, seen from the network).
+    NodeSilenced {
+        t_ns: u64,
+        node: String,
+        fault: String,
+        addresses: Vec<String>,
+    },
+    /// `recover_after` of a node crash passed (or the campaign ended): its node's addresses
+    /// speak again ("the node is back").
+    NodeRecovered {
+        t_ns: u64,
+        node: String,
+        fault: String,
+        addresses: Vec<String>,
+    },
     End {
         t_ns: u64,
         reason: EndReason,
@@ -179,6 +195,8 @@ impl Record {
             Record::Partitioned { .. } => "partitioned",
             Record::Healed { .. } => "healed",
             Record::Resumed { .. } => "resumed",
+            Record::NodeSilenced { .. } => "node_silenced",
+            Record::NodeRecovered { .. } => "node_recovered",
             Record::End { .. } => "end",
         }
     }

@@ -51,7 +51,7 @@ pub const fn seed_bytes(seed: u64) -> [u8; 32] {
 
 /// Stream domains: the high 32 bits of a stream id say what kind of decision it feeds, the low
 /// 32 bits which fault or target, so two kinds of decision never share a stream. Domain 0 (stream
-/// ids below 2^32, including a fresh `ChaCha20Rng`'s stream 0) is never used by fij; domains 3 and
+/// ids below 2^32, including a fresh `ChaCha20Rng`'s stream 0) is never used by fij; domains 7 and
 /// up are free for new kinds of decision.
 pub const DOMAIN_FAULT_HITS: u32 = 1;
 /// Domain of a time-triggered fault's due times (userspace, `rand_distr`): instance `i` samples
@@ -64,6 +64,10 @@ pub const DOMAIN_FAULT_SELECTION: u32 = 3;
 pub const DOMAIN_NODE_FAULT_TIMES: u32 = 4;
 /// Domain of a node fault's `select` among its `nodes` (userspace).
 pub const DOMAIN_NODE_FAULT_SELECTION: u32 = 5;
+/// Domain of the per-hit draws of the faults whose targets run on one `[[node]]`: id =
+/// `node << 16 | the fault's position among that node's faults`, so a node's draws come from
+/// (seed, node) and no other node's faults move them.
+pub const DOMAIN_NODE_HITS: u32 = 6;
 
 /// The stream id of `id` in `domain`: `domain << 32 | id`.
 #[inline(always)]
@@ -75,6 +79,13 @@ pub const fn stream_id(domain: u32, id: u32) -> u64 {
 #[inline(always)]
 pub const fn stream_for_fault(fault_id: u32) -> u64 {
     stream_id(DOMAIN_FAULT_HITS, fault_id)
+}
+
+/// Stream of the per-hit draws of the `fault_on_node`-th fault (0-based, file order) of the
+/// targets of node `node` (its position in `[[node]]`); both below 2^16.
+#[inline(always)]
+pub const fn stream_for_hits_on_node(node: u32, fault_on_node: u32) -> u64 {
+    stream_id(DOMAIN_NODE_HITS, (node << 16) | (fault_on_node & 0xffff))
 }
 
 /// Stream of fault `fault_id`'s due times (one region of 2^32 words per instance).
@@ -108,10 +119,12 @@ pub const fn position_for_hit(hit: u64) -> u64 {
     hit.wrapping_sub(1)
 }
 
-/// The draw of counted hit `hit` (1-based) of fault `fault_id`.
+/// The draw of counted hit `hit` (1-based) of a fault whose hits draw from `stream`
+/// (`FaultRule::hit_stream`: [`stream_for_fault`] without `[[node]]`, else
+/// [`stream_for_hits_on_node`]).
 #[inline(always)]
-pub fn hit_draw(key: &Key, fault_id: u32, hit: u64) -> u64 {
-    draw(key, stream_for_fault(fault_id), position_for_hit(hit))
+pub fn hit_draw(key: &Key, stream: u64, hit: u64) -> u64 {
+    draw(key, stream, position_for_hit(hit))
 }
 
 #[inline(always)]
@@ -397,7 +410,7 @@ mod tests {
         let key = key_from_seed(42);
         let mut rng = reference(42, stream_for_fault(5));
         for hit in 1..=20 {
-            assert_eq!(hit_draw(&key, 5, hit), rng.next_u64());
+            assert_eq!(hit_draw(&key, stream_for_fault(5), hit), rng.next_u64());
         }
     }
 
@@ -468,7 +481,7 @@ mod tests {
         for (p, n) in [(0.5, 20_000u64), (0.1, 20_000), (0.01, 50_000)] {
             let t = probability_threshold(p);
             let fired = (1..=n)
-                .filter(|&hit| fires_with(hit_draw(&key, 0, hit), t))
+                .filter(|&hit| fires_with(hit_draw(&key, stream_for_fault(0), hit), t))
                 .count();
             let rate = fired as f64 / n as f64;
             // Over 5 standard deviations off would be a bug, not bad luck.

@@ -233,10 +233,10 @@ fn evaluate<const SIGNALS: bool>(fault_id: u32, hit: &Hit) -> u32 {
             }
         }
     };
-    // Hit k of fault f always owns draw (f, k-1): the decision depends on the seed and the hit
-    // number only, never on timing, so `fij plan` computes the same one in userspace.
+    // Hit k of fault f always owns draw k-1 of f's hit stream: the decision depends on the seed
+    // and the hit number only, never on timing, so `fij plan` computes the same one in userspace.
     let Some(draw) = rule.decide(number, || {
-        fault_hit_draw(config(CONFIG_SEED), fault_id, number)
+        fault_hit_draw(config(CONFIG_SEED), rule.hit_stream, number)
     }) else {
         return 0;
     };
@@ -469,8 +469,8 @@ fn record_stop(fault_id: u32, tgid: u32) {
 /// at every call site (one draw is ~3k verified instructions).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn fault_hit_draw(seed: u64, fault_id: u32, hit: u64) -> u64 {
-    hit_draw(&key_from_seed(seed), fault_id, hit)
+pub extern "C" fn fault_hit_draw(seed: u64, stream: u64, hit: u64) -> u64 {
+    hit_draw(&key_from_seed(seed), stream, hit)
 }
 
 /// Counts a hit in the current process's counter for `fault_id`; returns the hit number, or

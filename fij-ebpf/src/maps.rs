@@ -6,9 +6,10 @@ use aya_ebpf::{
 use fij_common::{
     BoundUdp, CONFIG_LEN, CrashMark, EVENT_RING_BYTES, FaultCounters, FaultRule, HookFaults,
     HookKey, InjectedMark, KernelLayout, MAX_CRASHED, MAX_DUE, MAX_FAULTS, MAX_PROCESS_COUNTERS,
-    MAX_PROTECTED, MAX_SELECTIONS, MAX_SILENCED, MAX_STOPPED, MAX_TARGET_PROCESSES, ProcessCounter,
-    ProcessCounterKey, SYSCALL_SLOTS, SeenTasks, SelectKey, SilenceEntry, SilenceKey, StopMark,
-    TARGET_SET_EPOCH_KERNEL, TARGET_SET_EPOCH_LOADER, TargetProcess,
+    MAX_PROTECTED, MAX_SELECTIONS, MAX_SILENCED, MAX_SILENT_ADDRESSES, MAX_STOPPED,
+    MAX_TARGET_PROCESSES, ProcessCounter, ProcessCounterKey, SYSCALL_SLOTS, SeenTasks, SelectKey,
+    SilenceEntry, SilenceKey, StopMark, TARGET_SET_EPOCH_KERNEL, TARGET_SET_EPOCH_LOADER,
+    TargetProcess,
 };
 
 /// The target set: tgid → which target it belongs to. The source of truth; change it only
@@ -180,6 +181,12 @@ pub static CRASHED: HashMap<u32, CrashMark> = HashMap::with_max_entries(MAX_CRAS
 /// Socket tuples that must stay silent (filled at socket release of a crashed process).
 #[map]
 pub static SILENCED: HashMap<SilenceKey, SilenceEntry> = HashMap::with_max_entries(MAX_SILENCED, 0);
+
+/// Addresses that must stay silent, whatever the packet (a crashed node's `addresses`, in the
+/// 16-byte form of [`SilenceKey`]) → the mark id of the node crash that silenced it.
+#[map]
+pub static SILENT_ADDRESSES: HashMap<[u8; 16], u32> =
+    HashMap::with_max_entries(MAX_SILENT_ADDRESSES, 0);
 
 /// Bound UDP sockets by socket cookie (for `crash`; see `crash.rs`).
 #[map]

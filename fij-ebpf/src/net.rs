@@ -1,15 +1,18 @@
 //! The tc (tcx) programs behind `crash` and `partition`: every packet of a silenced tuple is
 //! lost, in both directions, on every interface fij attached them to. A packet matches when
-//! either of its endpoints is the silenced (local) side.
+//! either of its endpoints is the silenced (local) side. A node crash silences whole addresses
+//! (`SILENT_ADDRESSES`): every IPv4/IPv6 packet from or to one of them, whatever its protocol
+//! (ICMP echo included), and every ARP packet that asks for or announces one, is lost — the
+//! node's addresses are as silent as a powered-off machine's.
 //!
 //! Packets are dropped on ingress only. On egress a silenced packet is turned around into the
 //! same interface's ingress and dropped there: a drop on egress would tell a local sender
 //! "dropped locally", which TCP treats as congestion (no backoff, no retransmission counted,
 //! keepalive never fires) — nothing like a packet lost on a cut cable.
 use aya_ebpf::{helpers::bpf_redirect, macros::classifier, programs::TcContext};
-use fij_common::{CONFIG_SILENCED, SilenceKey};
+use fij_common::{CONFIG_SILENCED, CONFIG_SILENT_ADDRESSES, SilenceKey};
 
-use crate::maps::{SILENCED, config};
+use crate::maps::{SILENCED, SILENT_ADDRESSES, config};
 
 /// tcx verdicts: go on to the next program / drop.
 const TCX_NEXT: i32 = -1;
@@ -20,6 +23,7 @@ const BPF_F_INGRESS: u64 = 1;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -36,8 +40,30 @@ struct Flow {
 
 #[inline(always)]
 fn is_silenced(ctx: &TcContext) -> bool {
-    // Nothing silenced: the only cost for every packet is this array lookup.
-    config(CONFIG_SILENCED) != 0 && flow(ctx).is_some_and(|f| silenced(&f))
+    // Nothing silenced: the only cost for every packet is these two array lookups.
+    (config(CONFIG_SILENCED) != 0 && flow(ctx).is_some_and(|f| silenced(&f)))
+        || (config(CONFIG_SILENT_ADDRESSES) != 0 && address_silenced(ctx).unwrap_or(false))
+}
+
+/// Whether the packet comes from or goes to a silent address: the IPv4/IPv6 source or
+/// destination, or an (Ethernet/IPv4) ARP packet's sender or target address.
+#[inline(always)]
+fn address_silenced(ctx: &TcContext) -> Option<bool> {
+    let silent = |addr: [u8; 16]| unsafe { SILENT_ADDRESSES.get(&addr) }.is_some();
+    let (src, dst) = match u16::from_be(ctx.load::<u16>(12).ok()?) {
+        ETH_P_IP => (
+            mapped(ctx.load(ETH_HLEN + 12).ok()?),
+            mapped(ctx.load(ETH_HLEN + 16).ok()?),
+        ),
+        ETH_P_IPV6 => (ctx.load(ETH_HLEN + 8).ok()?, ctx.load(ETH_HLEN + 24).ok()?),
+        // htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4: sender IP at 14, target IP at 24.
+        ETH_P_ARP if ctx.load::<[u8; 6]>(ETH_HLEN).ok()? == [0, 1, 8, 0, 6, 4] => (
+            mapped(ctx.load(ETH_HLEN + 14).ok()?),
+            mapped(ctx.load(ETH_HLEN + 24).ok()?),
+        ),
+        _ => return None,
+    };
+    Some(silent(src) || silent(dst))
 }
 
 #[classifier]

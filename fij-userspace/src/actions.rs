@@ -136,7 +136,7 @@ impl Campaign<'_> {
     /// The campaign is ending (fij no longer injects): every action still in effect ends now,
     /// with its record, as it would have at its own time — crashed hosts recover (their
     /// orphaned sockets destroyed first, or they would send their FIN once fij's programs are
-    /// gone), partitions heal, stopped processes resume.
+    /// gone), crashed nodes' addresses speak again, partitions heal, stopped processes resume.
     pub(crate) fn end_actions(&mut self, kernel: &mut Kernel) -> Result<()> {
         // Pending follow-ups are taken over by what is in effect now.
         let pending = self.timers.take_follow_ups();
@@ -157,7 +157,8 @@ impl Campaign<'_> {
         for (follow_up, pid) in ends {
             self.follow_up(kernel, follow_up, pid)?;
         }
-        Ok(())
+        // Crashed nodes last: their processes' orphans are destroyed while they are silent.
+        self.end_node_silences(kernel)
     }
 
     /// A time-triggered fault fired from userspace: its victim slept through the claim grace

@@ -32,16 +32,18 @@ use fij_common::log::{EndReason, Record};
 use crate::{
     campaign::{self, RunOptions},
     compile::{CompiledCampaign, compile},
+    nodes,
     plan::{Plan, plan},
     report::Summary,
     scenario::{self, Diagnostics, Scenario},
 };
 
-/// A scenario to run, with its seed and log file.
+/// A scenario to run, with its seed, log file and node.
 pub struct Campaign {
     scenario: Scenario,
     seed: Option<u64>,
     log: Option<PathBuf>,
+    node: Option<String>,
 }
 
 /// What a campaign did: every log record, in order, and the summary told from them.
@@ -89,6 +91,7 @@ impl Campaign {
             seed: scenario.seed,
             scenario,
             log: None,
+            node: None,
         }
     }
 
@@ -98,16 +101,44 @@ impl Campaign {
         self
     }
 
-    /// Also write the JSONL log to `path`.
+    /// Also write the JSONL log to `path` (`{node}` in it: the node's name, as for `fij run`).
     pub fn log(mut self, path: impl Into<PathBuf>) -> Self {
         self.log = Some(path.into());
         self
     }
 
-    /// What the campaign will decide, for the first `hits` hits of each fault (as `fij plan`).
-    pub fn plan(&self, hits: u64) -> Result<Plan, Diagnostics> {
+    /// The `[[node]]` this campaign runs as, by name (as `fij run --node NAME`): only that
+    /// node's targets are run, and it carries out only its node's part of the node faults.
+    /// Without it, a scenario with `[[node]]` takes the node from `$FIJ_NODE` or
+    /// `$OMPI_COMM_WORLD_RANK`, as `fij run` does, and is refused without them.
+    pub fn node(mut self, name: impl Into<String>) -> Self {
+        self.node = Some(name.into());
+        self
+    }
+
+    /// What the campaign will decide, for the first `hits` hits of each fault (as `fij plan`;
+    /// with [`Campaign::node`], only that node's part, as `fij plan --node`).
+    pub fn plan(&self, hits: u64) -> Result<Plan> {
         let seed = self.seed.unwrap_or(0);
-        Ok(plan(&self.scenario, &compile(&self.scenario, seed)?, hits))
+        let compiled = compile(&self.scenario, seed)
+            .map_err(|d| anyhow!(crate::InvalidInput(d.to_string())))?;
+        let plan = plan(&self.scenario, &compiled, hits);
+        Ok(match self.this_node()? {
+            Some(node) => plan.of_node(&self.scenario, node),
+            None => plan,
+        })
+    }
+
+    /// The node's index in the scenario's `[[node]]`, or the input error that refuses it.
+    fn this_node(&self) -> Result<Option<usize>> {
+        nodes::this_node(&self.scenario, self.node.as_deref())
+            .map_err(|e| anyhow!(crate::InvalidInput(e)))
+    }
+
+    /// The log path, `{node}` replaced by the node's name.
+    fn log_path(&self, node: Option<usize>) -> Option<PathBuf> {
+        let name = node.map(|n| self.scenario.cluster.nodes[n].name.as_str());
+        self.log.as_deref().map(|p| nodes::per_node_path(p, name))
     }
 
     fn compiled(&self) -> Result<CompiledCampaign> {
@@ -118,9 +149,11 @@ impl Campaign {
     /// Runs the campaign to its end (its targets exit, its `duration` passes).
     pub fn run(self) -> Result<Outcome> {
         let compiled = self.compiled()?;
+        let node = self.this_node()?;
         let options = RunOptions {
-            log: self.log.clone(),
+            log: self.log_path(node),
             keep_records: true,
+            node,
             ..RunOptions::default()
         };
         run_blocking(&self.scenario, &compiled, options)
@@ -130,17 +163,18 @@ impl Campaign {
     /// spawned or adopted, every program attached), or with the error that kept it from arming.
     pub fn start(self) -> Result<Running> {
         let compiled = self.compiled()?;
+        let node = self.this_node()?;
         let (armed_tx, armed_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let options = RunOptions {
-            log: self.log.clone(),
+            log: self.log_path(node),
             keep_records: true,
             armed: Some(armed_tx),
             stop: Some(stop_rx),
             status_line: false,
             guardian: false,
             kernel_log: false,
-            node: None,
+            node,
         };
         let scenario = self.scenario;
         let thread = std::thread::Builder::new()

@@ -134,6 +134,8 @@ pub(crate) enum Step {
     TimeTrigger(time_faults::Step),
     /// A node fault falls due for a node (`pid` unused).
     NodeFault(node_faults::Step),
+    /// A crashed node's `recover_after` passed: its addresses speak again (`pid` unused).
+    NodeRecover(node_faults::Step),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -170,7 +172,8 @@ impl Timers {
             .into_iter()
             .filter_map(|t| match t.step {
                 Step::FollowUp(follow_up) => Some((follow_up, t.pid)),
-                Step::TimeTrigger(_) | Step::NodeFault(_) => None,
+                // A node still crashed recovers through `end_node_silences`.
+                Step::TimeTrigger(_) | Step::NodeFault(_) | Step::NodeRecover(_) => None,
             })
             .collect()
     }
@@ -583,6 +586,7 @@ async fn event_loop(
                         Step::FollowUp(follow_up) => campaign.follow_up(kernel, follow_up, timer.pid)?,
                         Step::TimeTrigger(step) => campaign.time_trigger(kernel, step, timer.pid)?,
                         Step::NodeFault(step) => campaign.node_fault(kernel, step)?,
+                        Step::NodeRecover(step) => campaign.node_recover(kernel, step)?,
                     }
                 }
             }

@@ -107,6 +107,15 @@ pub fn compile(scenario: &Scenario, seed: u64) -> Result<CompiledCampaign, Diagn
         found: Vec::new(),
     };
     check_targets(scenario, &mut errors);
+    if let Some(node) = scenario.cluster.nodes.get(draws::MAX_NODES) {
+        errors.at(
+            node.at,
+            format!(
+                "too many nodes: a scenario may have at most {} (the nodes' hit streams)",
+                draws::MAX_NODES
+            ),
+        );
+    }
     if scenario.faults.len() > MAX_FAULTS as usize {
         errors.at(
             scenario.faults[MAX_FAULTS as usize].at,
@@ -392,7 +401,8 @@ fn rules(scenario: &Scenario) -> Vec<FaultRule> {
     scenario
         .faults
         .iter()
-        .map(|fault| {
+        .zip(draws::hit_streams(scenario))
+        .map(|(fault, hit_stream)| {
             let port = port_filter(&fault.trigger);
             FaultRule {
                 nth: fault.nth.unwrap_or(0),
@@ -400,6 +410,7 @@ fn rules(scenario: &Scenario) -> Vec<FaultRule> {
                 after_ns: fault.after.map_or(0, |d| d.as_nanos() as u64),
                 count: fault.count,
                 probability: fault.probability.map_or(0, random::probability_threshold),
+                hit_stream,
                 signal: fault.action.signal() as u32,
                 port: port.map_or(0, |(port, _)| port),
                 port_arg: port.map_or(0, |(_, arg)| arg),

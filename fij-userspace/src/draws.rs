@@ -6,14 +6,43 @@
 use std::time::Duration;
 
 use fij_common::random::{
-    seed_bytes, stream_for_fault_selection, stream_for_fault_times,
-    stream_for_node_fault_selection, stream_for_node_fault_times,
+    seed_bytes, stream_for_fault, stream_for_fault_selection, stream_for_fault_times,
+    stream_for_hits_on_node, stream_for_node_fault_selection, stream_for_node_fault_times,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Exp, Uniform, Weibull};
 
-use crate::scenario::{Schedule, Select};
+use crate::scenario::{Scenario, Schedule, Select};
+
+/// Most nodes a scenario may have: a node's hit streams carry its index in 16 bits.
+pub const MAX_NODES: usize = 1 << 16;
+
+/// The stream each fault's per-hit draws come from (`FaultRule::hit_stream`, in fault order).
+/// Without `[[node]]`: the fault's own, keyed by its fault id, as before nodes existed. With
+/// nodes: its node's, keyed by (node, the fault's position among the faults of that node's
+/// targets), so one node's draws come from (seed, node) and no other node's faults move them.
+/// Selections and due times stay keyed by the global fault id: they are decided before the
+/// run and the same on every node (docs/determinism.md).
+pub fn hit_streams(scenario: &Scenario) -> Vec<u64> {
+    let cluster = &scenario.cluster;
+    let mut on_node = vec![0u32; cluster.nodes.len()];
+    scenario
+        .faults
+        .iter()
+        .enumerate()
+        .map(
+            |(id, fault)| match cluster.target_node.get(fault.target).copied().flatten() {
+                Some(node) => {
+                    let position = on_node[node];
+                    on_node[node] += 1;
+                    stream_for_hits_on_node(node as u32, position)
+                }
+                None => stream_for_fault(id as u32),
+            },
+        )
+        .collect()
+}
 
 fn stream(seed: u64, stream: u64, word_pos: u128) -> ChaCha20Rng {
     let mut rng = ChaCha20Rng::from_seed(seed_bytes(seed));

@@ -22,10 +22,10 @@ use aya::{
 };
 use fij_common::{
     COMM_KEY_LEN, CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_SELECTORS,
-    CONFIG_SILENCED, CONFIG_START_NS, CrashMark, EXE_KEY_LEN, FaultCounters, FaultRule, HookFaults,
-    HookKey, KernelLayout, MAX_FAULTS_PER_HOOK, SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE,
-    SELECTOR_UID, SYSCALL_SLOTS, SelectKey, SilenceEntry, SilenceKey, TARGET_SET_EPOCH_LOADER,
-    TargetProcess,
+    CONFIG_SILENCED, CONFIG_SILENT_ADDRESSES, CONFIG_START_NS, CrashMark, EXE_KEY_LEN,
+    FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout, MAX_FAULTS_PER_HOOK,
+    SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE, SELECTOR_UID, SYSCALL_SLOTS, SelectKey,
+    SilenceEntry, SilenceKey, TARGET_SET_EPOCH_LOADER, TargetProcess,
 };
 
 /// The eBPF object built from `fij-ebpf` by this crate's build script.
@@ -81,6 +81,7 @@ pub struct Kernel {
     due: HashMap<MapData, u32, u32>,
     kprobe_hooks: HashMap<MapData, u64, u32>,
     silenced: HashMap<MapData, SilenceKey, SilenceEntry>,
+    silent_addresses: HashMap<MapData, [u8; 16], u32>,
     events: Option<RingBuf<MapData>>,
     target_set_epoch: Array<MapData, u64>,
     /// How many targets the loader added: its own counter in `TARGET_SET_EPOCH`, of which it
@@ -230,6 +231,7 @@ impl Kernel {
             due: take(&mut ebpf, "DUE")?,
             kprobe_hooks: take(&mut ebpf, "KPROBE_HOOKS")?,
             silenced: take(&mut ebpf, "SILENCED")?,
+            silent_addresses: take(&mut ebpf, "SILENT_ADDRESSES")?,
             events: Some(take(&mut ebpf, "EVENTS")?),
             target_set_epoch: take(&mut ebpf, "TARGET_SET_EPOCH")?,
             loader_additions: 0,
@@ -654,9 +656,50 @@ impl Kernel {
         self.silenced.iter().filter_map(Result::ok).collect()
     }
 
-    /// Whether any tuple is silenced (a crash is in effect).
+    /// Whether any tuple or address is silenced (a crash is in effect).
     pub fn silence_active(&self) -> bool {
-        self.silenced.keys().next().is_some()
+        self.silenced.keys().next().is_some() || self.silent_addresses.keys().next().is_some()
+    }
+
+    /// Silences every packet from or to `addresses` (16-byte form) on behalf of node crash
+    /// `mark_id`, on every interface the silencer is attached to.
+    pub fn silence_addresses(&mut self, addresses: &[[u8; 16]], mark_id: u32) -> Result<()> {
+        for address in addresses {
+            self.silent_addresses
+                .insert(address, mark_id, 0)
+                .context("silencing an address")?;
+        }
+        if !addresses.is_empty() {
+            self.config.set(CONFIG_SILENT_ADDRESSES, 1, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The silent addresses, with the mark id of the node crash that silenced each.
+    pub fn silent_addresses(&self) -> Vec<([u8; 16], u32)> {
+        self.silent_addresses
+            .iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    /// Lets the addresses node crash `mark_id` silenced speak again. Returns them.
+    pub fn lift_addresses(&mut self, mark_id: u32) -> Result<Vec<[u8; 16]>> {
+        let lifted: Vec<[u8; 16]> = self
+            .silent_addresses()
+            .into_iter()
+            .filter(|(_, id)| *id == mark_id)
+            .map(|(address, _)| address)
+            .collect();
+        for address in &lifted {
+            self.silent_addresses
+                .remove(address)
+                .context("lifting an address's silence")?;
+        }
+        if self.silent_addresses.keys().next().is_none() {
+            self.config.set(CONFIG_SILENT_ADDRESSES, 0, 0)?;
+        }
+        Ok(lifted)
     }
 
     /// Crashed processes whose task is not freed yet (their sockets may still be closing); the

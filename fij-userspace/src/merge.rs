@@ -32,6 +32,8 @@ fn t_ns(record: &Record) -> u64 {
         | Record::Partitioned { t_ns, .. }
         | Record::Healed { t_ns, .. }
         | Record::Resumed { t_ns, .. }
+        | Record::NodeSilenced { t_ns, .. }
+        | Record::NodeRecovered { t_ns, .. }
         | Record::End { t_ns, .. } => *t_ns,
     }
 }

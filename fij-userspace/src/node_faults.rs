@@ -1,7 +1,9 @@
 //! Node faults at run time (`[[node_fault]]`, docs/multi-node.md): at the due time the compile
 //! stage drew from the seed — the same on every node — each node does its own part. A crashed
-//! or killed node fails every target process it runs at once; in a partition each node on
-//! either side silences its target processes' connections to the other side's addresses.
+//! or killed node fails every target process it runs at once; a crashed node's addresses also
+//! go silent (every packet from or to them, whatever process sent it) until it recovers; in a
+//! partition each node on either side silences its target processes' connections to the other
+//! side's addresses.
 //!
 //! A node fault's id in crash marks, silences and the log is `faults.len() + i` for the `i`-th
 //! `[[node_fault]]`, so kernel marks and follow-ups tell node faults from faults.
@@ -54,6 +56,14 @@ pub fn is_node_crash(scenario: &Scenario, id: u32) -> bool {
         .node_faults
         .get(i)
         .is_some_and(|f| matches!(f.action, NodeAction::Crash { .. }))
+}
+
+/// An address in the 16-byte form of silence keys and silent addresses (IPv4 as `::ffff:a.b.c.d`).
+fn wire_form(ip: &std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 /// How a node fault reads in logs: `node crash n2 at 5s`.
@@ -133,6 +143,8 @@ impl Campaign<'_> {
             .map_or(0, |d| d.after.as_nanos() as u64);
         match &fault.action {
             NodeAction::Crash { recover_after } => {
+                // The addresses first: nothing a dying process or a bystander sends gets out.
+                self.silence_node(kernel, step)?;
                 let rule = FaultRule {
                     signal: libc::SIGKILL as u32,
                     flags: RULE_CRASH,
@@ -140,13 +152,14 @@ impl Campaign<'_> {
                 };
                 let pids = self.fail_every_process(kernel, step, &rule, scheduled)?;
                 if let Some(d) = recover_after {
+                    let at = tokio::time::Instant::now() + *d;
                     for pid in pids {
-                        self.timers.schedule(
-                            tokio::time::Instant::now() + *d,
-                            TimerStep::FollowUp(FollowUp::Recover),
-                            pid,
-                        );
+                        self.timers
+                            .schedule(at, TimerStep::FollowUp(FollowUp::Recover), pid);
                     }
+                    // After the processes' recoveries (timers due together run in order):
+                    // their orphaned sockets are destroyed while the node is still silent.
+                    self.timers.schedule(at, TimerStep::NodeRecover(step), 0);
                 }
             }
             NodeAction::Kill => {
@@ -170,10 +183,7 @@ impl Campaign<'_> {
                 let addresses: Vec<[u8; 16]> = far
                     .iter()
                     .flat_map(|&n| &self.scenario.cluster.nodes[n].addresses)
-                    .map(|ip| match ip {
-                        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                        std::net::IpAddr::V6(v6) => v6.octets(),
-                    })
+                    .map(wire_form)
                     .collect();
                 let ktime_ns = monotonic_ns();
                 for (pid, _) in kernel.target_processes() {
@@ -212,6 +222,77 @@ impl Campaign<'_> {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A node crash's silence: every packet from or to the node's `addresses`, on every
+    /// interface fij's silencer is attached to, whatever process sent it (a bystander's, the
+    /// kernel's own replies: ping, RST, ARP). Until [`Campaign::node_recover`]; gone with fij's
+    /// programs if fij dies.
+    fn silence_node(&mut self, kernel: &mut Kernel, step: Step) -> Result<()> {
+        let node = &self.scenario.cluster.nodes[step.node];
+        if node.addresses.is_empty() {
+            return Ok(());
+        }
+        let wire: Vec<[u8; 16]> = node.addresses.iter().map(wire_form).collect();
+        kernel.silence_addresses(&wire, mark_id(self.scenario, step.node_fault_id))?;
+        let addresses: Vec<String> = node.addresses.iter().map(|a| a.to_string()).collect();
+        info!(node = %node.name, addresses = %addresses.join(","), "node silenced");
+        self.log.write(&Record::NodeSilenced {
+            t_ns: self.t_ns(),
+            node: node.name.clone(),
+            fault: self.scenario.cluster.node_faults[step.node_fault_id as usize]
+                .name
+                .clone(),
+            addresses,
+        })
+    }
+
+    /// A crashed node comes back (`recover_after`, or the campaign's end): its addresses speak
+    /// again. Its processes' own silences are lifted by their `Recover` follow-ups.
+    pub(crate) fn node_recover(&mut self, kernel: &mut Kernel, step: Step) -> Result<()> {
+        let lifted = kernel.lift_addresses(mark_id(self.scenario, step.node_fault_id))?;
+        if lifted.is_empty() {
+            return Ok(());
+        }
+        let node = &self.scenario.cluster.nodes[step.node];
+        let addresses: Vec<String> = node
+            .addresses
+            .iter()
+            .filter(|a| lifted.contains(&wire_form(a)))
+            .map(|a| a.to_string())
+            .collect();
+        info!(node = %node.name, addresses = %addresses.join(","), "node recovered: its addresses speak again");
+        self.log.write(&Record::NodeRecovered {
+            t_ns: self.t_ns(),
+            node: node.name.clone(),
+            fault: self.scenario.cluster.node_faults[step.node_fault_id as usize]
+                .name
+                .clone(),
+            addresses,
+        })
+    }
+
+    /// The campaign is ending: every node crash still in effect on this node recovers.
+    pub(crate) fn end_node_silences(&mut self, kernel: &mut Kernel) -> Result<()> {
+        let Some(node) = self.node else {
+            return Ok(());
+        };
+        let mut marks: Vec<u32> = kernel.silent_addresses().iter().map(|(_, m)| *m).collect();
+        marks.sort_unstable();
+        marks.dedup();
+        for mark in marks {
+            let Some(node_fault_id) = mark.checked_sub(self.scenario.faults.len() as u32) else {
+                continue;
+            };
+            self.node_recover(
+                kernel,
+                Step {
+                    node_fault_id,
+                    node,
+                },
+            )?;
         }
         Ok(())
     }

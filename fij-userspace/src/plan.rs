@@ -109,7 +109,7 @@ pub fn plan(scenario: &Scenario, compiled: &CompiledCampaign, hits: u64) -> Plan
             let counts_hits = !matches!(fault.trigger, Trigger::Time(_));
             let fires = (1..=if counts_hits { hits } else { 0 })
                 .filter_map(|hit| {
-                    let draw = rule.decide(hit, || hit_draw(&key, id as u32, hit))?;
+                    let draw = rule.decide(hit, || hit_draw(&key, rule.hit_stream, hit))?;
                     Some(PlannedHit {
                         hit,
                         draw: fault.probability.map(|_| draw),
@@ -287,7 +287,11 @@ impl fmt::Display for Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{compile::compile, scenario::parse_str};
+    use crate::{
+        compile::{CompiledCampaign, compile},
+        scenario::parse_str,
+    };
+    use fij_common::random::{stream_for_fault, stream_for_hits_on_node};
     use std::path::Path;
 
     fn plan(scenario: &Scenario, seed: u64, hits: u64) -> Plan {
@@ -322,7 +326,7 @@ mod tests {
         let p = plan(&s, 7, 2000);
         let key = key_from_seed(7);
         for h in &p.faults[0].fires {
-            assert_eq!(h.draw, Some(hit_draw(&key, 0, h.hit)));
+            assert_eq!(h.draw, Some(hit_draw(&key, stream_for_fault(0), h.hit)));
         }
         let n = p.faults[0].fires.len() as f64;
         assert!((500.0..700.0).contains(&n), "{n} of 2000 at p = 0.3");
@@ -333,5 +337,174 @@ mod tests {
         let s = scenario("probability = 0.5\ncount = 100\n");
         assert_eq!(hits(&plan(&s, 42, 64)), hits(&plan(&s, 42, 64)));
         assert_ne!(hits(&plan(&s, 42, 64)), hits(&plan(&s, 43, 64)));
+    }
+
+    /// A scenario without `[[node]]` draws, selects and schedules exactly what fij drew before
+    /// per-node streams existed: the values below were printed by that code (seed 42).
+    #[test]
+    fn a_scenario_without_nodes_decides_what_it_decided_before_nodes() {
+        let text = "[[target]]\nname = \"w\"\ncommand = [\"true\"]\ninstances = 4\n\
+                    [[target]]\nname = \"db\"\npid = 4242\n\
+                    [[fault]]\nname = \"p1\"\ntarget = \"w\"\naction = \"kill\"\ntrigger = { syscall = \"write\" }\nprobability = 0.25\n\
+                    [[fault]]\nname = \"p2\"\ntarget = \"db\"\naction = \"kill\"\ntrigger = { syscall = \"read\" }\nprobability = 0.5\nper = \"target\"\n\
+                    [[fault]]\nname = \"sel\"\ntarget = \"w\"\naction = \"kill\"\ntrigger = { syscall = \"write\" }\nselect = { fixed = 2 }\n\
+                    [[fault]]\nname = \"t\"\ntarget = \"w\"\naction = \"kill\"\ntrigger = { after = { exponential = { mean = \"10s\" } } }\nselect = \"one\"\n";
+        let s = parse_str(Path::new("g.toml"), text).unwrap();
+        let c = compile(&s, 42).unwrap();
+        let p = super::plan(&s, &c, 16);
+        let fires = |f: usize| -> Vec<(u64, u64)> {
+            p.faults[f]
+                .fires
+                .iter()
+                .map(|h| (h.hit, h.draw.unwrap()))
+                .collect()
+        };
+        assert_eq!(
+            fires(0),
+            [
+                (1, 1118114754673542147),
+                (4, 535314167239091945),
+                (7, 190883715098687555),
+                (12, 253750448324714666)
+            ]
+        );
+        assert_eq!(
+            fires(1),
+            [
+                (1, 9077795909077059670),
+                (2, 4485570992176969048),
+                (3, 1227585890075759428),
+                (4, 4725123974347604009),
+                (5, 5476324396555732865),
+                (7, 134120943996908886),
+                (12, 2695032205173027723),
+                (13, 7048162688765252075),
+                (15, 5907611810487428561)
+            ]
+        );
+        assert_eq!(c.selections, [(2, 2), (2, 3), (3, 0)]);
+        assert_eq!(c.due.len(), 1);
+        assert_eq!(
+            c.due[0].after,
+            std::time::Duration::from_nanos(1_221_040_492)
+        );
+        // Each fault's hits draw from its own fault-id stream, as the kernel always did.
+        for (id, rule) in c.rules.iter().enumerate() {
+            assert_eq!(rule.hit_stream, stream_for_fault(id as u32));
+        }
+    }
+
+    const TWO_NODES: &str = "seed = 9\n[[node]]\nname = \"a\"\n[[node]]\nname = \"b\"\n\
+                             [[target]]\nname = \"ta\"\ncommand = [\"true\"]\ninstances = 3\nnode = \"a\"\n\
+                             [[target]]\nname = \"tb\"\ncommand = [\"true\"]\ninstances = 3\nnode = \"b\"\n";
+
+    fn chance(name: &str, target: &str, extra: &str) -> String {
+        format!(
+            "[[fault]]\nname = \"{name}\"\ntarget = \"{target}\"\naction = \"kill\"\n\
+             trigger = {{ syscall = \"write\" }}\nprobability = 0.5\n{extra}"
+        )
+    }
+
+    fn node_plan(faults: &str) -> (Scenario, CompiledCampaign, Plan) {
+        let s = parse_str(Path::new("n.toml"), &format!("{TWO_NODES}{faults}")).unwrap();
+        let c = compile(&s, 9).unwrap();
+        let p = super::plan(&s, &c, 64);
+        (s, c, p)
+    }
+
+    fn fires_of(plan: &Plan, name: &str) -> Vec<(u64, Option<u64>)> {
+        let fault = plan.faults.iter().find(|f| f.fault == name).unwrap();
+        fault.fires.iter().map(|h| (h.hit, h.draw)).collect()
+    }
+
+    /// With `[[node]]` a fault's hits draw from its node's stream, (seed, node, the fault's
+    /// position among the node's faults): the plan's draws are those, they are not the fault-id
+    /// stream's, and a fault added on another node changes none of them.
+    #[test]
+    fn hit_draws_come_from_the_nodes_stream_and_other_nodes_faults_do_not_move_them() {
+        let (_, c, p) = node_plan(
+            &(chance("a1", "ta", "") + &chance("b1", "tb", "") + &chance("a2", "ta", "")),
+        );
+        let streams: Vec<u64> = c.rules.iter().map(|r| r.hit_stream).collect();
+        assert_eq!(
+            streams,
+            [
+                stream_for_hits_on_node(0, 0),
+                stream_for_hits_on_node(1, 0),
+                stream_for_hits_on_node(0, 1)
+            ]
+        );
+        assert_eq!(stream_for_hits_on_node(1, 0), 6 << 32 | 1 << 16);
+        let key = key_from_seed(9);
+        let b1 = fires_of(&p, "b1");
+        assert!(!b1.is_empty());
+        for (hit, draw) in &b1 {
+            assert_eq!(
+                *draw,
+                Some(hit_draw(&key, stream_for_hits_on_node(1, 0), *hit))
+            );
+            assert_ne!(*draw, Some(hit_draw(&key, stream_for_fault(1), *hit)));
+        }
+        // Two faults added on node a, before b's: b's draws stay; a's first fault keeps its own.
+        let (_, _, more) = node_plan(
+            &(chance("a0", "ta", "")
+                + &chance("a1", "ta", "")
+                + &chance("a9", "ta", "")
+                + &chance("b1", "tb", "")),
+        );
+        assert_eq!(fires_of(&more, "b1"), b1);
+        assert_ne!(
+            fires_of(&more, "a1"),
+            fires_of(&p, "a1"),
+            "a1 is a's 2nd fault now"
+        );
+        assert_eq!(
+            fires_of(&more, "a0"),
+            fires_of(&p, "a1"),
+            "a0 took a's 1st stream"
+        );
+    }
+
+    /// Decisions made before the run stay keyed by the global fault id, from the seed alone —
+    /// the same on every node (every node compiles the whole scenario; compiling takes no
+    /// node) — and `--all-nodes` is every node's part.
+    #[test]
+    fn selections_and_due_times_are_the_seeds_and_every_node_plans_alike() {
+        let (s, c, p) = node_plan(
+            &(chance("b1", "tb", "select = { fixed = 2 }\n")
+                + "[[fault]]\nname = \"t\"\ntarget = \"ta\"\naction = \"kill\"\n\
+                   trigger = { after = { uniform = { min = \"1s\", max = \"9s\" } } }\n"),
+        );
+        assert_eq!(
+            c.selected(0, &s),
+            crate::draws::selected_instances(9, 0, Select::Fixed(2), 3)
+        );
+        let due: Vec<_> = c
+            .due
+            .iter()
+            .map(|d| (d.fault_id, d.instance, d.after))
+            .collect();
+        let expected: Vec<_> = (0..3)
+            .map(|i| {
+                let Trigger::Time(schedule) = &s.faults[1].trigger else {
+                    unreachable!()
+                };
+                (1, i, crate::draws::due_after(9, 1, i, schedule))
+            })
+            .collect();
+        assert_eq!(due, expected);
+        // Each node's part (`fij plan --node`, what that node's fij carries out) is the whole
+        // plan's (`--all-nodes`) for its faults; b's selected fault is b's, t is a's.
+        for (node, name) in [(0, "t"), (1, "b1")] {
+            let mine = super::plan(&s, &c, 64).of_node(&s, node);
+            let names: Vec<&str> = mine.faults.iter().map(|f| f.fault.as_str()).collect();
+            assert_eq!(names, [name]);
+            let whole = p.faults.iter().find(|g| g.fault == name).unwrap();
+            let f = &mine.faults[0];
+            assert_eq!(
+                (&f.fires, &f.due, &f.instances),
+                (&whole.fires, &whole.due, &whole.instances)
+            );
+        }
     }
 }

@@ -245,6 +245,10 @@ impl Summary {
             }),
             Record::Healed { t_ns, pid, .. } => self.close("partition", *pid, *t_ns),
             Record::Resumed { t_ns, pid } => self.close("stop", *pid, *t_ns),
+            // Windows are per process; a node's silence shows in its processes' crash windows.
+            Record::NodeSilenced { t_ns, .. } | Record::NodeRecovered { t_ns, .. } => {
+                self.duration_s = self.duration_s.max(secs(*t_ns));
+            }
             Record::End {
                 t_ns,
                 reason,

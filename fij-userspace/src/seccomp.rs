@@ -303,7 +303,8 @@ impl Supervisor {
             *counter += 1;
             let hit = *counter;
             let key = &self.seed_key;
-            let Some(draw) = rule.decide(hit, || random::hit_draw(key, fault_id, hit)) else {
+            let Some(draw) = rule.decide(hit, || random::hit_draw(key, rule.hit_stream, hit))
+            else {
                 continue;
             };
             let injections = self.injections.entry(fault_id).or_default();

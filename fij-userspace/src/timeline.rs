@@ -165,7 +165,10 @@ pub fn html(records: &[Record], summary: &Summary) -> String {
             Record::Recovered { t_ns, pid, .. } => close(&mut bands, "crash", *pid, *t_ns),
             Record::Healed { t_ns, pid, .. } => close(&mut bands, "partition", *pid, *t_ns),
             Record::Resumed { t_ns, pid } => close(&mut bands, "stop", *pid, *t_ns),
-            Record::End { t_ns, .. } => end_ns = end_ns.max(*t_ns),
+            // A node's silence has no process lane: it shows in the processes' crash bands.
+            Record::NodeSilenced { t_ns, .. }
+            | Record::NodeRecovered { t_ns, .. }
+            | Record::End { t_ns, .. } => end_ns = end_ns.max(*t_ns),
         }
         // A delivered SIGSTOP opens a stop band (closed by `resumed`).
         if let Record::Injection {

@@ -73,3 +73,90 @@ fn an_invalid_scenario_is_refused_with_its_position_before_anything_runs() {
         "{err}"
     );
 }
+
+/// Two nodes, a fault on each; run as node `b` only `b`'s target is spawned and only `b`'s
+/// faults act on it.
+const TWO_NODES: &str = r#"
+duration = "10s"
+[[node]]
+name = "a"
+[[node]]
+name = "b"
+[[target]]
+name = "on-a"
+command = ["sleep", "30"]
+node = "a"
+[[target]]
+name = "on-b"
+command = ["sleep", "30"]
+node = "b"
+[[fault]]
+name = "kill-a"
+target = "on-a"
+action = "kill"
+trigger = { at = "200ms" }
+[[node_fault]]
+name = "power"
+action = "kill"
+nodes = ["b"]
+trigger = { at = "500ms" }
+"#;
+
+#[test]
+fn a_campaign_runs_as_the_node_it_is_given() {
+    let outcome = fij::Campaign::from_toml(TWO_NODES)
+        .unwrap()
+        .seed(3)
+        .node("b")
+        .run()
+        .unwrap();
+    // Only b's target was armed; the node kill of b, at its time, was its only injection.
+    assert_eq!(outcome.target_pid("on-a"), None, "{}", outcome.summary);
+    let pid = outcome.target_pid("on-b").expect("b's target armed");
+    let injections: Vec<_> = outcome
+        .injections()
+        .map(|r| match r {
+            Record::Injection {
+                fault,
+                pid,
+                signal,
+                scheduled_t_ns,
+                ..
+            } => (fault.as_str(), *pid, signal.as_str(), *scheduled_t_ns),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        injections,
+        [("power", pid, "SIGKILL", Some(500_000_000))],
+        "{}",
+        outcome.summary
+    );
+    assert_eq!(
+        outcome.reason,
+        fij_common::log::EndReason::TargetsExited,
+        "{}",
+        outcome.summary
+    );
+    let node = outcome.records.iter().find_map(|r| match r {
+        Record::Start { node, .. } => Some(node.clone()),
+        _ => None,
+    });
+    assert_eq!(node, Some(Some("b".to_string())));
+}
+
+#[test]
+fn a_node_that_is_not_in_the_scenario_is_refused_before_anything_runs() {
+    let campaign = || fij::Campaign::from_toml(TWO_NODES).unwrap();
+    let err = campaign().node("c").run().err().expect("no node c");
+    assert_eq!(
+        err.to_string(),
+        "--node c: no such node in <inline> (its nodes: a, b)"
+    );
+    let faults = campaign().node("a").plan(1).expect("a's plan").faults;
+    assert_eq!(faults.len(), 1, "a's plan has a's one fault");
+    assert_eq!(faults[0].fault, "kill-a");
+    let plan = campaign().node("b").plan(1).unwrap();
+    assert!(plan.faults.is_empty());
+    assert_eq!(plan.node_faults.len(), 1);
+}

@@ -730,3 +730,287 @@ fn a_node_partition_silences_the_connections_between_the_nodes_until_it_heals() 
     assert!(gap >= Duration::from_millis(1700), "{gap:?}");
     assert_eq!(arrivals.len(), 16);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A node crash silences the node's addresses: node `a` is a network namespace with a listener
+// that is no target; after the crash nothing reaches it or comes from it — a new connection
+// times out (no RST), ping gets no reply — until fij ends, also when fij is SIGKILLed.
+
+mod node_silence {
+    use std::{
+        net::{SocketAddr, TcpListener},
+        process::{Child, Command},
+        time::Duration,
+    };
+
+    use fij_tests::{
+        Ended, Fij, RunningFij, TempDir,
+        net::{NetNs, connect_outcome, ping, read_port},
+        send_signal, toml_array,
+    };
+
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// A process that is no target, killed when dropped (also when the test panics).
+    struct Bystander(Child);
+
+    impl Drop for Bystander {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A TCP listener on `addr` in `net` that never accepts (the kernel completes connections
+    /// into its backlog); its port.
+    fn listener_in(net: &NetNs, dir: &TempDir) -> (Bystander, u16) {
+        let ports = dir.join("bystander-port");
+        let script = "import os, socket, sys, time\n\
+                      s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(64)\n\
+                      open(sys.argv[2] + '.tmp', 'w').write(str(s.getsockname()[1]))\n\
+                      os.rename(sys.argv[2] + '.tmp', sys.argv[2]); time.sleep(120)\n";
+        let child = Command::new("ip")
+            .args(["netns", "exec", &net.name, "/usr/bin/python3", "-c", script])
+            .arg(net.ns_addr.to_string())
+            .arg(&ports)
+            .spawn()
+            .expect("starting the bystander listener");
+        let bystander = Bystander(child);
+        let port = read_port(&ports, Duration::from_secs(10));
+        (bystander, port)
+    }
+
+    /// From inside the namespace node: a TCP connect to `to` with a 2 s timeout, as python
+    /// tells it ("connected", "timed out", or the error's name).
+    fn connect_from_node(net: &NetNs, to: SocketAddr) -> String {
+        let script = "import socket, sys\n\
+                      try:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), 2).close(); print('connected')\n\
+                      except socket.timeout:\n    print('timed out')\n\
+                      except OSError as e:\n    print(type(e).__name__)\n";
+        let out = Command::new("ip")
+            .args(["netns", "exec", &net.name, "/usr/bin/python3", "-c", script])
+            .arg(to.ip().to_string())
+            .arg(to.port().to_string())
+            .output()
+            .expect("running python3 in the namespace");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// What crosses between this machine and node `a` now: ping, a connect to the bystander
+    /// listener in `a`, a connect from `a` to this machine's listener.
+    #[derive(Debug, PartialEq)]
+    struct Reach {
+        ping: bool,
+        to_node: Result<(), i32>,
+        from_node: String,
+    }
+
+    fn reach(net: &NetNs, bystander: u16, host: &TcpListener) -> Reach {
+        let (to_node, took) = connect_outcome(
+            SocketAddr::new(net.ns_addr.into(), bystander),
+            CONNECT_TIMEOUT,
+        );
+        let to_node = to_node.map(drop);
+        if to_node == Err(libc::ETIMEDOUT) {
+            assert!(
+                took >= CONNECT_TIMEOUT - Duration::from_millis(100),
+                "{took:?}"
+            );
+        }
+        Reach {
+            ping: ping(net.ns_addr, Duration::from_secs(1)),
+            to_node,
+            from_node: connect_from_node(net, host.local_addr().unwrap()),
+        }
+    }
+
+    fn open() -> Reach {
+        Reach {
+            ping: true,
+            to_node: Ok(()),
+            from_node: "connected".into(),
+        }
+    }
+
+    fn silent() -> Reach {
+        Reach {
+            ping: false,
+            to_node: Err(libc::ETIMEDOUT),
+            from_node: "timed out".into(),
+        }
+    }
+
+    fn start(dir: &TempDir, net: &NetNs, round: &str) -> RunningFij {
+        let sleeper = toml_array(&fij_tests::workload!().argv(&[&"sleep", &"20000"]));
+        let scenario = dir.write(
+            &format!("{round}.toml"),
+            &format!(
+                "seed = 1\nduration = \"60s\"\n\
+                 [[node]]\nname = \"a\"\naddresses = [\"{}\"]\n\
+                 [[node]]\nname = \"b\"\naddresses = [\"{}\"]\n\
+                 [[target]]\nname = \"on-a\"\ncommand = {sleeper}\nnode = \"a\"\n\
+                 [[node_fault]]\nname = \"power\"\naction = \"crash\"\nnodes = [\"a\"]\n\
+                 trigger = {{ at = \"1s\" }}\n",
+                net.ns_addr, net.host_addr
+            ),
+        );
+        let mut fij = Fij::run_logging_to(&scenario, dir.join(&format!("{round}.jsonl")))
+            .arg("--node")
+            .arg("a")
+            .spawn();
+        let silenced = fij.wait_for_record("the node's silence", Duration::from_secs(15), |r| {
+            r["event"] == "node_silenced"
+        });
+        assert_eq!(silenced["node"], "a");
+        assert_eq!(silenced["fault"], "power");
+        assert_eq!(
+            silenced["addresses"],
+            serde_json::json!([net.ns_addr.to_string()])
+        );
+        fij
+    }
+
+    #[test]
+    fn a_node_crash_silences_every_address_of_the_node_until_fij_ends_even_by_sigkill() {
+        let dir = TempDir::new("multinode-node-silence");
+        let net = NetNs::new();
+        let (_bystander, port) = listener_in(&net, &dir);
+        let host = TcpListener::bind((net.host_addr, 0)).expect("a listener on this machine");
+        assert_eq!(reach(&net, port, &host), open(), "before any fij");
+
+        // Ended by SIGINT: the node recovers at the end, with its record.
+        let fij = start(&dir, &net, "sigint");
+        assert_eq!(reach(&net, port, &host), silent(), "after the node crash");
+        send_signal(fij.pid(), libc::SIGINT);
+        let out = fij.wait();
+        eprintln!("{}", out.stderr);
+        out.assert_exit(0);
+        let injections = out.log.injections();
+        assert_eq!(injections.len(), 1, "{out}");
+        assert_eq!(injections[0]["fault"], "power");
+        assert_eq!(
+            out.log.exit_status(out.log.target_pid("on-a")),
+            "signal SIGKILL"
+        );
+        let recovered = out.log.one("node_recovered");
+        assert_eq!(
+            recovered["addresses"],
+            serde_json::json!([net.ns_addr.to_string()])
+        );
+        assert_eq!(reach(&net, port, &host), open(), "after fij ended");
+
+        // SIGKILLed: fij's programs go with it, and the silence with them.
+        let fij = start(&dir, &net, "sigkill");
+        assert_eq!(reach(&net, port, &host), silent(), "after the node crash");
+        send_signal(fij.pid(), libc::SIGKILL);
+        let out = fij.wait();
+        assert_eq!(out.ended, Ended::Signal(libc::SIGKILL), "{out}");
+        assert!(out.log.records("node_recovered").is_empty(), "{out}");
+        assert_eq!(reach(&net, port, &host), open(), "after fij was SIGKILLed");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-node hit streams on a real kernel (docs/determinism.md): a node's probabilistic fault
+// draws from the stream of (seed, node, its position among the node's faults), as
+// `fij plan --all-nodes` says, not from its global fault id's.
+
+#[test]
+fn a_nodes_probabilistic_fault_draws_from_the_nodes_stream_as_the_plan_says() {
+    use rand_chacha::{
+        ChaCha20Rng,
+        rand_core::{Rng, SeedableRng},
+    };
+    const SEED: u64 = 21;
+    const WRITES: u64 = 400;
+    let dir = TempDir::new("multinode-draws");
+    let out = dir.join("out.txt");
+    let sleeper = toml_array(&fij_tests::workload!().argv(&[&"sleep", &"20000"]));
+    let writer =
+        toml_array(&fij_tests::workload!().argv(&[&"write-lines", &out, &WRITES.to_string()]));
+    let chance = |name: &str, target: &str| {
+        format!(
+            "[[fault]]\nname = \"{name}\"\ntarget = \"{target}\"\naction = \"signal\"\n\
+             signal = \"SIGURG\"\ntrigger = {{ syscall = \"write\" }}\nprobability = 0.3\n\
+             count = 1000000\nper = \"target\"\n"
+        )
+    };
+    let scenario = dir.write(
+        "draws.toml",
+        &format!(
+            "seed = {SEED}\nduration = \"20s\"\n[[node]]\nname = \"a\"\n[[node]]\nname = \"b\"\n\
+             [[target]]\nname = \"on-a\"\ncommand = {sleeper}\nnode = \"a\"\n\
+             [[target]]\nname = \"on-b\"\ncommand = {writer}\nnode = \"b\"\n{}{}",
+            chance("a-urg", "on-a"),
+            chance("b-urg", "on-b")
+        ),
+    );
+    let plan = Fij::new_command(&[
+        &"plan",
+        &scenario,
+        &"--all-nodes",
+        &"--json",
+        &"--hits",
+        &WRITES.to_string(),
+    ])
+    .output();
+    plan.assert_exit(0);
+    let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
+    let planned: Vec<(u64, u64)> = plan["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fault"] == "b-urg")
+        .unwrap()["fires"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["hit"].as_u64().unwrap(), h["draw"].as_u64().unwrap()))
+        .collect();
+    assert!(!planned.is_empty());
+
+    let run = Fij::run_logging_to(&scenario, dir.join("b.jsonl"))
+        .arg("--node")
+        .arg("b")
+        .spawn()
+        .wait();
+    run.assert_exit(0);
+    let pid = run.log.target_pid("on-b");
+    assert_eq!(run.log.exit_status(pid), "code 0", "{run}");
+    let mut injected: Vec<(u64, u64)> = run
+        .log
+        .injections()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["fault"], "b-urg", "{r}");
+            (r["hit"].as_u64().unwrap(), r["draw"].as_u64().unwrap())
+        })
+        .collect();
+    injected.sort();
+    assert_eq!(injected, planned, "node b's injections are the plan's");
+
+    // The reference, from the contract alone: node b (index 1), b's first fault (0).
+    let draw = |stream: u64, hit: u64| {
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&SEED.to_le_bytes());
+        let mut rng = ChaCha20Rng::from_seed(bytes);
+        rng.set_stream(stream);
+        rng.set_word_pos(2 * u128::from(hit - 1));
+        rng.next_u64()
+    };
+    let node_stream = 6 << 32 | 1 << 16;
+    for &(hit, d) in &injected {
+        assert_eq!(d, draw(node_stream, hit), "hit {hit}");
+    }
+    let threshold = (0.3 * 18_446_744_073_709_551_616.0) as u64;
+    let expected: Vec<u64> = (1..=WRITES)
+        .filter(|&h| draw(node_stream, h) < threshold)
+        .collect();
+    let hits: Vec<u64> = injected.iter().map(|(h, _)| *h).collect();
+    assert_eq!(hits, expected);
+    // Not the global fault id's stream (b-urg is fault 1).
+    let by_fault_id: Vec<u64> = (1..=WRITES)
+        .filter(|&h| draw(1 << 32 | 1, h) < threshold)
+        .collect();
+    assert_ne!(hits, by_fault_id);
+}

@@ -137,6 +137,93 @@ pub fn connect_outcome(addr: SocketAddr, timeout: Duration) -> (Result<TcpStream
     (r, started.elapsed())
 }
 
+/// One ICMP echo request to `addr` (a raw socket of the test process, as root): whether its
+/// reply came within `timeout`.
+pub fn ping(addr: Ipv4Addr, timeout: Duration) -> bool {
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    assert!(
+        fd >= 0,
+        "raw ICMP socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just opened and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    static SEQ: AtomicU64 = AtomicU64::new(1);
+    let id = (std::process::id() & 0xffff) as u16;
+    let seq = (SEQ.fetch_add(1, Ordering::SeqCst) & 0xffff) as u16;
+    let mut request = [0u8; 16];
+    request[0] = 8; // echo request
+    request[4..6].copy_from_slice(&id.to_be_bytes());
+    request[6..8].copy_from_slice(&seq.to_be_bytes());
+    request[8..].copy_from_slice(b"fij-ping");
+    let sum = request
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    request[2..4].copy_from_slice(&sum.to_be_bytes());
+    let to = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sendto reads the request and the address we own, with their sizes.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+            (&to as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        sent,
+        16,
+        "sending an echo request: {}",
+        std::io::Error::last_os_error()
+    );
+    let give_up = Instant::now() + timeout;
+    loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own.
+        if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) } <= 0 {
+            continue;
+        }
+        let mut buf = [0u8; 1500];
+        // SAFETY: recv writes at most buf.len() bytes into the buffer we own.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 28 {
+            continue;
+        }
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        let reply = &buf[ihl..n as usize];
+        // An echo reply (type 0) from `addr` to this request.
+        if buf[12..16] == addr.octets()
+            && reply.len() >= 8
+            && reply[0] == 0
+            && reply[4..6] == id.to_be_bytes()
+            && reply[6..8] == seq.to_be_bytes()
+        {
+            return true;
+        }
+    }
+}
+
 /// The fields of `struct tcp_info` (linux/tcp.h) the tests look at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpInfo {

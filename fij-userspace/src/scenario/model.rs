@@ -346,10 +346,11 @@ impl Cluster {
 pub struct Node {
     /// `name`: unique among nodes; what `--node`/`FIJ_NODE` name.
     pub name: String,
-    /// `addresses`: the node's IP addresses (a partition drops traffic to and from them).
+    /// `addresses`: the node's IP addresses (a partition drops traffic to and from them, a node
+    /// crash silences them).
     pub addresses: Vec<std::net::IpAddr>,
-    /// `netns`: the network namespace (under /run/netns) that is this node on a test machine;
-    /// a node crash takes its links down too, as a power loss would.
+    /// `netns`: the network namespace (under /run/netns) that is this node on a test machine
+    /// (parsed, not used yet: docs/multi-node.md).
     pub netns: Option<String>,
     pub at: SourcePos,
 }

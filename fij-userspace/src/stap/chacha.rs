@@ -48,10 +48,11 @@ static uint64_t fij_chacha20_draw(uint64_t seed, uint64_t stream, uint64_t posit
 		| (uint32_t)(x[word] + input[word]);
 }
 
-/* Hit `hit` (1-based) of fault `fault_id` takes draw hit - 1 of stream 1 << 32 | fault_id. */
-static uint64_t fij_hit_draw(uint64_t seed, uint32_t fault_id, uint64_t hit)
+/* Hit `hit` (1-based) of a fault takes draw hit - 1 of its hit stream (FaultRule::hit_stream:
+   1 << 32 | fault_id without [[node]]). */
+static uint64_t fij_hit_draw(uint64_t seed, uint64_t stream, uint64_t hit)
 {
-	return fij_chacha20_draw(seed, (1ULL << 32) | fault_id, hit - 1);
+	return fij_chacha20_draw(seed, stream, hit - 1);
 }
 
 /* Whether a draw fires under a probability threshold (fij_common::random::fires_with). */
@@ -89,7 +90,7 @@ int main(void)
 	uint64_t seed, hit, threshold;
 	uint32_t fault;
 	while (scanf("%" SCNu64 " %" SCNu32 " %" SCNu64 " %" SCNu64, &seed, &fault, &hit, &threshold) == 4) {
-		uint64_t draw = fij_hit_draw(seed, fault, hit);
+		uint64_t draw = fij_hit_draw(seed, (1ULL << 32) | fault, hit);
 		printf("%" PRIu64 " %d\n", draw, fij_fires_with(draw, threshold));
 	}
 	return 0;
@@ -157,7 +158,7 @@ int main(void)
                 for (i, &hit) in hits.iter().enumerate() {
                     let threshold = thresholds[i % thresholds.len()];
                     writeln!(input, "{seed} {fault} {hit} {threshold}").unwrap();
-                    let draw = hit_draw(&key_from_seed(seed), fault, hit);
+                    let draw = hit_draw(&key_from_seed(seed), stream_for_fault(fault), hit);
                     // The reference itself, independently of fij_common: draw k-1 of the stream.
                     rng.set_word_pos(2 * u128::from(hit - 1));
                     assert_eq!(draw, rng.next_u64(), "seed {seed} fault {fault} hit {hit}");
@@ -175,7 +176,7 @@ int main(void)
     #[test]
     fn the_embedded_c_decides_probability_edges_like_fires_with() {
         // Threshold u64::MAX always fires, 0 never; a draw equal to the threshold does not fire.
-        let draw = hit_draw(&key_from_seed(3), 2, 9);
+        let draw = hit_draw(&key_from_seed(3), stream_for_fault(2), 9);
         let cases = [
             (u64::MAX, true),
             (0, false),

@@ -458,9 +458,10 @@ impl StapCampaign<'_> {
                     info!(fault = %fault.name, pid, tid, hit, "{}", signals::name(signal));
                 }
                 // The BPF runtime decides from the compile stage's draws: the draw is that one.
-                let draw = fault
-                    .probability
-                    .map(|_| hit_draw(&key_from_seed(self.compiled.seed), fault_id, hit));
+                let draw = fault.probability.map(|_| {
+                    let stream = self.compiled.rules[fault_id as usize].hit_stream;
+                    hit_draw(&key_from_seed(self.compiled.seed), stream, hit)
+                });
                 self.log.write(&Record::Injection {
                     t_ns: t_ns(ktime_ns),
                     ktime_ns,

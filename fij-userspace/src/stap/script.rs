@@ -117,7 +117,9 @@ impl Script<'_> {
                 let rule = &self.compiled.rules[id];
                 let hits = (1..=BPF_DECIDED_HITS)
                     .filter(|&hit| rule.fires_on(hit))
-                    .filter(|&hit| fires_with(hit_draw(&key, id as u32, hit), rule.probability))
+                    .filter(|&hit| {
+                        fires_with(hit_draw(&key, rule.hit_stream, hit), rule.probability)
+                    })
                     .collect();
                 Some((id, hits))
             })
@@ -338,20 +340,31 @@ impl Script<'_> {
                     .iter()
                     .map(|f| format!("{:#x}ULL", f.probability.map_or(0, probability_threshold)))
                     .collect();
+                let streams: Vec<String> = self
+                    .compiled
+                    .rules
+                    .iter()
+                    .map(|r| format!("{:#x}ULL", r.hit_stream))
+                    .collect();
                 let _ = writeln!(
                     out,
                     "%{{\n#define FIJ_SEED {:#x}ULL\n{CHACHA20_C}\n\
                      /* Each fault's probability threshold, floor(p * 2^64) (0: no probability). */\n\
-                     static const uint64_t fij_thresholds[{}] = {{ {} }};\n%}}\n",
+                     static const uint64_t fij_thresholds[{}] = {{ {} }};\n\
+                     /* Each fault's hit stream (FaultRule::hit_stream). */\n\
+                     static const uint64_t fij_hit_streams[{}] = {{ {} }};\n%}}\n",
                     self.compiled.seed,
                     thresholds.len(),
-                    thresholds.join(", ")
+                    thresholds.join(", "),
+                    streams.len(),
+                    streams.join(", ")
                 );
                 let _ = writeln!(
                     out,
                     "// Draw hit - 1 of the fault's ChaCha20 stream: what fij's kernel programs draw.\n\
                      function fij_draw:long (fault:long, hit:long) %{{ /* pure */\n\
-                     \tSTAP_RETVALUE = (int64_t) fij_hit_draw(FIJ_SEED, (uint32_t) STAP_ARG_fault, (uint64_t) STAP_ARG_hit);\n\
+                     \tuint64_t fault_id = (uint64_t) STAP_ARG_fault;\n\
+                     \tSTAP_RETVALUE = fault_id < {n} ? (int64_t) fij_hit_draw(FIJ_SEED, fij_hit_streams[fault_id], (uint64_t) STAP_ARG_hit) : 0;\n\
                      %}}\n\n\
                      function fij_fires:long (fault:long, draw:long) %{{ /* pure */\n\
                      \tuint64_t fault_id = (uint64_t) STAP_ARG_fault;\n\
