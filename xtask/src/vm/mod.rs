@@ -385,7 +385,7 @@ fn boot(
     let mut c = Command::new("qemu-system-x86_64");
     match accel {
         Accel::Kvm => c.args(["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => c.args(["-accel", "tcg"]),
+        Accel::Tcg => c.args(["-accel", "tcg"]).args(icount()?),
     };
     c.args(["-m", &GUEST_MEMORY_MIB.to_string(), "-smp", "2"])
         .args(["-nodefaults", "-no-reboot", "-display", "none"])
@@ -458,6 +458,27 @@ fn boot(
         bail!("qemu-system-x86_64 failed ({status})");
     }
     Ok(())
+}
+
+/// TCG's guest clock. By default it is the host's: the guest's CPU runs 5–10× slower than the
+/// host's (TCG translates every instruction), so every time the tests measure in the guest (a
+/// time trigger's lateness, a fault fired within its grace, a peer's timeout) stretches by as
+/// much, and bounds that hold on any real machine fail. With `-icount`, the guest's clock follows
+/// the instructions it executes (2^`ICOUNT_SHIFT` ns each: a 1 GHz machine, one instruction a
+/// cycle), so the guest sees itself as a slow but real machine, whatever the host's load;
+/// `sleep=on`: an idle guest's clock follows the host's, so sleeps take their real time.
+/// `-icount` runs the guest's CPUs on one host thread (no multi-threaded TCG).
+/// `FIJ_VM_ICOUNT=off` runs on the host's clock, `FIJ_VM_ICOUNT=N` with shift N.
+fn icount() -> Result<Vec<String>> {
+    const ICOUNT_SHIFT: u32 = 0;
+    let shift = match std::env::var("FIJ_VM_ICOUNT").ok().as_deref() {
+        None => ICOUNT_SHIFT,
+        Some("off") => return Ok(Vec::new()),
+        Some(n) => n
+            .parse()
+            .with_context(|| format!("FIJ_VM_ICOUNT={n}: `off` or a shift (0–10)"))?,
+    };
+    Ok(vec!["-icount".into(), format!("shift={shift},sleep=on")])
 }
 
 /// A console line without carriage returns and terminal escape sequences (the firmware clears
