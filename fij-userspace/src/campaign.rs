@@ -30,7 +30,7 @@ use crate::{
     log::{EndReason, EventLog, Record, TargetRecord},
     node_faults, nodes,
     report::Summary,
-    scenario::{Scenario, TargetSource},
+    scenario::{Scenario, Target, TargetSource},
     selectors, status, targets,
     targets::GatedChild,
     time_faults,
@@ -238,6 +238,17 @@ pub async fn run(
         info!(interfaces = %interfaces.join(","), "silencer attached");
     }
 
+    // Every target in the set, spawned ones waiting at their gates, before time 0: how long
+    // spawning takes (instances, a slow exec, a loaded machine) is not taken from the first
+    // due times, and with `start_at` every node's targets start at the same moment.
+    let (armed, running, gated) = arm_targets(
+        &mut kernel,
+        scenario,
+        &sources,
+        compiled.attach.tick,
+        &protected,
+    )?;
+
     // `start_at`: time 0 is the same wall-clock moment on every node.
     let planned = scenario
         .cluster
@@ -259,13 +270,7 @@ pub async fn run(
     let start = Instant::now();
     let start_wall = std::time::SystemTime::now();
     kernel.arm(start_ns, compiled.seed)?;
-    let (armed, running, listeners) = arm_targets(
-        &mut kernel,
-        scenario,
-        &sources,
-        compiled.attach.tick,
-        &protected,
-    )?;
+    let listeners = release_targets(scenario, gated)?;
     let node_name = opts.node.map(|n| scenario.cluster.nodes[n].name.clone());
     let clock = nodes::clock(start_wall, planned);
 
@@ -442,20 +447,20 @@ fn prepare(scenario: &Scenario, node: Option<usize>, protected: &[u32]) -> Resul
         .collect()
 }
 
-/// Brings every target into the armed kernel: spawns commands (each instance a target before
-/// its first instruction), adopts pids with their descendants, adds running processes that
-/// match selectors. Returns the instances' root processes, and the running processes that
-/// joined by matching a selector (pid, target, selector kind).
-fn arm_targets(
+/// Brings every target into the kernel's target set, before it is armed: spawns commands (each
+/// instance a target before its first instruction, waiting at its gate), adopts pids with their
+/// descendants, adds running processes that match selectors. Returns the instances' root
+/// processes, the running processes that joined by matching a selector (pid, target, selector
+/// kind), and the spawned instances, still at their gates ([`release_targets`], once armed).
+fn arm_targets<'s>(
     kernel: &mut Kernel,
-    scenario: &Scenario,
+    scenario: &'s Scenario,
     sources: &[Source],
     tick: bool,
     protected: &[u32],
-) -> Result<(Vec<ArmedInstance>, Vec<RunningMatch>, Vec<SeccompListener>)> {
+) -> Result<(Vec<ArmedInstance>, Vec<RunningMatch>, Vec<Gated<'s>>)> {
     let mut armed = Vec::new();
     let mut running = Vec::new();
-    let mut listeners = Vec::new();
     // Spawned instances wait at their gate until fij is wholly armed: attaching a program
     // patches kernel text on every CPU, which would slow a target that already runs.
     let mut gated = Vec::new();
@@ -498,7 +503,7 @@ fn arm_targets(
                         pid: child.pid,
                         spawned: true,
                     });
-                    gated.push((child, target, instance, argv));
+                    gated.push((child, target, instance, argv.as_slice()));
                 }
             }
             (_, Source::Adopt(pid)) => {
@@ -538,6 +543,16 @@ fn arm_targets(
             (_, Source::Spawn(_)) => unreachable!("only command targets are spawned"),
         }
     }
+    Ok((armed, running, gated))
+}
+
+/// A spawned instance waiting at its gate: the child, its target, instance and argv.
+type Gated<'s> = (GatedChild, &'s Target, u32, &'s [String]);
+
+/// Opens the gates of the spawned instances (once the kernel is armed); returns their seccomp
+/// listeners.
+fn release_targets(scenario: &Scenario, gated: Vec<Gated<'_>>) -> Result<Vec<SeccompListener>> {
+    let mut listeners = Vec::new();
     for (mut child, target, instance, argv) in gated {
         child
             .release()
@@ -552,7 +567,7 @@ fn arm_targets(
             listeners.push((target_idx, instance, listener, child.pending.take()));
         }
     }
-    Ok((armed, running, listeners))
+    Ok(listeners)
 }
 
 /// Waits for events (the ring's, the seccomp listeners'), timed steps, the deadline or a

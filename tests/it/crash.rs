@@ -6,6 +6,9 @@
 //! Real sockets on `lo` (IPv4 and IPv6) and across a veth pair into a network namespace the test
 //! creates; packet counts come from an `AF_PACKET` capture in the test process. Each test prints
 //! what it measured (`--nocapture`).
+//!
+//! On a kernel without tcx (before 6.6: Debian 12's 6.1 in the kernel lab) fij refuses `crash`;
+//! there each crash test asserts that refusal instead (`fij_tests::tcx`), and the kill tests run.
 use std::{
     io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -14,7 +17,7 @@ use std::{
 
 use fij_tests::{
     CLEANUP_TIMEOUT, FijOutput, bpf_fds, fij_programs, links, net::*, send_signal,
-    wait_no_fij_programs, wait_until,
+    tcx::refused_without_tcx, wait_no_fij_programs, wait_until,
 };
 
 /// How long a crashed victim's peer must hear nothing.
@@ -69,6 +72,9 @@ fn local_port(stream: &TcpStream) -> u16 {
 /// goes on. After the campaign, `lo` is as before and the port serves again.
 #[test]
 fn crash_established_idle_peer_hears_nothing() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let qdiscs_before = tc_qdiscs("lo");
     let bystander = Bystander::start(V4);
     let mut c = Campaign::start("crash-idle", &["tcp", "127.0.0.1"], CRASH);
@@ -220,6 +226,9 @@ fn kill_established_idle_peer_sees_eof_at_once() {
 /// port) is on the wire.
 #[test]
 fn crash_with_unread_data_sends_no_rst() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let mut c = Campaign::start("crash-unread", &["tcp", "127.0.0.1", "--unread"], CRASH);
     let capture = Capture::start("lo");
     let mut peer = connect_and_greet(c.addr(V4));
@@ -299,6 +308,9 @@ fn kill_with_unread_data_resets_at_once() {
 /// so within 9 s it has retransmitted at least 3 times and no call has failed.
 #[test]
 fn crash_peer_retransmits_with_backoff_and_keeps_the_connection() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let mut c = Campaign::start("crash-retrans", &["tcp", "127.0.0.1"], CRASH);
     let mut peer = connect_and_greet(c.addr(V4));
     c.wait_silenced(2);
@@ -338,6 +350,9 @@ fn crash_peer_retransmits_with_backoff_and_keeps_the_connection() {
 /// go unanswered).
 #[test]
 fn crash_peer_keepalive_detects_the_dead_host() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let c = Campaign::start("crash-keepalive", &["tcp", "127.0.0.1"], CRASH);
     let peer = TcpStream::connect_timeout(&c.addr(V4), Duration::from_secs(5)).expect("connecting");
     set_int_opt(&peer, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
@@ -365,6 +380,9 @@ fn crash_peer_keepalive_detects_the_dead_host() {
 /// After a crash, a new connection gets neither SYN-ACK nor RST: connect() times out.
 #[test]
 fn crash_new_connect_times_out() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let mut c = Campaign::start("crash-connect", &["tcp", "127.0.0.1"], CRASH);
     let _peer = connect_and_greet(c.addr(V4));
     c.wait_silenced(2);
@@ -424,6 +442,9 @@ fn kill_new_connect_is_refused() {
 /// unreachable comes back, so it never sees ECONNREFUSED.
 #[test]
 fn crash_udp_peer_never_sees_refused() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let mut c = Campaign::start("crash-udp", &["udp", "127.0.0.1"], CRASH);
     let capture = Capture::start("lo");
     let peer = udp_peer(c.addr(V4));
@@ -507,6 +528,9 @@ fn udp_recv(socket: &UdpSocket, timeout: Duration) -> ReadOutcome {
 /// the other end: the crash is silent there too (idle read times out, a new connect times out).
 #[test]
 fn crash_in_a_netns_is_silent() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let ns = NetNs::new();
     let ip = IpAddr::V4(ns.ns_addr);
     let addr_arg = ns.ns_addr.to_string();
@@ -617,6 +641,9 @@ fn netns_guard_removes_everything() {
 /// Over `::1`: the crashed victim's idle peer hears nothing, and nothing is on the wire.
 #[test]
 fn crash_over_ipv6_is_silent() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let c = Campaign::start("crash-v6", &["tcp", "::1"], CRASH);
     let capture = Capture::start("lo");
     let mut peer = connect_and_greet(c.addr(V6));
@@ -665,6 +692,9 @@ fn kill_over_ipv6_is_eof() {
 /// state": the peer's next segment is answered with RST (ECONNRESET), no EOF first.
 #[test]
 fn crash_recover_after_answers_with_rst() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let mut c = Campaign::start(
         "crash-recover",
         &["tcp", "127.0.0.1"],
@@ -703,6 +733,9 @@ fn crash_recover_after_answers_with_rst() {
 /// segment then meets RST.
 #[test]
 fn crash_recover_after_sends_no_late_fin() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let mut c = Campaign::start(
         "crash-late-fin",
         &["tcp", "127.0.0.1"],
@@ -736,6 +769,9 @@ fn crash_recover_after_sends_no_late_fin() {
 /// qdiscs are as before, and traffic on the silenced port flows again.
 #[test]
 fn crash_cleanup_after_fij_is_sigkilled() {
+    if refused_without_tcx(CRASH) {
+        return;
+    }
     let qdiscs_before = tc_qdiscs("lo");
     let mut c = Campaign::start("crash-sigkill", &["tcp", "127.0.0.1"], CRASH);
     let mut peer = connect_and_greet(c.addr(V4));

@@ -423,10 +423,14 @@ fn a_live_counter_survives_a_full_table() {
     );
     let mut fij = Fij::run(&dir, &scenario).spawn();
     fij.wait_armed();
+    // The victim may not have created its file yet when fij says it is armed (seen under TCG).
     fij_tests::wait_until(
         fij_tests::FIJ_TIMEOUT,
         "the victim's first 2 writes",
-        || (fij_tests::read_lines(&out).len() == 2).then_some(()),
+        || {
+            let written = std::fs::read_to_string(&out).unwrap_or_default();
+            (written.lines().count() == 2).then_some(())
+        },
     );
     // Four tables' worth of other counters (the first fills it, the others find it full).
     for round in 0..4 {

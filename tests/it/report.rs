@@ -248,9 +248,12 @@ fn a_status_line_on_a_terminal_and_none_when_piped() {
     piped.assert_exit(0);
     assert!(!piped.stderr.contains(status), "{piped}");
 
-    // `script` gives fij a terminal (a pty) and copies what fij drew on it.
+    // `script` gives fij a terminal (a pty) and copies what fij drew on it. The terminal's type
+    // is the test's to say, not the caller's: with `TERM` unset or `dumb` (CI runners, the kernel
+    // lab's guest) indicatif rightly draws nothing, as a dumb terminal cannot redraw a line.
     let fij = fij_tests::fij_bin();
     let tty = std::process::Command::new("script")
+        .env("TERM", "xterm")
         .arg("-qec")
         .arg(format!("{} run {}", fij.display(), scenario.display()))
         .arg("/dev/null")

@@ -26,6 +26,7 @@ pub mod leftovers;
 pub mod net;
 pub mod soak;
 pub mod systems;
+pub mod tcx;
 
 /// How long one `fij` invocation may take before the test kills it and fails.
 pub const FIJ_TIMEOUT: Duration = Duration::from_secs(30);

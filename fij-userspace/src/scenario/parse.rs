@@ -813,15 +813,8 @@ fn fault(
         match action {
             "kill" => Some(ActionKind::Kill),
             "signal" => Some(ActionKind::Signal),
-            "crash" | "partition" if let Some(release) = kernel_without_tcx() => {
-                cx.error(
-                    e.at,
-                    format!(
-                        "`{action}` needs tcx (kernel 6.6 or later) to silence the process's \
-                         packets; this kernel is {release} (`fij doctor` lists what it \
-                         supports); use `kill` instead"
-                    ),
-                );
+            "crash" | "partition" if let Some(refusal) = without_tcx(action, "process's") => {
+                cx.error(e.at, refusal);
                 None
             }
             "crash" => Some(ActionKind::Crash),
@@ -1331,6 +1324,17 @@ fn probe(cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<Trigger> {
         binary: binary.to_string(),
         location,
     }))
+}
+
+/// Why `crash` or `partition` (`action`) cannot run on this kernel, if it is older than 6.6
+/// (see [`kernel_without_tcx`]); `whose` packets they would silence.
+fn without_tcx(action: &str, whose: &str) -> Option<String> {
+    kernel_without_tcx().map(|release| {
+        format!(
+            "`{action}` needs tcx (kernel 6.6 or later) to silence the {whose} packets; this \
+             kernel is {release} (`fij doctor` lists what it supports); use `kill` instead"
+        )
+    })
 }
 
 /// The running kernel's release when it is older than 6.6, which has no tcx: `crash` and

@@ -368,6 +368,9 @@ fn etcd_kill_leader_client_fails_over_at_once() {
 /// client notices only when its own timeout expires.
 #[test]
 fn etcd_crash_leader_client_notices_only_by_its_timeout() {
+    if fij_tests::tcx::refused_without_tcx("action = \"crash\"") {
+        return;
+    }
     let seen = fail_leader("crash");
     assert_eq!(
         seen.first_failure,

@@ -231,6 +231,9 @@ fn mpi_kill_rank_survivors_see_the_broken_connection() {
 /// hears anything from rank 2's sockets: none reports a TCP error.
 #[test]
 fn mpi_crash_rank_survivors_hear_nothing() {
+    if fij_tests::tcx::refused_without_tcx("action = \"crash\"") {
+        return;
+    }
     let seen = fail_rank("crash");
     assert_job_aborted(&seen);
     assert_eq!(
@@ -414,6 +417,9 @@ fn mpi_kill_node_mpirun_aborts_at_once() {
 /// connection.
 #[test]
 fn mpi_crash_node_mpirun_notices_only_by_its_keepalive() {
+    if fij_tests::tcx::refused_without_tcx("action = \"crash\"") {
+        return;
+    }
     let seen = fail_node_b("crash");
     assert_lost_daemon(&seen);
     let least = KEEPALIVE.min_detection().as_secs_f64();

@@ -122,6 +122,9 @@ fn redis_kill_primary_replica_sees_link_down_at_once() {
 /// only by the replica's own timeout (about repl-timeout, checked once a second).
 #[test]
 fn redis_crash_primary_replica_sees_link_down_only_after_repl_timeout() {
+    if fij_tests::tcx::refused_without_tcx("action = \"crash\"") {
+        return;
+    }
     let seen = fail_primary("crash");
     let timeout = REPL_TIMEOUT.as_secs_f64();
     assert!(

@@ -35,7 +35,17 @@ mount -t 9p -o "$P9,ro,cache=loose" kernel /kernel || fail "cannot mount the ker
 
 M=/merged
 mount --bind /kernel/boot $M/boot
-mount --bind /kernel/lib/modules $M/usr/lib/modules
+# The kernel's modules at its release's path only, beside the host's other releases: their
+# `build` links are the kernel headers that stap elaborates against (tests/it/stap.rs). If the
+# host has a directory of that release (the headers' links), the kernel's goes over it.
+R=$(uname -r)
+if [ -d "/lower/usr/lib/modules/$R" ]; then
+    mount -t overlay -o "lowerdir=/kernel/lib/modules/$R:/lower/usr/lib/modules/$R" modules \
+        "$M/usr/lib/modules/$R" || fail "cannot mount the kernel's modules over the host's $R"
+else
+    mkdir -p "$M/usr/lib/modules/$R"
+    mount --bind "/kernel/lib/modules/$R" "$M/usr/lib/modules/$R"
+fi
 mount -t proc proc $M/proc
 mount -t sysfs sys $M/sys
 mount -t devtmpfs dev $M/dev

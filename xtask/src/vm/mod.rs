@@ -385,7 +385,7 @@ fn boot(
     let mut c = Command::new("qemu-system-x86_64");
     match accel {
         Accel::Kvm => c.args(["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => c.args(["-accel", "tcg"]),
+        Accel::Tcg => c.args(["-accel", "tcg"]).args(icount()?),
     };
     c.args(["-m", &GUEST_MEMORY_MIB.to_string(), "-smp", "2"])
         .args(["-nodefaults", "-no-reboot", "-display", "none"])
@@ -458,6 +458,29 @@ fn boot(
         bail!("qemu-system-x86_64 failed ({status})");
     }
     Ok(())
+}
+
+/// TCG's guest clock, on request (`FIJ_VM_ICOUNT=N`). By default it is the host's: the guest's
+/// CPU runs 5–10× slower than the host's (TCG translates every instruction), so every time the
+/// tests measure in the guest (a time trigger's lateness, a peer's timeout) stretches by as much.
+/// With `-icount shift=N,sleep=on` the guest's clock follows the instructions it executes (2^N ns
+/// each) and, when it is idle, the host's: the guest sees a slow but real machine. Not the
+/// default, because qemu 7.2 (Debian 12's) is not reliable with it: 6.12 guests double-faulted
+/// right after SLUB's `cmpxchg16b` with corrupted flags (2 of 4 runs), and a 6.1 guest hung
+/// before its first console line; so the CPU is given no `cmpxchg16b` (`-cx16`) then, untried.
+fn icount() -> Result<Vec<String>> {
+    let Some(shift) = std::env::var("FIJ_VM_ICOUNT").ok() else {
+        return Ok(Vec::new());
+    };
+    let shift: u32 = shift
+        .parse()
+        .with_context(|| format!("FIJ_VM_ICOUNT={shift}: a shift (0–10)"))?;
+    Ok(vec![
+        "-icount".into(),
+        format!("shift={shift},sleep=on"),
+        "-cpu".into(),
+        "qemu64,-cx16".into(),
+    ])
 }
 
 /// A console line without carriage returns and terminal escape sequences (the firmware clears

@@ -5,7 +5,7 @@ use std::{net::IpAddr, str::FromStr, time::Duration};
 
 use toml_edit::TableLike;
 
-use super::{Cx, Entry, Reader, Seen, did_you_mean, select, trigger};
+use super::{Cx, Entry, Reader, Seen, did_you_mean, select, trigger, without_tcx};
 use crate::scenario::model::{Node, NodeAction, NodeFault, StartAt, Trigger};
 
 /// `[[node]]` tables: name, `addresses`, `netns`. The valid nodes, and whether all were.
@@ -196,6 +196,10 @@ pub(super) fn node_fault(
     let kind = action.as_ref().and_then(|e| {
         let kind = cx.string(e)?;
         match kind {
+            "crash" | "partition" if let Some(refusal) = without_tcx(kind, "nodes'") => {
+                cx.error(e.at, refusal);
+                None
+            }
             "crash" | "kill" | "partition" => Some(kind),
             _ => {
                 cx.error(
