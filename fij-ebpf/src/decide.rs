@@ -13,9 +13,10 @@ use core::{
 };
 use fij_common::{
     CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_START_NS, COUNTER_TABLE_FULL,
-    EVENT_INJECTION, Event, FaultRule, HookFaults, HookKey, InjectedMark, MAX_FAULTS, MAX_FAULTS_PER_HOOK,
-    PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_ERROR, RULE_PER_TARGET, RULE_PORT,
-    RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey, StopMark, TargetProcess,
+    EVENT_INJECTION, Event, FaultRule, HookFaults, HookKey, InjectedMark, MAX_FAULTS,
+    MAX_FAULTS_PER_HOOK, PF_KTHREAD, ProcessCounter, ProcessCounterKey, RULE_ERROR,
+    RULE_PER_TARGET, RULE_PORT, RULE_SELECT, SIGNAL_REFUSED, SIGSTOP, SelectKey, StopMark,
+    TargetProcess,
     random::{hit_draw, key_from_seed},
 };
 

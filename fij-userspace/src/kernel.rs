@@ -203,10 +203,7 @@ impl Kernel {
             loader.map_max_entries("BOUND_UDP", 1);
         }
         loader.map_max_entries("SYSCALL_ROWS", sizes.syscall_targets.max(1));
-        loader.map_max_entries(
-            "SYSCALL_HOOKS",
-            (sizes.syscall_rows * SYSCALL_SLOTS).max(1),
-        );
+        loader.map_max_entries("SYSCALL_HOOKS", (sizes.syscall_rows * SYSCALL_SLOTS).max(1));
         // FIJ_VERIFIER_LOG=1: the verifier's full trace in load errors, for debugging programs.
         if std::env::var_os("FIJ_VERIFIER_LOG").is_some() {
             loader
