@@ -485,46 +485,120 @@ fn probabilistic_write_failures_on_the_seccomp_path_match_the_plan() {
     }
 }
 
-/// fij SIGKILLed while it answers a spawned target's seccomp notifications and fails connects
-/// in the cgroup hooks: its programs and links go with it. The target's filter cannot be
-/// removed: once fij's listener is gone, the target either dies with fij or (not always killed
-/// with it here; a known gap, see docs/scenarios.md) gets ENOSYS for its listed calls until it
-/// exits. This pins that down.
+/// fij SIGKILLed while it answers seccomp notifications (and fails connects in the cgroup
+/// hooks), 30 times, at a random point of a busy writer's calls: every time its programs and
+/// links go with it (`Fij::wait` checks), the spawned target `w` dies with it (its parent-death
+/// signal) without one of its writes failing with ENOSYS (the guardian holds a duplicate of the
+/// listener, so the kernel never answers for a missing one), and the descendant of target `sh`
+/// (which fij does not kill when it dies, as for any spawned target's descendants) runs on: its
+/// writes all succeed (the guardian lets them run) until it finishes, and the guardian exits
+/// after it.
 #[test]
-fn a_sigkilled_fij_leaves_no_hook_and_its_targets_listed_calls_get_enosys() {
-    let dir = TempDir::new("errno-sigkill");
-    let file = dir.join("out");
-    let report = dir.join("report");
-    let command = workload!().command(&[&"write-lines-errno", &file, &"100000", &report]);
-    let scenario = dir.write(
-        "s.toml",
-        &format!(
-            "[[target]]\nname = \"w\"\ncommand = {command}\n\
-             [[fault]]\nname = \"eio\"\ntarget = \"w\"\naction = \"error\"\nerrno = \"EIO\"\n\
-             trigger = {{ syscall = \"write\" }}\nevery = 1000\ncount = 1000\n\
-             [[fault]]\nname = \"refused\"\ntarget = \"w\"\naction = \"error\"\n\
-             errno = \"ECONNREFUSED\"\ntrigger = {{ syscall = \"connect\" }}\n"
-        ),
-    );
-    let mut fij = Fij::run(&dir, &scenario).spawn();
-    fij.wait_armed();
-    let target = fij.log().target_pid("w");
-    wait_until(Duration::from_secs(20), "a failed write", || {
-        read_lines(&report)
-            .iter()
-            .any(|l| l.ends_with(&format!("errno {}", libc::EIO)))
-            .then_some(())
-    });
-    fij_tests::send_signal(fij.pid(), libc::SIGKILL);
-    let out = fij.wait(); // fails unless every fij program is gone
-    assert_eq!(out.ended, fij_tests::Ended::Signal(libc::SIGKILL), "{out}");
-    wait_until(Duration::from_secs(60), "the target to end", || {
-        (!fij_tests::alive(target)).then_some(())
-    });
-    let lines = read_lines(&report);
+fn a_sigkilled_fij_leaves_no_hook_its_target_dies_and_no_listed_call_fails_with_enosys() {
+    const ROUNDS: usize = 30;
+    const LINES: u64 = 20_000;
     let enosys = format!("errno {}", libc::ENOSYS);
-    let first = lines.iter().position(|l| l.ends_with(&enosys));
-    // Answered (ok or EIO) up to fij's death, ENOSYS from then on, never answered again.
-    let first = first.unwrap_or_else(|| panic!("no ENOSYS after fij died\n{out}"));
-    assert!(lines[first..].iter().all(|l| l.ends_with(&enosys)), "{out}");
+    let mut fij_pids = Vec::new();
+    for round in 1..=ROUNDS {
+        let dir = TempDir::new("errno-sigkill");
+        let report = dir.join("report");
+        let child_report = dir.join("child-report");
+        let command = workload!().command(&[
+            &"write-lines-errno",
+            &dir.join("out"),
+            &"100000000",
+            &report,
+        ]);
+        let child = workload!().argv(&[
+            &"write-lines-errno",
+            &dir.join("child-out"),
+            &LINES.to_string(),
+            &child_report,
+        ]);
+        let script = format!("{}; true", child.join(" "));
+        let scenario = dir.write(
+            "s.toml",
+            &format!(
+                "[[target]]\nname = \"w\"\ncommand = {command}\n\
+                 [[target]]\nname = \"sh\"\ncommand = [\"/bin/sh\", \"-c\", {}]\n\
+                 [[fault]]\nname = \"eio\"\ntarget = \"w\"\naction = \"error\"\n\
+                 errno = \"EIO\"\ntrigger = {{ syscall = \"write\" }}\nevery = 1000\n\
+                 count = 1000000\n\
+                 [[fault]]\nname = \"child-eio\"\ntarget = \"sh\"\naction = \"error\"\n\
+                 errno = \"EIO\"\ntrigger = {{ syscall = \"write\" }}\nnth = 2\n\
+                 [[fault]]\nname = \"refused\"\ntarget = \"w\"\naction = \"error\"\n\
+                 errno = \"ECONNREFUSED\"\ntrigger = {{ syscall = \"connect\" }}\n",
+                toml_str(&script)
+            ),
+        );
+        let mut fij = Fij::run(&dir, &scenario).spawn();
+        fij.wait_armed();
+        fij_pids.push(fij.pid());
+        let target = fij.log().target_pid("w");
+        // A random point of the writer's life: after its first failed write, and up to a few
+        // thousand calls later (the descendant is then well into its writes too).
+        wait_until(Duration::from_secs(20), "a failed write", || {
+            lines_so_far(&report)
+                .iter()
+                .any(|l| l.ends_with(&format!("errno {}", libc::EIO)))
+                .then_some(())
+        });
+        wait_until(
+            Duration::from_secs(20),
+            "the descendant's failed write",
+            || (read_lines(&child_report).len() >= 2).then_some(()),
+        );
+        std::thread::sleep(Duration::from_micros((round as u64 * 7919) % 20_000));
+        fij_tests::send_signal(fij.pid(), libc::SIGKILL);
+        let out = fij.wait(); // fails unless every fij program is gone
+        assert_eq!(out.ended, fij_tests::Ended::Signal(libc::SIGKILL), "{out}");
+        wait_until(
+            Duration::from_secs(10),
+            "the target to die with fij",
+            || (!fij_tests::alive(target)).then_some(()),
+        );
+        let lines = read_lines(&report);
+        assert!(
+            !lines.iter().any(|l| l.ends_with(&enosys)),
+            "round {round}: the target saw ENOSYS: {:?}\n{out}",
+            lines.iter().find(|l| l.ends_with(&enosys))
+        );
+        wait_until(Duration::from_secs(60), "the descendant's writes", || {
+            (lines_so_far(&child_report).len() == LINES as usize).then_some(())
+        });
+        assert_eq!(
+            read_lines(&child_report),
+            expected_report("write", LINES, &[2], libc::EIO),
+            "round {round}: the descendant's writes after fij died ran\n{out}"
+        );
+        println!(
+            "round {round}: target died after {} writes, none ENOSYS; descendant's {LINES} \
+             writes ran",
+            lines.len()
+        );
+    }
+    // Each guardian (`fij __guardian FIJ_PID`) ended with the last user of its listeners.
+    wait_until(Duration::from_secs(10), "the guardians to exit", || {
+        let guardians: Vec<u32> = fij_tests::processes_named("fij")
+            .into_iter()
+            .filter(|&p| {
+                let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+                args.get(1) == Some(&&b"__guardian"[..])
+                    && args.get(2).is_some_and(|pid| {
+                        fij_pids.iter().any(|f| f.to_string().as_bytes() == *pid)
+                    })
+            })
+            .collect();
+        guardians.is_empty().then_some(())
+    });
+}
+
+/// The lines of a file a workload is writing (none before it exists).
+fn lines_so_far(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
