@@ -106,6 +106,8 @@ pub(crate) struct Campaign<'a> {
     pub due_ktime: std::collections::HashMap<(u32, u32), u64>,
     /// The node this fij runs as (`RunOptions::node`).
     pub node: Option<usize>,
+    /// The seccomp path's counters (told of each target process's exit).
+    pub seccomp: Arc<Mutex<crate::seccomp::Supervisor>>,
 }
 
 impl Campaign<'_> {
@@ -359,6 +361,7 @@ pub async fn run(
         protected: &protected,
         due_ktime: Default::default(),
         node: opts.node,
+        seccomp: supervisor.clone(),
     };
     campaign.schedule_time_faults(&armed);
     campaign.schedule_node_faults();

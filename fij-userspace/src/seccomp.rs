@@ -352,6 +352,10 @@ pub struct Supervisor {
     injections: HashMap<u32, u64>,
     /// tid → tgid of the threads seen (per-process counting is by tgid).
     tgids: HashMap<u32, u32>,
+    /// tgid → a pidfd of the process counted under it: it says whether that process has
+    /// exited, so a process that got its pid starts at hit 0, even before fij has handled the
+    /// exit event (the kernel deletes its own counters synchronously at the exit).
+    pidfds: HashMap<u32, OwnedFd>,
     /// False once the campaign stopped injecting: every call is let run, none counted.
     deciding: bool,
 }
@@ -380,6 +384,7 @@ impl Supervisor {
             target_hits: HashMap::new(),
             injections: HashMap::new(),
             tgids: HashMap::new(),
+            pidfds: HashMap::new(),
             deciding: true,
         }
     }
@@ -405,7 +410,7 @@ impl Supervisor {
         }
         let now = fij_common::log::monotonic_ns();
         let tid = notif.pid;
-        let tgid = *self.tgids.entry(tid).or_insert_with(|| tgid_of(tid));
+        let tgid = self.process_of(tid);
         let nr = notif.data.nr as u32;
         let mut answer = Answer::Continue;
         let mut event = None;
@@ -463,10 +468,49 @@ impl Supervisor {
         (answer, event)
     }
 
+    /// The process (tgid) of thread `tid`, its counters forgotten if the process once counted
+    /// under that tgid (or the one `tid` was cached in) has exited since.
+    fn process_of(&mut self, tid: u32) -> u32 {
+        if let Some(&tgid) = self.tgids.get(&tid) {
+            if !self.has_exited(tgid) {
+                return tgid;
+            }
+            self.forget(tgid);
+        }
+        let tgid = tgid_of(tid);
+        if self.has_exited(tgid) {
+            self.forget(tgid);
+        }
+        if let std::collections::hash_map::Entry::Vacant(e) = self.pidfds.entry(tgid) {
+            // SAFETY: pidfd_open returns a new fd that we own (or fails: the process is then
+            // counted without one, until its exit event).
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid, 0) };
+            if fd >= 0 {
+                e.insert(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+            }
+        }
+        self.tgids.insert(tid, tgid);
+        tgid
+    }
+
+    /// Whether the process fij counted under `tgid` has exited (its pidfd is readable).
+    fn has_exited(&self, tgid: u32) -> bool {
+        self.pidfds.get(&tgid).is_some_and(|pidfd| {
+            let mut poll = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd we own; no wait.
+            unsafe { libc::poll(&mut poll, 1, 0) == 1 }
+        })
+    }
+
     /// Forgets the counters of exited process `tgid` (a later process may get its pid).
     pub fn forget(&mut self, tgid: u32) {
         self.process_hits.retain(|(_, pid), _| *pid != tgid);
         self.tgids.retain(|_, pid| *pid != tgid);
+        self.pidfds.remove(&tgid);
     }
 }
 

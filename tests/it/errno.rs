@@ -485,6 +485,55 @@ fn probabilistic_write_failures_on_the_seccomp_path_match_the_plan() {
     }
 }
 
+/// `per = "process"` on the seccomp path means what it means in the kernel: a new process
+/// starts at hit 0, also one that got the pid of a process that exited (the kernel's counters are
+/// deleted at the exit). The workload forks a child that writes 3 lines and exits, then a second
+/// child with the same pid (`ns_last_pid`) that writes 3 lines: `nth = 3` fails the 3rd write of
+/// each, and the log has two injections at hit 3 with the same pid.
+#[test]
+fn a_recycled_pid_starts_at_hit_zero_on_the_seccomp_path() {
+    for attempt in 1..=5 {
+        let dir = TempDir::new("errno-seccomp-recycled");
+        let report = dir.join("report");
+        let command =
+            workload!().command(&[&"recycled-pid-writes", &dir.join("out"), &"3", &report]);
+        let scenario = dir.write(
+            "s.toml",
+            &format!(
+                "seed = 1\n[[target]]\nname = \"r\"\ncommand = {command}\n\
+                 [[fault]]\nname = \"eio\"\ntarget = \"r\"\naction = \"error\"\n\
+                 errno = \"EIO\"\ntrigger = {{ syscall = \"write\" }}\nnth = 3\n\
+                 per = \"process\"\ncount = 2\n"
+            ),
+        );
+        let out = Fij::run(&dir, &scenario).spawn().wait();
+        out.assert_exit(0);
+        let pids = read_lines(&report);
+        let words: Vec<&str> = pids[0].split_whitespace().collect();
+        let (a, b) = (words[1], words[3]);
+        if a != b {
+            println!("attempt {attempt}: another process took pid {a} (the second child got {b})");
+            continue;
+        }
+        let expected = expected_report("write", 3, &[3], libc::EIO);
+        for child in ["a", "b"] {
+            assert_eq!(
+                read_lines(&dir.join(&format!("report.{child}"))),
+                expected,
+                "child {child} (pid {a})\n{out}"
+            );
+        }
+        let injections = injections_of(&out.log, "eio");
+        assert_eq!(hits(&injections), [3, 3], "{out}");
+        for injection in &injections {
+            assert_eq!(injection["pid"].to_string(), a, "{out}");
+        }
+        println!("pid {a}, twice: the 3rd write of each process failed");
+        return;
+    }
+    panic!("5 attempts, and the second child never got the first one's pid");
+}
+
 /// fij SIGKILLed while it answers seccomp notifications (and fails connects in the cgroup
 /// hooks), 30 times, at a random point of a busy writer's calls: every time its programs and
 /// links go with it (`Fij::wait` checks), the spawned target `w` dies with it (its parent-death

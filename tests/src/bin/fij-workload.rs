@@ -53,6 +53,11 @@
 //! - `write-lines-errno FILE N REPORT`: like `write-lines` (no options), but a failed `write`
 //!   does not end it: it reports each line's `write` as `write I ok` / `write I errno E` /
 //!   `write I returned N` (a short count) to REPORT (`writev`) and goes on. Exits 0.
+//! - `recycled-pid-writes FILE N REPORT`: two children one after the other, each doing
+//!   `write-lines-errno FILE N REPORT.a` (then `.b`); the second is forked with the first's pid
+//!   (reaped first, then `/proc/sys/kernel/ns_last_pid` set to it minus one, written with
+//!   `writev`). Writes `a PID b PID` to REPORT: the test retries when another process took the
+//!   pid meanwhile. Exits 0.
 //!
 //! `--wait-for` and `wait-for` give up after 60 s (exit 104), so a forgotten workload does not
 //! linger; `sleep` sleeps as long as asked (the tests end such targets themselves).
@@ -82,6 +87,7 @@ fn main() {
         ["sendtos", port, n, report] => sendtos(count(port), count(n), report),
         ["sockcalls", n, report] => sockcalls(count(n), report),
         ["write-lines-errno", file, n, report] => write_lines_errno(file, count(n), report),
+        ["recycled-pid-writes", file, n, report] => recycled_pid_writes(file, count(n), report),
         ["wait-for", path] => wait_for(path),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(count(ms))),
         ["spin", ms] => spin(Duration::from_millis(count(ms))),
@@ -422,6 +428,35 @@ fn write_lines_errno(file: &str, n: u64, report: &str) {
         };
         writev_line(report_fd, &format!("write {i} {what}\n"));
     }
+}
+
+fn recycled_pid_writes(file: &str, n: u64, report: &str) {
+    let child = |suffix: &str, pid: Option<i32>| -> i32 {
+        if let Some(pid) = pid {
+            let last = open_for_writing("/proc/sys/kernel/ns_last_pid");
+            writev_line(last, &format!("{}", pid - 1));
+            // SAFETY: closing our own fd.
+            unsafe { libc::close(last) };
+        }
+        let child_report = format!("{report}.{suffix}");
+        // SAFETY: single-threaded process; the child writes its lines and exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            fail(103, "fork failed");
+        }
+        if pid == 0 {
+            write_lines_errno(file, n, &child_report);
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: waiting for our own child.
+        if unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) } != pid {
+            fail(103, "waitpid failed");
+        }
+        pid
+    };
+    let a = child("a", None);
+    let b = child("b", Some(a));
+    writev_line(open_for_writing(report), &format!("a {a} b {b}\n"));
 }
 
 /// Busy-loops for `how_long` without a syscall: `Instant::now` is `clock_gettime` through the
