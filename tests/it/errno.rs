@@ -3,7 +3,7 @@
 //! its calls returned; the tests read that, not fij's log alone. Bystanders (the test process
 //! itself and a workload fij does not target) make the same calls meanwhile and must not fail.
 use std::{
-    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket},
     path::Path,
     process::Command,
     time::Duration,
@@ -115,6 +115,77 @@ fn the_third_connect_of_a_target_is_refused_and_no_one_elses() {
             .contains("1 injection(s), trigger connect, the call returned ECONNREFUSED"),
         "the summary names the errno:\n{out}"
     );
+}
+
+/// The same over IPv6 (the `connect6` hook): the 3rd of five connects to [::1]:PORT (`port`
+/// set) is refused with ECONNREFUSED, as the victim prints; connects to [::1] on another
+/// listening port are no hits; the test's own connects and a bystander's all succeed.
+#[test]
+fn the_third_ipv6_connect_of_a_target_is_refused_and_no_one_elses() {
+    let dir = TempDir::new("errno-connect6");
+    let listen = || {
+        let listener = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("binding [::1]");
+        let port = listener.local_addr().expect("listener address").port();
+        (listener, port)
+    };
+    let ((_listener, port), (_other, other_port)) = (listen(), listen());
+    let report = dir.join("client-report");
+    let other_report = dir.join("other-report");
+    let go = dir.join("go");
+    let client = workload!().command(&[&"connects6", &port.to_string(), &"5", &report]);
+    let other = workload!().command(&[&"connects6", &other_port.to_string(), &"3", &other_report]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "seed = 1\n[[target]]\nname = \"client\"\ncommand = {client}\n\
+             [[target]]\nname = \"other\"\ncommand = {other}\n{}\n\
+             [[fault]]\nname = \"refused\"\ntarget = \"client\"\naction = \"error\"\n\
+             errno = \"ECONNREFUSED\"\ntrigger = {{ syscall = \"connect\", port = {port} }}\n\
+             nth = 3\n\
+             [[fault]]\nname = \"other-port\"\ntarget = \"other\"\naction = \"error\"\n\
+             errno = \"ECONNREFUSED\"\ntrigger = {{ syscall = \"connect\", port = {port} }}\n",
+            idle_target(&go)
+        ),
+    );
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    wait_until(Duration::from_secs(20), "the client's 5 connects", || {
+        (read_lines(&report).len() == 5).then_some(())
+    });
+    for i in 1..=5 {
+        TcpStream::connect((Ipv6Addr::LOCALHOST, port))
+            .unwrap_or_else(|e| panic!("the test's connect {i} to [::1] failed: {e}"));
+    }
+    let bystander_report = dir.join("bystander-report");
+    let status = workload!()
+        .spawn(&[&"connects6", &port.to_string(), &"5", &bystander_report])
+        .wait()
+        .expect("waiting for the bystander");
+    assert!(status.success(), "bystander: {status:?}");
+    std::fs::write(&go, "").expect("creating the go file");
+    let out = fij.wait();
+    out.assert_exit(0);
+
+    assert_eq!(
+        read_lines(&report),
+        expected_report("connect", 5, &[3], libc::ECONNREFUSED),
+        "{out}"
+    );
+    assert_eq!(
+        read_lines(&other_report),
+        expected_report("connect", 3, &[], 0),
+        "connects to another port are no hits\n{out}"
+    );
+    assert_eq!(
+        read_lines(&bystander_report),
+        expected_report("connect", 5, &[], 0),
+        "{out}"
+    );
+    let injections = injections_of(&out.log, "refused");
+    assert_eq!(hits(&injections), [3], "{out}");
+    assert_eq!(injections[0]["pid"], out.log.target_pid("client"), "{out}");
+    assert_eq!(injections[0]["errno"], "ECONNREFUSED", "{out}");
+    assert!(injections_of(&out.log, "other-port").is_empty(), "{out}");
 }
 
 /// UDP `sendto`s with an address, `every = 2`, `port` set: the 2nd and 4th of six fail with the

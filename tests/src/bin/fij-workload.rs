@@ -44,6 +44,7 @@
 //! - `connects PORT N REPORT`: N times: a new TCP socket, a blocking `connect` to
 //!   127.0.0.1:PORT, close. Writes (with `writev`) to REPORT one line per call: `connect I ok`
 //!   or `connect I errno E` (E: the errno the call returned, as a number). Exits 0.
+//! - `connects6 PORT N REPORT`: the same over IPv6, to [::1]:PORT.
 //! - `sendtos PORT N REPORT`: one UDP socket, N `sendto`s of one byte to 127.0.0.1:PORT,
 //!   reported as `sendto I ok` / `sendto I errno E`. Exits 0.
 //! - `sockcalls N REPORT`: N rounds of `socket(AF_INET, SOCK_DGRAM)`, `setsockopt(SO_REUSEADDR)`,
@@ -84,6 +85,7 @@ fn main() {
             getppid_record(file, count(n), count(k))
         }
         ["connects", port, n, report] => connects(count(port), count(n), report),
+        ["connects6", port, n, report] => connects6(count(port), count(n), report),
         ["sendtos", port, n, report] => sendtos(count(port), count(n), report),
         ["sockcalls", n, report] => sockcalls(count(n), report),
         ["write-lines-errno", file, n, report] => write_lines_errno(file, count(n), report),
@@ -326,6 +328,36 @@ fn connects(port: u64, n: u64, report: &str) {
                 fd,
                 (&raw const addr).cast(),
                 size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        let line = format!("connect {i} {}\n", outcome(ret as isize));
+        unsafe { libc::close(fd) };
+        writev_line(report_fd, &line);
+    }
+}
+
+fn connects6(port: u64, n: u64, report: &str) {
+    let report_fd = open_for_writing(report);
+    let addr = libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: (port as u16).to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: std::net::Ipv6Addr::LOCALHOST.octets(),
+        },
+        sin6_scope_id: 0,
+    };
+    for i in 1..=n {
+        // SAFETY: a socket we own, connected to a sockaddr we own, then closed.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            fail(103, "socket failed");
+        }
+        let ret = unsafe {
+            libc::connect(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in6>() as u32,
             )
         };
         let line = format!("connect {i} {}\n", outcome(ret as isize));
