@@ -556,6 +556,96 @@ fn probabilistic_write_failures_on_the_seccomp_path_match_the_plan() {
     }
 }
 
+/// An adopted process (no seccomp filter can be put into it) through the BPF LSM path: its 3rd
+/// `write` fails with EIO (the victim prints it) and that line never lands, in the
+/// `file_permission` hook; its `writev`s (the report), which pass the same hook, are no hits;
+/// a bystander writing meanwhile is not failed. On a kernel without BPF LSM (this machine's
+/// host: the load is refused with EPERM) `fij validate` refuses the fault at its trigger, with
+/// the reason, and the test prints a skip; under `cargo xtask vm --kernel debian13` it runs.
+#[test]
+fn an_adopted_targets_third_write_fails_with_eio_through_bpf_lsm() {
+    let dir = TempDir::new("errno-lsm");
+    let (go, file, report) = (dir.join("go"), dir.join("out"), dir.join("report"));
+    let victim = workload!().argv(&[&"write-lines-errno", &file, &"6", &report]);
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.01; done; exec {}",
+        go.display(),
+        victim.join(" ")
+    );
+    let mut adopted = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .spawn()
+        .expect("spawning the process to adopt");
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "seed = 1\n[[target]]\nname = \"w\"\npid = {}\n\
+             [[fault]]\nname = \"eio\"\ntarget = \"w\"\naction = \"error\"\nerrno = \"EIO\"\n\
+             trigger = {{ syscall = \"write\" }}\nnth = 3\n",
+            adopted.id()
+        ),
+    );
+    let validate = Command::new(fij_bin())
+        .arg("validate")
+        .arg(&scenario)
+        .output()
+        .expect("fij validate");
+    let stderr = String::from_utf8_lossy(&validate.stderr);
+    if !validate.status.success() {
+        let _ = adopted.kill();
+        let _ = adopted.wait();
+        assert_eq!(validate.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("s.toml:10:11: fault `eio`: fij cannot fail `write` of this target (BPF LSM, `file_permission`: "),
+            "refused at the trigger, with the reason:\n{stderr}"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping the BPF LSM error path: this kernel has no usable BPF LSM ({})",
+            stderr.trim()
+        );
+        return;
+    }
+    let mut fij = Fij::run(&dir, &scenario).spawn();
+    fij.wait_armed();
+    std::fs::write(&go, "").expect("creating the go file");
+    let bystander_report = dir.join("bystander-report");
+    let status = workload!()
+        .spawn(&[
+            &"write-lines-errno",
+            &dir.join("bystander-out"),
+            &"6",
+            &bystander_report,
+        ])
+        .wait()
+        .expect("waiting for the bystander");
+    assert!(status.success(), "bystander: {status:?}");
+    adopted.wait().expect("waiting for the adopted process");
+    let out = fij.wait();
+    out.assert_exit(0);
+    assert_eq!(
+        read_lines(&report),
+        expected_report("write", 6, &[3], libc::EIO),
+        "{out}"
+    );
+    assert_eq!(
+        read_lines(&file),
+        ["line 1", "line 2", "line 4", "line 5", "line 6"],
+        "the failed write wrote nothing\n{out}"
+    );
+    assert_eq!(
+        read_lines(&bystander_report),
+        expected_report("write", 6, &[], 0),
+        "{out}"
+    );
+    let injections = injections_of(&out.log, "eio");
+    assert_eq!(hits(&injections), [3], "{out}");
+    assert_eq!(injections[0]["errno"], "EIO", "{out}");
+    assert_eq!(injections[0]["pid"], adopted.id(), "{out}");
+    println!("BPF LSM: the adopted process's 3rd write failed with EIO; its writevs were no hits");
+}
+
 /// `per = "process"` on the seccomp path means what it means in the kernel: a new process
 /// starts at hit 0, also one that got the pid of a process that exited (the kernel's counters are
 /// deleted at the exit). The workload forks a child that writes 3 lines and exits, then a second
