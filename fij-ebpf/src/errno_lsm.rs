@@ -53,10 +53,12 @@ fn verdict(earlier: i32) -> i32 {
         target_idx: process.target_idx,
         hook: HOOK_LSM | nr as u32,
     };
-    match on_error_hit(process, tgid, pid_tgid as u32, &key, 0) {
-        0 => 0,
-        errno => -(errno as i32),
+    let errno = on_error_hit(process, tgid, pid_tgid as u32, &key, 0);
+    // An LSM program must return 0 or an errno in [-4095, -1] (the verifier checks it).
+    if errno == 0 || errno > 4095 {
+        return 0;
     }
+    -(errno as i32)
 }
 
 /// `security_file_permission(file, mask)`: every read and write of an open file.

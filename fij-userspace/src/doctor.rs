@@ -753,8 +753,8 @@ fn check_probes() -> Vec<Check> {
 
 /// What a kernel without bpf_override_return and BPF trampolines loses (fij has no program for
 /// either yet, so today it loses nothing more).
-const DISABLES_OTHER_ERRORS: &str = "`action = \"error\"` on calls the cgroup hooks cannot fail, of adopted or selected \
-     targets (not built in fij yet; `command` targets use seccomp)";
+const DISABLES_OTHER_ERRORS: &str = "`action = \"error\"` on calls neither the cgroup hooks nor BPF LSM can fail, of \
+     adopted or selected targets (not built in fij yet; `command` targets use seccomp)";
 
 const DISABLES_LSM_ERRORS: &str =
     "`action = \"error\"` on the read, write and open families of adopted or selected targets";
