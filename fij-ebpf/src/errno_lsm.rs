@@ -12,7 +12,6 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::lsm,
     programs::LsmContext,
 };
 use fij_common::{HOOK_LSM, HookKey};
@@ -23,9 +22,10 @@ use crate::{
 };
 
 /// The verdict on the current task's call, given the verdict `earlier` of the BPF LSM programs
-/// before this one (which stands).
+/// before this one (which stands). 64 bits wide: the verifier (6.12) checks the whole register
+/// against [-4095, 0], and an `i32` return leaves a negative value zero-extended.
 #[inline(always)]
-fn verdict(earlier: i32) -> i32 {
+fn verdict(earlier: i64) -> i64 {
     if earlier != 0 {
         return earlier;
     }
@@ -54,21 +54,24 @@ fn verdict(earlier: i32) -> i32 {
         hook: HOOK_LSM | nr as u32,
     };
     let errno = on_error_hit(process, tgid, pid_tgid as u32, &key, 0);
-    // An LSM program must return 0 or an errno in [-4095, -1] (the verifier checks it).
-    if errno == 0 || errno > 4095 {
-        return 0;
-    }
-    -(errno as i32)
+    // The verifier of 6.12 keeps no bounds through a negation: the negated value is read back
+    // (volatile, so the compiler cannot move the check before the negation) and clamped.
+    let ret = -(errno as i64);
+    unsafe { core::ptr::read_volatile(&ret) }.clamp(-4095, 0)
 }
 
+// The programs are written out rather than with `#[lsm]`, whose wrapper returns an `i32`.
+
 /// `security_file_permission(file, mask)`: every read and write of an open file.
-#[lsm(hook = "file_permission")]
-pub fn fij_errno_file_permission(ctx: LsmContext) -> i32 {
-    verdict(unsafe { ctx.arg(2) })
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "lsm/file_permission")]
+pub fn fij_errno_file_permission(ctx: *mut core::ffi::c_void) -> i64 {
+    verdict(unsafe { LsmContext::new(ctx).arg::<i32>(2) } as i64)
 }
 
 /// `security_file_open(file)`: every open.
-#[lsm(hook = "file_open")]
-pub fn fij_errno_file_open(ctx: LsmContext) -> i32 {
-    verdict(unsafe { ctx.arg(1) })
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "lsm/file_open")]
+pub fn fij_errno_file_open(ctx: *mut core::ffi::c_void) -> i64 {
+    verdict(unsafe { LsmContext::new(ctx).arg::<i32>(1) } as i64)
 }
