@@ -109,6 +109,11 @@ pub const ERRNO_HOOK_GETSOCKOPT: u32 = 3;
 pub const ERRNO_HOOK_SETSOCKOPT: u32 = 4;
 /// `socket(2)` of AF_INET/AF_INET6 (cgroup `sock_create`).
 pub const ERRNO_HOOK_SOCKET: u32 = 5;
+/// Hook ids of the BPF LSM programs that fail a call (`action = "error"` of adopted or selected
+/// targets): `HOOK_LSM | syscall nr`, the syscall the LSM hook runs in (read from the task's
+/// user registers), so a fault on `write` counts the writes, not the `writev`s that pass the
+/// same `file_permission` hook.
+pub const HOOK_LSM: u32 = 0x8_0000;
 
 /// Value of the hook table: the fault ids (indices into the rule array) to evaluate, in order.
 #[repr(C)]
@@ -374,6 +379,9 @@ pub struct KernelLayout {
     /// connect/bind and sendto pass their sockaddr (the `port` filter).
     pub regs_arg2: u32,
     pub regs_arg5: u32,
+    /// Offset in `struct pt_regs` of the syscall number of the current call (x86_64:
+    /// `orig_ax`): the BPF LSM hooks fail only calls of the syscall a fault names.
+    pub regs_syscall_nr: u32,
     /// Offsets in the `sock/inet_sock_set_state` record (all must be known for `crash`).
     pub tcp_oldstate: u32,
     pub tcp_sport: u32,

@@ -14,6 +14,8 @@ mod decide;
 #[cfg(target_arch = "bpf")]
 mod errno;
 #[cfg(target_arch = "bpf")]
+mod errno_lsm;
+#[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;

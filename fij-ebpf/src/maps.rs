@@ -214,6 +214,7 @@ pub static LAYOUT: KernelLayout = KernelLayout {
     exec_filename: u32::MAX,
     regs_arg2: u32::MAX,
     regs_arg5: u32::MAX,
+    regs_syscall_nr: u32::MAX,
     tcp_oldstate: u32::MAX,
     tcp_sport: u32::MAX,
     tcp_dport: u32::MAX,

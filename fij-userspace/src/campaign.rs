@@ -4,7 +4,6 @@
 //! [`crate::events`], what each action does after its injection is [`crate::actions`], when
 //! time-triggered faults fall due is [`crate::time_faults`].
 use std::{
-    os::fd::OwnedFd,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -83,7 +82,12 @@ pub(crate) struct ArmedInstance {
 
 /// A spawned instance's seccomp listener (`crate::seccomp`), taken at its release: (target,
 /// instance, listener, the command's first notified call if it came during the release).
-type SeccompListener = (usize, u32, OwnedFd, Option<libc::seccomp_notif>);
+type SeccompListener = (
+    usize,
+    u32,
+    crate::seccomp::Listener,
+    Option<libc::seccomp_notif>,
+);
 
 /// The running campaign: what the event handlers, the actions' follow-ups and the time
 /// triggers share.
@@ -102,6 +106,8 @@ pub(crate) struct Campaign<'a> {
     pub due_ktime: std::collections::HashMap<(u32, u32), u64>,
     /// The node this fij runs as (`RunOptions::node`).
     pub node: Option<usize>,
+    /// The seccomp path's counters (told of each target process's exit).
+    pub seccomp: Arc<Mutex<crate::seccomp::Supervisor>>,
 }
 
 impl Campaign<'_> {
@@ -247,6 +253,7 @@ pub async fn run(
         &sources,
         compiled.attach.tick,
         &protected,
+        guardian.as_mut(),
     )?;
 
     // `start_at`: time 0 is the same wall-clock moment on every node.
@@ -366,6 +373,7 @@ pub async fn run(
         protected: &protected,
         due_ktime: Default::default(),
         node: opts.node,
+        seccomp: supervisor.clone(),
     };
     campaign.schedule_time_faults(&armed);
     campaign.schedule_node_faults();
@@ -384,9 +392,12 @@ pub async fn run(
         &mut seccomp_rx,
     )
     .await?;
-    // No call is answered any more (a target still running sees ENOSYS for them until fij
-    // ends it); what was injected is logged.
-    drop(listener_threads);
+    // No call fails any more: the targets' calls run while fij ends them; what was injected
+    // is logged.
+    supervisor
+        .lock()
+        .expect("the supervisor lock")
+        .stop_deciding();
     while let Ok(event) = seccomp_rx.try_recv() {
         campaign.injection(&mut kernel, &event, FiredBy::Seccomp)?;
     }
@@ -394,6 +405,8 @@ pub async fn run(
         kernel_log.get_mut().flush();
     }
     let report = finish(campaign, kernel, events, &armed, reason).await?;
+    // The guardian answers what comes to the listeners from now on.
+    drop(listener_threads);
     if let Some(guardian) = guardian {
         guardian.dismiss(); // every stop was resumed by `finish`
     }
@@ -458,6 +471,7 @@ fn arm_targets<'s>(
     sources: &[Source],
     tick: bool,
     protected: &[u32],
+    mut guardian: Option<&mut Guardian>,
 ) -> Result<(Vec<ArmedInstance>, Vec<RunningMatch>, Vec<Gated<'s>>)> {
     let mut armed = Vec::new();
     let mut running = Vec::new();
@@ -493,6 +507,9 @@ fn arm_targets<'s>(
                         &seccomp,
                     )
                     .with_context(|| format!("target `{}`", target.name))?;
+                    if let (Some(listener), Some(guardian)) = (&child.listener, &mut guardian) {
+                        guardian.hold_listener(listener)?;
+                    }
                     kernel.add_target(child.pid, entry(instance, monotonic_ns()))?;
                     if tick {
                         kernel.attach_tick(child.pid)?;

@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use fij_common::{
-    FaultRule, HOOK_ERRNO, HOOK_PROBE, HOOK_TRACEPOINT, HookKey, MAX_DUE, MAX_FAULTS,
+    FaultRule, HOOK_ERRNO, HOOK_LSM, HOOK_PROBE, HOOK_TRACEPOINT, HookKey, MAX_DUE, MAX_FAULTS,
     MAX_FAULTS_PER_HOOK, MAX_KPROBES, MAX_SELECTIONS, MAX_SELECTORS_PER_KIND, MAX_TARGET_PROCESSES,
     MAX_TRACEPOINTS, RULE_CRASH, RULE_ERROR, RULE_PER_TARGET, RULE_PORT, RULE_PROBABILITY,
     RULE_SELECT, random,
@@ -71,6 +71,9 @@ pub struct Attachments {
     pub tick: bool,
     /// The cgroup-v2 hooks that fail calls (`ERRNO_HOOK_*`, ascending; `action = "error"`).
     pub errno_hooks: Vec<u32>,
+    /// The BPF LSM hooks that fail calls of adopted and selected targets (kernel names,
+    /// ascending; `action = "error"`).
+    pub lsm_hooks: Vec<&'static str>,
 }
 
 /// When a time-triggered fault falls due for one instance, counted from the campaign start.
@@ -230,15 +233,29 @@ fn hook_table(
         let hook = match &fault.trigger {
             // A failed call is decided in the cgroup hook that can fail it (the parser refused
             // any other), never at sys_enter too.
-            Trigger::Syscall { name, .. } if matches!(fault.action, Action::Error { .. }) => {
-                let Some(errno_hook) = error_paths::cgroup_hook(name) else {
-                    continue;
-                };
-                if !attach.errno_hooks.contains(&errno_hook) {
-                    attach.errno_hooks.push(errno_hook);
-                    attach.errno_hooks.sort_unstable();
+            Trigger::Syscall { name, nr, .. } if matches!(fault.action, Action::Error { .. }) => {
+                let spawned = matches!(
+                    scenario.targets[fault.target].source,
+                    TargetSource::Command { .. }
+                );
+                match error_paths::route(name, spawned) {
+                    Some(error_paths::Route::Cgroup(errno_hook)) => {
+                        if !attach.errno_hooks.contains(&errno_hook) {
+                            attach.errno_hooks.push(errno_hook);
+                            attach.errno_hooks.sort_unstable();
+                        }
+                        HOOK_ERRNO | errno_hook
+                    }
+                    Some(error_paths::Route::Lsm(lsm_hook)) => {
+                        if !attach.lsm_hooks.contains(&lsm_hook) {
+                            attach.lsm_hooks.push(lsm_hook);
+                            attach.lsm_hooks.sort_unstable();
+                        }
+                        HOOK_LSM | *nr
+                    }
+                    // Decided in fij itself (`crate::seccomp`); none other (the parser refused).
+                    Some(error_paths::Route::Seccomp) | None => continue,
                 }
-                HOOK_ERRNO | errno_hook
             }
             Trigger::Syscall { nr, .. } => {
                 attach.syscalls = true;
@@ -542,6 +559,7 @@ mod tests {
                 silencer: true,
                 tick: true,
                 errno_hooks: vec![],
+                lsm_hooks: vec![],
             }
         );
         assert_eq!(c.rules[0].nth, 3);

@@ -223,6 +223,14 @@ pub fn run() -> Report {
         skip_probes("needs root")
     });
     checks.extend(check_stap_runtimes());
+    let (lsm, why) = crate::error_paths::bpf_lsm();
+    checks.push(Check {
+        name: "error: BPF LSM",
+        status: if lsm { Status::Ok } else { Status::Missing },
+        detail: why,
+        disables: DISABLES_LSM_ERRORS,
+        required: false,
+    });
     let (override_return, why) = crate::error_paths::kprobe_override();
     checks.push(Check {
         name: "bpf_override_return",
@@ -752,8 +760,31 @@ fn check_probes() -> Vec<Check> {
 
 /// What a kernel without bpf_override_return and BPF trampolines loses (fij has no program for
 /// either yet, so today it loses nothing more).
-const DISABLES_OTHER_ERRORS: &str = "`action = \"error\"` on calls the cgroup hooks cannot fail, of adopted or selected \
-     targets (not built in fij yet; `command` targets use seccomp)";
+const DISABLES_OTHER_ERRORS: &str = "`action = \"error\"` on calls neither the cgroup hooks nor BPF LSM can fail, of \
+     adopted or selected targets (not built in fij yet; `command` targets use seccomp)";
+
+const DISABLES_LSM_ERRORS: &str =
+    "`action = \"error\"` on the read, write and open families of adopted or selected targets";
+
+/// BPF LSM, tried for real: fij's `file_open` program loaded and attached, then detached (with
+/// the object's layout unpatched and its target set empty, it lets every call through).
+/// Kernels that list `bpf` among their LSMs may still refuse the load (EPERM on some hosts).
+pub(crate) fn try_bpf_lsm() -> Result<String> {
+    let mut ebpf = Ebpf::load(kernel::OBJECT).context("loading fij's eBPF object")?;
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let (hook, name) = kernel::PROGS_LSM[1];
+    let program: &mut aya::programs::Lsm = program(&mut ebpf, name)?;
+    program
+        .load(hook, &btf)
+        .with_context(|| format!("loading {name} on bpf_lsm_{hook}"))?;
+    let link = program
+        .attach()
+        .with_context(|| format!("attaching {name}"))?;
+    program
+        .detach(link)
+        .with_context(|| format!("detaching {name}"))?;
+    Ok(format!("{name} loaded and attached to the LSM hook {hook}"))
+}
 
 /// BPF trampolines, tried with a no-op fentry program (fmod_ret needs the same trampolines).
 fn check_fentry(ebpf: &mut Ebpf) -> Result<String> {

@@ -58,6 +58,11 @@ impl Campaign<'_> {
             EVENT_INJECTION => self.injection(kernel, e, FiredBy::Kernel),
             EVENT_EXIT => {
                 self.tally.exits += 1;
+                // Its seccomp counters go, as the kernel's did at the exit.
+                self.seccomp
+                    .lock()
+                    .expect("the supervisor lock")
+                    .forget(e.tgid);
                 let (code, signal) = if e.result < 0 {
                     (None, None)
                 } else {

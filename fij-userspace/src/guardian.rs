@@ -6,9 +6,10 @@
 //! process's start time) *before* sending it, and deletes the entry when the process exits.
 //! fij starts the guardian before it loads anything ([`Guardian::start`]: fork, then exec of
 //! fij's own executable as `fij __guardian`), and hands it a duplicate of that map's fd over a
-//! socket once the map exists ([`Guardian::watch`]). The guardian holds that socket and the map
-//! and nothing else (every other fd is closed before its exec; a map keeps no program or link
-//! alive). Then:
+//! socket once the map exists ([`Guardian::watch`]), and a duplicate of each spawned target's
+//! seccomp listener with its shared slot ([`Guardian::hold_listener`], `crate::seccomp`). The
+//! guardian holds that socket, the map and those listeners and nothing else (every other fd is
+//! closed before its exec; a map or a listener keeps no program or link alive). Then:
 //!
 //! - fij ends normally, having resumed its stopped targets itself: it tells the guardian to
 //!   exit quietly ([`Guardian::dismiss`]);
@@ -16,6 +17,10 @@
 //!   fij's programs are detached and no new stop can come), then sends SIGCONT to every process
 //!   in the map that is still the same process — its start time in /proc/PID/stat is the one
 //!   the kernel recorded, so a recycled pid is never signalled — and exits.
+//!
+//! In both cases, before it exits, it lets every call that comes to a listener it holds run
+//! (`seccomp::let_calls_run_until_unused`) until no process uses the filter: the calls of a
+//! process that outlives fij then run as if fij had never been there, rather than fail.
 //!
 //! The guardian signals nothing else, ever; it is in fij's protected set, so no fault fires on it.
 use std::{
@@ -27,6 +32,8 @@ use std::{
 use anyhow::{Context, Result};
 use fij_common::StopMark;
 
+use crate::seccomp::Slot;
+
 /// argv[1] of the guardian process (`fij __guardian`), checked first thing in `main`.
 pub const ARG: &str = "__guardian";
 /// The guardian's end of its socket to fij, as its exec leaves it.
@@ -34,6 +41,9 @@ const SOCKET_FD: RawFd = 3;
 /// Messages from fij: here is the map (with the fd attached), and exit quietly.
 const MSG_MAP: u8 = b'M';
 const MSG_QUIT: u8 = b'Q';
+/// A spawned target's seccomp listener, then (`MSG_SLOT`) the memfd of its shared slot.
+const MSG_LISTENER: u8 = b'L';
+const MSG_SLOT: u8 = b'S';
 
 /// fij's handle on its guardian.
 pub struct Guardian {
@@ -120,13 +130,44 @@ impl Guardian {
             .context("handing the stopped-process map to the guardian")
     }
 
-    /// fij ends normally (its stopped targets resumed): the guardian exits without acting.
+    /// Hands the guardian a duplicate of a spawned target's seccomp listener and its slot,
+    /// before the target runs: while the guardian holds it, the kernel never answers the
+    /// target's listed calls with ENOSYS (see `crate::seccomp`).
+    pub fn hold_listener(&mut self, listener: &crate::seccomp::Listener) -> Result<()> {
+        let socket = self.socket.as_ref().context("guardian dismissed")?;
+        send(
+            socket.as_raw_fd(),
+            MSG_LISTENER,
+            Some(listener.fd.as_raw_fd()),
+        )
+        .and_then(|()| {
+            send(
+                socket.as_raw_fd(),
+                MSG_SLOT,
+                Some(listener.slot.memfd().as_raw_fd()),
+            )
+        })
+        .context("handing a seccomp listener to the guardian")
+    }
+
+    /// fij ends normally (its stopped targets resumed, its spawned targets ended): the guardian
+    /// exits without acting, once no process uses a seccomp listener it holds (normally at
+    /// once: a process that survived fij's end has its listed calls let run meanwhile).
     pub fn dismiss(mut self) {
         if let Some(socket) = self.socket.take() {
             let _ = send(socket.as_raw_fd(), MSG_QUIT, None);
         }
-        // SAFETY: waiting for our own child, which exits at once on MSG_QUIT.
-        unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0) };
+        // Reaped if it exits soon (it does, unless a filter still has users); otherwise it
+        // outlives fij, reparented, and ends with the last of them.
+        let give_up = std::time::Instant::now() + Duration::from_secs(1);
+        while std::time::Instant::now() < give_up {
+            // SAFETY: waiting for our own child, without blocking.
+            let r = unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+            if r != 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
@@ -223,10 +264,21 @@ pub fn main() -> u8 {
         return 2;
     };
     let mut map = None;
+    let mut listeners = Vec::new();
+    let mut listener = None;
     loop {
         match receive(SOCKET_FD) {
             Ok(Some((MSG_MAP, Some(fd)))) => map = Some(fd),
-            Ok(Some((MSG_QUIT, _))) => return 0,
+            Ok(Some((MSG_LISTENER, Some(fd)))) => listener = Some(fd),
+            Ok(Some((MSG_SLOT, Some(memfd)))) => match (listener.take(), Slot::open(memfd)) {
+                (Some(fd), Ok(slot)) => listeners.push((fd, slot)),
+                (_, Err(e)) => eprintln!("fij guardian: mapping a seccomp slot: {e}"),
+                (None, _) => {}
+            },
+            Ok(Some((MSG_QUIT, _))) => {
+                crate::seccomp::let_calls_run_until_unused(listeners);
+                return 0;
+            }
             Ok(Some(_)) => continue,
             Ok(None) | Err(_) => break,
         }
@@ -237,16 +289,16 @@ pub fn main() -> u8 {
     while unsafe { libc::getppid() } == fij {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let Some(map) = map else {
-        return 0; // fij died before it loaded anything: nothing can be stopped
-    };
-    match resume_stopped(map) {
-        Ok(()) => 0,
-        Err(e) => {
+    // Its spawned targets got their parent-death SIGKILL with that exit.
+    let status = match map.map(resume_stopped) {
+        None | Some(Ok(())) => 0, // None: fij died before it loaded anything
+        Some(Err(e)) => {
             eprintln!("fij guardian: {e:#}");
             1
         }
-    }
+    };
+    crate::seccomp::let_calls_run_until_unused(listeners);
+    status
 }
 
 /// SIGCONT to every process in the map that is still the process the kernel stopped.

@@ -59,6 +59,12 @@ pub const PROGS_ERRNO: [&[&str]; 6] = [
     &["fij_errno_socket"],
 ];
 
+/// The BPF LSM hooks that fail calls (kernel hook name, program).
+pub const PROGS_LSM: [(&str, &str); 2] = [
+    ("file_permission", "fij_errno_file_permission"),
+    ("file_open", "fij_errno_file_open"),
+];
+
 /// Task-clock sampling period of the time-trigger tick: 1 ms of the target's own CPU time.
 const TICK_PERIOD_NS: u64 = 1_000_000;
 
@@ -288,6 +294,11 @@ impl Kernel {
             self.attach_errno_hooks(&attach.errno_hooks)
                 .context("setting up error injection (fij doctor tells what is missing)")?;
         }
+        if !attach.lsm_hooks.is_empty() {
+            self.attach_lsm_hooks(&attach.lsm_hooks).context(
+                "setting up error injection in BPF LSM hooks (fij doctor tells what is missing)",
+            )?;
+        }
         if attach.crash {
             self.attach_crash(layout)
                 .context("setting up crash (fij doctor tells what is missing)")?;
@@ -489,6 +500,26 @@ impl Kernel {
                     format!("loading and attaching {name} to cgroup {}", root.display())
                 })?;
             }
+        }
+        Ok(())
+    }
+
+    /// `action = "error"` of adopted and selected targets: the BPF LSM programs on `hooks`
+    /// (kernel hook names, `PROGS_LSM`), which see every process's calls through them.
+    pub fn attach_lsm_hooks(&mut self, hooks: &[&str]) -> Result<()> {
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        for &hook in hooks {
+            let (_, name) = PROGS_LSM
+                .iter()
+                .find(|(h, _)| *h == hook)
+                .ok_or_else(|| anyhow!("no program for the LSM hook {hook}"))?;
+            let program: &mut aya::programs::Lsm = self.program(name)?.try_into()?;
+            program
+                .load(hook, &btf)
+                .with_context(|| format!("loading {name} on bpf_lsm_{hook} (verifier)"))?;
+            program
+                .attach()
+                .with_context(|| format!("attaching {name} to the LSM hook {hook}"))?;
         }
         Ok(())
     }

@@ -108,6 +108,7 @@ fn discover_anew() -> Result<KernelLayout> {
             .unwrap_or(u32::MAX),
         regs_arg2: syscall_arg_offset(&btf, 2)?,
         regs_arg5: syscall_arg_offset(&btf, 5)?,
+        regs_syscall_nr: syscall_nr_offset(&btf)?,
         tcp_oldstate: sock_state("oldstate"),
         tcp_sport: sock_state("sport"),
         tcp_dport: sock_state("dport"),
@@ -126,6 +127,15 @@ fn syscall_arg_offset(btf: &Btf, n: usize) -> Result<u32> {
         return Ok(u32::MAX);
     }
     Ok(member_offset(btf, "pt_regs", X86_64[n - 1])?.unwrap_or(u32::MAX))
+}
+
+/// Offset in `struct pt_regs` of the current syscall's number (x86_64: `orig_ax`), or
+/// `u32::MAX` (then the BPF LSM error path is refused).
+fn syscall_nr_offset(btf: &Btf) -> Result<u32> {
+    if !cfg!(target_arch = "x86_64") {
+        return Ok(u32::MAX);
+    }
+    Ok(member_offset(btf, "pt_regs", "orig_ax")?.unwrap_or(u32::MAX))
 }
 
 /// A field of `sock/inet_sock_set_state`, or `u32::MAX` (then `crash` refuses to start).

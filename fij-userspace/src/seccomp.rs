@@ -10,8 +10,12 @@
 //! Only calls of the listed syscalls leave the target's kernel context at all; every other
 //! call, and every process that is not a target, costs nothing.
 //!
-//! When fij ends, the listener closes; a target that outlives it (fij ends what it spawned at
-//! a normal end, but a SIGKILLed fij leaves it running) sees its listed calls fail with ENOSYS.
+//! fij's guardian holds a duplicate of every listener from the spawn on, so the kernel never
+//! answers a listed call with ENOSYS (it does once no listener is left): when fij stops deciding
+//! (its campaign ends) its threads let every call run while it ends its targets; when fij dies,
+//! a spawned target dies with it (its parent-death signal), and the guardian lets the calls of
+//! what outlives fij (the target's descendants) run until no process uses the filter
+//! ([`let_calls_run_until_unused`]).
 use std::{
     collections::HashMap,
     io,
@@ -93,9 +97,16 @@ pub unsafe fn install(program: *const libc::sock_fprog, no_new_privs: bool) -> b
     }
 }
 
+/// A target's seccomp listener as fij holds it: the descriptor, and the page where the call
+/// fij last received is written (shared with the guardian, see [`Slot`]).
+pub struct Listener {
+    pub fd: OwnedFd,
+    pub slot: Slot,
+}
+
 /// Takes the seccomp listener the gated child `pid` installed: the descriptor
 /// `anon_inode:seccomp notify` among its fds, duplicated into fij with `pidfd_getfd`.
-pub fn take_listener(pid: u32) -> Result<OwnedFd> {
+pub fn take_listener(pid: u32) -> Result<Listener> {
     let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         if let Some(fd) = listener_fd_of(pid) {
@@ -109,7 +120,10 @@ pub fn take_listener(pid: u32) -> Result<OwnedFd> {
             if fd < 0 {
                 return Err(io::Error::last_os_error()).context("pidfd_getfd");
             }
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+            return Ok(Listener {
+                fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+                slot: Slot::new().context("the seccomp listener's shared page")?,
+            });
         }
         if crate::targets::has_exited(pid) || std::time::Instant::now() > give_up {
             bail!("the child (pid {pid}) did not install its seccomp filter");
@@ -128,9 +142,108 @@ fn listener_fd_of(pid: u32) -> Option<RawFd> {
         .and_then(|e| e.file_name().to_str()?.parse().ok())
 }
 
+/// One page of a memfd, mapped shared, into which fij receives each notification of one
+/// listener: the kernel writes the call's id there inside the `RECV` ioctl, so if fij dies
+/// between receiving a call and answering it (a SIGKILL lands only once the ioctl returned),
+/// the guardian, which maps the same memfd, knows which call waits and answers it. A received
+/// call is no longer offered to another reader of the listener: without this, its caller would
+/// wait forever.
+pub struct Slot {
+    memfd: OwnedFd,
+    page: std::ptr::NonNull<libc::seccomp_notif>,
+}
+
+// SAFETY: the page is only accessed through the raw pointer, by one thread at a time in fij
+// (the slot moves into its listener's thread), read-only in the guardian.
+unsafe impl Send for Slot {}
+
+const SLOT_LEN: usize = 4096;
+
+impl Slot {
+    fn new() -> io::Result<Self> {
+        // SAFETY: memfd_create with a static name; the fd is ours.
+        let fd = unsafe { libc::memfd_create(c"fij-seccomp-slot".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sizing our own memfd.
+        if unsafe { libc::ftruncate(memfd.as_raw_fd(), SLOT_LEN as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Self::map(memfd, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    /// The guardian's view of a slot fij handed it (read-only).
+    pub fn open(memfd: OwnedFd) -> io::Result<Self> {
+        Self::map(memfd, libc::PROT_READ)
+    }
+
+    fn map(memfd: OwnedFd, prot: libc::c_int) -> io::Result<Self> {
+        // SAFETY: a new shared mapping of a memfd of SLOT_LEN bytes; unmapped in Drop.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SLOT_LEN,
+                prot,
+                libc::MAP_SHARED,
+                memfd.as_raw_fd(),
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            memfd,
+            page: std::ptr::NonNull::new(page.cast()).expect("mmap returned a page"),
+        })
+    }
+
+    pub fn memfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.memfd.as_fd()
+    }
+
+    /// The id of the call last received through this slot (0: none, or being received).
+    pub fn last_id(&self) -> u64 {
+        // SAFETY: the page is mapped for our lifetime; the id is the struct's first field.
+        unsafe { std::ptr::read_volatile(&raw const (*self.page.as_ptr()).id) }
+    }
+
+    /// [`receive`] into this slot.
+    pub fn receive(
+        &self,
+        listener: RawFd,
+        timeout_ms: i32,
+    ) -> io::Result<Option<libc::seccomp_notif>> {
+        // SAFETY: the mapped page holds a seccomp_notif; only this thread writes it.
+        unsafe { receive_into(listener, timeout_ms, self.page.as_ptr()) }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the page we mapped.
+        unsafe { libc::munmap(self.page.as_ptr().cast(), SLOT_LEN) };
+    }
+}
+
 /// Waits up to `timeout_ms` for a notification on `listener`, and receives it. None: nothing
 /// came; an error: the listener is done (every process using the filter is gone).
 pub fn receive(listener: RawFd, timeout_ms: i32) -> io::Result<Option<libc::seccomp_notif>> {
+    // SAFETY: the kernel fills the zeroed struct we own.
+    let mut notif: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    unsafe { receive_into(listener, timeout_ms, &mut notif) }
+}
+
+/// # Safety
+/// `buffer` must be valid for writes of a `seccomp_notif`, written by no one else meanwhile.
+unsafe fn receive_into(
+    listener: RawFd,
+    timeout_ms: i32,
+    buffer: *mut libc::seccomp_notif,
+) -> io::Result<Option<libc::seccomp_notif>> {
     let mut poll = libc::pollfd {
         fd: listener,
         events: libc::POLLIN,
@@ -155,9 +268,9 @@ pub fn receive(listener: RawFd, timeout_ms: i32) -> io::Result<Option<libc::secc
             "no process uses the filter any more",
         ));
     }
-    // SAFETY: the kernel fills the zeroed struct we own.
-    let mut notif: libc::seccomp_notif = unsafe { std::mem::zeroed() };
-    if unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut notif) } != 0 {
+    // SAFETY: the caller's buffer; the kernel wants it zeroed.
+    unsafe { std::ptr::write_bytes(buffer, 0, 1) };
+    if unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_RECV, buffer) } != 0 {
         let e = io::Error::last_os_error();
         // ENOENT: the caller died (or was interrupted) before we took the call.
         return if e.raw_os_error() == Some(libc::ENOENT) {
@@ -166,7 +279,8 @@ pub fn receive(listener: RawFd, timeout_ms: i32) -> io::Result<Option<libc::secc
             Err(e)
         };
     }
-    Ok(Some(notif))
+    // SAFETY: filled by the kernel.
+    Ok(Some(unsafe { std::ptr::read(buffer) }))
 }
 
 /// What fij answers a notified call.
@@ -238,6 +352,12 @@ pub struct Supervisor {
     injections: HashMap<u32, u64>,
     /// tid → tgid of the threads seen (per-process counting is by tgid).
     tgids: HashMap<u32, u32>,
+    /// tgid → a pidfd of the process counted under it: it says whether that process has
+    /// exited, so a process that got its pid starts at hit 0, even before fij has handled the
+    /// exit event (the kernel deletes its own counters synchronously at the exit).
+    pidfds: HashMap<u32, OwnedFd>,
+    /// False once the campaign stopped injecting: every call is let run, none counted.
+    deciding: bool,
 }
 
 impl Supervisor {
@@ -264,7 +384,16 @@ impl Supervisor {
             target_hits: HashMap::new(),
             injections: HashMap::new(),
             tgids: HashMap::new(),
+            pidfds: HashMap::new(),
+            deciding: true,
         }
+    }
+
+    /// The campaign stops injecting: from now on every call runs, uncounted (the targets'
+    /// calls while fij ends them, SIGTERM first, must not wait nor fail). Once this returns,
+    /// no listener thread sends another injection event.
+    pub fn stop_deciding(&mut self) {
+        self.deciding = false;
     }
 
     /// Decides a notified call of target `target_idx`, instance `instance`: every fault on
@@ -276,9 +405,12 @@ impl Supervisor {
         instance: u32,
         notif: &libc::seccomp_notif,
     ) -> (Answer, Option<Event>) {
+        if !self.deciding {
+            return (Answer::Continue, None);
+        }
         let now = fij_common::log::monotonic_ns();
         let tid = notif.pid;
-        let tgid = *self.tgids.entry(tid).or_insert_with(|| tgid_of(tid));
+        let tgid = self.process_of(tid);
         let nr = notif.data.nr as u32;
         let mut answer = Answer::Continue;
         let mut event = None;
@@ -337,10 +469,49 @@ impl Supervisor {
         (answer, event)
     }
 
+    /// The process (tgid) of thread `tid`, its counters forgotten if the process once counted
+    /// under that tgid (or the one `tid` was cached in) has exited since.
+    fn process_of(&mut self, tid: u32) -> u32 {
+        if let Some(&tgid) = self.tgids.get(&tid) {
+            if !self.has_exited(tgid) {
+                return tgid;
+            }
+            self.forget(tgid);
+        }
+        let tgid = tgid_of(tid);
+        if self.has_exited(tgid) {
+            self.forget(tgid);
+        }
+        if let std::collections::hash_map::Entry::Vacant(e) = self.pidfds.entry(tgid) {
+            // SAFETY: pidfd_open returns a new fd that we own (or fails: the process is then
+            // counted without one, until its exit event).
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid, 0) };
+            if fd >= 0 {
+                e.insert(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+            }
+        }
+        self.tgids.insert(tid, tgid);
+        tgid
+    }
+
+    /// Whether the process fij counted under `tgid` has exited (its pidfd is readable).
+    fn has_exited(&self, tgid: u32) -> bool {
+        self.pidfds.get(&tgid).is_some_and(|pidfd| {
+            let mut poll = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd we own; no wait.
+            unsafe { libc::poll(&mut poll, 1, 0) == 1 }
+        })
+    }
+
     /// Forgets the counters of exited process `tgid` (a later process may get its pid).
     pub fn forget(&mut self, tgid: u32) {
         self.process_hits.retain(|(_, pid), _| *pid != tgid);
         self.tgids.retain(|_, pid| *pid != tgid);
+        self.pidfds.remove(&tgid);
     }
 }
 
@@ -366,7 +537,7 @@ impl ListenerThread {
     /// Starts answering `listener` (target `target_idx`, instance `instance`), first the
     /// notification `pending` taken while the child was released, if any.
     pub fn start(
-        listener: OwnedFd,
+        listener: Listener,
         target_idx: usize,
         instance: u32,
         pending: Option<libc::seccomp_notif>,
@@ -378,26 +549,26 @@ impl ListenerThread {
         let handle = std::thread::Builder::new()
             .name(format!("fij-seccomp-{target_idx}-{instance}"))
             .spawn(move || {
-                let fd = listener.as_raw_fd();
+                let fd = listener.fd.as_raw_fd();
                 let mut next = pending;
                 while !stopping.load(Ordering::Relaxed) {
                     let notif = match next.take() {
                         Some(notif) => notif,
-                        None => match receive(fd, 100) {
+                        None => match listener.slot.receive(fd, 100) {
                             Ok(Some(notif)) => notif,
                             Ok(None) => continue,
                             Err(_) => break, // every process using the filter is gone
                         },
                     };
-                    let (answer, event) = supervisor
-                        .lock()
-                        .expect("the supervisor lock")
-                        .decide(target_idx, instance, &notif);
-                    if let Err(e) = respond(fd, notif.id, answer) {
-                        tracing::warn!(target_idx, instance, "answering a seccomp call: {e}");
-                    }
+                    // The event is sent under the lock: `stop_deciding` is then a barrier.
+                    let mut deciding = supervisor.lock().expect("the supervisor lock");
+                    let (answer, event) = deciding.decide(target_idx, instance, &notif);
                     if let Some(event) = event {
                         let _ = events.send(event);
+                    }
+                    drop(deciding);
+                    if let Err(e) = respond(fd, notif.id, answer) {
+                        tracing::warn!(target_idx, instance, "answering a seccomp call: {e}");
                     }
                 }
             })
@@ -414,6 +585,47 @@ impl Drop for ListenerThread {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
+        }
+    }
+}
+
+/// The guardian's part, once fij is gone or has ended its campaign: let every call of the
+/// targets' filters run until no process uses them. First the call fij last received on each
+/// listener, which it may have died before answering (its slot names it; an answered or gone
+/// call is refused by the kernel, harmlessly); then every new one. Without this, a process
+/// that outlives fij (a spawned target's descendant: only the target itself dies with fij) would
+/// see ENOSYS for each listed call, as the kernel answers once no listener is left.
+pub fn let_calls_run_until_unused(listeners: Vec<(OwnedFd, Slot)>) {
+    let mut open: Vec<OwnedFd> = Vec::new();
+    for (fd, slot) in listeners {
+        let _ = respond(fd.as_raw_fd(), slot.last_id(), Answer::Continue);
+        open.push(fd);
+    }
+    while !open.is_empty() {
+        let mut polls: Vec<libc::pollfd> = open
+            .iter()
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: pollfds we own.
+        if unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) } < 0 {
+            continue; // EINTR
+        }
+        let mut unused = Vec::new();
+        for (i, p) in polls.iter().enumerate() {
+            if p.revents & libc::POLLIN != 0 {
+                if let Ok(Some(notif)) = receive(p.fd, 0) {
+                    let _ = respond(p.fd, notif.id, Answer::Continue);
+                }
+            } else if p.revents != 0 {
+                unused.push(i); // POLLHUP: every process using the filter is gone
+            }
+        }
+        for i in unused.into_iter().rev() {
+            open.remove(i);
         }
     }
 }

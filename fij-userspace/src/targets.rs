@@ -3,7 +3,7 @@
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -106,7 +106,7 @@ pub struct GatedChild {
     gate: Option<OwnedFd>,
     exec_errors: OwnedFd,
     /// The seccomp listener of a child spawned with syscalls to fail (`crate::seccomp`).
-    pub listener: Option<OwnedFd>,
+    pub listener: Option<crate::seccomp::Listener>,
     /// A notification of the command's, taken while the child was released: the first call
     /// the listener's thread must answer.
     pub pending: Option<libc::seccomp_notif>,
@@ -253,7 +253,7 @@ impl GatedChild {
         }
         drop(gate);
         if let Some(listener) = &self.listener {
-            self.pending = self.continue_until_exec(listener.as_raw_fd())?;
+            self.pending = self.continue_until_exec(listener)?;
         }
         let mut errno = [0u8; 4];
         // The error pipe is close-on-exec: EOF means the exec succeeded.
@@ -324,7 +324,10 @@ impl GatedChild {
     /// Lets the child's own calls before its exec run (the gate's read, chdir, execve, the
     /// report of a failed exec), not counting them, until the exec result is in: a call
     /// notified once the error pipe is closed is the command's, and is returned unanswered.
-    fn continue_until_exec(&self, listener: RawFd) -> Result<Option<libc::seccomp_notif>> {
+    fn continue_until_exec(
+        &self,
+        listener: &crate::seccomp::Listener,
+    ) -> Result<Option<libc::seccomp_notif>> {
         let exec_done = || {
             let mut poll = libc::pollfd {
                 fd: self.exec_errors.as_raw_fd(),
@@ -338,14 +341,15 @@ impl GatedChild {
             if exec_done() {
                 return Ok(None);
             }
-            let Some(notif) = crate::seccomp::receive(listener, 10)? else {
+            let fd = listener.fd.as_raw_fd();
+            let Some(notif) = listener.slot.receive(fd, 10)? else {
                 continue;
             };
             // The exec closes the error pipe before the command makes its first call.
             if exec_done() {
                 return Ok(Some(notif));
             }
-            crate::seccomp::respond(listener, notif.id, crate::seccomp::Answer::Continue)?;
+            crate::seccomp::respond(fd, notif.id, crate::seccomp::Answer::Continue)?;
         }
     }
 }

@@ -962,6 +962,64 @@ impl Bench {
                 strace.best
             );
         }
+        self.errno_hooks_on_non_targets(r)
+    }
+
+    /// Part 8b: what the cgroup `error` hooks cost a process that is not a target: a loop of
+    /// UDP `connect`s (each passes the `connect4` hook) without fij, then while fij runs a
+    /// campaign with an `error` fault on `connect` of an idle target (the hook attached to the
+    /// cgroup-v2 root, the loop not in the target set).
+    fn errno_hooks_on_non_targets(&mut self, r: &mut Results) -> Result<()> {
+        let calls = self.cfg.loop_calls;
+        let connects = |b: &mut Self| -> Result<f64> {
+            let out = Command::new(&b.syscall_loop)
+                .args(["--connect", "9"])
+                .args(b.loop_args(calls))
+                .stdin(Stdio::null())
+                .output()
+                .context("running fij-syscall-loop --connect")?;
+            ensure!(
+                out.status.success(),
+                "fij-syscall-loop --connect failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(parse_loop(&String::from_utf8_lossy(&out.stdout))?.best)
+        };
+        let scenario = format!(
+            "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"idle\"\n\
+             command = [\"/bin/sleep\", \"600\"]\n\n[[fault]]\nname = \"never\"\n\
+             target = \"idle\"\naction = \"error\"\nerrno = \"ECONNREFUSED\"\n\
+             trigger = {{ syscall = \"connect\" }}\nnth = {NEVER}\n"
+        );
+        let scenario = self.write_scenario("errno-hooks", &scenario)?;
+        println!(
+            "\n== 8b. a non-target's UDP connect loop ({calls} calls), without fij / with fij's \
+             cgroup `error` hooks attached (fault on connect of an idle target) =="
+        );
+        for round in 0..self.cfg.reps {
+            let base = self.clean(&[], connects)?;
+            let fij = self.start_fij(&scenario);
+            let ours = [fij.pid()];
+            let hooked = self.clean(&ours, connects);
+            terminate(fij)?;
+            let hooked = hooked?;
+            let after = self.clean(&[], connects)?;
+            r.over
+                .entry("fij_errno_hooks_non_target")
+                .or_default()
+                .push(hooked - (base + after) / 2.0);
+            r.abs
+                .entry("connect_no_hooks")
+                .or_default()
+                .push((base + after) / 2.0);
+            println!(
+                "round {}/{}: ns/connect without fij {base:.1}, with the hooks {hooked:.1}, \
+                 without {after:.1}",
+                round + 1,
+                self.cfg.reps
+            );
+        }
         Ok(())
     }
 
@@ -1325,6 +1383,13 @@ impl Results {
             )
             .vs("strace", &self.over("strace_errno"))
             .inverse(),
+            Row::new(
+                "Non-target UDP connect, cgroup `error` hooks attached (fault on connect of \
+                 another process), overhead",
+                "ns",
+                &self.over("fij_errno_hooks_non_target"),
+            )
+            .vs("connect without fij", &self.abs("connect_no_hooks")),
         ]
     }
 

@@ -265,11 +265,8 @@ fn scenario(cx: &mut Cx<'_>, root: &toml_edit::Table) -> Option<Scenario> {
                             ),
                         )
                     {
-                        let pos = match error_paths::cgroup_hook(name) {
-                            Some(_) => *at,
-                            None => f.trigger_at,
-                        };
-                        cx.error_at_pos(pos, format!("fault `{}`: {why}", f.name));
+                        let pos = if why.at_retval { *at } else { f.trigger_at };
+                        cx.error_at_pos(pos, format!("fault `{}`: {}", f.name, why.why));
                         faults_ok = false;
                     }
                     faults_ok &= fault.is_some();

@@ -17,6 +17,10 @@
 //! pipes, both on the same CPU, instead of `getppid`s: each round trip is two context switches
 //! and four syscalls (`ns_per_syscall` is then ns per round trip).
 //!
+//! `--connect PORT` times N `connect`s of one UDP socket to 127.0.0.1:PORT instead (each one
+//! passes the cgroup-v2 `connect4` hook: what fij's `error` hooks cost a process that is not a
+//! target).
+//!
 //! The clock is fij's own (`fij_common::log::monotonic_ns`), the clock of the log's `ktime_ns`;
 //! `syscall`, `sched_getcpu`, `sched_setaffinity` and the rest are declared here directly (the C
 //! library is linked by std anyway), so every syscall of the timed loop is in this file.
@@ -39,6 +43,8 @@ unsafe extern "C" {
     fn write(fd: i32, buf: *const u8, count: usize) -> isize;
     fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
     fn kill(pid: i32, sig: i32) -> i32;
+    fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
+    fn connect(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
     fn _exit(status: i32) -> !;
 }
 
@@ -57,6 +63,49 @@ fn pin(cpu: usize) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `struct sockaddr_in`.
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port_be: u16,
+    addr_be: u32,
+    zero: [u8; 8],
+}
+
+/// A UDP socket that `connect`s to 127.0.0.1:port, again and again.
+struct Connects {
+    fd: i32,
+    addr: SockaddrIn,
+}
+
+impl Connects {
+    fn new(port: u16) -> Result<Self, String> {
+        // SAFETY: a new socket we own (AF_INET = 2, SOCK_DGRAM = 2).
+        let fd = unsafe { socket(2, 2, 0) };
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let addr = SockaddrIn {
+            family: 2,
+            port_be: port.to_be(),
+            addr_be: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            zero: [0; 8],
+        };
+        // SAFETY: a sockaddr_in we own.
+        if unsafe { connect(fd, &addr, size_of::<SockaddrIn>() as u32) } != 0 {
+            return Err(format!("connect: {}", std::io::Error::last_os_error()));
+        }
+        Ok(Self { fd, addr })
+    }
+
+    fn connects(&self, n: u64) {
+        for _ in 0..n {
+            // SAFETY: a sockaddr_in we own, on our socket.
+            black_box(unsafe { connect(self.fd, &self.addr, size_of::<SockaddrIn>() as u32) });
+        }
+    }
 }
 
 #[inline(always)]
@@ -127,14 +176,22 @@ impl Drop for PingPong {
 
 fn run() -> Result<(), String> {
     let start = monotonic_ns();
-    let usage = "usage: fij-syscall-loop [--cpu C] [--wait-for PATH] [--pingpong] N";
+    let usage =
+        "usage: fij-syscall-loop [--cpu C] [--wait-for PATH] [--pingpong | --connect PORT] N";
     let mut args = std::env::args().skip(1);
     let mut cpu = None;
     let mut n = None;
     let mut wait_for = None;
     let mut pingpong = false;
+    let mut connect_port = None;
     while let Some(arg) = args.next() {
-        if arg == "--wait-for" {
+        if arg == "--connect" {
+            let p = args.next().ok_or(usage)?;
+            connect_port = Some(
+                p.parse::<u16>()
+                    .map_err(|e| format!("--connect {p}: {e}"))?,
+            );
+        } else if arg == "--wait-for" {
             wait_for = Some(args.next().ok_or(usage)?);
         } else if arg == "--pingpong" {
             pingpong = true;
@@ -165,9 +222,11 @@ fn run() -> Result<(), String> {
     } else {
         None
     };
-    let work = |calls: u64| match &pingpong {
-        Some(p) => p.round_trips(calls),
-        None => getppid_loop(calls),
+    let connects = connect_port.map(Connects::new).transpose()?;
+    let work = |calls: u64| match (&pingpong, &connects) {
+        (Some(p), _) => p.round_trips(calls),
+        (None, Some(c)) => c.connects(calls),
+        (None, None) => getppid_loop(calls),
     };
 
     work(n.min(10_000) / 10);

@@ -44,6 +44,7 @@
 //! - `connects PORT N REPORT`: N times: a new TCP socket, a blocking `connect` to
 //!   127.0.0.1:PORT, close. Writes (with `writev`) to REPORT one line per call: `connect I ok`
 //!   or `connect I errno E` (E: the errno the call returned, as a number). Exits 0.
+//! - `connects6 PORT N REPORT`: the same over IPv6, to [::1]:PORT.
 //! - `sendtos PORT N REPORT`: one UDP socket, N `sendto`s of one byte to 127.0.0.1:PORT,
 //!   reported as `sendto I ok` / `sendto I errno E`. Exits 0.
 //! - `sockcalls N REPORT`: N rounds of `socket(AF_INET, SOCK_DGRAM)`, `setsockopt(SO_REUSEADDR)`,
@@ -53,6 +54,11 @@
 //! - `write-lines-errno FILE N REPORT`: like `write-lines` (no options), but a failed `write`
 //!   does not end it: it reports each line's `write` as `write I ok` / `write I errno E` /
 //!   `write I returned N` (a short count) to REPORT (`writev`) and goes on. Exits 0.
+//! - `recycled-pid-writes FILE N REPORT`: two children one after the other, each doing
+//!   `write-lines-errno FILE N REPORT.a` (then `.b`); the second is forked with the first's pid
+//!   (reaped first, then `/proc/sys/kernel/ns_last_pid` set to it minus one, written with
+//!   `writev`). Writes `a PID b PID` to REPORT: the test retries when another process took the
+//!   pid meanwhile. Exits 0.
 //!
 //! `--wait-for` and `wait-for` give up after 60 s (exit 104), so a forgotten workload does not
 //! linger; `sleep` sleeps as long as asked (the tests end such targets themselves).
@@ -79,9 +85,11 @@ fn main() {
             getppid_record(file, count(n), count(k))
         }
         ["connects", port, n, report] => connects(count(port), count(n), report),
+        ["connects6", port, n, report] => connects6(count(port), count(n), report),
         ["sendtos", port, n, report] => sendtos(count(port), count(n), report),
         ["sockcalls", n, report] => sockcalls(count(n), report),
         ["write-lines-errno", file, n, report] => write_lines_errno(file, count(n), report),
+        ["recycled-pid-writes", file, n, report] => recycled_pid_writes(file, count(n), report),
         ["wait-for", path] => wait_for(path),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(count(ms))),
         ["spin", ms] => spin(Duration::from_millis(count(ms))),
@@ -328,6 +336,36 @@ fn connects(port: u64, n: u64, report: &str) {
     }
 }
 
+fn connects6(port: u64, n: u64, report: &str) {
+    let report_fd = open_for_writing(report);
+    let addr = libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: (port as u16).to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: std::net::Ipv6Addr::LOCALHOST.octets(),
+        },
+        sin6_scope_id: 0,
+    };
+    for i in 1..=n {
+        // SAFETY: a socket we own, connected to a sockaddr we own, then closed.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            fail(103, "socket failed");
+        }
+        let ret = unsafe {
+            libc::connect(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in6>() as u32,
+            )
+        };
+        let line = format!("connect {i} {}\n", outcome(ret as isize));
+        unsafe { libc::close(fd) };
+        writev_line(report_fd, &line);
+    }
+}
+
 fn sendtos(port: u64, n: u64, report: &str) {
     let report_fd = open_for_writing(report);
     let addr = loopback(port);
@@ -422,6 +460,35 @@ fn write_lines_errno(file: &str, n: u64, report: &str) {
         };
         writev_line(report_fd, &format!("write {i} {what}\n"));
     }
+}
+
+fn recycled_pid_writes(file: &str, n: u64, report: &str) {
+    let child = |suffix: &str, pid: Option<i32>| -> i32 {
+        if let Some(pid) = pid {
+            let last = open_for_writing("/proc/sys/kernel/ns_last_pid");
+            writev_line(last, &format!("{}", pid - 1));
+            // SAFETY: closing our own fd.
+            unsafe { libc::close(last) };
+        }
+        let child_report = format!("{report}.{suffix}");
+        // SAFETY: single-threaded process; the child writes its lines and exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            fail(103, "fork failed");
+        }
+        if pid == 0 {
+            write_lines_errno(file, n, &child_report);
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: waiting for our own child.
+        if unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) } != pid {
+            fail(103, "waitpid failed");
+        }
+        pid
+    };
+    let a = child("a", None);
+    let b = child("b", Some(a));
+    writev_line(open_for_writing(report), &format!("a {a} b {b}\n"));
 }
 
 /// Busy-loops for `how_long` without a syscall: `Instant::now` is `clock_gettime` through the
