@@ -179,7 +179,7 @@ pub const BPF_IMMEDIATE_MAX: u64 = i32::MAX as u64;
 pub fn bpf_after_in_units(after_ns: u64) -> Option<(u64, u64)> {
     [1, 1_000, 1_000_000, 1_000_000_000]
         .into_iter()
-        .find(|&unit| after_ns % unit == 0 && after_ns / unit <= BPF_IMMEDIATE_MAX)
+        .find(|&unit| after_ns.is_multiple_of(unit) && after_ns / unit <= BPF_IMMEDIATE_MAX)
         .map(|unit| (unit, after_ns / unit))
 }
 
