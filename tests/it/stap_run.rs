@@ -57,10 +57,12 @@ fn scenario(dir: &TempDir) -> String {
     for (name, args) in [
         ("nth", vec![lines.as_str()]),
         ("every", vec![lines.as_str()]),
-        // 5 writes at once, then 2.5 s of pause: `after = 1s` counts from the 6th write.
+        // 5 writes at once, then 3.5 s of pause: `after = 2500ms` counts from the 6th write.
+        // 2.5e9 ns is above what stap's BPF code generator holds (2^31 - 1): the script
+        // compares microseconds.
         (
             "after",
-            vec!["12", "--pause-after", "5", "--pause-ms", "2500"],
+            vec!["12", "--pause-after", "5", "--pause-ms", "3500"],
         ),
         ("count", vec![lines.as_str()]),
         ("chance", vec![lines.as_str()]),
@@ -71,7 +73,7 @@ fn scenario(dir: &TempDir) -> String {
     }
     text.push_str(&fault("nth", write, "nth = 3"));
     text.push_str(&fault("every", write, "every = 4\ncount = 100"));
-    text.push_str(&fault("after", write, "after = \"1s\"\nnth = 2"));
+    text.push_str(&fault("after", write, "after = \"2500ms\"\nnth = 2"));
     text.push_str(&fault("count", write, "every = 2\ncount = 3"));
     text.push_str(&fault("chance", write, "probability = 0.3\ncount = 1000"));
     text.push_str(
