@@ -19,7 +19,8 @@
 //! - `kprobe.function(…)` needs the kernel's symbols: Debian's `/boot/System.map-*` is a
 //!   placeholder ("The real System.map is in the linux-image-<version>-dbg package"), so stap
 //!   parses 0 symbols and finds "no match". Not worked around: the scripts of the lab's test have
-//!   no kprobe.
+//!   no kprobe (by hand, the guest's /proc/kallsyms as the root's
+//!   /usr/lib/debug/boot/System.map-RELEASE made them resolve; docs/kernel-lab.md).
 use std::{
     fs,
     path::{Path, PathBuf},
