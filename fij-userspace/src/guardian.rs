@@ -22,10 +22,19 @@
 //! (`seccomp::let_calls_run_until_unused`) until no process uses the filter: the calls of a
 //! process that outlives fij then run as if fij had never been there, rather than fail.
 //!
+//! The guardian also removes the work directories fij tells it of ([`Guardian::remove_on_death`]:
+//! `fij run --backend stap`'s script and compiled program) once fij has died, so a SIGKILLed fij
+//! leaves no directory behind either; fij removes them itself when it ends normally.
+//!
 //! The guardian signals nothing else, ever; it is in fij's protected set, so no fault fires on it.
 use std::{
+    ffi::OsStr,
     io,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -38,12 +47,19 @@ use crate::seccomp::Slot;
 pub const ARG: &str = "__guardian";
 /// The guardian's end of its socket to fij, as its exec leaves it.
 const SOCKET_FD: RawFd = 3;
-/// Messages from fij: here is the map (with the fd attached), and exit quietly.
+/// Messages from fij: here is the map (with the fd attached), remove this directory (its path
+/// follows the byte) if fij dies, and exit quietly.
 const MSG_MAP: u8 = b'M';
+const MSG_REMOVE_DIR: u8 = b'D';
 const MSG_QUIT: u8 = b'Q';
 /// A spawned target's seccomp listener, then (`MSG_SLOT`) the memfd of its shared slot.
 const MSG_LISTENER: u8 = b'L';
 const MSG_SLOT: u8 = b'S';
+/// The longest message: its byte and a path.
+const MSG_MAX: usize = 1 + libc::PATH_MAX as usize;
+/// What every directory the guardian removes is named, in the temporary directory: it removes
+/// nothing else, whatever it is told.
+pub const WORK_DIR_PREFIX: &str = "fij-";
 
 /// fij's handle on its guardian.
 pub struct Guardian {
@@ -130,6 +146,24 @@ impl Guardian {
             .context("handing the stopped-process map to the guardian")
     }
 
+    /// Has the guardian remove `dir` (fij's own, `$TMPDIR/fij-…`) if fij dies.
+    pub fn remove_on_death(&mut self, dir: &Path) -> Result<()> {
+        let socket = self.socket.as_ref().context("guardian dismissed")?;
+        if !is_work_dir(dir) {
+            anyhow::bail!(
+                "{}: the guardian removes only {WORK_DIR_PREFIX}* directories of the temporary directory",
+                dir.display()
+            );
+        }
+        send_bytes(
+            socket.as_raw_fd(),
+            &[&[MSG_REMOVE_DIR], dir.as_os_str().as_bytes()].concat(),
+            None,
+        )
+        .context("telling the guardian of the work directory")
+    }
+
+
     /// Hands the guardian a duplicate of a spawned target's seccomp listener and its slot,
     /// before the target runs: while the guardian holds it, the kernel never answers the
     /// target's listed calls with ENOSYS (see `crate::seccomp`).
@@ -180,10 +214,14 @@ impl Drop for Guardian {
 }
 
 fn send(socket: RawFd, byte: u8, fd: Option<RawFd>) -> io::Result<()> {
-    let mut data = [byte];
+    send_bytes(socket, &[byte], fd)
+}
+
+/// One message: `data` (its first byte says what it is), with `fd` attached if given.
+fn send_bytes(socket: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()> {
     let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
     };
     // Room for one fd of ancillary data, aligned as cmsghdr wants.
     let mut control = [0u64; 4];
@@ -201,19 +239,19 @@ fn send(socket: RawFd, byte: u8, fd: Option<RawFd>) -> io::Result<()> {
             (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
             std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
         }
-        if libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) != 1 {
+        if libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) != data.len() as isize {
             return Err(io::Error::last_os_error());
         }
     }
     Ok(())
 }
 
-/// One message from fij: its byte and the fd it carried; None at EOF (fij is gone).
-fn receive(socket: RawFd) -> io::Result<Option<(u8, Option<OwnedFd>)>> {
-    let mut data = [0u8];
+/// One message from fij: its bytes and the fd it carried; None at EOF (fij is gone).
+fn receive(socket: RawFd) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
+    let mut data = vec![0u8; MSG_MAX];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_len: data.len(),
     };
     let mut control = [0u64; 4];
     // SAFETY: as in `send`; a received fd is ours to own.
@@ -244,7 +282,8 @@ fn receive(socket: RawFd) -> io::Result<Option<(u8, Option<OwnedFd>)>> {
             let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
             fd = Some(OwnedFd::from_raw_fd(raw));
         }
-        Ok(Some((data[0], fd)))
+        data.truncate(n as usize);
+        Ok(Some((data, fd)))
     }
 }
 
@@ -266,21 +305,22 @@ pub fn main() -> u8 {
     let mut map = None;
     let mut listeners = Vec::new();
     let mut listener = None;
-    loop {
-        match receive(SOCKET_FD) {
-            Ok(Some((MSG_MAP, Some(fd)))) => map = Some(fd),
-            Ok(Some((MSG_LISTENER, Some(fd)))) => listener = Some(fd),
-            Ok(Some((MSG_SLOT, Some(memfd)))) => match (listener.take(), Slot::open(memfd)) {
+    let mut dirs = Vec::new();
+    while let Ok(Some((msg, fd))) = receive(SOCKET_FD) {
+        match (msg.first(), fd) {
+            (Some(&MSG_MAP), Some(fd)) => map = Some(fd),
+            (Some(&MSG_REMOVE_DIR), _) => dirs.push(PathBuf::from(OsStr::from_bytes(&msg[1..]))),
+            (Some(&MSG_LISTENER), Some(fd)) => listener = Some(fd),
+            (Some(&MSG_SLOT), Some(memfd)) => match (listener.take(), Slot::open(memfd)) {
                 (Some(fd), Ok(slot)) => listeners.push((fd, slot)),
                 (_, Err(e)) => eprintln!("fij guardian: mapping a seccomp slot: {e}"),
                 (None, _) => {}
             },
-            Ok(Some((MSG_QUIT, _))) => {
+            (Some(&MSG_QUIT), _) => {
                 crate::seccomp::let_calls_run_until_unused(listeners);
                 return 0;
             }
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => break,
+            _ => {}
         }
     }
     // fij is gone or going: wait until its exit is complete (it is then no longer our parent),
@@ -288,6 +328,13 @@ pub fn main() -> u8 {
     // SAFETY: getppid has no preconditions.
     while unsafe { libc::getppid() } == fij {
         std::thread::sleep(Duration::from_millis(1));
+    }
+    for dir in dirs.iter().filter(|d| is_work_dir(d)) {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => eprintln!("fij guardian: fij died; removed its {}", dir.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("fij guardian: removing {}: {e}", dir.display()),
+        }
     }
     // Its spawned targets got their parent-death SIGKILL with that exit.
     let status = match map.map(resume_stopped) {
@@ -299,6 +346,15 @@ pub fn main() -> u8 {
     };
     crate::seccomp::let_calls_run_until_unused(listeners);
     status
+}
+
+/// Whether `dir` is one the guardian may remove: `$TMPDIR/fij-…`, absolute, no `..`.
+fn is_work_dir(dir: &Path) -> bool {
+    dir.is_absolute()
+        && dir.parent() == Some(std::env::temp_dir().as_path())
+        && dir
+            .file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(WORK_DIR_PREFIX.as_bytes()) && n != "..")
 }
 
 /// SIGCONT to every process in the map that is still the process the kernel stopped.

@@ -10,9 +10,16 @@
 //! Also: what cannot start is refused with exit 2 and nothing left running (no `stapbpf`).
 //! Needs `stap`, `stapbpf` and kernel headers (`cargo xtask setup` installs systemtap and
 //! linux-headers-amd64); their absence fails the test, since CI has them.
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    time::{Duration, Instant},
+};
 
-use fij_tests::{Fij, FijOutput, Log, TempDir, Workload, read_lines, toml_array, toml_str};
+use fij_tests::{
+    Fij, FijOutput, Log, TempDir, Workload, alive, bpf_fds_of, bpftool_json, kill_spawned_target,
+    read_lines, send_signal, toml_array, toml_str,
+};
 use serde_json::Value;
 
 /// A stap run compiles its script first: minutes here.
@@ -50,10 +57,12 @@ fn scenario(dir: &TempDir) -> String {
     for (name, args) in [
         ("nth", vec![lines.as_str()]),
         ("every", vec![lines.as_str()]),
-        // 5 writes at once, then 2.5 s of pause: `after = 1s` counts from the 6th write.
+        // 5 writes at once, then 3.5 s of pause: `after = 2500ms` counts from the 6th write.
+        // 2.5e9 ns is above what stap's BPF code generator holds (2^31 - 1): the script
+        // compares microseconds.
         (
             "after",
-            vec!["12", "--pause-after", "5", "--pause-ms", "2500"],
+            vec!["12", "--pause-after", "5", "--pause-ms", "3500"],
         ),
         ("count", vec![lines.as_str()]),
         ("chance", vec![lines.as_str()]),
@@ -64,7 +73,7 @@ fn scenario(dir: &TempDir) -> String {
     }
     text.push_str(&fault("nth", write, "nth = 3"));
     text.push_str(&fault("every", write, "every = 4\ncount = 100"));
-    text.push_str(&fault("after", write, "after = \"1s\"\nnth = 2"));
+    text.push_str(&fault("after", write, "after = \"2500ms\"\nnth = 2"));
     text.push_str(&fault("count", write, "every = 2\ncount = 3"));
     text.push_str(&fault("chance", write, "probability = 0.3\ncount = 1000"));
     text.push_str(
@@ -257,4 +266,103 @@ fn without_stap_the_run_exits_2_and_starts_nothing() {
     out.assert_exit(2);
     assert!(out.stderr.contains("stap not found in PATH"), "{out}");
     assert!(!out_file.exists(), "the target ran");
+}
+
+/// fij's work directories (`$TMPDIR/fij-stap-*`: the script and stap's compiled program).
+fn stap_work_dirs() -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("the temporary directory")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("fij-stap-"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The ids of every loaded BPF program.
+fn program_ids() -> Vec<u64> {
+    bpftool_json(&["prog", "show"])
+        .as_array()
+        .expect("bpftool prog show: an array")
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+/// SIGKILL fij in the middle of a stap run: nothing stays behind — not its work directory (the
+/// guardian removes it once fij is gone), not stapbpf (SIGTERM with fij's death: it detaches and
+/// exits) nor the BPF programs it loaded, not the spawned target (it dies with fij), and no
+/// process is left stopped.
+#[test]
+fn nothing_remains_after_fij_is_sigkilled_mid_run() {
+    let dir = TempDir::new("stap-sigkill");
+    let workload = Workload::new(env!("CARGO_BIN_EXE_fij-workload"));
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"w\"\ncommand = {}\n\n[[fault]]\nname = \"f\"\n\
+             target = \"w\"\naction = \"kill\"\ntrigger = {{ syscall = \"write\" }}\nnth = 1000\n",
+            toml_array(&workload.argv(&[&"sleep", &"60000"]))
+        ),
+    );
+    let dirs_before = stap_work_dirs();
+    let mut fij = Fij::run(&dir, &scenario)
+        .arg("--backend")
+        .arg("stap")
+        .timeout(STAP_TIMEOUT)
+        .spawn();
+    fij.wait_for_record("the start record", STAP_TIMEOUT, |r| r["event"] == "start");
+    let target = fij.log().target_pid("w");
+    let stapbpf = stapbpf_processes();
+    assert_eq!(stapbpf.len(), 1, "one stapbpf running: {stapbpf:?}");
+    let stapbpf_programs = bpf_fds_of(stapbpf[0]).progs;
+    assert!(!stapbpf_programs.is_empty(), "stapbpf holds its programs");
+    let work_dirs: Vec<String> = stap_work_dirs()
+        .into_iter()
+        .filter(|d| !dirs_before.contains(d))
+        .collect();
+    assert_eq!(work_dirs.len(), 1, "fij's work directory: {work_dirs:?}");
+
+    send_signal(fij.pid(), libc::SIGKILL);
+    let out = fij.finish();
+    assert_eq!(out.ended, fij_tests::Ended::Signal(libc::SIGKILL), "{out}");
+    // stapbpf detaches (its uprobe and tracepoint events) before it exits: seconds, not ms.
+    let what_is_left = || {
+        let mut left = Vec::new();
+        left.extend(
+            stap_work_dirs()
+                .into_iter()
+                .filter(|d| work_dirs.contains(d))
+                .map(|d| format!("directory {d}")),
+        );
+        left.extend(
+            stapbpf_processes()
+                .into_iter()
+                .map(|p| format!("stapbpf pid {p}")),
+        );
+        left.extend(
+            program_ids()
+                .into_iter()
+                .filter(|id| stapbpf_programs.contains(id))
+                .map(|id| format!("stapbpf's program {id}")),
+        );
+        if alive(target) {
+            left.push(format!("target pid {target}"));
+        }
+        left.extend(fij_tests::leftovers::stopped_processes(&[target]));
+        left
+    };
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let mut left = what_is_left();
+    while !left.is_empty() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(50));
+        left = what_is_left();
+    }
+    kill_spawned_target(target);
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "left behind by a SIGKILLed fij\n{out}"
+    );
 }

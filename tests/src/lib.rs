@@ -1027,7 +1027,7 @@ impl fmt::Display for Log {
 
 /// `bpftool -j ARGS` as JSON (an empty array where bpftool prints nothing, as some of its
 /// listings do when there is nothing to list).
-fn bpftool_json(args: &[&str]) -> Value {
+pub fn bpftool_json(args: &[&str]) -> Value {
     let out = Command::new("bpftool")
         .arg("-j")
         .args(args)

@@ -60,7 +60,7 @@ pub const TEST_PACKAGES: &[&str] = &[
 /// Debian packages of the kernel lab (`cargo xtask vm`): qemu, the static busybox of its
 /// initramfs, and kmod (`depmod` indexes a fetched kernel's modules; in the guest, whose root is
 /// the host's, `modprobe` loads the modules the tests need, e.g. veth).
-pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod"];
+pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "debootstrap"];
 
 /// The rustc from rustc-web, which builds the eBPF programs; bpf-linker must use its LLVM.
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";

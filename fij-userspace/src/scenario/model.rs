@@ -108,6 +108,18 @@ pub struct Fault {
     pub at: SourcePos,
     /// The `trigger` value.
     pub trigger_at: SourcePos,
+    /// The values of the hit-condition keys given (`nth`, `every`, `after`, `count`): a backend
+    /// that cannot hold a value refuses it there.
+    pub conditions_at: ConditionsAt,
+}
+
+/// Where each hit-condition key of a fault was written (None: not given).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConditionsAt {
+    pub nth: Option<SourcePos>,
+    pub every: Option<SourcePos>,
+    pub after: Option<SourcePos>,
+    pub count: Option<SourcePos>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

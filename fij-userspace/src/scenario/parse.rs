@@ -22,8 +22,8 @@ use crate::{
 mod cluster;
 
 use super::model::{
-    Action, CgroupRef, Cluster, Fault, Per, Probe, ProbeKind, ProbeLocation, Returns, Scenario,
-    Schedule, Select, Selector, SourcePos, Target, TargetSource, Trigger,
+    Action, CgroupRef, Cluster, ConditionsAt, Fault, Per, Probe, ProbeKind, ProbeLocation, Returns,
+    Scenario, Schedule, Select, Selector, SourcePos, Target, TargetSource, Trigger,
 };
 
 /// One error in a scenario file. `line` and `col` are 1-based; `col` counts characters.
@@ -922,7 +922,15 @@ fn fault(
     });
     let r_at = r.at;
     let count_given = r.get("count").is_some();
+    let mut value_at = |key: &'static str| r.get(key).map(|e| e.at);
+    let conditions_at = [
+        value_at("nth"),
+        value_at("every"),
+        value_at("after"),
+        value_at("count"),
+    ];
     r.finish(cx);
+    let [nth_at, every_at, after_at, count_at] = conditions_at.map(|at| at.map(|a| cx.pos(a)));
 
     // A time trigger fires once per selected instance: hit conditions have no meaning there.
     if matches!(trigger, Some(Trigger::Time(_)))
@@ -1040,6 +1048,12 @@ fn fault(
         per: per.unwrap_or_default(),
         at: cx.pos(at),
         trigger_at: cx.pos(trigger_at),
+        conditions_at: ConditionsAt {
+            nth: nth_at,
+            every: every_at,
+            after: after_at,
+            count: count_at,
+        },
     })
 }
 
@@ -2093,6 +2107,10 @@ syscall = "openat"
                     per: Per::Process,
                     at: SourcePos { line: 15, col: 1 },
                     trigger_at: SourcePos { line: 19, col: 11 },
+                    conditions_at: ConditionsAt {
+                        nth: Some(SourcePos { line: 20, col: 7 }),
+                        ..ConditionsAt::default()
+                    },
                 },
                 Fault {
                     name: "term-db".into(),
@@ -2112,6 +2130,12 @@ syscall = "openat"
                     per: Per::Target,
                     at: SourcePos { line: 22, col: 1 },
                     trigger_at: SourcePos { line: 32, col: 1 },
+                    conditions_at: ConditionsAt {
+                        nth: Some(SourcePos { line: 27, col: 7 }),
+                        every: Some(SourcePos { line: 28, col: 9 }),
+                        after: Some(SourcePos { line: 29, col: 9 }),
+                        count: Some(SourcePos { line: 30, col: 9 }),
+                    },
                 },
             ],
             cluster: Default::default(),

@@ -41,6 +41,41 @@ pub fn check(scenario: &Scenario, runtime: Runtime) -> Result<ProbeBinaries, Dia
     let mut binaries = ProbeBinaries::new();
     for fault in &scenario.faults {
         let name = &fault.name;
+        if bpf {
+            let keys = &fault.conditions_at;
+            let limits = [
+                ("nth", fault.nth, keys.nth),
+                ("every", fault.every, keys.every),
+                ("count", Some(fault.count), keys.count),
+            ];
+            for (key, value, key_at) in limits {
+                if let Some(value) = value.filter(|&v| v > BPF_IMMEDIATE_MAX) {
+                    at(
+                        key_at.unwrap_or(fault.at),
+                        format!(
+                            "fault `{name}`: the BPF runtime cannot express `{key} = {value}`: \
+                             stap's BPF code generator mishandles a number above \
+                             {BPF_IMMEDIATE_MAX} (2^31 - 1) and the kernel's verifier rejects \
+                             the program (\"unreachable insn\"); use at most {BPF_IMMEDIATE_MAX}, \
+                             or --runtime module"
+                        ),
+                    );
+                }
+            }
+            if let Some(after) = fault.after
+                && bpf_after_in_units(after.as_nanos() as u64).is_none()
+            {
+                at(
+                    keys.after.unwrap_or(fault.at),
+                    format!(
+                        "fault `{name}`: the BPF runtime cannot express `after = {after:?}` \
+                         exactly: stap's BPF code generator mishandles a number above \
+                         {BPF_IMMEDIATE_MAX}, and this duration in ns, µs, ms or s is either \
+                         above it or not a whole number; round it, or use --runtime module"
+                    ),
+                );
+            }
+        }
         match &fault.action {
             Action::Crash { .. } => at(
                 fault.at,
@@ -130,6 +165,22 @@ pub fn check(scenario: &Scenario, runtime: Runtime) -> Result<ProbeBinaries, Dia
         found.sort_by_key(|d| (d.line, d.col));
         Err(Diagnostics(found))
     }
+}
+
+/// The largest number the BPF runtime's scripts may contain: stap's BPF code generator
+/// (stap 4.8) turns a larger immediate into code the verifier rejects ("unreachable insn"; found
+/// with `nth = 4000000000`), so hit numbers and counts above it are refused.
+pub const BPF_IMMEDIATE_MAX: u64 = i32::MAX as u64;
+
+/// `after` (ns) as `(unit_ns, count)` with `count * unit_ns == after_ns` and `count` at most
+/// [`BPF_IMMEDIATE_MAX`], in the finest unit (ns, µs, ms, s) that holds it exactly: the BPF
+/// script compares the elapsed time divided by the unit (an exact test, since `after` is a whole
+/// number of units). None when no unit holds it.
+pub fn bpf_after_in_units(after_ns: u64) -> Option<(u64, u64)> {
+    [1, 1_000, 1_000_000, 1_000_000_000]
+        .into_iter()
+        .find(|&unit| after_ns.is_multiple_of(unit) && after_ns / unit <= BPF_IMMEDIATE_MAX)
+        .map(|unit| (unit, after_ns / unit))
 }
 
 /// The absolute path stap's `process("…")` needs for a uprobe's `PATH` or library name (`libc`),
@@ -233,6 +284,44 @@ mod tests {
         assert!(
             got[1].starts_with("s.toml:9:11: fault `u`: SystemTap probes a function by name only")
         );
+    }
+
+    #[test]
+    fn the_bpf_runtime_refuses_numbers_its_code_generator_mishandles_at_their_value() {
+        let text = format!(
+            "{TARGET}[[fault]]\nname = \"n\"\ntarget = \"t\"\naction = \"kill\"\n\
+             trigger = {{ syscall = \"write\" }}\nnth = 3000000000\nevery = 2147483647\n\
+             count = 2147483648\nafter = \"2147483648ns\"\n"
+        );
+        assert_eq!(refusals(&text, Runtime::Module), Vec::<String>::new());
+        let got = refusals(&text, Runtime::Bpf);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got[0].starts_with(
+                "s.toml:9:7: fault `n`: the BPF runtime cannot express `nth = 3000000000`"
+            ),
+            "{got:?}"
+        );
+        assert!(got[0].contains("unreachable insn"), "{got:?}");
+        assert!(
+            got[1].starts_with(
+                "s.toml:11:9: fault `n`: the BPF runtime cannot express `count = 2147483648`"
+            ),
+            "{got:?}"
+        );
+        assert!(got[2].starts_with("s.toml:12:9: fault `n`: the BPF runtime cannot express `after = 2.147483648s` exactly"), "{got:?}");
+    }
+
+    #[test]
+    fn a_long_after_is_compared_in_the_finest_unit_that_holds_it() {
+        assert_eq!(bpf_after_in_units(1_000_000_000), Some((1, 1_000_000_000)));
+        assert_eq!(bpf_after_in_units(3_000_000_000), Some((1_000, 3_000_000)));
+        assert_eq!(bpf_after_in_units(3_000_000_001), None);
+        assert_eq!(
+            bpf_after_in_units(86_400_000_000_000),
+            Some((1_000_000, 86_400_000))
+        );
+        assert_eq!(bpf_after_in_units(0), Some((1, 0)));
     }
 
     #[test]

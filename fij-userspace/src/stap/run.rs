@@ -27,6 +27,7 @@ use crate::{
     InvalidInput,
     campaign::{Report, RunOptions},
     compile::CompiledCampaign,
+    guardian::Guardian,
     log::{EndReason, EventLog, Record, TargetRecord},
     report::Summary,
     scenario::{Scenario, TargetSource, Trigger},
@@ -41,13 +42,15 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Spawned targets still running when the campaign ends early: SIGTERM, then SIGKILL after this.
 const TERMINATE_GRACE: Duration = Duration::from_secs(2);
 
-/// A directory of fij's own for the script and stap's output, removed when dropped.
+/// A directory of fij's own for the script and stap's output, removed when dropped, and by the
+/// guardian if fij dies (SIGKILL) before that.
 struct WorkDir(PathBuf);
 
 impl WorkDir {
     fn create() -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
-            "fij-stap-{}-{}",
+            "{}stap-{}-{}",
+            crate::guardian::WORK_DIR_PREFIX,
             std::process::id(),
             monotonic_ns()
         ));
@@ -119,7 +122,7 @@ pub async fn run(
         ));
     }
     let toolchain = Toolchain::find().map_err(|e| InvalidInput(format!("{e:#}")))?;
-    let protected = targets::self_and_ancestors();
+    let mut protected = targets::self_and_ancestors();
     // What about the targets can only be known on the machine, before anything is started.
     for target in &scenario.targets {
         let invalid = |e: anyhow::Error| InvalidInput(format!("target `{}`: {e:#}", target.name));
@@ -142,7 +145,17 @@ pub async fn run(
         Summary::with_faults(faults),
         opts.keep_records,
     )?;
+    // Started before anything is made: a SIGKILLed fij leaves its work directory to the
+    // guardian (stap and stapbpf get SIGTERM with fij's death and detach themselves; spawned
+    // targets die with fij).
+    let mut guardian = opts.guardian.then(Guardian::start).transpose()?;
+    if let Some(guardian) = &guardian {
+        protected.push(guardian.pid());
+    }
     let dir = WorkDir::create()?;
+    if let Some(guardian) = &mut guardian {
+        guardian.remove_on_death(&dir.0)?;
+    }
     let script_path = dir.0.join("campaign.stp");
 
     // The targets wait at their gate through stap's compile: their pids go into the script.
@@ -379,6 +392,9 @@ pub async fn run(
     );
     drop(stapbpf);
     drop(dir);
+    if let Some(guardian) = guardian {
+        guardian.dismiss();
+    }
     Ok(Report {
         reason,
         injections: campaign.injections,

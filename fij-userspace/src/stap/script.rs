@@ -35,7 +35,11 @@ use fij_common::{
     random::{fires_with, hit_draw, key_from_seed, probability_threshold},
 };
 
-use super::{OUTPUT_PREFIX, Runtime, chacha::CHACHA20_C, refuse::ProbeBinaries};
+use super::{
+    OUTPUT_PREFIX, Runtime,
+    chacha::CHACHA20_C,
+    refuse::{self, ProbeBinaries},
+};
 use crate::{
     compile::CompiledCampaign,
     scenario::{
@@ -528,10 +532,21 @@ impl Script<'_> {
             );
         }
         if rule.after_ns != 0 {
+            // The BPF runtime holds no number above 2^31 - 1 (`refuse`): a long `after` is
+            // compared in µs, ms or s, exactly (it is a whole number of them).
+            let (unit, after) = match self.runtime {
+                Runtime::Bpf => refuse::bpf_after_in_units(rule.after_ns)
+                    .expect("refused by refuse::check when no unit holds it"),
+                Runtime::Module => (1, rule.after_ns),
+            };
+            let elapsed = if unit == 1 {
+                "ktime_get_ns() - fij_start_ns".to_owned()
+            } else {
+                format!("(ktime_get_ns() - fij_start_ns) / {unit}")
+            };
             let _ = writeln!(
                 out,
-                "\tif (ktime_get_ns() - fij_start_ns < {}) return 0 // after: earlier hits are not counted",
-                rule.after_ns
+                "\tif ({elapsed} < {after}) return 0 // after: earlier hits are not counted"
             );
         }
         if rule.flags & fij_common::RULE_PORT != 0 {

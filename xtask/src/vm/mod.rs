@@ -8,6 +8,7 @@
 //!
 //! `--kernel host` runs the same tests on the running kernel, holding the privileged-tests lock.
 mod kernels;
+mod stap_chroot;
 
 use std::{
     fs,
@@ -140,6 +141,7 @@ pub fn run_built(request: &Request, dist_bin: &Path) -> Result<()> {
                 dist_bin: dist_bin.to_path_buf(),
                 tests,
                 test_args: selection.test_args.clone(),
+                env: Vec::new(),
             };
             match selection.kernel.debian() {
                 Some(debian) => run_in_vm(&vm_dir, debian, &run, request),
@@ -162,12 +164,15 @@ pub fn run_built(request: &Request, dist_bin: &Path) -> Result<()> {
 }
 
 /// The binaries a run uses, all built on the host.
+#[derive(Clone)]
 struct Run {
     fij_bin: PathBuf,
     dist_bin: PathBuf,
     /// (test file name, executable).
     tests: Vec<(String, PathBuf)>,
     test_args: Vec<String>,
+    /// More environment for the tests (what was built for them before the boot).
+    env: Vec<(String, String)>,
 }
 
 impl Run {
@@ -198,6 +203,9 @@ impl Run {
              failed=\n",
             doctor = q(&out.join("doctor.txt"))
         );
+        for (key, value) in &self.env {
+            s += &format!("export {key}={}\n", cmd::quote(value));
+        }
         for (name, exe) in &self.tests {
             s += &format!(
                 "echo '== tests/it/{name}.rs'\n{} {} || failed=\"$failed {name}\"\n",
@@ -279,6 +287,7 @@ fn run_on_host(vm_dir: &Path, run: &Run) -> Result<()> {
 /// Prepares the kernel and boots it with the run's script; the guest's exit status is the run's.
 fn run_in_vm(vm_dir: &Path, debian: DebianKernel, run: &Run, request: &Request) -> Result<()> {
     let kernel = debian.prepare(vm_dir, request.refresh)?;
+    let run = &with_stap_module(vm_dir, debian, &kernel, run)?;
     let out = vm_dir.join(debian.name).join("run");
     if out.exists() {
         fs::remove_dir_all(&out)?;
@@ -303,6 +312,48 @@ fn run_in_vm(vm_dir: &Path, debian: DebianKernel, run: &Run, request: &Request) 
             console.display()
         ),
     }
+}
+
+/// The stap module of tests/it/stap_module.rs, when that test runs under Debian 13: the
+/// scenario's `fij stap --runtime module` script compiled for the guest's kernel in the trixie
+/// root ([`stap_chroot`]), on the host before the boot (the guest has no compiler for it and
+/// TCG would make it ~10x slower); the test finds it through `FIJ_STAP_CHROOT`/`FIJ_STAP_MODULE`.
+fn with_stap_module(
+    vm_dir: &Path,
+    debian: DebianKernel,
+    kernel: &kernels::Prepared,
+    run: &Run,
+) -> Result<Run> {
+    const TEST: &str = "stap_module";
+    const MODULE: &str = "fij_side";
+    if debian != kernels::DEBIAN13 || !run.tests.iter().any(|(name, _)| name == TEST) {
+        return Ok(run.clone());
+    }
+    let chroot = stap_chroot::prepare(vm_dir, &kernel.release)?;
+    let script = format!("{MODULE}.stp");
+    let scenario = crate::workspace_root().join("tests/it/stap_module/scenario.toml");
+    cmd::run(
+        Command::new(&run.fij_bin)
+            .arg("stap")
+            .arg(&scenario)
+            .args(["--runtime", "module", "-o"])
+            .arg(chroot.work_path(&script)),
+    )?;
+    let (ko, took) = chroot.compile(&script, MODULE)?;
+    println!(
+        "stap-chroot: {} compiled in {:.1} s (stap -p4 against {})",
+        ko.display(),
+        took.as_secs_f64(),
+        chroot.release
+    );
+    let mut run = run.clone();
+    run.env.push((
+        "FIJ_STAP_CHROOT".to_owned(),
+        chroot.root.to_string_lossy().into_owned(),
+    ));
+    run.env
+        .push(("FIJ_STAP_MODULE".to_owned(), format!("{MODULE}.ko")));
+    Ok(run)
 }
 
 /// How qemu runs the guest.
@@ -550,6 +601,7 @@ mod tests {
             dist_bin: "/t/dist/fij".into(),
             tests: vec![("dist".into(), "/t/debug/deps/dist-1".into())],
             test_args: vec!["kprobe".into(), "it's".into()],
+            env: vec![],
         };
         let script = run.script(Path::new("/t/vm/x/run"));
         assert!(script.contains("\"$FIJ_DIST_BIN\" doctor > /t/vm/x/run/doctor.txt"));

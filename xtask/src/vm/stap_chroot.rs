@@ -1,0 +1,162 @@
+//! SystemTap's module runtime for the lab's Debian 13 kernel: a trixie root file system
+//! (debootstrap, cached under `<target>/vm/stap-chroot/trixie/`) with trixie's SystemTap 5.1, gcc
+//! and the kernel's own headers, where `fij stap --runtime module` scripts are compiled into
+//! kernel modules natively, on the host, before the guest boots (`stap -p4 -r RELEASE`); the
+//! guest then loads them with that root's `staprun` (tests/it/stap_module.rs).
+//!
+//! Two things stap 5.1 needs here that Debian does not give (docs/kernel-lab.md):
+//!
+//! - its tracepoint queries (`kernel.trace(…)`, pass 2) redefine `COUNT_ARGS`, which Linux ≥ 6.6
+//!   defines in `linux/args.h`; stap builds them with `-Werror`, so every query object came out
+//!   empty and every tracepoint failed ("resolution failed in tracepoint builder"). stap's kbuild
+//!   runs get `-B CC=` a wrapper of the kernel's compiler that puts `-Wno-error` last;
+//! - stap 5.1's runtime resolves `uprobe_unregister` when its module starts, on any kernel with
+//!   uprobes; Linux 6.12 split it into `uprobe_unregister_nosync`/`_sync`, so every module
+//!   stopped at load ("ERROR: Can't resolve uprobe_unregister!"), whatever its probes. Modules
+//!   are built with `-D STAPCONF_UPROBE_UNREGISTER_EXPORTED`, which skips that lookup; a script
+//!   with uprobes (`process(…).function`) still cannot be built for 6.12 with stap 5.1 (its
+//!   uprobes code calls the old function), which the lab's test does not have;
+//! - `kprobe.function(…)` needs the kernel's symbols: Debian's `/boot/System.map-*` is a
+//!   placeholder ("The real System.map is in the linux-image-<version>-dbg package"), so stap
+//!   parses 0 symbols and finds "no match". Not worked around: the scripts of the lab's test have
+//!   no kprobe (by hand, the guest's /proc/kallsyms as the root's
+//!   /usr/lib/debug/boot/System.map-RELEASE made them resolve; docs/kernel-lab.md).
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+
+/// The Debian suite of the root, the same as the lab's `debian13` kernel.
+const SUITE: &str = "trixie";
+/// What the root holds beyond minbase.
+const PACKAGES: &str = "systemtap,linux-headers-amd64,gcc,make,libc6-dev,kmod";
+/// The kernel's compiler with `-Wno-error` last, at this path in the root.
+const KBUILD_CC: &str = "/usr/local/lib/fij/kbuild-cc";
+/// Skips stap 5.1's start-up lookup of `uprobe_unregister`, which 6.12 does not have.
+const UNREGISTER_LOOKUP_OFF: &str = "STAPCONF_UPROBE_UNREGISTER_EXPORTED";
+/// Where scripts and modules go in the root (the guest sees it at the same host path).
+const WORK: &str = "work";
+
+/// The trixie root, ready to compile modules for `release`.
+pub struct StapChroot {
+    pub root: PathBuf,
+    pub release: String,
+}
+
+/// The root under `<vm_dir>/stap-chroot/`, made with debootstrap the first time (~80 s on an idle
+/// machine, 6 min on a busy one; ~1 GB), then reused; with the headers of `release` (the lab's
+/// kernel) installed if the root's are another release.
+pub fn prepare(vm_dir: &Path, release: &str) -> Result<StapChroot> {
+    let dir = vm_dir.join("stap-chroot");
+    let root = dir.join(SUITE);
+    if !dir.join(format!("{SUITE}.ready")).is_file() {
+        let partial = dir.join(format!("{SUITE}.partial"));
+        if partial.exists() {
+            fs::remove_dir_all(&partial)?;
+        }
+        if root.exists() {
+            fs::remove_dir_all(&root)?;
+        }
+        fs::create_dir_all(&dir)?;
+        let started = Instant::now();
+        // debootstrap's own sources (the mirror given here), not the machine's apt sources.
+        cmd::run(
+            Command::new("debootstrap")
+                .args(["--variant=minbase", &format!("--include={PACKAGES}"), SUITE])
+                .arg(&partial)
+                .arg("http://deb.debian.org/debian"),
+        )?;
+        fs::rename(&partial, &root)?;
+        fs::write(dir.join(format!("{SUITE}.ready")), "")?;
+        println!(
+            "stap-chroot: debootstrap {SUITE} took {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!("ok: {SUITE} root for stap cached in {}", root.display());
+    }
+    let chroot = StapChroot {
+        root,
+        release: release.to_owned(),
+    };
+    if !chroot
+        .root
+        .join("usr/src")
+        .join(format!("linux-headers-{release}"))
+        .is_dir()
+    {
+        // The root's own apt (trixie's sources, written by debootstrap), not the machine's.
+        cmd::run(&mut chroot.command(&[
+            "sh",
+            "-c",
+            &format!("apt-get -q update && apt-get -q -y install linux-headers-{release}"),
+        ]))?;
+    }
+    let cc = chroot.root.join(KBUILD_CC.trim_start_matches('/'));
+    fs::create_dir_all(cc.parent().expect("a parent"))?;
+    fs::write(
+        &cc,
+        "#!/bin/sh\n\
+         # Written by `cargo xtask vm` (xtask/src/vm/stap_chroot.rs): the kernel's compiler with\n\
+         # -Wno-error last, for stap's kbuild runs (`stap -B CC=…`). stap 5.1's tracepoint queries\n\
+         # redefine COUNT_ARGS, which Linux >= 6.6 defines: under -Werror every query failed.\n\
+         exec /usr/bin/x86_64-linux-gnu-gcc-14 \"$@\" -Wno-error\n",
+    )?;
+    fs::set_permissions(&cc, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    fs::create_dir_all(chroot.root.join(WORK))?;
+    Ok(chroot)
+}
+
+impl StapChroot {
+    /// `ARGV` run in the root: in a mount namespace of its own (nothing stays mounted), with
+    /// the host's /dev (kbuild and stap write nothing useful without it: every object came out
+    /// empty) and a /proc.
+    fn command(&self, argv: &[&str]) -> Command {
+        let root = cmd::quote(&self.root.to_string_lossy());
+        let argv: Vec<String> = argv.iter().map(|a| cmd::quote(a)).collect();
+        let mut c = Command::new("unshare");
+        c.args(["-m", "sh", "-c"]).arg(format!(
+            "mount --make-rprivate / && mount --bind /dev {root}/dev && \
+             mount -t proc proc {root}/proc && exec chroot {root} {}",
+            argv.join(" ")
+        ));
+        c
+    }
+
+    /// The host path of `name` in the root's work directory.
+    pub fn work_path(&self, name: &str) -> PathBuf {
+        self.root.join(WORK).join(name)
+    }
+
+    /// Compiles `script` (a file in the work directory) into `MODULE.ko` there with trixie's
+    /// stap against the kernel's headers (`-g -p4 -r RELEASE -m MODULE`). Returns the module's
+    /// host path and how long stap took.
+    pub fn compile(&self, script: &str, module: &str) -> Result<(PathBuf, Duration)> {
+        let ko = self.work_path(&format!("{module}.ko"));
+        if ko.exists() {
+            fs::remove_file(&ko)?;
+        }
+        let started = Instant::now();
+        let script = format!("/{WORK}/{script}");
+        let cc = format!("CC={KBUILD_CC}");
+        let mut c = self.command(&[
+            "sh",
+            "-c",
+            &format!(
+                "cd /{WORK} && exec stap -g -p4 -B {cc} -D {UNREGISTER_LOOKUP_OFF} -r {} -m {module} {script}",
+                self.release
+            ),
+        ]);
+        cmd::run(&mut c).context("stap -p4 in the trixie root")?;
+        if !ko.is_file() {
+            bail!("stap left no {}", ko.display());
+        }
+        Ok((ko, started.elapsed()))
+    }
+}
