@@ -163,7 +163,6 @@ impl Guardian {
         .context("telling the guardian of the work directory")
     }
 
-
     /// Hands the guardian a duplicate of a spawned target's seccomp listener and its slot,
     /// before the target runs: while the guardian holds it, the kernel never answers the
     /// target's listed calls with ENOSYS (see `crate::seccomp`).
