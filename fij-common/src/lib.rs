@@ -68,6 +68,35 @@ pub struct TargetProcess {
     /// Kernel time at which this process joined the set. Per-process counters carry it, so a
     /// counter left by a dead process is never reused by a later process with the same pid.
     pub generation: u64,
+    /// The process's row of per-process hit counters in `SLOT_COUNTERS`, plus one; 0: it has
+    /// none (no free row when it joined), and its counters are in the `PROCESS_COUNTERS` hash.
+    /// Set by whoever adds the process to the set (the kernel's `add_target`, the loader's),
+    /// freed by the exit hook.
+    pub counter_slot: u32,
+    pub _pad: u32,
+}
+
+/// Rows of per-process counters (`SLOT_COUNTERS`) for a campaign of `faults` faults: as many
+/// counters as the `PROCESS_COUNTERS` hash holds, so the two together never take more than
+/// twice the hash's memory. A process without a row falls back to the hash.
+pub const fn counter_slots(faults: u32) -> u32 {
+    if faults == 0 {
+        return 0;
+    }
+    let slots = MAX_PROCESS_COUNTERS / faults;
+    if slots < MAX_TARGET_PROCESSES {
+        slots
+    } else {
+        MAX_TARGET_PROCESSES
+    }
+}
+
+/// Of `slots` counter rows, those the loader hands out itself (1..=this): it cannot take a row
+/// from the kernel's allocator atomically, so each side allocates from its own range; rows that
+/// exited processes freed are shared through the `FREE_COUNTER_SLOTS` queue, which both pop.
+pub const fn loader_counter_slots(slots: u32) -> u32 {
+    let half = slots / 2;
+    if half < 1024 { half } else { 1024 }
 }
 
 /// Key of the hook table: which faults watch this hook of this target.
@@ -337,7 +366,12 @@ pub const CONFIG_FAULTS: u32 = 6;
 /// Non-zero while any address is silent (a node crash, `SILENT_ADDRESSES` not empty): the tc
 /// programs skip the address lookups while it is 0.
 pub const CONFIG_SILENT_ADDRESSES: u32 = 7;
-pub const CONFIG_LEN: u32 = 8;
+/// Rows of `SLOT_COUNTERS` (see [`counter_slots`]): the kernel allocates rows up to it.
+pub const CONFIG_COUNTER_SLOTS: u32 = 8;
+/// The next row the kernel's `add_target` takes if no freed row is queued (it starts after the
+/// loader's range, [`loader_counter_slots`]); moved on atomically.
+pub const CONFIG_NEXT_COUNTER_SLOT: u32 = 9;
+pub const CONFIG_LEN: u32 = 10;
 
 /// Selector kinds, as `CONFIG_SELECTORS` bits and as the `detail` of `EVENT_JOINED`.
 pub const SELECTOR_COMM: u64 = 1 << 0;

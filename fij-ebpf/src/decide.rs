@@ -22,7 +22,7 @@ use fij_common::{
 
 use crate::maps::{
     COUNTERS, CRASHED, DUE, HOOKS, INJECTED, PROCESS_COUNTERS, PROTECTED, RULES, SELECTED, STOPPED,
-    config, emit, emit_quietly, layout, with_scratch_event,
+    config, emit, emit_quietly, free_counter_slot, layout, slot_counter, with_scratch_event,
 };
 
 /// `Event::hit` of an injection fired by a time trigger (it has no hit number).
@@ -205,7 +205,7 @@ fn evaluate<const SIGNALS: bool>(fault_id: u32, hit: &Hit) -> u32 {
     let number = if rule.flags & RULE_PER_TARGET != 0 {
         unsafe { atomic_add(&raw mut (*counters).target_hits, 1) + 1 }
     } else {
-        match process_hit(fault_id, tgid, process.generation) {
+        match process_hit(fault_id, tgid, process) {
             Some(number) => number,
             None => {
                 // Table full: say so (once per fault) rather than count from a wrong number.
@@ -475,9 +475,15 @@ pub extern "C" fn fault_hit_draw(seed: u64, stream: u64, hit: u64) -> u64 {
 }
 
 /// Counts a hit in the current process's counter for `fault_id`; returns the hit number, or
-/// None when the counter table is full.
+/// None when the counter table is full. The counter is in the process's row of
+/// `SLOT_COUNTERS` if it has one, else in the `PROCESS_COUNTERS` hash.
 #[inline(always)]
-fn process_hit(fault_id: u32, tgid: u32, generation: u64) -> Option<u64> {
+fn process_hit(fault_id: u32, tgid: u32, process: &TargetProcess) -> Option<u64> {
+    if process.counter_slot != 0 {
+        let counter = slot_counter(process.counter_slot, fault_id)?;
+        return Some(unsafe { atomic_add(counter, 1) + 1 });
+    }
+    let generation = process.generation;
     let key = ProcessCounterKey { fault_id, tgid };
     if let Some(counter) = PROCESS_COUNTERS.get_ptr_mut(&key) {
         // A counter left by an earlier process with this pid (whose exit fij missed) has
@@ -499,9 +505,14 @@ fn process_hit(fault_id: u32, tgid: u32, generation: u64) -> Option<u64> {
 /// For the exit event of `tgid`: (fault, the process's hits of it now, the hit its last
 /// injection fired on), if a per-process hit trigger fired on it. Forgets the injection.
 #[inline(always)]
-pub fn take_last_injection(tgid: u32, generation: u64) -> Option<(u32, u64, u64)> {
+pub fn take_last_injection(tgid: u32, process: &TargetProcess) -> Option<(u32, u64, u64)> {
     let mark = unsafe { INJECTED.get(&tgid) }.copied()?;
     let _ = INJECTED.remove(&tgid);
+    if process.counter_slot != 0 {
+        let hits = unsafe { *slot_counter(process.counter_slot, mark.fault_id)? };
+        return Some((mark.fault_id, hits, mark.hit));
+    }
+    let generation = process.generation;
     let key = ProcessCounterKey {
         fault_id: mark.fault_id,
         tgid,
@@ -510,33 +521,46 @@ pub fn take_last_injection(tgid: u32, generation: u64) -> Option<(u32, u64, u64)
     (counter.generation == generation).then_some((mark.fault_id, counter.hits, mark.hit))
 }
 
-/// Deletes the per-process counters of exiting process `tgid`, for every fault of the
-/// campaign (`CONFIG_FAULTS`), so the table holds live processes only. Through `bpf_loop`
+/// Forgets the per-process counters of exiting process `tgid`, for every fault of the
+/// campaign (`CONFIG_FAULTS`): zeroes its row of `SLOT_COUNTERS` and frees the row, or deletes
+/// its entries of the hash, so the tables hold live processes only. Through `bpf_loop`
 /// (5.17+): an open-coded loop bounded by `MAX_FAULTS` made the verifier walk all 1024
 /// iterations, ~8 ms of every start; `bpf_loop`'s callback is verified once.
 #[inline(always)]
-pub fn forget_process_counters(tgid: u32) {
+pub fn forget_process_counters(tgid: u32, process: &TargetProcess) {
     let faults = config(CONFIG_FAULTS).min(MAX_FAULTS as u64) as u32;
-    let mut tgid = tgid;
+    let mut whose = ProcessCounterKey {
+        fault_id: process.counter_slot,
+        tgid,
+    };
     unsafe {
         bpf_loop(
             faults,
             forget_counter as *mut c_void,
-            &mut tgid as *mut u32 as *mut c_void,
+            &mut whose as *mut ProcessCounterKey as *mut c_void,
             0,
         )
     };
+    free_counter_slot(process.counter_slot);
 }
 
-/// `bpf_loop`'s callback for [`forget_process_counters`]: deletes counter `fault_id` of the
-/// process whose tgid `ctx` points to. Returns 0: go on with the next fault.
+/// `bpf_loop`'s callback for [`forget_process_counters`]: forgets counter `fault_id` of the
+/// process `ctx` points to (its tgid, and in `fault_id` its counter row, 0 for none). Returns
+/// 0: go on with the next fault.
 #[inline(never)]
 extern "C" fn forget_counter(fault_id: u64, ctx: *mut c_void) -> i64 {
-    let tgid = unsafe { *(ctx as *const u32) };
-    let _ = PROCESS_COUNTERS.remove(&ProcessCounterKey {
-        fault_id: fault_id as u32,
-        tgid,
-    });
+    let whose = unsafe { *(ctx as *const ProcessCounterKey) };
+    let (slot, tgid) = (whose.fault_id, whose.tgid);
+    if slot != 0 {
+        if let Some(counter) = slot_counter(slot, fault_id as u32) {
+            unsafe { *counter = 0 };
+        }
+    } else {
+        let _ = PROCESS_COUNTERS.remove(&ProcessCounterKey {
+            fault_id: fault_id as u32,
+            tgid,
+        });
+    }
     0
 }
 

@@ -66,6 +66,7 @@ pub fn fij_fork(ctx: RawTracePointContext) -> i32 {
         target_idx: parent.target_idx,
         instance: parent.instance,
         generation: now,
+        ..TargetProcess::default()
     };
     let target_idx = parent.target_idx;
     if add_target(pid, &entry) {
@@ -105,9 +106,8 @@ pub fn fij_exit(ctx: TracePointContext) -> i32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let exit_code = read_task_u32(task, l.task_exit_code).map_or(-1, |c| c as i32);
     let target_idx = process.target_idx;
-    let (fault_id, hits, injected_at) =
-        take_last_injection(tgid, process.generation).unwrap_or_default();
-    forget_process_counters(tgid);
+    let (fault_id, hits, injected_at) = take_last_injection(tgid, process).unwrap_or_default();
+    forget_process_counters(tgid, process);
     let _ = STOPPED.remove(&tgid);
     remove_target(tgid);
     emit(&Event {

@@ -55,6 +55,7 @@ pub fn join(pid: u32, target_idx: u32, reason: u64) {
         target_idx,
         instance: 0,
         generation: now,
+        ..TargetProcess::default()
     };
     if add_target(pid, &entry) {
         emit(&Event {

@@ -483,6 +483,7 @@ fn arm_targets<'s>(
             target_idx: target_idx as u32,
             instance,
             generation,
+            ..TargetProcess::default()
         };
         match (&target.source, source) {
             (

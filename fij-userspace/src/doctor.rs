@@ -478,6 +478,8 @@ fn check_fij_programs(layout: &KernelLayout) -> Vec<Check> {
         silences: true,
         syscall_targets: 1,
         syscall_rows: 1,
+        faults: 1,
+        counter_slots: fij_common::counter_slots(1),
     };
     let mut kernel = match Kernel::load(layout, false, &all_tables) {
         Ok(kernel) => kernel,
@@ -601,6 +603,7 @@ fn prove_send_signal(kernel: &mut Kernel) -> Result<String> {
             target_idx: 0,
             instance: 0,
             generation: monotonic_ns(),
+            ..TargetProcess::default()
         },
     )?;
     child.release()?;

@@ -12,7 +12,7 @@ use crate::{
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, RingBuf},
+    maps::{Array, HashMap, MapData, Queue, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSock, KProbe, PerfEvent, RawTracePoint, SchedClassifier,
         TcAttachType, TracePoint, UProbe,
@@ -21,11 +21,12 @@ use aya::{
     },
 };
 use fij_common::{
-    COMM_KEY_LEN, CONFIG_ARMED, CONFIG_DUE, CONFIG_FAULTS, CONFIG_SEED, CONFIG_SELECTORS,
-    CONFIG_SILENCED, CONFIG_SILENT_ADDRESSES, CONFIG_START_NS, CrashMark, EXE_KEY_LEN,
-    FaultCounters, FaultRule, HookFaults, HookKey, KernelLayout, MAX_FAULTS_PER_HOOK,
-    SELECTOR_CGROUP, SELECTOR_COMM, SELECTOR_EXE, SELECTOR_UID, SYSCALL_SLOTS, SelectKey,
-    SilenceEntry, SilenceKey, TARGET_SET_EPOCH_LOADER, TargetProcess,
+    COMM_KEY_LEN, CONFIG_ARMED, CONFIG_COUNTER_SLOTS, CONFIG_DUE, CONFIG_FAULTS,
+    CONFIG_NEXT_COUNTER_SLOT, CONFIG_SEED, CONFIG_SELECTORS, CONFIG_SILENCED,
+    CONFIG_SILENT_ADDRESSES, CONFIG_START_NS, CrashMark, EXE_KEY_LEN, FaultCounters, FaultRule,
+    HookFaults, HookKey, KernelLayout, MAX_FAULTS_PER_HOOK, SELECTOR_CGROUP, SELECTOR_COMM,
+    SELECTOR_EXE, SELECTOR_UID, SYSCALL_SLOTS, SelectKey, SilenceEntry, SilenceKey,
+    TARGET_SET_EPOCH_LOADER, TargetProcess, counter_slots, loader_counter_slots,
 };
 
 /// The eBPF object built from `fij-ebpf` by this crate's build script.
@@ -93,6 +94,10 @@ pub struct Kernel {
     /// How many targets the loader added: its own counter in `TARGET_SET_EPOCH`, of which it
     /// is the only writer.
     loader_additions: u64,
+    free_counter_slots: Queue<MapData, u32>,
+    /// Rows of `SLOT_COUNTERS`, and how many of the loader's range it gave out.
+    counter_slots: u32,
+    loader_counter_slots_taken: u32,
 }
 
 /// Whether `key` is a syscall trigger's hook (its id is the raw syscall number).
@@ -110,7 +115,17 @@ pub struct TableSizes {
     pub syscall_targets: u32,
     /// Targets with a syscall hook: the rows of `SYSCALL_HOOKS`.
     pub syscall_rows: u32,
+    /// The campaign's faults: the width of a row of `SLOT_COUNTERS`.
+    pub faults: u32,
+    /// Rows of `SLOT_COUNTERS` (per-process counters without a hash lookup): see
+    /// `fij_common::counter_slots`. Processes beyond them count in the `PROCESS_COUNTERS` hash.
+    pub counter_slots: u32,
 }
+
+/// `FIJ_COUNTER_SLOTS=N`: at most N rows of per-process counters (fewer than the campaign
+/// would have), so that tests can send processes down the hash path, which otherwise needs
+/// thousands of live target processes to reach.
+const COUNTER_SLOTS_ENV: &str = "FIJ_COUNTER_SLOTS";
 
 impl TableSizes {
     pub fn for_campaign(compiled: &CompiledCampaign) -> Self {
@@ -120,10 +135,17 @@ impl TableSizes {
             .filter(|key| is_syscall_hook(key))
             .map(|key| key.target_idx)
             .collect();
+        let faults = compiled.rules.len() as u32;
+        let most = std::env::var(COUNTER_SLOTS_ENV)
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(u32::MAX);
         Self {
             silences: compiled.attach.crash || compiled.attach.silencer,
             syscall_targets: syscall_targets.last().map_or(0, |last| last + 1),
             syscall_rows: syscall_targets.len() as u32,
+            faults,
+            counter_slots: counter_slots(faults).min(most),
         }
     }
 }
@@ -210,12 +232,26 @@ impl Kernel {
         }
         loader.map_max_entries("SYSCALL_ROWS", sizes.syscall_targets.max(1));
         loader.map_max_entries("SYSCALL_HOOKS", (sizes.syscall_rows * SYSCALL_SLOTS).max(1));
+        loader.map_max_entries("SLOT_COUNTERS", (sizes.counter_slots * sizes.faults).max(1));
+        loader.map_max_entries("FREE_COUNTER_SLOTS", sizes.counter_slots.max(1));
         // FIJ_VERIFIER_LOG=1: the verifier's full trace in load errors, for debugging programs.
         if std::env::var_os("FIJ_VERIFIER_LOG").is_some() {
             loader
                 .verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
         }
         let mut ebpf = loader.load(OBJECT).context("loading fij's eBPF object")?;
+        let mut config: Array<MapData, u64> = take(&mut ebpf, "CONFIG")?;
+        // The kernel hands out the rows after the loader's.
+        config
+            .set(CONFIG_COUNTER_SLOTS, sizes.counter_slots as u64, 0)
+            .context("writing the number of counter rows")?;
+        config
+            .set(
+                CONFIG_NEXT_COUNTER_SLOT,
+                loader_counter_slots(sizes.counter_slots) as u64 + 1,
+                0,
+            )
+            .context("writing the kernel's first counter row")?;
         Ok(Self {
             targets: take(&mut ebpf, "TARGETS")?,
             target_flags: take(&mut ebpf, "TARGET_FLAGS")?,
@@ -226,7 +262,10 @@ impl Kernel {
             syscall_hook_faults: take(&mut ebpf, "SYSCALL_HOOK_FAULTS")?,
             rules: take(&mut ebpf, "RULES")?,
             counters: take(&mut ebpf, "COUNTERS")?,
-            config: take(&mut ebpf, "CONFIG")?,
+            config,
+            free_counter_slots: take(&mut ebpf, "FREE_COUNTER_SLOTS")?,
+            counter_slots: sizes.counter_slots,
+            loader_counter_slots_taken: 0,
             lost: take(&mut ebpf, "EVENTS_LOST")?,
             crashed: take(&mut ebpf, "CRASHED")?,
             stopped: take(&mut ebpf, "STOPPED")?,
@@ -744,10 +783,14 @@ impl Kernel {
 
     /// Adds `pid` to the target set (the hash, then its flag, then the epoch, as the kernel
     /// does): at any time, also while `pid` runs and makes syscalls.
-    pub fn add_target(&mut self, pid: u32, entry: TargetProcess) -> Result<()> {
-        self.targets
-            .insert(pid, entry, 0)
-            .with_context(|| format!("adding pid {pid} to the target set"))?;
+    pub fn add_target(&mut self, pid: u32, mut entry: TargetProcess) -> Result<()> {
+        entry.counter_slot = self.take_counter_slot();
+        if let Err(e) = self.targets.insert(pid, entry, 0) {
+            if entry.counter_slot != 0 {
+                let _ = self.free_counter_slots.push(entry.counter_slot, 0);
+            }
+            return Err(e).with_context(|| format!("adding pid {pid} to the target set"));
+        }
         if pid < self.target_flags.len() {
             self.target_flags
                 .set(pid, 1, 0)
@@ -759,6 +802,16 @@ impl Kernel {
             .set(TARGET_SET_EPOCH_LOADER, self.loader_additions, 0)
             .context("moving the target set's epoch on")?;
         Ok(())
+    }
+
+    /// A free row of per-process counters (1-based; 0: none left): from the loader's own range
+    /// (`fij_common::loader_counter_slots`), else one that an exited process freed.
+    fn take_counter_slot(&mut self) -> u32 {
+        if self.loader_counter_slots_taken < loader_counter_slots(self.counter_slots) {
+            self.loader_counter_slots_taken += 1;
+            return self.loader_counter_slots_taken;
+        }
+        self.free_counter_slots.pop(0).unwrap_or(0)
     }
 
     /// Whether `pid` is in the target set now (a recycled pid is not).

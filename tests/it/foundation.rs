@@ -365,7 +365,8 @@ const FIJ_WAIT_SYSCALL: &str = if cfg!(target_arch = "x86_64") {
 
 /// Starts a campaign with a fault (SIGUSR1, count 1) on the syscall fij itself waits in, aimed
 /// at a sleeping workload; once armed, slips fij's own pid into the kernel's target set behind
-/// its back (`TARGETS`: tgid → `TargetProcess { target_idx: 0, instance: 0, generation: 0 }`,
+/// its back (`TARGETS`: tgid → `TargetProcess { target_idx: 0, instance: 0, generation: 0,
+/// counter_slot: 0 }` (no counter row: it counts in the hash),
 /// and its byte in `TARGET_FLAGS`, the syscall hook's filter), so the fault hits fij. Checks that the kernel refused to signal it and that fij lives on.
 /// Returns the running fij and the id of its TARGETS map.
 fn fij_in_its_own_target_set(dir: &TempDir) -> (RunningFij, u64) {
@@ -381,7 +382,11 @@ fn fij_in_its_own_target_set(dir: &TempDir) -> (RunningFij, u64) {
     fij.wait_armed();
     let fij_pid = fij.pid();
     let targets = map_of_process(fij_pid, "TARGETS");
-    map_update(targets, &fij_pid.to_le_bytes(), &[0; 16]);
+    map_update(
+        targets,
+        &fij_pid.to_le_bytes(),
+        &[0; size_of::<fij_common::TargetProcess>()],
+    );
     let flags = map_of_process(fij_pid, "TARGET_FLAGS");
     map_update(flags, &fij_pid.to_le_bytes(), &[1]);
     // As the loader does after an addition: move the target set's epoch on (its own counter,

@@ -328,8 +328,12 @@ fn a_full_counter_table_is_reported_not_evicted() {
              target = \"w\"\naction = \"kill\"\ntrigger = {{ syscall = \"write\" }}\nnth = 3\n"
         ),
     );
-    // With the kernel's diagnostics on: it says why it skipped the hit.
-    let mut fij = Fij::run(&dir, &scenario).arg("--kernel-log").spawn();
+    // With the kernel's diagnostics on: it says why it skipped the hit. No counter rows: the
+    // victim counts in the hash (with a row, the hash's state would not concern it).
+    let mut fij = Fij::run(&dir, &scenario)
+        .arg("--kernel-log")
+        .env(COUNTER_SLOTS_ENV, "0")
+        .spawn();
     fij.wait_armed();
     let capacity = 65536;
     fill_process_counters(&dir, fij.pid(), 0, capacity).expect("the table takes its capacity");
@@ -374,7 +378,10 @@ fn counters_are_deleted_when_their_process_exits() {
              trigger = {{ syscall = \"write\" }}\nnth = 100\n"
         ),
     );
-    let mut fij = Fij::run(&dir, &scenario).spawn();
+    // No counter rows: the hash is the table whose entries must go.
+    let mut fij = Fij::run(&dir, &scenario)
+        .env(COUNTER_SLOTS_ENV, "0")
+        .spawn();
     fij.wait_armed();
     let short_pid = fij.log().target_pid("short");
     fij.wait_for_record("the exit of `short`", fij_tests::FIJ_TIMEOUT, |r| {
@@ -421,7 +428,10 @@ fn a_live_counter_survives_a_full_table() {
              target = \"w\"\naction = \"kill\"\ntrigger = {{ syscall = \"write\" }}\nnth = 4\n"
         ),
     );
-    let mut fij = Fij::run(&dir, &scenario).spawn();
+    // No counter rows: the victim counts in the hash that the test fills.
+    let mut fij = Fij::run(&dir, &scenario)
+        .env(COUNTER_SLOTS_ENV, "0")
+        .spawn();
     fij.wait_armed();
     // The victim may not have created its file yet when fij says it is armed (seen under TCG).
     fij_tests::wait_until(
@@ -442,6 +452,62 @@ fn a_live_counter_survives_a_full_table() {
     let pid = run.log.target_pid("w");
     run.log.assert_injections("write", "SIGKILL", &[(4, pid)]);
     assert_eq!(fij_tests::read_lines(&out), fij_tests::numbered_lines(3));
+}
+
+/// The loader's limit on rows of per-process counters (`fij-userspace/src/kernel.rs`): 0 sends
+/// every process to the `PROCESS_COUNTERS` hash, 1 leaves one row, the kernel's, for forks.
+const COUNTER_SLOTS_ENV: &str = "FIJ_COUNTER_SLOTS";
+
+/// A row of per-process counters starts from 0 for every process it serves: with one row
+/// (`FIJ_COUNTER_SLOTS=1`, which goes to the kernel's allocator) and the hash filled to capacity
+/// by the test, a shell (no row; it makes no write) runs five workers one after the other, the
+/// first waiting for the test's go. Each takes the row its predecessor freed at exit, and each
+/// writer is signalled on its own 2nd write. A row handed on with its count would give writer 2
+/// hits 4-6 and no injection; a row never freed would leave the later workers to the full hash,
+/// whose hits are reported as uncounted (exit status 1).
+#[test]
+fn a_counter_row_starts_from_zero_for_each_process() {
+    let dir = TempDir::new("counter-rows");
+    let script = "\"$0\" wait-for \"$1/go\"; \
+                  for i in 1 2 3 4; do \"$0\" write-lines \"$1/out$i.txt\" 3; done";
+    let command = fij_tests::toml_array(&[
+        "sh",
+        "-c",
+        script,
+        workload!().path().to_str().expect("UTF-8 path"),
+        dir.path().to_str().expect("UTF-8 path"),
+    ]);
+    let scenario = dir.write(
+        "s.toml",
+        &format!(
+            "[[target]]\nname = \"w\"\ncommand = {command}\n\n[[fault]]\nname = \"second\"\n\
+             target = \"w\"\naction = \"signal\"\nsignal = \"SIGWINCH\"\n\
+             trigger = {{ syscall = \"write\" }}\nnth = 2\ncount = 10\n"
+        ),
+    );
+    let mut fij = Fij::run(&dir, &scenario)
+        .env(COUNTER_SLOTS_ENV, "1")
+        .spawn();
+    fij.wait_armed();
+    fill_process_counters(&dir, fij.pid(), 0, 65536).expect("the hash takes its capacity");
+    std::fs::write(dir.join("go"), "").unwrap();
+    let run = fij.wait();
+    run.assert_exit(0);
+    let workers: Vec<u32> = run
+        .log
+        .forks()
+        .iter()
+        .map(|f| fij_tests::pid_of(f))
+        .collect();
+    assert_eq!(workers.len(), 5, "five workers expected:\n{run}");
+    let writers = &workers[1..];
+    let expected: Vec<(u64, u32)> = writers.iter().map(|&pid| (2, pid)).collect();
+    run.log.assert_injections("write", "SIGWINCH", &expected);
+    for (i, pid) in writers.iter().enumerate() {
+        assert_eq!(run.log.exit_status(*pid), "code 0", "{run}");
+        let out = dir.join(&format!("out{}.txt", i + 1));
+        assert_eq!(fij_tests::read_lines(&out), fij_tests::numbered_lines(3));
+    }
 }
 
 /// fij's guardian: the `fij __guardian` process of the fij process `fij_pid`, if any.

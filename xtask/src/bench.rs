@@ -717,6 +717,8 @@ impl Bench {
 
             let floor = self.start_floor()?;
             let floor_ns = self.measure_loop(&[floor.pid()])?;
+            // The hook's own cost on a path with context switches (the floor of the pipe row).
+            let floor_rt = self.measure_round_trip(&[floor.pid()])?;
             floor.stop(SIGTERM, Duration::from_secs(10))?;
             let b1 = self.measure_loop(&[])?;
             let p1 = self.measure_round_trip(&[])?;
@@ -759,11 +761,12 @@ impl Bench {
                 .or_default()
                 .push((p1 + p2) / 2.0);
             r.abs.entry("round_trip_fij").or_default().push(fij_rt);
+            r.abs.entry("round_trip_floor").or_default().push(floor_rt);
             println!(
                 "round {}/{}: ns/syscall baseline {b0:.1}, floor {floor_ns:.1}, baseline \
                  {b1:.1}, fij {fij_ns:.1} ({targets} × {faults}: {big_ns:.1}), baseline {b2:.1}, \
-                 bpftrace {bpftrace_ns:.1}, baseline {b3:.1}; ns/round trip {p1:.0}, fij \
-                 {fij_rt:.0}, {p2:.0}",
+                 bpftrace {bpftrace_ns:.1}, baseline {b3:.1}; ns/round trip floor \
+                 {floor_rt:.0}, {p1:.0}, fij {fij_rt:.0}, {p2:.0}",
                 round + 1,
                 self.cfg.reps
             );
@@ -1480,6 +1483,21 @@ impl Results {
             )
             .vs("nothing attached", &self.abs("round_trip_baseline"))
             .target("≤ 1.05", |r| r.ratio() <= 1.05),
+            // What any program on sys_enter costs there: the row above's target is under it.
+            Row::new(
+                "Pipe round trip between two non-targets on one CPU, vs the floor (empty program \
+                 on sys_enter)",
+                "ns",
+                &self.abs("round_trip_fij"),
+            )
+            .vs("floor", &self.abs("round_trip_floor"))
+            .target("≤ 1.05", |r| r.ratio() <= 1.05),
+            Row::new(
+                "Pipe round trip: the floor program vs nothing attached",
+                "ns",
+                &self.abs("round_trip_floor"),
+            )
+            .vs("nothing attached", &self.abs("round_trip_baseline")),
             Row::new(
                 "Start to armed (fij: spawn → target runs; bpftrace: spawn → \"Attaching\")",
                 "ms",
@@ -1595,8 +1613,8 @@ impl Results {
              before and after it; median (min–max) over {} rounds. \
              Scale rows: the target set is filled with fake pids (above `pid_max`) before the \
              loop starts; the faults beyond the first are on syscalls the loop does not make. \
-             Pipe round trips: the fastest of 100 chunks, with fij running a campaign on another \
-             process (its sys_enter program attached). Kill latency: {} runs \
+             Pipe round trips: the fastest of 100 chunks, with nothing, the floor program, or \
+             fij running a campaign on another process (its sys_enter program attached). Kill latency: {} runs \
              per row, nearest-rank percentiles; the loop is pinned to CPU {}, fij (with \
              `taskset`) to another CPU or to the same one: there, fij's own wake-up for the \
              injection event competes with the dying target; bpftrace's `signal(\"KILL\")` on \
