@@ -104,6 +104,9 @@ pub(crate) struct Campaign<'a> {
     pub protected: &'a [u32],
     /// (fault, root pid) → kernel time the time-triggered fault was due, for the log.
     pub due_ktime: std::collections::HashMap<(u32, u32), u64>,
+    /// Root pid → due time (kernel ns) of the time-triggered fault marked due for it and not
+    /// claimed yet: a later-due fault waits for these, so faults fire in due order.
+    pub claims_pending: std::collections::HashMap<u32, u64>,
     /// The node this fij runs as (`RunOptions::node`).
     pub node: Option<usize>,
     /// The seccomp path's counters (told of each target process's exit).
@@ -166,9 +169,15 @@ impl Timers {
         self.pending.iter().map(|t| t.at).min()
     }
 
+    /// The steps due at `now`, removed from the queue, earliest first (in the order they were
+    /// scheduled when due at the same instant): when fij's loop wakes late (a loaded or slow
+    /// machine), several time faults can be overdue at once, and they must still fire in the
+    /// order of their due times, the plan's, not in the order they happened to be scheduled.
     fn take_due(&mut self, now: Instant) -> Vec<Timer> {
-        let (due, rest) = self.pending.iter().partition(|t| t.at <= now);
+        let (mut due, rest): (Vec<Timer>, Vec<Timer>) =
+            self.pending.iter().partition(|t| t.at <= now);
         self.pending = rest;
+        due.sort_by_key(|t| t.at);
         due
     }
 
@@ -372,6 +381,7 @@ pub async fn run(
         timers: Timers::default(),
         protected: &protected,
         due_ktime: Default::default(),
+        claims_pending: Default::default(),
         node: opts.node,
         seccomp: supervisor.clone(),
     };
@@ -768,4 +778,30 @@ pub fn random_seed() -> u64 {
     // SAFETY: getrandom fills the buffer we own.
     unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
     u64::from_ne_bytes(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overdue_steps_are_taken_in_due_order() {
+        let start = Instant::now();
+        let due = |fault_id| Step::TimeTrigger(time_faults::Step::Due { fault_id });
+        let mut timers = Timers::default();
+        // Scheduled in another order than their due times (as a campaign's instances are).
+        timers.schedule(start + Duration::from_millis(560), due(1), 11);
+        timers.schedule(start + Duration::from_millis(880), due(2), 12);
+        timers.schedule(start + Duration::from_millis(370), due(0), 10);
+        timers.schedule(start + Duration::from_millis(560), due(3), 13);
+        timers.schedule(start + Duration::from_secs(5), due(4), 14);
+        // fij's loop wakes late: four are overdue at once.
+        let taken: Vec<u32> = timers
+            .take_due(start + Duration::from_secs(2))
+            .iter()
+            .map(|t| t.pid)
+            .collect();
+        assert_eq!(taken, [10, 11, 13, 12]);
+        assert_eq!(timers.next_at(), Some(start + Duration::from_secs(5)));
+    }
 }
