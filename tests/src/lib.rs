@@ -39,6 +39,22 @@ const POLL: Duration = Duration::from_millis(20);
 // ---------------------------------------------------------------------------------------------
 // Binaries and paths.
 
+/// How much slower this machine's CPUs are than those the tests' bounds on lateness were set
+/// for: `FIJ_TEST_SLOWDOWN`, which the kernel lab (`cargo xtask vm`) measures at each boot (a
+/// shell loop timed in the guest against the host, at least 1.0), since its emulated CPUs run
+/// 5–10× slower while the guest's clock is the host's; 1.0 everywhere else, so the bounds hold
+/// as written on real machines. Only bounds on how late fij is scale by it.
+pub fn slowdown() -> f64 {
+    match std::env::var("FIJ_TEST_SLOWDOWN") {
+        Err(_) => 1.0,
+        Ok(s) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|f| *f >= 1.0)
+            .unwrap_or_else(|| panic!("FIJ_TEST_SLOWDOWN={s}: a factor of 1.0 or more")),
+    }
+}
+
 /// The `fij` binary under test: `FIJ_BIN`, else `fij` next to the test executable's directory
 /// (`target/debug/deps/../fij`). Panics if there is none: build it with `cargo xtask test`.
 pub fn fij_bin() -> PathBuf {
