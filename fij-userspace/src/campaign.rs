@@ -104,9 +104,10 @@ pub(crate) struct Campaign<'a> {
     pub protected: &'a [u32],
     /// (fault, root pid) → kernel time the time-triggered fault was due, for the log.
     pub due_ktime: std::collections::HashMap<(u32, u32), u64>,
-    /// Root pid → due time (kernel ns) of the time-triggered fault marked due for it and not
-    /// claimed yet: a later-due fault waits for these, so faults fire in due order.
-    pub claims_pending: std::collections::HashMap<u32, u64>,
+    /// (fault, root pid) of the time-triggered faults that fired (claimed in kernel or fired by
+    /// fij) or were dropped (their instance had exited): a fault waits for every earlier-due one
+    /// of `due_ktime` to be here, so faults fire in due order.
+    pub time_faults_done: std::collections::HashSet<(u32, u32)>,
     /// The node this fij runs as (`RunOptions::node`).
     pub node: Option<usize>,
     /// The seccomp path's counters (told of each target process's exit).
@@ -381,7 +382,7 @@ pub async fn run(
         timers: Timers::default(),
         protected: &protected,
         due_ktime: Default::default(),
-        claims_pending: Default::default(),
+        time_faults_done: Default::default(),
         node: opts.node,
         seccomp: supervisor.clone(),
     };
@@ -623,6 +624,10 @@ async fn event_loop(
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => return Ok(EndReason::Duration),
             _ = sleep_until(campaign.timers.next_at().unwrap_or_else(Instant::now)), if campaign.timers.next_at().is_some() => {
+                // The kernel's events first: when fij wakes late, injections the kernel made
+                // before these steps are logged before the ones the steps make (a time fault
+                // fired from here after an earlier-due one its victim claimed in kernel).
+                campaign.drain(kernel, events.get_mut())?;
                 for timer in campaign.timers.take_due(Instant::now()) {
                     match timer.step {
                         Step::FollowUp(follow_up) => campaign.follow_up(kernel, follow_up, timer.pid)?,

@@ -57,12 +57,15 @@ impl Campaign<'_> {
         match step {
             Step::Due { fault_id } => {
                 let due_ns = self.due_ktime.get(&(fault_id, pid)).copied().unwrap_or(0);
+                let earlier_pending = self
+                    .due_ktime
+                    .iter()
+                    .any(|(key, &other)| other < due_ns && !self.time_faults_done.contains(key));
                 if !kernel.is_target(pid) {
                     info!(pid, "due fault not injected: the instance already exited");
-                } else if kernel.is_due(pid)
-                    || self.claims_pending.values().any(|&other| other < due_ns)
-                {
-                    // One due fault per process at a time, and none before an earlier-due one
+                    self.time_faults_done.insert((fault_id, pid));
+                } else if kernel.is_due(pid) || earlier_pending {
+                    // One due fault per process at a time, and none before every earlier-due one
                     // has fired (claimed in kernel or fired by fij): when several are overdue at
                     // once (fij woke late on a loaded or slow machine), they fire in the order
                     // of their due times, the plan's, not in the order their victims run.
@@ -73,7 +76,6 @@ impl Campaign<'_> {
                     );
                 } else {
                     kernel.set_due(pid, fault_id)?;
-                    self.claims_pending.insert(pid, due_ns);
                     self.timers.schedule(
                         tokio::time::Instant::now() + CLAIM_GRACE,
                         TimerStep::TimeTrigger(Step::Claim { fault_id }),
@@ -83,7 +85,7 @@ impl Campaign<'_> {
                 Ok(())
             }
             Step::Claim { fault_id } => {
-                self.claims_pending.remove(&pid);
+                self.time_faults_done.insert((fault_id, pid));
                 if !kernel.claim_due(pid)? {
                     return Ok(()); // claimed in kernel: its injection event is on its way
                 }
