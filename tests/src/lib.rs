@@ -635,8 +635,11 @@ impl RunningFij {
             }
             if Instant::now() > give_up {
                 let log = self.log();
+                // What fij said so far (it still runs: no grace to wait for its pipe's end).
+                let stderr = self.stderr.collect(Duration::ZERO);
                 panic!(
-                    "timed out after {timeout:?} waiting for {what} in fij's log; log so far:\n{log}"
+                    "timed out after {timeout:?} waiting for {what} in fij's log; log so far:\n{log}\n\
+                     fij's stderr so far:\n{stderr}"
                 );
             }
             std::thread::sleep(POLL);

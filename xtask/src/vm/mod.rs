@@ -695,4 +695,29 @@ mod tests {
             "/t/debug/deps/dist-1 --test-threads=1 kprobe 'it'\\''s' || failed=\"$failed dist\""
         ));
     }
+
+    #[test]
+    fn in_a_vm_the_script_measures_the_slowdown_before_the_tests_and_repeats_them() {
+        let run = Run {
+            fij_bin: "/t/debug/fij".into(),
+            dist_bin: "/t/dist/fij".into(),
+            tests: vec![("dist".into(), "/t/debug/deps/dist-1".into())],
+            test_args: vec![],
+            env: vec![],
+            repeat: 3,
+            host_cpu_us: Some(470_000),
+        };
+        let script = run.script(Path::new("/t/vm/x/run"));
+        let calibration = script
+            .find("guest_us=$(sh -c 's=$(date")
+            .expect("calibrated");
+        let tests = script.find("/t/debug/deps/dist-1").expect("the tests");
+        assert!(calibration < tests, "{script}");
+        assert!(
+            script.contains("tenths=$((guest_us * 10 / 470000))"),
+            "{script}"
+        );
+        assert!(script.contains("export FIJ_TEST_SLOWDOWN="), "{script}");
+        assert!(script.contains("for round in $(seq 3); do"), "{script}");
+    }
 }
