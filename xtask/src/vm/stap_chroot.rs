@@ -146,9 +146,9 @@ fn kernel_compiler(root: &Path, release: &str) -> Result<String> {
         .with_context(|| format!("no CONFIG_CC_VERSION_TEXT in {}", config.display()))?;
     let program = version.split_whitespace().next().unwrap_or_default();
     let gcc = program.trim_start_matches("x86_64-linux-gnu-");
-    if !gcc
+    if gcc
         .strip_prefix("gcc-")
-        .is_some_and(|major| major.parse::<u32>().is_ok())
+        .is_none_or(|major| major.parse::<u32>().is_err())
     {
         bail!(
             "{}: the kernel was built with `{version}`, not a Debian gcc",
