@@ -104,6 +104,10 @@ pub(crate) struct Campaign<'a> {
     pub protected: &'a [u32],
     /// (fault, root pid) → kernel time the time-triggered fault was due, for the log.
     pub due_ktime: std::collections::HashMap<(u32, u32), u64>,
+    /// (fault, root pid) of the time-triggered faults that fired (claimed in kernel or fired by
+    /// fij) or were dropped (their instance had exited): a fault waits for every earlier-due one
+    /// of `due_ktime` to be here, so faults fire in due order.
+    pub time_faults_done: std::collections::HashSet<(u32, u32)>,
     /// The node this fij runs as (`RunOptions::node`).
     pub node: Option<usize>,
     /// The seccomp path's counters (told of each target process's exit).
@@ -166,9 +170,15 @@ impl Timers {
         self.pending.iter().map(|t| t.at).min()
     }
 
+    /// The steps due at `now`, removed from the queue, earliest first (in the order they were
+    /// scheduled when due at the same instant): when fij's loop wakes late (a loaded or slow
+    /// machine), several time faults can be overdue at once, and they must still fire in the
+    /// order of their due times, the plan's, not in the order they happened to be scheduled.
     fn take_due(&mut self, now: Instant) -> Vec<Timer> {
-        let (due, rest) = self.pending.iter().partition(|t| t.at <= now);
+        let (mut due, rest): (Vec<Timer>, Vec<Timer>) =
+            self.pending.iter().partition(|t| t.at <= now);
         self.pending = rest;
+        due.sort_by_key(|t| t.at);
         due
     }
 
@@ -372,6 +382,7 @@ pub async fn run(
         timers: Timers::default(),
         protected: &protected,
         due_ktime: Default::default(),
+        time_faults_done: Default::default(),
         node: opts.node,
         seccomp: supervisor.clone(),
     };
@@ -614,6 +625,10 @@ async fn event_loop(
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => return Ok(EndReason::Duration),
             _ = sleep_until(campaign.timers.next_at().unwrap_or_else(Instant::now)), if campaign.timers.next_at().is_some() => {
+                // The kernel's events first: when fij wakes late, injections the kernel made
+                // before these steps are logged before the ones the steps make (a time fault
+                // fired from here after an earlier-due one its victim claimed in kernel).
+                campaign.drain(kernel, events.get_mut())?;
                 for timer in campaign.timers.take_due(Instant::now()) {
                     match timer.step {
                         Step::FollowUp(follow_up) => campaign.follow_up(kernel, follow_up, timer.pid)?,
@@ -769,4 +784,30 @@ pub fn random_seed() -> u64 {
     // SAFETY: getrandom fills the buffer we own.
     unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
     u64::from_ne_bytes(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overdue_steps_are_taken_in_due_order() {
+        let start = Instant::now();
+        let due = |fault_id| Step::TimeTrigger(time_faults::Step::Due { fault_id });
+        let mut timers = Timers::default();
+        // Scheduled in another order than their due times (as a campaign's instances are).
+        timers.schedule(start + Duration::from_millis(560), due(1), 11);
+        timers.schedule(start + Duration::from_millis(880), due(2), 12);
+        timers.schedule(start + Duration::from_millis(370), due(0), 10);
+        timers.schedule(start + Duration::from_millis(560), due(3), 13);
+        timers.schedule(start + Duration::from_secs(5), due(4), 14);
+        // fij's loop wakes late: four are overdue at once.
+        let taken: Vec<u32> = timers
+            .take_due(start + Duration::from_secs(2))
+            .iter()
+            .map(|t| t.pid)
+            .collect();
+        assert_eq!(taken, [10, 11, 13, 12]);
+        assert_eq!(timers.next_at(), Some(start + Duration::from_secs(5)));
+    }
 }

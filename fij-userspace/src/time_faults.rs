@@ -56,10 +56,19 @@ impl Campaign<'_> {
     pub(crate) fn time_trigger(&mut self, kernel: &mut Kernel, step: Step, pid: u32) -> Result<()> {
         match step {
             Step::Due { fault_id } => {
+                let due_ns = self.due_ktime.get(&(fault_id, pid)).copied().unwrap_or(0);
+                let earlier_pending = self
+                    .due_ktime
+                    .iter()
+                    .any(|(key, &other)| other < due_ns && !self.time_faults_done.contains(key));
                 if !kernel.is_target(pid) {
                     info!(pid, "due fault not injected: the instance already exited");
-                } else if kernel.is_due(pid) {
-                    // One due fault per process at a time: this one waits for the other's claim.
+                    self.time_faults_done.insert((fault_id, pid));
+                } else if kernel.is_due(pid) || earlier_pending {
+                    // One due fault per process at a time, and none before every earlier-due one
+                    // has fired (claimed in kernel or fired by fij): when several are overdue at
+                    // once (fij woke late on a loaded or slow machine), they fire in the order
+                    // of their due times, the plan's, not in the order their victims run.
                     self.timers.schedule(
                         tokio::time::Instant::now() + DUE_RETRY,
                         TimerStep::TimeTrigger(step),
@@ -76,6 +85,7 @@ impl Campaign<'_> {
                 Ok(())
             }
             Step::Claim { fault_id } => {
+                self.time_faults_done.insert((fault_id, pid));
                 if !kernel.claim_due(pid)? {
                     return Ok(()); // claimed in kernel: its injection event is on its way
                 }

@@ -8,6 +8,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
+    time::Instant,
 };
 
 use fij_tests::{Fij, TempDir, workload};
@@ -443,9 +444,14 @@ fn a_live_counter_survives_a_full_table() {
         },
     );
     // Four tables' worth of other counters (the first fills it, the others find it full).
+    let filling = Instant::now();
     for round in 0..4 {
         let _ = fill_process_counters(&dir, fij.pid(), round * 65536, 65536);
     }
+    eprintln!("the four fills took {:?}", filling.elapsed());
+    // fij waited for the test until now (its victim waits for `go`): its timeout is for what
+    // follows, the victim's last writes and its death.
+    fij.restart_timeout();
     std::fs::write(&go, "").unwrap();
     let run = fij.wait();
     run.assert_exit(0);

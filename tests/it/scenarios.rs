@@ -181,7 +181,14 @@ fn mtbf_exponential_group(run: &Run) {
         assert_eq!(record["pid"], root["pid"], "{out}");
         assert_eq!(record["signal"], "SIGKILL", "{out}");
         assert_eq!(record["by"], "fij", "{out}");
-        assert!(record["late_ns"].as_u64().unwrap() < 50_000_000, "{out}");
+        // 50 ms on a real machine; scaled under the kernel lab's emulated CPUs, where
+        // releasing the four instances alone takes ~100 ms (docs/kernel-lab.md).
+        let bound = 50e6 * fij_tests::slowdown();
+        assert!(
+            (record["late_ns"].as_u64().unwrap() as f64) < bound,
+            "later than {:.0} ms: {out}",
+            bound / 1e6
+        );
         assert_eq!(
             out.log.exit_status(pid_of(record)),
             "signal SIGKILL",

@@ -1,7 +1,8 @@
-//! SystemTap's module runtime side by side with fij, in the kernel lab's Debian 13 guest:
-//! `cargo xtask vm --kernel debian13 --test stap_module`. Before the guest boots, xtask compiles
-//! `fij stap --runtime module` of `stap_module/scenario.toml` into a kernel module with trixie's
-//! stap 5.1 against the guest kernel's headers, in a trixie root on the host
+//! SystemTap's module runtime side by side with fij, in the kernel lab's Debian 12 and 13 guests:
+//! `cargo xtask vm --kernel debian12 --kernel debian13 --test stap_module`. Before the guest
+//! boots, xtask compiles `fij stap --runtime module` of `stap_module/scenario.toml` into a kernel
+//! module with trixie's stap 5.1 against the guest kernel's headers (6.1's from bookworm), in a
+//! trixie root on the host
 //! (xtask/src/vm/stap_chroot.rs), and tells this test where (`FIJ_STAP_CHROOT`,
 //! `FIJ_STAP_MODULE`). The test runs the scenario with fij's eBPF backend, then loads the module
 //! with that root's `staprun -c CMD` on the same workload, and checks that both inject on the
@@ -113,7 +114,8 @@ fn a_stap_module_and_fij_inject_on_the_same_hits() {
     ) else {
         panic!(
             "FIJ_STAP_CHROOT and FIJ_STAP_MODULE are unset: run this test with \
-             `cargo xtask vm --kernel debian13 --test stap_module`, which builds the module"
+             `cargo xtask vm --kernel debian12|debian13 --test stap_module`, which builds the \
+             module for that kernel"
         );
     };
     let dir = TempDir::new("stap-module");

@@ -39,6 +39,22 @@ const POLL: Duration = Duration::from_millis(20);
 // ---------------------------------------------------------------------------------------------
 // Binaries and paths.
 
+/// How much slower this machine's CPUs are than those the tests' bounds on lateness were set
+/// for: `FIJ_TEST_SLOWDOWN`, which the kernel lab (`cargo xtask vm`) measures at each boot (a
+/// shell loop timed in the guest against the host, at least 1.0), since its emulated CPUs run
+/// 5–10× slower while the guest's clock is the host's; 1.0 everywhere else, so the bounds hold
+/// as written on real machines. Only bounds on how late fij is scale by it.
+pub fn slowdown() -> f64 {
+    match std::env::var("FIJ_TEST_SLOWDOWN") {
+        Err(_) => 1.0,
+        Ok(s) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|f| *f >= 1.0)
+            .unwrap_or_else(|| panic!("FIJ_TEST_SLOWDOWN={s}: a factor of 1.0 or more")),
+    }
+}
+
 /// The `fij` binary under test: `FIJ_BIN`, else `fij` next to the test executable's directory
 /// (`target/debug/deps/../fij`). Panics if there is none: build it with `cargo xtask test`.
 pub fn fij_bin() -> PathBuf {
@@ -489,6 +505,7 @@ impl Fij {
             stdout,
             stderr,
             started: Instant::now(),
+            timed_from: Instant::now(),
             timeout: self.timeout,
             description,
         }
@@ -539,6 +556,8 @@ pub struct RunningFij {
     stdout: Drained,
     stderr: Drained,
     started: Instant,
+    /// The timeout counts from here: the spawn, unless [`RunningFij::restart_timeout`].
+    timed_from: Instant,
     timeout: Duration,
     description: String,
 }
@@ -616,8 +635,11 @@ impl RunningFij {
             }
             if Instant::now() > give_up {
                 let log = self.log();
+                // What fij said so far (it still runs: no grace to wait for its pipe's end).
+                let stderr = self.stderr.collect(Duration::ZERO);
                 panic!(
-                    "timed out after {timeout:?} waiting for {what} in fij's log; log so far:\n{log}"
+                    "timed out after {timeout:?} waiting for {what} in fij's log; log so far:\n{log}\n\
+                     fij's stderr so far:\n{stderr}"
                 );
             }
             std::thread::sleep(POLL);
@@ -629,6 +651,14 @@ impl RunningFij {
         self.wait_for_typed_record("the start record", FIJ_TIMEOUT, |r| {
             matches!(r, Record::Start { .. })
         })
+    }
+
+    /// Counts the run's timeout (see [`Fij::timeout`]) from now instead of from the spawn, for a
+    /// test that holds fij's targets back while it does slow work of its own (filling a kernel
+    /// map with bpftool takes seconds on a real machine and minutes under the kernel lab's
+    /// emulated CPUs): fij is then given its whole timeout for what is left to it.
+    pub fn restart_timeout(&mut self) {
+        self.timed_from = Instant::now();
     }
 
     /// Waits for fij to end (killing it and failing past the timeout), then checks that no fij
@@ -646,7 +676,7 @@ impl RunningFij {
     /// Reaps fij (after at most the timeout) and collects its output, without the cleanup check.
     pub fn finish(&mut self) -> FijOutput {
         let mut child = self.child.take().expect("fij waited for twice");
-        let give_up = self.started + self.timeout;
+        let give_up = self.timed_from + self.timeout;
         let status = loop {
             if let Some(status) = child.try_wait().expect("waitpid on fij") {
                 break status;

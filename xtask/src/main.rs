@@ -110,6 +110,9 @@ enum Task {
         /// Kill a guest still running after this many minutes.
         #[arg(long, default_value_t = 60)]
         timeout_minutes: u64,
+        /// Run each test executable this many times in one boot (how often does it fail?).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
         /// Passed to each test executable: libtest's filter and options.
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
             tests,
             refresh,
             timeout_minutes,
+            repeat,
             test_args,
         } => vm::run(&vm::Request {
             selections: (if all {
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
             .collect(),
             refresh,
             timeout: std::time::Duration::from_secs(timeout_minutes * 60),
+            repeat,
         }),
     };
     match result {
@@ -212,6 +217,7 @@ fn test() -> Result<()> {
             selections: vm::ci_subset(),
             refresh: false,
             timeout: std::time::Duration::from_secs(20 * 60),
+            repeat: 1,
         },
         &dist_bin,
     )

@@ -51,8 +51,11 @@ pub struct StapChroot {
 
 /// The root under `<vm_dir>/stap-chroot/`, made with debootstrap the first time (~80 s on an idle
 /// machine, 6 min on a busy one; ~1 GB), then reused; with the headers of `release` (the lab's
-/// kernel) installed if the root's are another release.
-pub fn prepare(vm_dir: &Path, release: &str) -> Result<StapChroot> {
+/// kernel, of Debian's `suite`) installed if the root's are another release. Headers of another
+/// suite than the root's (bookworm's 6.1 for the `debian12` kernel) come from that suite, added
+/// to the root's apt sources: the headers and their kbuild tools run on trixie's newer libc, and
+/// their compiler (bookworm's kernels are built with gcc-12) is a trixie package too.
+pub fn prepare(vm_dir: &Path, release: &str, suite: &str) -> Result<StapChroot> {
     let dir = vm_dir.join("stap-chroot");
     let root = dir.join(SUITE);
     if !dir.join(format!("{SUITE}.ready")).is_file() {
@@ -91,6 +94,18 @@ pub fn prepare(vm_dir: &Path, release: &str) -> Result<StapChroot> {
         .join(format!("linux-headers-{release}"))
         .is_dir()
     {
+        if suite != SUITE {
+            let list = chroot
+                .root
+                .join(format!("etc/apt/sources.list.d/fij-{suite}.list"));
+            fs::write(
+                &list,
+                format!(
+                    "# Written by `cargo xtask vm` (xtask/src/vm/stap_chroot.rs): the headers of \
+                     the lab's {suite} kernel.\ndeb http://deb.debian.org/debian {suite} main\n"
+                ),
+            )?;
+        }
         // The root's own apt (trixie's sources, written by debootstrap), not the machine's.
         cmd::run(&mut chroot.command(&[
             "sh",
@@ -98,19 +113,53 @@ pub fn prepare(vm_dir: &Path, release: &str) -> Result<StapChroot> {
             &format!("apt-get -q update && apt-get -q -y install linux-headers-{release}"),
         ]))?;
     }
+    // The kernel's compiler, as its headers' Makefile names it (`CC = gcc-12` for 6.1,
+    // `gcc-14` for 6.12): the wrapper runs that one.
+    let compiler = kernel_compiler(&chroot.root, release)?;
     let cc = chroot.root.join(KBUILD_CC.trim_start_matches('/'));
     fs::create_dir_all(cc.parent().expect("a parent"))?;
     fs::write(
         &cc,
-        "#!/bin/sh\n\
+        format!(
+            "#!/bin/sh\n\
          # Written by `cargo xtask vm` (xtask/src/vm/stap_chroot.rs): the kernel's compiler with\n\
          # -Wno-error last, for stap's kbuild runs (`stap -B CC=…`). stap 5.1's tracepoint queries\n\
          # redefine COUNT_ARGS, which Linux >= 6.6 defines: under -Werror every query failed.\n\
-         exec /usr/bin/x86_64-linux-gnu-gcc-14 \"$@\" -Wno-error\n",
+         exec /usr/bin/{compiler} \"$@\" -Wno-error\n",
+        ),
     )?;
     fs::set_permissions(&cc, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     fs::create_dir_all(chroot.root.join(WORK))?;
     Ok(chroot)
+}
+
+/// The compiler the kernel `release` was built with, from its headers' `CONFIG_CC_VERSION_TEXT`
+/// (`gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0` for 6.1, `x86_64-linux-gnu-gcc-14 (Debian
+/// 14.2.0-19) 14.2.0` for 6.12): its program name.
+fn kernel_compiler(root: &Path, release: &str) -> Result<String> {
+    let config = root.join(format!("usr/src/linux-headers-{release}/.config"));
+    let text =
+        fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT=\""))
+        .with_context(|| format!("no CONFIG_CC_VERSION_TEXT in {}", config.display()))?;
+    let program = version.split_whitespace().next().unwrap_or_default();
+    let gcc = program.trim_start_matches("x86_64-linux-gnu-");
+    if gcc
+        .strip_prefix("gcc-")
+        .is_none_or(|major| major.parse::<u32>().is_err())
+    {
+        bail!(
+            "{}: the kernel was built with `{version}`, not a Debian gcc",
+            config.display()
+        );
+    }
+    if !root.join("usr/bin").join(program).exists() {
+        // Its package is a dependency of the headers' (linux-compiler-gcc-N-x86).
+        bail!("{program} is not installed in {}", root.display());
+    }
+    Ok(program.to_owned())
 }
 
 impl StapChroot {
