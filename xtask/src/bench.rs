@@ -27,8 +27,11 @@
 //!    above `pid_max`, written with `bpftool batch`) and 1,000 faults in the scenario, against
 //!    1 × 1; armed-target cost with 16 faults counting the same syscall.
 //! 7. What context switches cost with fij on: pipe round trips between two processes on one
-//!    CPU (each switch makes the next syscall a different task's: one helper call in
-//!    `fij_sys_enter` to tell whether it is a target).
+//!    CPU (each switch makes the next syscall a different task's, which `fij_sys_enter` looks
+//!    up again). Beside it, the floor of another design: an empty bpftrace program on one
+//!    syscall's tracepoint (`syscalls:sys_enter_openat`, which neither the loop nor the pipe
+//!    calls; then `sys_enter_getppid`, the loop's own), i.e. the kernel's syscall-tracing path
+//!    without any program on `sys_enter`.
 //! 8. A call fij can fail on a spawned target (`action = "error"` on `getppid`, through the
 //!    seccomp user-notification path, with a fault that never fires) against
 //!    `strace --inject=getppid:error=EPERM:when=…` of the same loop (`--only errno` runs this
@@ -365,14 +368,19 @@ fn wait_ready(
     }
 }
 
-/// The processes with a program on `sys_enter`, from `bpftool perf show` (which lists raw
-/// tracepoint links and perf-event tracepoints, with the pid holding each).
+/// The processes with a program on `sys_enter`.
 fn sys_enter_owners() -> Result<Vec<u32>> {
+    tracepoint_owners("sys_enter")
+}
+
+/// The processes with a program on `tracepoint`, from `bpftool perf show` (which lists raw
+/// tracepoint links and perf-event tracepoints, with the pid holding each).
+fn tracepoint_owners(tracepoint: &str) -> Result<Vec<u32>> {
     let out = cmd::query(Command::new("bpftool").args(["perf", "show"]))?
         .context("`bpftool perf show` failed")?;
     Ok(out
         .lines()
-        .filter(|l| l.split_whitespace().last() == Some("sys_enter"))
+        .filter(|l| l.split_whitespace().last() == Some(tracepoint))
         .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
         .collect())
 }
@@ -594,11 +602,21 @@ impl Bench {
     /// bpftrace counting the `sys_enter`s of `pid` (not the loop); returned once its program is
     /// attached, with the time from spawning it to its "Attaching 1 probe..." line.
     fn start_bpftrace(&mut self, pid: u32) -> Result<(Daemon, Duration)> {
-        let err = self.file("bpftrace.err");
         let script = format!("tracepoint:raw_syscalls:sys_enter /pid == {pid}/ {{ @ = count(); }}");
+        self.start_bpftrace_script(&script, "sys_enter")
+    }
+
+    /// bpftrace running `script`, returned once its program is on `tracepoint` (a name as
+    /// `bpftool perf show` prints it), with the time from spawning it to "Attaching…".
+    fn start_bpftrace_script(
+        &mut self,
+        script: &str,
+        tracepoint: &str,
+    ) -> Result<(Daemon, Duration)> {
+        let err = self.file("bpftrace.err");
         let t0 = Instant::now();
         let child = Command::new(&self.bpftrace)
-            .args(["-e", &script])
+            .args(["-e", script])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&err)?)
@@ -622,7 +640,7 @@ impl Bench {
         thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let bpftrace_pid = bpftrace.pid();
         wait_ready(&mut bpftrace, &err, Duration::from_secs(30), || {
-            Ok(sys_enter_owners()?.contains(&bpftrace_pid))
+            Ok(tracepoint_owners(tracepoint)?.contains(&bpftrace_pid))
         })?;
         Ok((bpftrace, attaching))
     }
@@ -744,7 +762,26 @@ impl Bench {
             bpftrace.stop(SIGINT, Duration::from_secs(30))?;
             let b3 = self.measure_loop(&[])?;
 
-            for b in [b0, b1, b2, b3] {
+            // What the kernel's syscall tracing costs before any program runs: the floor of a
+            // design with one tracepoint per hooked syscall instead of one on `sys_enter`. An
+            // empty program on another syscall's tracepoint (the loop's and the pipe's calls
+            // only take the tracing path and a bitmap test), then on the loop's own syscall.
+            let (tp_other, _) = self.start_bpftrace_script(
+                "tracepoint:syscalls:sys_enter_openat { }",
+                "sys_enter_openat",
+            )?;
+            let tp_other_ns = self.measure_loop(&[])?;
+            let tp_other_rt = self.measure_round_trip(&[])?;
+            tp_other.stop(SIGINT, Duration::from_secs(30))?;
+            let (tp_own, _) = self.start_bpftrace_script(
+                "tracepoint:syscalls:sys_enter_getppid { }",
+                "sys_enter_getppid",
+            )?;
+            let tp_own_ns = self.measure_loop(&[])?;
+            tp_own.stop(SIGINT, Duration::from_secs(30))?;
+            let b4 = self.measure_loop(&[])?;
+
+            for b in [b0, b1, b2, b3, b4] {
                 r.abs.entry("baseline").or_default().push(b);
             }
             for (name, ns, base) in [
@@ -752,6 +789,8 @@ impl Bench {
                 ("fij_non_target", fij_ns, (b1 + b2) / 2.0),
                 ("fij_non_target_big", big_ns, (b1 + b2) / 2.0),
                 ("bpftrace_non_target", bpftrace_ns, (b2 + b3) / 2.0),
+                ("tracepoint_other_syscall", tp_other_ns, (b3 + b4) / 2.0),
+                ("tracepoint_own_syscall", tp_own_ns, (b3 + b4) / 2.0),
             ] {
                 r.abs.entry(name).or_default().push(ns);
                 r.over.entry(name).or_default().push(ns - base);
@@ -762,11 +801,17 @@ impl Bench {
                 .push((p1 + p2) / 2.0);
             r.abs.entry("round_trip_fij").or_default().push(fij_rt);
             r.abs.entry("round_trip_floor").or_default().push(floor_rt);
+            r.abs
+                .entry("round_trip_tracepoint_other_syscall")
+                .or_default()
+                .push(tp_other_rt);
             println!(
                 "round {}/{}: ns/syscall baseline {b0:.1}, floor {floor_ns:.1}, baseline \
                  {b1:.1}, fij {fij_ns:.1} ({targets} × {faults}: {big_ns:.1}), baseline {b2:.1}, \
-                 bpftrace {bpftrace_ns:.1}, baseline {b3:.1}; ns/round trip floor \
-                 {floor_rt:.0}, {p1:.0}, fij {fij_rt:.0}, {p2:.0}",
+                 bpftrace {bpftrace_ns:.1}, baseline {b3:.1}, sys_enter_openat \
+                 {tp_other_ns:.1}, sys_enter_getppid {tp_own_ns:.1}, baseline {b4:.1}; ns/round \
+                 trip floor {floor_rt:.0}, {p1:.0}, fij {fij_rt:.0}, {p2:.0}, sys_enter_openat \
+                 {tp_other_rt:.0}",
                 round + 1,
                 self.cfg.reps
             );
@@ -1315,6 +1360,16 @@ impl Row {
         self
     }
 
+    /// Names the measured side in the ratio's label, for rows where it is not fij (after `vs`).
+    fn of(mut self, subject: &str) -> Self {
+        if let Some((label, _)) = &mut self.ratio
+            && let Some(peer) = label.strip_prefix("fij/")
+        {
+            *label = format!("{subject}/{peer}");
+        }
+        self
+    }
+
     /// The ratio peer/fij instead.
     fn inverse(mut self) -> Self {
         if let (Some(peer), Some((label, _))) = (&self.peer, &self.ratio) {
@@ -1497,7 +1552,38 @@ impl Results {
                 "ns",
                 &self.abs("round_trip_floor"),
             )
-            .vs("nothing attached", &self.abs("round_trip_baseline")),
+            .vs("nothing attached", &self.abs("round_trip_baseline"))
+            .of("floor"),
+            // The floor of a design with one tracepoint per hooked syscall: the kernel's syscall
+            // tracing path alone (docs/performance.md).
+            Row::new(
+                "Pipe round trip: an empty program on another syscall's tracepoint \
+                 (`syscalls:sys_enter_openat`, bpftrace) vs nothing attached",
+                "ns",
+                &self.abs("round_trip_tracepoint_other_syscall"),
+            )
+            .vs("nothing attached", &self.abs("round_trip_baseline"))
+            .of("tracepoint"),
+            Row::new(
+                "Syscall overhead of an empty program on another syscall's tracepoint \
+                 (`syscalls:sys_enter_openat`, bpftrace), vs floor",
+                "ns",
+                &self.over("tracepoint_other_syscall"),
+            )
+            .vs("floor", &floor)
+            .of("tracepoint")
+            .fastest(
+                fastest("tracepoint_other_syscall", "baseline") / fastest("floor", "baseline"),
+            ),
+            Row::new(
+                "Syscall overhead of an empty program on the loop's own syscall's tracepoint \
+                 (`syscalls:sys_enter_getppid`, bpftrace), vs floor",
+                "ns",
+                &self.over("tracepoint_own_syscall"),
+            )
+            .vs("floor", &floor)
+            .of("tracepoint")
+            .fastest(fastest("tracepoint_own_syscall", "baseline") / fastest("floor", "baseline")),
             Row::new(
                 "Start to armed (fij: spawn → target runs; bpftrace: spawn → \"Attaching\")",
                 "ms",
@@ -1553,6 +1639,14 @@ impl Results {
             ("fij_non_target", "`fij run` on another process"),
             ("fij_non_target_big", "… with the big scale configuration"),
             ("bpftrace_non_target", "bpftrace, filter on another pid"),
+            (
+                "tracepoint_other_syscall",
+                "empty program on `syscalls:sys_enter_openat`",
+            ),
+            (
+                "tracepoint_own_syscall",
+                "empty program on `syscalls:sys_enter_getppid`",
+            ),
             ("armed_baseline", "nothing attached (part 2 baselines)"),
             ("fij_armed", "the loop as fij's armed target, 1 fault"),
             ("fij_armed_hook", "… 16 faults on getppid"),
@@ -1613,8 +1707,9 @@ impl Results {
              before and after it; median (min–max) over {} rounds. \
              Scale rows: the target set is filled with fake pids (above `pid_max`) before the \
              loop starts; the faults beyond the first are on syscalls the loop does not make. \
-             Pipe round trips: the fastest of 100 chunks, with nothing, the floor program, or \
-             fij running a campaign on another process (its sys_enter program attached). Kill latency: {} runs \
+             Pipe round trips: the fastest of 100 chunks, with nothing, the floor program, an \
+             empty bpftrace program on `syscalls:sys_enter_openat` (which neither side calls), \
+             or fij running a campaign on another process (its sys_enter program attached). Kill latency: {} runs \
              per row, nearest-rank percentiles; the loop is pinned to CPU {}, fij (with \
              `taskset`) to another CPU or to the same one: there, fij's own wake-up for the \
              injection event competes with the dying target; bpftrace's `signal(\"KILL\")` on \
