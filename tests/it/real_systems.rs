@@ -48,11 +48,17 @@ fn adopting_scenario(
     s
 }
 
-/// Starts `fij run` on `scenario` (in `dir`) and waits until the campaign is armed.
+/// Starts `fij run` on `scenario` (in `dir`) and waits until the campaign is armed, printing how
+/// long that took (under the kernel lab's emulation it is the slow part of these tests).
 fn start_fij(dir: &TempDir, scenario: &str) -> RunningFij {
     let path = dir.write("scenario.toml", scenario);
+    let spawned = std::time::Instant::now();
     let mut fij = Fij::run(dir, &path).spawn();
     fij.wait_armed();
+    println!(
+        "  fij armed {:.1} s after its spawn",
+        spawned.elapsed().as_secs_f64()
+    );
     fij
 }
 

@@ -385,7 +385,7 @@ fn counters_are_deleted_when_their_process_exits() {
         .spawn();
     fij.wait_armed();
     let short_pid = fij.log().target_pid("short");
-    fij.wait_for_record("the exit of `short`", fij_tests::FIJ_TIMEOUT, |r| {
+    fij.wait_for_record("the exit of `short`", fij_tests::fij_timeout(), |r| {
         r["event"] == "exit" && fij_tests::pid_of(r) == short_pid
     });
     let id = fij_tests::map_of_process(fij.pid(), "PROCESS_COUNTER");
@@ -436,7 +436,7 @@ fn a_live_counter_survives_a_full_table() {
     fij.wait_armed();
     // The victim may not have created its file yet when fij says it is armed (seen under TCG).
     fij_tests::wait_until(
-        fij_tests::FIJ_TIMEOUT,
+        fij_tests::fij_timeout(),
         "the victim's first 2 writes",
         || {
             let written = std::fs::read_to_string(&out).unwrap_or_default();
@@ -557,13 +557,13 @@ fn a_stopped_target_is_resumed_when_fij_is_sigkilled() {
     // the kernel's SIGSTOP and its own bookkeeping, the hardest moment.
     fij_tests::send_signal(fij.pid(), libc::SIGSTOP);
     std::fs::write(&go, "").unwrap();
-    fij_tests::wait_until(fij_tests::FIJ_TIMEOUT, "the victim to stop", || {
+    fij_tests::wait_until(fij_tests::fij_timeout(), "the victim to stop", || {
         (fij_tests::process_state(pid) == Some('T')).then_some(())
     });
     fij_tests::send_signal(fij.pid(), libc::SIGKILL);
     let out_fij = fij.finish();
     assert_eq!(out_fij.ended, fij_tests::Ended::Signal(libc::SIGKILL));
-    let ended = fij_tests::wait_child(&mut victim, fij_tests::FIJ_TIMEOUT, "the resumed victim");
+    let ended = fij_tests::wait_child(&mut victim, fij_tests::fij_timeout(), "the resumed victim");
     assert_eq!(ended, fij_tests::Ended::Code(0), "{out_fij}");
     assert_eq!(fij_tests::read_lines(&out), fij_tests::numbered_lines(5));
     fij_tests::wait_until(fij_tests::CLEANUP_TIMEOUT, "the guardian to exit", || {

@@ -28,8 +28,13 @@ pub mod soak;
 pub mod systems;
 pub mod tcx;
 
-/// How long one `fij` invocation may take before the test kills it and fails.
-pub const FIJ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `fij` invocation may take before the test kills it and fails, and how long a
+/// test waits for fij to arm: 30 s on a real machine, times [`slowdown`] in the kernel lab, where
+/// fij's first start in a fresh guest (BTF parsed under emulation, beside a busy workload) took
+/// up to 52 s on 6.12 under TCG.
+pub fn fij_timeout() -> Duration {
+    Duration::from_secs(30).mul_f64(slowdown())
+}
 /// How long the kernel may take to free fij's programs after fij is gone (they are released
 /// asynchronously, so "right after exit" can still list them).
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -399,7 +404,7 @@ impl Fij {
             envs: Vec::new(),
             cwd: None,
             log: None,
-            timeout: FIJ_TIMEOUT,
+            timeout: fij_timeout(),
         }
     }
 
@@ -448,7 +453,7 @@ impl Fij {
         self
     }
 
-    /// How long the whole run may take before it is killed and fails ([`FIJ_TIMEOUT`] if not
+    /// How long the whole run may take before it is killed and fails ([`fij_timeout`] if not
     /// set).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -646,9 +651,9 @@ impl RunningFij {
         }
     }
 
-    /// Waits (at most [`FIJ_TIMEOUT`]) for the `start` record: the campaign is armed.
+    /// Waits (at most [`fij_timeout`]) for the `start` record: the campaign is armed.
     pub fn wait_armed(&mut self) -> Record {
-        self.wait_for_typed_record("the start record", FIJ_TIMEOUT, |r| {
+        self.wait_for_typed_record("the start record", fij_timeout(), |r| {
             matches!(r, Record::Start { .. })
         })
     }
