@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use fij_tests::{Fij, Log, TempDir, fij_bin, read_lines, toml_str, wait_until, workload};
+use fij_tests::{
+    Fij, Log, TempDir, fij_bin, fij_timeout, read_lines, toml_str, wait_until, workload,
+};
 use serde_json::Value;
 
 /// A listening loopback TCP port; connections complete in its backlog (never accepted).
@@ -74,8 +76,8 @@ fn the_third_connect_of_a_target_is_refused_and_no_one_elses() {
     );
     let mut fij = Fij::run(&dir, &scenario).spawn();
     fij.wait_armed();
-    wait_until(Duration::from_secs(20), "the client's 5 connects", || {
-        (read_lines(&report).len() == 5).then_some(())
+    wait_until(fij_timeout(), "the client's 5 connects", || {
+        (lines_so_far(&report).len() == 5).then_some(())
     });
     // Bystanders while the hooks are attached: this process, and a workload fij does not target.
     for i in 1..=5 {
@@ -149,8 +151,8 @@ fn the_third_ipv6_connect_of_a_target_is_refused_and_no_one_elses() {
     );
     let mut fij = Fij::run(&dir, &scenario).spawn();
     fij.wait_armed();
-    wait_until(Duration::from_secs(20), "the client's 5 connects", || {
-        (read_lines(&report).len() == 5).then_some(())
+    wait_until(fij_timeout(), "the client's 5 connects", || {
+        (lines_so_far(&report).len() == 5).then_some(())
     });
     for i in 1..=5 {
         TcpStream::connect((Ipv6Addr::LOCALHOST, port))
@@ -220,8 +222,8 @@ fn udp_sendto_fails_with_the_errno_asked_for() {
     );
     let mut fij = Fij::run(&dir, &scenario).spawn();
     fij.wait_armed();
-    wait_until(Duration::from_secs(20), "the sender's 6 sendtos", || {
-        (read_lines(&report).len() == 6 && read_lines(&other_report).len() == 3).then_some(())
+    wait_until(fij_timeout(), "the sender's 6 sendtos", || {
+        (lines_so_far(&report).len() == 6 && lines_so_far(&other_report).len() == 3).then_some(())
     });
     let me = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding the test's socket");
     for i in 1..=4 {
@@ -334,11 +336,11 @@ fn probabilistic_connect_failures_match_the_plan_for_three_seeds() {
     }
 }
 
-/// A call no mechanism of this kernel can fail for a process fij does not spawn (`write` of a
-/// `comm` selector target: no kprobes with override, no trampolines here, and no exec of fij's
-/// to put a seccomp filter before) is refused by `fij validate` and `fij run` at the trigger,
-/// with the reason, exit 2, and nothing armed: a matching process started meanwhile writes
-/// undisturbed.
+/// A call no mechanism of fij can fail for a process fij does not spawn (`mkdir` of a `comm`
+/// selector target: no cgroup hook; no BPF LSM hook of fij's, whereas `write` has one, which
+/// kernels running BPF LSM (the lab's 6.1 and 6.12) accept; no program of fij's for kprobe override
+/// or trampolines; and no exec of fij's to put a seccomp filter before) is refused by `fij
+/// validate` and `fij run` at the trigger, with the reason, exit 2, and nothing armed.
 #[test]
 fn a_call_this_kernel_cannot_fail_is_refused_at_its_trigger() {
     let dir = TempDir::new("errno-refused");
@@ -346,10 +348,10 @@ fn a_call_this_kernel_cannot_fail_is_refused_at_its_trigger() {
         "s.toml",
         "[[target]]\nname = \"w\"\ncomm = \"fij-workload\"\n\
          [[fault]]\nname = \"eio\"\ntarget = \"w\"\naction = \"error\"\nerrno = \"EIO\"\n\
-         trigger = { syscall = \"write\" }\nnth = 2\n",
+         trigger = { syscall = \"mkdir\" }\nnth = 2\n",
     );
     let expected = format!(
-        "{}:9:11: fault `eio`: fij cannot fail `write` of this target",
+        "{}:9:11: fault `eio`: fij cannot fail `mkdir` of this target",
         scenario.display()
     );
     let validate = Fij::validate(&scenario).output();

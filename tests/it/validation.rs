@@ -520,8 +520,15 @@ fn a_log_path_that_is_a_symlink_is_refused() {
 fn missing_capabilities_are_named_before_anything_is_loaded() {
     let dir = TempDir::new("caps");
     let marker = dir.join("marker");
-    let crash = |s: &str| s.replace("action = \"kill\"", "action = \"crash\"");
-    let scenario = dir.write("s.toml", &scenario_with(&marker, crash));
+    // An `error` on connect needs CAP_NET_ADMIN (its cgroup hook) on every kernel this runs on;
+    // `crash` would too, but kernels without tcx (6.1) refuse it before capabilities are asked.
+    let connect_error = |s: &str| {
+        s.replace(
+            "action = \"kill\"\ntrigger = { syscall = \"write\" }",
+            "action = \"error\"\nerrno = \"ECONNREFUSED\"\ntrigger = { syscall = \"connect\" }",
+        )
+    };
+    let scenario = dir.write("s.toml", &scenario_with(&marker, connect_error));
     let cases: &[(&str, &[&str], &[&str])] = &[
         (
             "-bpf,-perfmon,-sys_admin",

@@ -110,3 +110,60 @@ pub fn refused_without_tcx(fault: &str) -> bool {
     );
     true
 }
+
+/// On a kernel without tcx, checks that fij refuses a multi-node campaign whose node fault is
+/// `action` (`crash` or `partition`, which silence the nodes' addresses with tcx filters):
+/// `fij validate` and `fij run --node a` exit 2 with the message at the action's
+/// `file:line:col`, and nothing runs or is loaded. True then (the test asserts what it can with
+/// `kill`, or has nothing more to do); false on a kernel with tcx.
+pub fn node_fault_refused_without_tcx(action: &str) -> bool {
+    if kernel_has_tcx() {
+        return false;
+    }
+    let dir = TempDir::new(&format!("node-{action}-refused"));
+    let marker = dir.join("ran");
+    let argv = ["/bin/touch".to_owned(), marker.display().to_string()];
+    let partition = if action == "partition" {
+        "from = [\"b\"]\nduration = \"1s\"\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        "duration = \"5s\"\n[[node]]\nname = \"a\"\n[[node]]\nname = \"b\"\n\
+         [[target]]\nname = \"t\"\ncommand = {}\nnode = \"a\"\n\
+         [[node_fault]]\nname = \"power\"\naction = \"{action}\"\nnodes = [\"a\"]\n{partition}\
+         trigger = {{ at = \"1s\" }}\n",
+        crate::toml_array(&argv)
+    );
+    let scenario = dir.write("s.toml", &text);
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("action = "))
+        .unwrap();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let expected = format!(
+        "{}:{line}:10: `{action}` needs tcx (kernel 6.6 or later) to silence the nodes' \
+         packets; this kernel is {} (`fij doctor` lists what it supports); use `kill` instead",
+        scenario.display(),
+        release.trim()
+    );
+    for fij in [
+        Fij::validate(&scenario),
+        Fij::run(&dir, &scenario).arg("--node").arg("a"),
+    ] {
+        let out = fij.output();
+        out.assert_exit(2);
+        assert!(out.stderr.contains(&expected), "expected {expected}\n{out}");
+        assert!(out.log.is_empty(), "a refused campaign logs nothing\n{out}");
+    }
+    assert!(!marker.exists(), "a refused campaign runs nothing");
+    if let Err(left) = wait_no_fij_programs(CLEANUP_TIMEOUT) {
+        panic!("a refused campaign loads nothing, but the kernel has {left:?}");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "node `{action}` refused as it must be: this kernel ({}) has no tcx",
+        release.trim()
+    );
+    true
+}
