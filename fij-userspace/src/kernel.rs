@@ -804,6 +804,28 @@ impl Kernel {
         Ok(())
     }
 
+    /// Takes `pid` out of the target set: a process the loader added after it had exited (no
+    /// exit event will ever take it out), or whose pid went to another process meanwhile. Its
+    /// row of counters is not given back: the process may also have exited just after the
+    /// insert, and the kernel's exit program then freed the row already (a row lost in that
+    /// rare race, rather than one row shared by two processes). The campaign is not armed yet,
+    /// so nothing was counted in it.
+    pub fn remove_target(&mut self, pid: u32) -> Result<()> {
+        if pid < self.target_flags.len() {
+            self.target_flags
+                .set(pid, 0, 0)
+                .with_context(|| format!("unflagging pid {pid}"))?;
+        }
+        let _ = self.targets.remove(&pid);
+        // Voids what `fij_sys_enter` remembered of the entry: a new process with that pid may
+        // have made a syscall meanwhile and been taken for a target.
+        self.loader_additions += 1;
+        self.target_set_epoch
+            .set(TARGET_SET_EPOCH_LOADER, self.loader_additions, 0)
+            .context("moving the target set's epoch on")?;
+        Ok(())
+    }
+
     /// A free row of per-process counters (1-based; 0: none left): from the loader's own range
     /// (`fij_common::loader_counter_slots`), else one that an exited process freed.
     fn take_counter_slot(&mut self) -> u32 {

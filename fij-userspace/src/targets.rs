@@ -420,21 +420,59 @@ pub fn processes() -> impl Iterator<Item = u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
 }
 
-/// `pid` and all its current descendants (children forked later join in kernel).
-pub fn process_tree(pid: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = processes()
-        .filter_map(|p| Some((p, stat_fields(p).ok()?.get(1)?.parse().ok()?)))
+/// A process as a /proc scan found it: its pid, and its start time (`starttime`, field 22 of
+/// `/proc/PID/stat`, in clock ticks since boot), which tells it from a later process that got
+/// the same pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl Found {
+    /// Whether the process found is still there and running: not gone, not a zombie, and its
+    /// pid not taken by another process since the scan.
+    pub fn still_running(&self) -> bool {
+        stat_fields(self.pid).is_ok_and(|fields| {
+            !matches!(fields.first().map(String::as_str), Some("Z" | "X"))
+                && start_time(&fields) == Some(self.start)
+        })
+    }
+}
+
+/// `pid` as it is now, if it exists.
+pub fn found(pid: u32) -> Option<Found> {
+    let start = start_time(&stat_fields(pid).ok()?)?;
+    Some(Found { pid, start })
+}
+
+/// `starttime` of stat fields after the comm (the state is field 3 of stat, so field 22 is the
+/// 20th here).
+fn start_time(fields: &[String]) -> Option<u64> {
+    fields.get(19)?.parse().ok()
+}
+
+/// The current descendants of `pid` (children forked later join in kernel), `pid` itself not
+/// included, each with its start time: one may exit, and its pid go to another process, at any
+/// moment after the scan.
+pub fn descendants(pid: u32) -> Vec<Found> {
+    let processes: Vec<(Found, u32)> = processes()
+        .filter_map(|p| {
+            let fields = stat_fields(p).ok()?;
+            let ppid = fields.get(1)?.parse().ok()?;
+            let start = start_time(&fields)?;
+            Some((Found { pid: p, start }, ppid))
+        })
         .collect();
-    let mut tree = vec![pid];
+    let mut parents = vec![pid];
+    let mut tree = Vec::new();
     let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
+    while i < parents.len() {
+        let parent = parents[i];
+        for (found, _) in processes.iter().filter(|(_, ppid)| *ppid == parent) {
+            parents.push(found.pid);
+            tree.push(*found);
+        }
         i += 1;
     }
     tree

@@ -595,3 +595,49 @@ fn the_exit_record_counts_the_hits_after_an_injection() {
     assert_eq!(run.log.exit_of(pid)["hits_after_injection"], 4, "{run}");
     assert_eq!(run.log.exit_status(pid), "code 0", "{run}");
 }
+
+/// An adopted process whose children come and go while fij adopts it: fij reads the process
+/// tree from /proc, then puts each process into the target set, and a child that exits in
+/// between must not stay there — no exit event would ever take it out, and the campaign would
+/// wait for it for ever (first seen in the kernel lab: fij still running 8 minutes after an
+/// adopted shell's last process exited). The shell runs `true` again and again until the test
+/// tells it to stop (four at a time: the more children come and go, the likelier one exits in
+/// that window); then every target is gone and fij must end on its own, 30 times. With the old
+/// adoption (no check after the insert), 2 of 3 runs of 20 rounds hung on this machine.
+#[test]
+fn children_that_exit_while_fij_adopts_do_not_keep_the_campaign_alive() {
+    use std::process::Command;
+    for round in 1..=30 {
+        let dir = TempDir::new("adopt-churn");
+        let stop = dir.join("stop");
+        let mut shell = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "while [ ! -e {} ]; do /bin/true & /bin/true & /bin/true & /bin/true & wait; done",
+                stop.display()
+            ))
+            .spawn()
+            .expect("spawning the shell");
+        let scenario = dir.write(
+            "s.toml",
+            &format!(
+                "[[target]]\nname = \"shell\"\npid = {}\n\n[[fault]]\nname = \"never\"\n\
+                 target = \"shell\"\naction = \"kill\"\ntrigger = {{ syscall = \"getppid\" }}\n\
+                 nth = 1000000\n",
+                shell.id()
+            ),
+        );
+        let mut fij = Fij::run(&dir, &scenario).spawn();
+        fij.wait_armed();
+        std::fs::write(&stop, "").unwrap();
+        let ended = fij_tests::wait_child(&mut shell, fij_tests::fij_timeout(), "the shell");
+        assert_eq!(ended, fij_tests::Ended::Code(0));
+        let out = fij.wait();
+        out.assert_exit(0);
+        assert_eq!(
+            out.log.end_reason(),
+            fij_common::log::EndReason::TargetsExited,
+            "round {round}: {out}"
+        );
+    }
+}
