@@ -483,6 +483,25 @@ enum FijEnd {
     Signal(i32, Duration),
 }
 
+/// `action`, or on a kernel without tcx (before 6.6), which refuses `crash` and `partition`,
+/// `kill` for a crash and `stop` for a partition: the soak checks fij on the kernel it has. Each
+/// pair takes the same branches of the generator, so a seed draws the same campaigns otherwise.
+fn on_this_kernel(action: Action) -> Action {
+    static TOLD: std::sync::Once = std::sync::Once::new();
+    if !matches!(action, Action::Crash | Action::Partition) || crate::tcx::kernel_has_tcx() {
+        return action;
+    }
+    TOLD.call_once(|| {
+        println!(
+            "soak: this kernel has no tcx (needed by crash and partition): kill and stop in              their place"
+        )
+    });
+    match action {
+        Action::Crash => Action::Kill,
+        _ => Action::Stop,
+    }
+}
+
 fn generate_target(rng: &mut ChaCha20Rng, index: usize, adopted: bool) -> TargetSpec {
     let program = if adopted || rng.random_bool(0.75) {
         Program::Lines {
@@ -502,6 +521,7 @@ fn generate_target(rng: &mut ChaCha20Rng, index: usize, adopted: bool) -> Target
         74..86 => Action::Partition,
         _ => Action::Term,
     };
+    let action = on_this_kernel(action);
     let per_target = rng.random_bool(0.3);
     let writes = program.writes_per_process();
     let (nth, every) = if action.lethal() && per_target {
