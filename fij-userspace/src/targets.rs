@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail};
 
 /// `task_struct::flags` bit of kernel threads, as shown in field 9 of /proc/PID/stat.
 const PF_KTHREAD: u64 = 0x0020_0000;
+/// `PF_EXITING` of `task_struct::flags` (include/linux/sched.h): set when the task begins to exit.
+const PF_EXITING: u64 = 0x0000_0004;
 
 /// fij's own pid and every ancestor up to pid 1: never signalled, checked again in kernel.
 pub fn self_and_ancestors() -> Vec<u32> {
@@ -430,11 +432,16 @@ pub struct Found {
 }
 
 impl Found {
-    /// Whether the process found is still there and running: not gone, not a zombie, and its
-    /// pid not taken by another process since the scan.
+    /// Whether the process found is still there and not on its way out: not gone, not a zombie,
+    /// not exiting (`PF_EXITING`, set in `do_exit` before the `sched_process_exit` tracepoint,
+    /// while the process still shows as running), and its pid not taken by another process since
+    /// the scan. Checked after the process was put into the target set, true means that its exit
+    /// is still to come, so the kernel's exit program will find it there.
     pub fn still_running(&self) -> bool {
         stat_fields(self.pid).is_ok_and(|fields| {
+            let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
             !matches!(fields.first().map(String::as_str), Some("Z" | "X"))
+                && flags & PF_EXITING == 0
                 && start_time(&fields) == Some(self.start)
         })
     }
