@@ -362,12 +362,11 @@ mod etcd {
                 (node, fij.spawn())
             })
             .collect();
-        let injection =
-            fijs[v]
-                .1
-                .wait_for_record("the node fault's injection", Duration::from_secs(20), |r| {
-                    r["event"] == "injection"
-                });
+        let injection = fijs[v].1.wait_for_record(
+            "the node fault's injection",
+            fij_tests::fij_timeout(),
+            |r| r["event"] == "injection",
+        );
         let t0 = injection["ktime_ns"].as_u64().unwrap();
         client.wait_for(CLIENT_TIMEOUT * 4, "a put on a survivor", |r| {
             r.iter()
@@ -376,7 +375,9 @@ mod etcd {
         let new_leader = |s: &Vec<fij_tests::systems::EtcdStatus>| {
             s.len() == 2 && s.iter().all(|s| s.leader != 0 && s.leader != old_leader)
         };
-        status.wait_for(Duration::from_secs(15), "a new leader", |samples| {
+        // etcd's own timers run on the machine's CPUs too: 15 s, times the lab's slowdown.
+        let election = Duration::from_secs(15).mul_f64(fij_tests::slowdown());
+        status.wait_for(election, "a new leader", |samples| {
             samples.iter().any(|(t, s)| *t > t0 && new_leader(s))
         });
         let requests = client.stop();
@@ -902,7 +903,7 @@ mod node_silence {
             .arg("--node")
             .arg("a")
             .spawn();
-        let silenced = fij.wait_for_record("the node's silence", Duration::from_secs(15), |r| {
+        let silenced = fij.wait_for_record("the node's silence", fij_tests::fij_timeout(), |r| {
             r["event"] == "node_silenced"
         });
         assert_eq!(silenced["node"], "a");
