@@ -64,6 +64,7 @@ use crate::cmd;
 
 mod redis;
 pub mod stap;
+pub mod stap_module;
 
 /// The sizes of one run.
 struct Config {

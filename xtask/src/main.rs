@@ -74,6 +74,11 @@ enum Task {
         /// `--backend ebpf`; writes <target>/bench-stap/results.md.
         #[arg(long, conflicts_with = "quick")]
         stap: bool,
+        /// fij beside SystemTap's module runtime in the kernel lab's Debian 13 guest (qemu):
+        /// armed and non-target syscall costs, launch times, the module's compile; writes
+        /// <target>/bench-stap-module/results.md.
+        #[arg(long, conflicts_with_all = ["quick", "stap"])]
+        stap_module: bool,
     },
     /// Run setup and build, then randomized campaigns for minutes (kill, crash, stop, partition,
     /// signals; forking, adopted targets; bystanders; fij SIGKILLed and SIGTERMed at random
@@ -128,15 +133,10 @@ fn main() -> ExitCode {
         Task::Dist => setup::run_build_only().and_then(|()| dist().map(drop)),
         Task::Demo => demo::run(),
         Task::Bench {
-            quick: _,
-            only: _,
-            stap: true,
-        } => bench::stap::run(),
-        Task::Bench {
-            quick,
-            only,
-            stap: false,
-        } => bench::run(quick, only.as_deref()),
+            stap_module: true, ..
+        } => bench::stap_module::run(),
+        Task::Bench { stap: true, .. } => bench::stap::run(),
+        Task::Bench { quick, only, .. } => bench::run(quick, only.as_deref()),
         Task::Soak {
             quick,
             seed,

@@ -8,7 +8,7 @@
 //!
 //! `--kernel host` runs the same tests on the running kernel, holding the privileged-tests lock.
 mod kernels;
-mod stap_chroot;
+pub mod stap_chroot;
 
 use std::{
     fs,
@@ -28,7 +28,7 @@ use clap::ValueEnum;
 
 use crate::{cmd, setup};
 
-pub use kernels::DebianKernel;
+pub use kernels::{DEBIAN13, DebianKernel};
 
 /// A kernel of the lab's matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -340,17 +340,42 @@ fn run_in_vm(vm_dir: &Path, debian: DebianKernel, run: &Run, request: &Request) 
     let kernel = debian.prepare(vm_dir, request.refresh)?;
     let mut run = with_stap_module(vm_dir, debian, &kernel, run)?;
     run.host_cpu_us = Some(host_cpu_us()?);
-    let run = &run;
-    let out = vm_dir.join(debian.name).join("run");
+    boot_script(
+        vm_dir,
+        &kernel,
+        "run",
+        |out| run.script(out),
+        request.timeout,
+    )
+    .map(drop)
+}
+
+/// Boots `kernel` with the script `script(out)` as its run.sh, where `out` is
+/// `<vm_dir>/<kernel>/<name>/` (emptied first; the guest's one writable host directory, where
+/// the script may leave files). Fails if the script does not exit 0 (or the guest runs past
+/// `timeout`); returns `out`.
+pub fn boot_script(
+    vm_dir: &Path,
+    kernel: &kernels::Prepared,
+    name: &str,
+    script: impl FnOnce(&Path) -> String,
+    timeout: Duration,
+) -> Result<PathBuf> {
+    // Locked before `out` is emptied: another run of the same kernel may still be using it.
+    let _lock = Lock::exclusive(VM_LOCK)?;
+    let out = kernel
+        .root
+        .parent()
+        .expect("<vm>/<kernel>/kernel")
+        .join(name);
     if out.exists() {
         fs::remove_dir_all(&out)?;
     }
     fs::create_dir_all(&out)?;
-    fs::write(out.join("run.sh"), run.script(&out))?;
-    let _lock = Lock::exclusive(VM_LOCK)?;
-    let accel = accelerator(vm_dir, &kernel)?;
+    fs::write(out.join("run.sh"), script(&out))?;
+    let accel = accelerator(vm_dir, kernel)?;
     let console = out.join("console.log");
-    boot(&kernel, accel, &out, &console, request.timeout)?;
+    boot(kernel, accel, &out, &console, timeout)?;
     let status = fs::read_to_string(out.join("status")).with_context(|| {
         format!(
             "the guest wrote no exit status (it did not reach the end of run.sh): see {}",
@@ -358,7 +383,7 @@ fn run_in_vm(vm_dir: &Path, debian: DebianKernel, run: &Run, request: &Request) 
         )
     })?;
     match status.trim() {
-        "0" => Ok(()),
+        "0" => Ok(out),
         s => bail!(
             "run.sh exited with {s} under {} (console: {})",
             kernel.release,
@@ -392,7 +417,7 @@ fn with_stap_module(
             .args(["--runtime", "module", "-o"])
             .arg(chroot.work_path(&script)),
     )?;
-    let (ko, took) = chroot.compile(&script, MODULE)?;
+    let (ko, took) = chroot.compile(&script, MODULE, &[])?;
     println!(
         "stap-chroot: {} compiled in {:.1} s (stap -p4 against {})",
         ko.display(),

@@ -184,9 +184,14 @@ impl StapChroot {
     }
 
     /// Compiles `script` (a file in the work directory) into `MODULE.ko` there with trixie's
-    /// stap against the kernel's headers (`-g -p4 -r RELEASE -m MODULE`). Returns the module's
-    /// host path and how long stap took.
-    pub fn compile(&self, script: &str, module: &str) -> Result<(PathBuf, Duration)> {
+    /// stap against the kernel's headers (`-g -p4 -r RELEASE -m MODULE`, and `-D` each of
+    /// `defines`). Returns the module's host path and how long stap took.
+    pub fn compile(
+        &self,
+        script: &str,
+        module: &str,
+        defines: &[&str],
+    ) -> Result<(PathBuf, Duration)> {
         let ko = self.work_path(&format!("{module}.ko"));
         if ko.exists() {
             fs::remove_file(&ko)?;
@@ -198,7 +203,8 @@ impl StapChroot {
             "sh",
             "-c",
             &format!(
-                "cd /{WORK} && exec stap -g -p4 -B {cc} -D {UNREGISTER_LOOKUP_OFF} -r {} -m {module} {script}",
+                "cd /{WORK} && exec stap -g -p4 -B {cc} -D {UNREGISTER_LOOKUP_OFF}{} -r {} -m {module} {script}",
+                defines.iter().map(|d| format!(" -D {d}")).collect::<String>(),
                 self.release
             ),
         ]);
