@@ -80,33 +80,11 @@ pub fn refused_without_tcx(fault: &str) -> bool {
     let marker = dir.join("ran");
     let argv = ["/bin/touch".to_owned(), marker.display().to_string()];
     let text = victim_scenario(&argv, fault, "5s");
-    let scenario = dir.write("s.toml", &text);
-    let line = 1 + text
-        .lines()
-        .position(|l| l.starts_with("action = "))
-        .unwrap();
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let expected = format!(
-        "{}:{line}:10: `{action}` needs tcx (kernel 6.6 or later) to silence the process's \
-         packets; this kernel is {} (`fij doctor` lists what it supports); use `kill` instead",
-        scenario.display(),
-        release.trim()
-    );
-    for fij in [Fij::validate(&scenario), Fij::run(&dir, &scenario)] {
-        let out = fij.output();
-        out.assert_exit(2);
-        assert!(out.stderr.contains(&expected), "expected {expected}\n{out}");
-        assert!(out.log.is_empty(), "a refused campaign logs nothing\n{out}");
-    }
-    assert!(!marker.exists(), "a refused campaign runs nothing");
-    if let Err(left) = wait_no_fij_programs(CLEANUP_TIMEOUT) {
-        panic!("a refused campaign loads nothing, but the kernel has {left:?}");
-    }
+    let release = assert_refused(&dir, &text, action, "process's", &[], &marker);
     let _ = writeln!(
         std::io::stderr(),
-        "`{action}` refused as it must be: this kernel ({}) has no tcx (BPF_PROG_QUERY of \
-         BPF_TCX_INGRESS: EINVAL)",
-        release.trim()
+        "`{action}` refused as it must be: this kernel ({release}) has no tcx (BPF_PROG_QUERY of \
+         BPF_TCX_INGRESS: EINVAL)"
     );
     true
 }
@@ -135,22 +113,44 @@ pub fn node_fault_refused_without_tcx(action: &str) -> bool {
          trigger = {{ at = \"1s\" }}\n",
         crate::toml_array(&argv)
     );
-    let scenario = dir.write("s.toml", &text);
+    let release = assert_refused(&dir, &text, action, "nodes'", &["--node", "a"], &marker);
+    let _ = writeln!(
+        std::io::stderr(),
+        "node `{action}` refused as it must be: this kernel ({release}) has no tcx"
+    );
+    true
+}
+
+/// Writes the scenario `text` into `dir` and checks that fij refuses its `action` (on its
+/// `action = ` line) for want of tcx, saying whose packets it would silence (`whose`): `fij
+/// validate` and `fij run` (with `run_args`) exit 2 with the message at the action's
+/// `file:line:col`, log nothing, run nothing (`marker` stays absent) and load nothing. Returns
+/// the kernel's release.
+fn assert_refused(
+    dir: &TempDir,
+    text: &str,
+    action: &str,
+    whose: &str,
+    run_args: &[&str],
+    marker: &std::path::Path,
+) -> String {
+    let scenario = dir.write("s.toml", text);
     let line = 1 + text
         .lines()
         .position(|l| l.starts_with("action = "))
         .unwrap();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let release = release.trim();
     let expected = format!(
-        "{}:{line}:10: `{action}` needs tcx (kernel 6.6 or later) to silence the nodes' \
-         packets; this kernel is {} (`fij doctor` lists what it supports); use `kill` instead",
-        scenario.display(),
-        release.trim()
+        "{}:{line}:10: `{action}` needs tcx (kernel 6.6 or later) to silence the {whose} \
+         packets; this kernel is {release} (`fij doctor` lists what it supports); use `kill` \
+         instead",
+        scenario.display()
     );
-    for fij in [
-        Fij::validate(&scenario),
-        Fij::run(&dir, &scenario).arg("--node").arg("a"),
-    ] {
+    let run = run_args
+        .iter()
+        .fold(Fij::run(dir, &scenario), |fij, arg| fij.arg(*arg));
+    for fij in [Fij::validate(&scenario), run] {
         let out = fij.output();
         out.assert_exit(2);
         assert!(out.stderr.contains(&expected), "expected {expected}\n{out}");
@@ -160,10 +160,5 @@ pub fn node_fault_refused_without_tcx(action: &str) -> bool {
     if let Err(left) = wait_no_fij_programs(CLEANUP_TIMEOUT) {
         panic!("a refused campaign loads nothing, but the kernel has {left:?}");
     }
-    let _ = writeln!(
-        std::io::stderr(),
-        "node `{action}` refused as it must be: this kernel ({}) has no tcx",
-        release.trim()
-    );
-    true
+    release.to_owned()
 }
