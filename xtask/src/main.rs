@@ -106,7 +106,9 @@ enum Task {
         /// Every kernel of the matrix: debian12, debian13, host.
         #[arg(long, conflicts_with = "kernel")]
         all: bool,
-        /// Only this test file of tests/it (repeatable), e.g. `--test dist`.
+        /// Only this test file of tests/it (repeatable), e.g. `--test dist`. Without it, every
+        /// file; under debian12/debian13 every file but `stap` and `stap_run` (the host's stap:
+        /// they run on the host).
         #[arg(long = "test")]
         tests: Vec<String>,
         /// Fetch the kernel packages again and rebuild the initramfs, even if cached.
