@@ -6,7 +6,7 @@ use fij::{
     InvalidInput,
     campaign::{self, RunOptions},
     compile::{CompiledCampaign, compile},
-    scenario::{self, Scenario},
+    scenario::{self, KernelFeatures, Scenario},
 };
 
 /// fij — kernel-level failure injection for distributed systems tests.
@@ -79,7 +79,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Backend::Ebpf)]
         backend: Backend,
     },
-    /// Print every decision that can be known before the run: which hits fire.
+    /// Print every decision that can be known before the run: which hits fire. The plan may be
+    /// for another machine: what this kernel lacks (kprobes, tcx) is not asked.
     Plan {
         scenario: PathBuf,
         /// Seed to plan with (overrides the scenario's `seed`).
@@ -131,7 +132,9 @@ enum Command {
         /// A subcommand whose page to print (`fij-SUBCOMMAND(1)`) instead of fij's.
         subcommand: Option<String>,
     },
-    /// Print the scenario as a SystemTap script that injects the same faults (docs/stap.md).
+    /// Print the scenario as a SystemTap script that injects the same faults (docs/stap.md). The
+    /// script may be for another kernel (`stap -r RELEASE`): what this kernel lacks (kprobes,
+    /// tcx) is not asked.
     Stap {
         scenario: PathBuf,
         /// Seed of the campaign (overrides the scenario's `seed`; without either, fij picks one
@@ -185,13 +188,14 @@ fn invalid(diagnostics: scenario::Diagnostics) -> ExitCode {
     ExitCode::from(EXIT_INVALID)
 }
 
-/// Reads and validates a scenario file, then compiles it with `seed` (the scenario's own
-/// unless given).
+/// Reads and validates a scenario file (checking this kernel's features or not), then compiles
+/// it with `seed` (the scenario's own unless given).
 fn load_and_compile(
     path: &std::path::Path,
+    kernel: KernelFeatures,
     seed: impl FnOnce(&Scenario) -> Result<u64, ExitCode>,
 ) -> Result<(Scenario, CompiledCampaign), ExitCode> {
-    let scenario = scenario::load(path).map_err(invalid)?;
+    let scenario = scenario::load_for(path, kernel).map_err(invalid)?;
     let compiled = compile(&scenario, seed(&scenario)?).map_err(invalid)?;
     Ok((scenario, compiled))
 }
@@ -228,13 +232,15 @@ fn main() -> ExitCode {
         // Validation is the whole of the input check a run makes before it loads anything: the
         // file, then the compile stage's limits for this machine (with any seed: limits do not
         // depend on it).
-        Command::Validate { scenario: path } => match load_and_compile(&path, |_| Ok(0)) {
-            Ok(_) => {
-                eprintln!("{}: ok", path.display());
-                ExitCode::SUCCESS
+        Command::Validate { scenario: path } => {
+            match load_and_compile(&path, KernelFeatures::Checked, |_| Ok(0)) {
+                Ok(_) => {
+                    eprintln!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
             }
-            Err(code) => code,
-        },
+        }
         Command::Plan {
             scenario,
             seed,
@@ -251,10 +257,11 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_INVALID)
                 })
             };
-            let (scenario, compiled) = match load_and_compile(&scenario, seed) {
-                Ok(loaded) => loaded,
-                Err(code) => return code,
-            };
+            let (scenario, compiled) =
+                match load_and_compile(&scenario, KernelFeatures::NotChecked, seed) {
+                    Ok(loaded) => loaded,
+                    Err(code) => return code,
+                };
             let mut plan = fij::plan::plan(&scenario, &compiled, hits);
             if !all_nodes {
                 match this_node(&scenario, node.as_deref()) {
@@ -303,10 +310,11 @@ fn main() -> ExitCode {
             let seed = |scenario: &Scenario| {
                 Ok(seed.or(scenario.seed).unwrap_or_else(campaign::random_seed))
             };
-            let (scenario, compiled) = match load_and_compile(&scenario, seed) {
-                Ok(loaded) => loaded,
-                Err(code) => return code,
-            };
+            let (scenario, compiled) =
+                match load_and_compile(&scenario, KernelFeatures::Checked, seed) {
+                    Ok(loaded) => loaded,
+                    Err(code) => return code,
+                };
             let node = match this_node(&scenario, node.as_deref()) {
                 Ok(node) => node,
                 Err(code) => return code,
@@ -465,10 +473,11 @@ fn main() -> ExitCode {
                     seed
                 }))
             };
-            let (scenario, compiled) = match load_and_compile(&scenario, seed) {
-                Ok(loaded) => loaded,
-                Err(code) => return code,
-            };
+            let (scenario, compiled) =
+                match load_and_compile(&scenario, KernelFeatures::NotChecked, seed) {
+                    Ok(loaded) => loaded,
+                    Err(code) => return code,
+                };
             let script = match fij::stap::generate(&scenario, &compiled, runtime) {
                 Ok(script) => script,
                 Err(refused) => return invalid(refused),

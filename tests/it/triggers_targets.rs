@@ -635,7 +635,8 @@ const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 /// fire on their hit: on entry the 3rd `ksys_write` dies before writing, on return after. On a
 /// kernel without kprobes, `fij validate` refuses kprobe and kretprobe triggers at the trigger's
 /// position, and `fij doctor` shows the kprobe program loaded (verifier passed) but its attach
-/// failing.
+/// failing. On either kernel, `fij stap` and `fij plan` take the scenario (their output may be
+/// for another machine: `fij stap`'s script is compiled with `stap -r RELEASE`).
 #[test]
 fn kprobes_fire_or_are_refused_on_a_kernel_without_them() {
     let dir = TempDir::new("kprobe");
@@ -660,6 +661,32 @@ fn kprobes_fire_or_are_refused_on_a_kernel_without_them() {
         .unwrap_or_else(|| panic!("no kprobe line in fij doctor's output:\n{doctor_out}"));
     // kprobes are optional: their absence does not fail the doctor.
     assert_eq!(doctor.status.code(), Some(0), "{doctor_out}");
+
+    let stap = Command::new(fij_bin())
+        .args(["stap", "--runtime", "module", "--seed", "1"])
+        .arg(&scenario)
+        .output()
+        .expect("running fij stap");
+    let script = String::from_utf8_lossy(&stap.stdout);
+    let stap_err = String::from_utf8_lossy(&stap.stderr);
+    assert_eq!(stap.status.code(), Some(0), "fij stap: {stap_err}");
+    for probe in [
+        "probe kprobe.function(\"ksys_write\") {",
+        "probe kprobe.function(\"ksys_write\").return {",
+    ] {
+        assert!(script.contains(probe), "no `{probe}` in:\n{script}");
+    }
+    let plan = Command::new(fij_bin())
+        .args(["plan", "--seed", "1"])
+        .arg(&scenario)
+        .output()
+        .expect("running fij plan");
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "fij plan: {}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
 
     if Path::new(KPROBE_PMU).exists() {
         let validate = Fij::validate(&scenario).output();

@@ -3,4 +3,7 @@ pub mod model;
 mod parse;
 
 pub use model::*;
-pub use parse::{Diagnostic, Diagnostics, KPROBE_PMU, PORT_SYSCALLS, load, parse_str};
+pub use parse::{
+    Diagnostic, Diagnostics, KPROBE_PMU, KernelFeatures, PORT_SYSCALLS, load, load_for, parse_str,
+    parse_str_for,
+};

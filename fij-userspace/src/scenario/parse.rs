@@ -66,8 +66,26 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
-/// Reads and validates the scenario file at `path`.
+/// Whether reading a scenario also checks that the running kernel has what it needs (kprobes for
+/// kprobe triggers, tcx for `crash` and `partition`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFeatures {
+    /// The campaign runs here (`fij run`, `fij validate`): what this kernel lacks is an error at
+    /// the key that needs it.
+    Checked,
+    /// The output may be for another machine (`fij stap`'s script, compiled with `stap -r
+    /// RELEASE` for another kernel; `fij plan`): this kernel's features are not asked. What the
+    /// other kernel lacks is said where the script is built or the campaign runs.
+    NotChecked,
+}
+
+/// Reads and validates the scenario file at `path` for a campaign on this kernel.
 pub fn load(path: &Path) -> Result<Scenario, Diagnostics> {
+    load_for(path, KernelFeatures::Checked)
+}
+
+/// Reads and validates the scenario file at `path`, checking this kernel's features or not.
+pub fn load_for(path: &Path, kernel: KernelFeatures) -> Result<Scenario, Diagnostics> {
     let fail = |message: String| {
         Err(Diagnostics(vec![Diagnostic {
             file: path.to_path_buf(),
@@ -77,7 +95,7 @@ pub fn load(path: &Path) -> Result<Scenario, Diagnostics> {
         }]))
     };
     match read_bounded(path) {
-        Ok(Some(text)) => parse_str(path, &text),
+        Ok(Some(text)) => parse_str_for(path, &text, kernel),
         Ok(None) => fail(format!(
             "the scenario file is larger than {} bytes (1 MiB), fij's limit; \
              is it the right file?",
@@ -107,12 +125,22 @@ fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
 }
 
 /// Validates the scenario `text`, read from `path` (used in diagnostics, as `Scenario::path`, and
-/// to resolve relative `cwd`s).
+/// to resolve relative `cwd`s), for a campaign on this kernel.
 pub fn parse_str(path: &Path, text: &str) -> Result<Scenario, Diagnostics> {
+    parse_str_for(path, text, KernelFeatures::Checked)
+}
+
+/// [`parse_str`], checking this kernel's features or not.
+pub fn parse_str_for(
+    path: &Path,
+    text: &str,
+    kernel: KernelFeatures,
+) -> Result<Scenario, Diagnostics> {
     let mut cx = Cx {
         file: path,
         text,
         diags: Vec::new(),
+        kernel,
     };
     let scenario = match ImDocument::parse(text) {
         Ok(doc) => scenario(&mut cx, doc.as_table()),
@@ -810,7 +838,7 @@ fn fault(
         match action {
             "kill" => Some(ActionKind::Kill),
             "signal" => Some(ActionKind::Signal),
-            "crash" | "partition" if let Some(refusal) = without_tcx(action, "process's") => {
+            "crash" | "partition" if let Some(refusal) = without_tcx(cx, action, "process's") => {
                 cx.error(e.at, refusal);
                 None
             }
@@ -1322,7 +1350,7 @@ fn probe(cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<Trigger> {
         cx.error(e.at, format!("`{}`: {why}", e.label));
         return None;
     }
-    if !user && !Path::new(KPROBE_PMU).exists() {
+    if !user && cx.kernel == KernelFeatures::Checked && !Path::new(KPROBE_PMU).exists() {
         cx.error(
             e.at,
             "kprobe triggers need a kernel with kprobes (CONFIG_KPROBES); this kernel has none \
@@ -1338,8 +1366,12 @@ fn probe(cx: &mut Cx<'_>, e: &Entry<'_>, kind: &str) -> Option<Trigger> {
 }
 
 /// Why `crash` or `partition` (`action`) cannot run on this kernel, if it is older than 6.6
-/// (see [`kernel_without_tcx`]); `whose` packets they would silence.
-fn without_tcx(action: &str, whose: &str) -> Option<String> {
+/// (see [`kernel_without_tcx`]) and the kernel's features are checked; `whose` packets they
+/// would silence.
+fn without_tcx(cx: &Cx<'_>, action: &str, whose: &str) -> Option<String> {
+    if cx.kernel == KernelFeatures::NotChecked {
+        return None;
+    }
     kernel_without_tcx().map(|release| {
         format!(
             "`{action}` needs tcx (kernel 6.6 or later) to silence the {whose} packets; this \
@@ -1657,6 +1689,7 @@ struct Cx<'a> {
     file: &'a Path,
     text: &'a str,
     diags: Vec<Diagnostic>,
+    kernel: KernelFeatures,
 }
 
 impl Cx<'_> {
@@ -2022,6 +2055,17 @@ mod tests {
             message.contains(fragment),
             "{message:?} does not contain {fragment:?}"
         );
+    }
+
+    #[test]
+    fn kprobes_and_crash_are_taken_for_another_kernel_whatever_this_one_has() {
+        let text = format!(
+            "{TARGET}\n[[fault]]\nname = \"k\"\ntarget = \"w\"\naction = \"crash\"\n\
+             trigger = {{ kprobe = \"ksys_write\" }}\n"
+        );
+        let scenario = parse_str_for(Path::new("x.toml"), &text, KernelFeatures::NotChecked)
+            .expect("not checked against this kernel");
+        assert_eq!(scenario.faults.len(), 1);
     }
 
     fn fault(body: &str) -> String {

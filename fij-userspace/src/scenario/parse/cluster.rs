@@ -196,7 +196,7 @@ pub(super) fn node_fault(
     let kind = action.as_ref().and_then(|e| {
         let kind = cx.string(e)?;
         match kind {
-            "crash" | "partition" if let Some(refusal) = without_tcx(kind, "nodes'") => {
+            "crash" | "partition" if let Some(refusal) = without_tcx(cx, kind, "nodes'") => {
                 cx.error(e.at, refusal);
                 None
             }
