@@ -58,11 +58,12 @@ impl Campaign<'_> {
             EVENT_INJECTION => self.injection(kernel, e, FiredBy::Kernel),
             EVENT_EXIT => {
                 self.tally.exits += 1;
-                // Its seccomp counters go, as the kernel's did at the exit.
+                // Its seccomp counters go, as the kernel's did at the exit (not those of a
+                // later process with its pid, counted since).
                 self.seccomp
                     .lock()
                     .expect("the supervisor lock")
-                    .forget(e.tgid);
+                    .exited(e.tgid);
                 let (code, signal) = if e.result < 0 {
                     (None, None)
                 } else {
