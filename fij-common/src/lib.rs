@@ -119,7 +119,7 @@ pub const HOOK_TRACEPOINT: u32 = 0x1_0000;
 /// Distinct tracepoints one scenario may use (program slots `fij_tracepoint_0..8`).
 pub const MAX_TRACEPOINTS: usize = 8;
 /// Hook ids of uprobe/uretprobe/kprobe/kretprobe triggers: the probe's index (its attach cookie
-/// for uprobes, `KPROBE_HOOKS[function address]` for kprobes).
+/// for uprobes, `KPROBE_HOOKS`/`KRETPROBE_HOOKS[function address]` for kprobes/kretprobes).
 pub const HOOK_PROBE: u32 = 0x2_0000;
 /// Hook ids of the cgroup-v2 socket hooks that fail a call (`action = "error"`):
 /// `HOOK_ERRNO | ERRNO_HOOK_*`. Distinct from the syscall's own id, so an `error` fault on

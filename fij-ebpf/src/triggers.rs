@@ -15,6 +15,10 @@ use crate::{decide::on_hit, maps::target};
 /// Function address → probe index, for kprobes (aya attaches them without a cookie).
 #[map]
 pub static KPROBE_HOOKS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_KPROBES, 0);
+/// The same for kretprobes: a kprobe and a kretprobe on one function are two probes with one
+/// address (`bpf_get_func_ip` gives the function's in both), so one table would make them one.
+#[map]
+pub static KRETPROBE_HOOKS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_KPROBES, 0);
 
 /// A hit of `hook` by the current task, if it is a target.
 #[inline(always)]
@@ -82,21 +86,21 @@ pub fn fij_uretprobe(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn function_hit(ctx: *mut core::ffi::c_void) {
+fn function_hit(ctx: *mut core::ffi::c_void, hooks: &HashMap<u64, u32>) {
     let ip = unsafe { bpf_get_func_ip(ctx) };
-    if let Some(&index) = unsafe { KPROBE_HOOKS.get(&ip) } {
+    if let Some(&index) = unsafe { hooks.get(&ip) } {
         hit(HOOK_PROBE | index, index as u64);
     }
 }
 
 #[kprobe]
 pub fn fij_kprobe(ctx: ProbeContext) -> u32 {
-    function_hit(ctx.as_ptr());
+    function_hit(ctx.as_ptr(), &KPROBE_HOOKS);
     0
 }
 
 #[kretprobe]
 pub fn fij_kretprobe(ctx: RetProbeContext) -> u32 {
-    function_hit(ctx.as_ptr());
+    function_hit(ctx.as_ptr(), &KRETPROBE_HOOKS);
     0
 }

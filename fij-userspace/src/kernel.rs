@@ -87,6 +87,7 @@ pub struct Kernel {
     selected: HashMap<MapData, SelectKey, u8>,
     due: HashMap<MapData, u32, u32>,
     kprobe_hooks: HashMap<MapData, u64, u32>,
+    kretprobe_hooks: HashMap<MapData, u64, u32>,
     silenced: HashMap<MapData, SilenceKey, SilenceEntry>,
     silent_addresses: HashMap<MapData, [u8; 16], u32>,
     events: Option<RingBuf<MapData>>,
@@ -272,6 +273,7 @@ impl Kernel {
             selected: take(&mut ebpf, "SELECTED")?,
             due: take(&mut ebpf, "DUE")?,
             kprobe_hooks: take(&mut ebpf, "KPROBE_HOOKS")?,
+            kretprobe_hooks: take(&mut ebpf, "KRETPROBE_HOOKS")?,
             silenced: take(&mut ebpf, "SILENCED")?,
             silent_addresses: take(&mut ebpf, "SILENT_ADDRESSES")?,
             events: Some(take(&mut ebpf, "EVENTS")?),
@@ -400,7 +402,8 @@ impl Kernel {
     }
 
     /// Probe triggers; probe `i` of `probes` counts under hook `HOOK_PROBE | i` (the attach
-    /// cookie for uprobes, `KPROBE_HOOKS[function address]` for kprobes).
+    /// cookie for uprobes, `KPROBE_HOOKS[function address]` for kprobes and `KRETPROBE_HOOKS`
+    /// for kretprobes).
     pub fn attach_probes(&mut self, probes: &[Probe]) -> Result<()> {
         for (index, probe) in probes.iter().enumerate() {
             match probe.kind {
@@ -468,14 +471,14 @@ impl Kernel {
             ProbeLocation::Address(_) => anyhow::bail!("{probe}: kprobes take a function name"),
         };
         let address = kallsyms_address(function)?;
-        self.kprobe_hooks
+        let (hooks, name) = if probe.kind == ProbeKind::Kprobe {
+            (&mut self.kprobe_hooks, PROG_KPROBE)
+        } else {
+            (&mut self.kretprobe_hooks, PROG_KRETPROBE)
+        };
+        hooks
             .insert(address + offset, index, 0)
             .context("writing the kprobe table")?;
-        let name = if probe.kind == ProbeKind::Kprobe {
-            PROG_KPROBE
-        } else {
-            PROG_KRETPROBE
-        };
         self.load_once(name)
             .with_context(|| format!("loading {name} (verifier)"))?;
         let program: &mut KProbe = self.program(name)?.try_into()?;
