@@ -1259,7 +1259,7 @@ fn terminate(mut fij: RunningFij) -> Result<FijOutput> {
 
 /// A kill's latency: from the first injection's `ktime_ns` to the first exit's, which must be the
 /// killed process's.
-fn kill_latency_ns(log: &Log) -> Result<u64> {
+pub(super) fn kill_latency_ns(log: &Log) -> Result<u64> {
     let (
         Some(Record::Injection {
             ktime_ns: injected,

@@ -8,12 +8,20 @@
 //!   its cost per syscall over the same loop untraced, and the time from launch until the loop
 //!   runs (fij: start to armed; stap: the module's load, its compile apart);
 //! - **non-target**: a sleeping `sleep` is the target; the loop, no target, pays what every
-//!   other process pays.
+//!   other process pays;
+//! - **kill**: the loop is killed on its 1000th `getppid`: the time from the injection to the
+//!   victim's exit, as each backend records both (fij's log; the module's `injection` and `exit`
+//!   lines, `ktime_ns` of the same clock).
 //!
 //! Under TCG the guest's CPUs are ~16× slower than the host's, so the nanoseconds are the
 //! guest's, not this machine's: the ratios between the columns are the result. Writes
 //! `<target>/bench-stap-module/results.md`.
-use std::{fmt::Write as _, fs, path::Path, time::Duration};
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail, ensure};
 
@@ -40,6 +48,9 @@ const NO_OVERLOAD: &str = "STP_NO_OVERLOAD";
 /// The modules' names (and their scripts', in the root's work directory).
 const ARMED: &str = "fij_bench_armed";
 const OTHER: &str = "fij_bench_other";
+const KILL: &str = "fij_bench_kill";
+/// The kill campaign's hit (as `bench`'s kill latency).
+const KILL_NTH: u64 = 1000;
 
 pub fn run() -> Result<()> {
     crate::setup::run_vm()?;
@@ -86,8 +97,28 @@ pub fn run() -> Result<()> {
     let stap_other = dir.join("other-stap.toml");
     fs::write(&stap_other, other(STAP_SLEEPER))?;
 
+    let kill = dir.join("kill.toml");
+    fs::write(
+        &kill,
+        format!(
+            "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"loop\"\ncommand = [{}]\n\n{}",
+            toml_argv(&loop_argv(&host_loop.display().to_string())),
+            fault("kill", "loop", "getppid", KILL_NTH)
+        ),
+    )?;
+    // The same campaign with the loop the root runs (staprun's `-c`), for the module.
+    let stap_kill = dir.join("kill-stap.toml");
+    fs::write(
+        &stap_kill,
+        format!(
+            "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"loop\"\ncommand = [{}]\n\n{}",
+            toml_argv(&loop_argv(&format!("{}/fij-syscall-loop", root.work_dir()))),
+            fault("kill", "loop", "getppid", KILL_NTH)
+        ),
+    )?;
+
     let mut compile_s = Vec::new();
-    for (scenario, module) in [(&armed, ARMED), (&stap_other, OTHER)] {
+    for (scenario, module) in [(&armed, ARMED), (&stap_other, OTHER), (&stap_kill, KILL)] {
         let script = format!("{module}.stp");
         cmd::run(
             std::process::Command::new(&fij)
@@ -110,8 +141,12 @@ pub fn run() -> Result<()> {
             &fij.display().to_string(),
             &host_loop.display().to_string(),
             &root.root.display().to_string(),
-            &armed,
-            &fij_other,
+            &root.work_dir(),
+            &FijScenarios {
+                armed: armed.clone(),
+                other: fij_other.clone(),
+                kill: kill.clone(),
+            },
         )
     };
     let out = vm::boot_script(
@@ -123,7 +158,20 @@ pub fn run() -> Result<()> {
     )?;
     let text = fs::read_to_string(out.join("results.txt"))
         .with_context(|| format!("the guest left no {}", out.join("results.txt").display()))?;
-    let results = Results::parse(&text)?;
+    let mut results = Results::parse(&text)?;
+    for round in 1..=ROUNDS {
+        let fij_log = out.join(format!("kill-fij-{round}.jsonl"));
+        let log = fij_tests::Log::read_partial(&fij_log);
+        results
+            .fij_kill_us
+            .push(super::kill_latency_ns(&log)? as f64 / 1e3);
+        let module_out = out.join(format!("kill-stap-{round}.out"));
+        let lines = fs::read_to_string(&module_out)
+            .with_context(|| format!("the guest left no {}", module_out.display()))?;
+        results
+            .stap_kill_us
+            .push(module_kill_latency_ns(&lines)? as f64 / 1e3);
+    }
     let report = markdown(&results, &kernel.release, &compile_s);
     let md = dir.join("results.md");
     fs::write(&md, &report).with_context(|| format!("cannot write {}", md.display()))?;
@@ -139,8 +187,8 @@ fn guest_script(
     fij: &str,
     host_loop: &str,
     root: &str,
-    armed: &Path,
-    other: &Path,
+    work: &str,
+    scenarios: &FijScenarios,
 ) -> String {
     let q = |s: &str| cmd::quote(s);
     format!(
@@ -150,19 +198,22 @@ set -eu
 trap 'rc=$?; [ $rc -eq 0 ] || for f in /tmp/*.err; do echo "== $f"; cat "$f"; done' EXIT
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 res={res}
+out={out}
 fij={fij}
 loop={host_loop}
 root={root}
+work={work}
 : > "$res"
 # A loop's result line, and CLOCK_MONOTONIC now (as a loop's start).
 run_loop() {{ "$loop" --cpu {CPU} {CALLS}; }}
 now() {{ "$loop" 0 | sed -n 's/.*start_monotonic_ns=\([0-9]*\).*/\1/p'; }}
-# staprun -o /work/OUTPUT -c COMMAND /work/MODULE.ko in the trixie root (its own mounts).
+# staprun -o WORK/OUTPUT -c COMMAND WORK/MODULE.ko in the trixie root (its own mounts), WORK
+# being the release's work directory in the root.
 staprun_in_root() {{
   unshare -m sh -c 'mount --make-rprivate / && mount --bind /dev "$1/dev" &&
     mount -t proc proc "$1/proc" && mount -t sysfs sys "$1/sys" &&
     mount -t debugfs debugfs "$1/sys/kernel/debug" &&
-    exec chroot "$1" staprun -o "/work/$2" -c "$4" "/work/$3.ko"' sh "$root" "$@"
+    exec chroot "$1" staprun -o "$5/$2" -c "$4" "$5/$3.ko"' sh "$root" "$@" "$work"
 }}
 wait_for() {{  # FILE PATTERN: until FILE has a line matching PATTERN (at most 120 s)
   i=0
@@ -179,8 +230,8 @@ for round in $(seq {ROUNDS}); do
   echo "round=$round config=fij-armed t0=$t0 $line" >> "$res"
   echo "round=$round config=base $(run_loop)" >> "$res"
   t0=$(now)
-  line=$(staprun_in_root armed-$round.out {ARMED} "/work/fij-syscall-loop --cpu {CPU} {CALLS}" 2>/tmp/stap-armed-$round.err | grep best_chunk)
-  grep -q '^fij-stap armed' "$root/work/armed-$round.out"
+  line=$(staprun_in_root armed-$round.out {ARMED} "$work/fij-syscall-loop --cpu {CPU} {CALLS}" 2>/tmp/stap-armed-$round.err | grep best_chunk)
+  grep -q '^fij-stap armed' "$root$work/armed-$round.out"
   echo "round=$round config=stap-armed t0=$t0 $line" >> "$res"
   echo "round=$round config=base $(run_loop)" >> "$res"
 
@@ -192,22 +243,38 @@ for round in $(seq {ROUNDS}); do
   echo "round=$round config=base $(run_loop)" >> "$res"
   staprun_in_root other-$round.out {OTHER} "sleep {STAP_SLEEPER}" 2>/tmp/stap-other-$round.err &
   stap_pid=$!
-  wait_for "$root/work/other-$round.out" '^fij-stap armed'
+  wait_for "$root$work/other-$round.out" '^fij-stap armed'
   echo "round=$round config=stap-other $(run_loop)" >> "$res"
   pkill -x -f "sleep {STAP_SLEEPER}"
   wait $stap_pid || true  # stapio exits 1 when -c's command dies of a signal
-  grep -q '^fij-stap end' "$root/work/other-$round.out"
+  grep -q '^fij-stap end' "$root$work/other-$round.out"
   echo "round=$round config=base $(run_loop)" >> "$res"
+
+  # The kill: each backend's records of the injection and the exit, kept for xtask.
+  "$fij" run {kill} --log "$out/kill-fij-$round.jsonl" >/dev/null 2>/tmp/kill-$round.err
+  staprun_in_root kill-$round.out {KILL} "$work/fij-syscall-loop --cpu {CPU} {CALLS}" \
+    >/dev/null 2>/tmp/stap-kill-$round.err || true  # stapio exits 1: -c's command was killed
+  cp "$root$work/kill-$round.out" "$out/kill-stap-$round.out"
 done
 echo "== bench done"
 "#,
         res = q(&out.join("results.txt").display().to_string()),
+        out = q(&out.display().to_string()),
+        kill = q(&scenarios.kill.display().to_string()),
         fij = q(fij),
         host_loop = q(host_loop),
         root = q(root),
-        armed = q(&armed.display().to_string()),
-        other = q(&other.display().to_string()),
+        work = q(work),
+        armed = q(&scenarios.armed.display().to_string()),
+        other = q(&scenarios.other.display().to_string()),
     )
+}
+
+/// The scenarios the guest runs with `fij run`.
+struct FijScenarios {
+    armed: PathBuf,
+    other: PathBuf,
+    kill: PathBuf,
 }
 
 /// The guest's measurements, by configuration.
@@ -223,6 +290,9 @@ struct Results {
     /// From launch (`fij run` / `staprun`) until the loop ran, ms.
     fij_start_ms: Samples,
     stap_start_ms: Samples,
+    /// From the kill's injection to the victim's exit, µs.
+    fij_kill_us: Samples,
+    stap_kill_us: Samples,
 }
 
 impl Results {
@@ -275,6 +345,34 @@ impl Results {
     }
 }
 
+/// The module's kill latency: from its first `injection` line's `ktime_ns` to the `exit` line of
+/// the same pid (stap's `ktime_get_ns`, as fij's `bpf_ktime_get_ns`).
+fn module_kill_latency_ns(output: &str) -> Result<u64> {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let value = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))?;
+        match value.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => value.parse().ok(),
+        }
+    };
+    let injection = output
+        .lines()
+        .find(|l| l.starts_with("fij-stap injection "))
+        .with_context(|| format!("no injection line in the module's output:\n{output}"))?;
+    let (pid, injected) = field(injection, "pid")
+        .zip(field(injection, "ktime_ns"))
+        .with_context(|| format!("no pid and ktime_ns in `{injection}`"))?;
+    let exited = output
+        .lines()
+        .filter(|l| l.starts_with("fij-stap exit "))
+        .find(|l| field(l, "pid") == Some(pid))
+        .and_then(|l| field(l, "ktime_ns"))
+        .with_context(|| format!("no exit line of pid {pid} in the module's output:\n{output}"))?;
+    Ok(exited.saturating_sub(injected))
+}
+
 fn markdown(r: &Results, release: &str, compile_s: &[f64]) -> String {
     let mut base = Samples::default();
     for b in &r.base {
@@ -320,6 +418,23 @@ fn markdown(r: &Results, release: &str, compile_s: &[f64]) -> String {
         &r.fij_start_ms,
         &r.stap_start_ms,
     );
+    row(
+        &mut md,
+        &format!("kill on the {KILL_NTH}th getppid: injection to the victim's exit"),
+        "µs",
+        &r.fij_kill_us,
+        &r.stap_kill_us,
+    );
+    // Under TCG a kill's few microseconds of work spread over milliseconds of emulation and
+    // scheduling: the rounds' spread says whether the medians differ at all.
+    let _ = writeln!(
+        md,
+        "\nKill latency, every round: fij {:.0}–{:.0} µs, the module {:.0}–{:.0} µs.",
+        r.fij_kill_us.min(),
+        r.fij_kill_us.max(),
+        r.stap_kill_us.min(),
+        r.stap_kill_us.max()
+    );
     let _ = writeln!(
         md,
         "\nThe module is compiled on the host before the boot (`stap -g -p4 -D {NO_OVERLOAD}` \
@@ -339,14 +454,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_modules_kill_latency_is_its_injection_to_the_exit_of_the_same_pid() {
+        let output = "fij-stap armed ktime_ns=0x100\n\
+                      fij-stap injection fault=0 target=0 instance=0 pid=42 tid=42 hit=1000 \
+                      draw=0 signal=9 result=0 by=hit scheduled_ns=0 ktime_ns=0x1000\n\
+                      fij-stap exit pid=43 target=0 status=0 ktime_ns=0x1100\n\
+                      fij-stap exit pid=42 target=0 status=9 ktime_ns=0x1800\n";
+        assert_eq!(module_kill_latency_ns(output).unwrap(), 0x800);
+        assert!(module_kill_latency_ns("fij-stap armed ktime_ns=0x100\n").is_err());
+    }
+
+    #[test]
     fn the_guest_script_measures_every_configuration_between_two_baselines() {
         let script = guest_script(
             Path::new("/out"),
             "/fij",
             "/loop",
             "/root",
-            Path::new("/a.toml"),
-            Path::new("/o.toml"),
+            "/work/6.12",
+            &FijScenarios {
+                armed: "/a.toml".into(),
+                other: "/o.toml".into(),
+                kill: "/k.toml".into(),
+            },
         );
         let configs: Vec<&str> = script
             .lines()

@@ -61,6 +61,11 @@ impl DebianKernel {
     /// not asked), else fetched and built.
     pub fn prepare(&self, vm_dir: &Path, refresh: bool) -> Result<Prepared> {
         let dir = self.dir(vm_dir);
+        fs::create_dir_all(&dir)?;
+        // Two runs at once (two worktrees sharing the cache, or `vm` beside `test`) must not
+        // unpack into the same directory together: one's `depmod` failed on the other's
+        // half-unpacked tree.
+        let _lock = super::Lock::exclusive(dir.join("prepare.lock"))?;
         let root = dir.join("kernel");
         let stamp = dir.join("kernel.ready");
         if refresh || !stamp.is_file() {

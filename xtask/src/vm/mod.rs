@@ -405,6 +405,9 @@ pub fn boot_script(
         fs::remove_dir_all(&out)?;
     }
     fs::create_dir_all(&out)?;
+    // The guest mounts it at this path in its own root: a symbolic link on the way (a `target`
+    // linked elsewhere) would point nowhere there.
+    let out = fs::canonicalize(&out)?;
     fs::write(out.join("run.sh"), script(&out))?;
     let accel = accelerator(vm_dir, kernel)?;
     let console = out.join("console.log");
@@ -425,10 +428,12 @@ pub fn boot_script(
     }
 }
 
-/// The stap module of tests/it/stap_module.rs, when that test runs (under Debian 12 or 13): the
-/// scenario's `fij stap --runtime module` script compiled for the guest's kernel in the trixie
-/// root ([`stap_chroot`]), on the host before the boot (the guest has no compiler for it and
-/// TCG would make it ~10x slower); the test finds it through `FIJ_STAP_CHROOT`/`FIJ_STAP_MODULE`.
+/// The stap modules of tests/it/stap_module.rs, when that test runs (under Debian 12 or 13):
+/// each scenario's `fij stap --runtime module` script compiled for the guest's kernel in the
+/// trixie root ([`stap_chroot`]), on the host before the boot (the guest has no compiler for it
+/// and TCG would make it ~10x slower); the kprobe scenario's after the kernel's symbol table is
+/// in the root (one extra boot, the first time). The test finds the root and the modules (paths
+/// in the root) through `FIJ_STAP_CHROOT` and the variables below.
 fn with_stap_module(
     vm_dir: &Path,
     debian: DebianKernel,
@@ -436,34 +441,47 @@ fn with_stap_module(
     run: &Run,
 ) -> Result<Run> {
     const TEST: &str = "stap_module";
-    const MODULE: &str = "fij_side";
+    /// (scenario in tests/it/stap_module/, module, the test's variable, has kprobes).
+    const MODULES: [(&str, &str, &str, bool); 2] = [
+        ("scenario.toml", "fij_side", "FIJ_STAP_MODULE", false),
+        ("kprobe.toml", "fij_kprobe", "FIJ_STAP_KPROBE_MODULE", true),
+    ];
     if !run.tests.iter().any(|(name, _)| name == TEST) {
         return Ok(run.clone());
     }
     let chroot = stap_chroot::prepare(vm_dir, &kernel.release, debian.suite)?;
-    let script = format!("{MODULE}.stp");
-    let scenario = crate::workspace_root().join("tests/it/stap_module/scenario.toml");
-    cmd::run(
-        Command::new(&run.fij_bin)
-            .arg("stap")
-            .arg(&scenario)
-            .args(["--runtime", "module", "-o"])
-            .arg(chroot.work_path(&script)),
-    )?;
-    let (ko, took) = chroot.compile(&script, MODULE, &[])?;
-    println!(
-        "stap-chroot: {} compiled in {:.1} s (stap -p4 against {})",
-        ko.display(),
-        took.as_secs_f64(),
-        chroot.release
-    );
     let mut run = run.clone();
     run.env.push((
         "FIJ_STAP_CHROOT".to_owned(),
         chroot.root.to_string_lossy().into_owned(),
     ));
-    run.env
-        .push(("FIJ_STAP_MODULE".to_owned(), format!("{MODULE}.ko")));
+    for (scenario, module, variable, kprobes) in MODULES {
+        if kprobes {
+            chroot.kernel_symbols(vm_dir, kernel)?;
+        }
+        let script = format!("{module}.stp");
+        let scenario = crate::workspace_root()
+            .join("tests/it/stap_module")
+            .join(scenario);
+        cmd::run(
+            Command::new(&run.fij_bin)
+                .arg("stap")
+                .arg(&scenario)
+                .args(["--runtime", "module", "-o"])
+                .arg(chroot.work_path(&script)),
+        )?;
+        let (ko, took) = chroot.compile(&script, module, &[])?;
+        println!(
+            "stap-chroot: {} compiled in {:.1} s (stap -p4 against {})",
+            ko.display(),
+            took.as_secs_f64(),
+            chroot.release
+        );
+        run.env.push((
+            variable.to_owned(),
+            format!("{}/{module}.ko", chroot.work_dir()),
+        ));
+    }
     Ok(run)
 }
 
@@ -705,10 +723,15 @@ fn printable(line: &[u8]) -> String {
 }
 
 /// An exclusive flock(2) on a file, held until dropped.
-struct Lock(#[allow(dead_code, reason = "held for its flock, released on close")] fs::File);
+pub(crate) struct Lock(
+    #[allow(dead_code, reason = "held for its flock, released on close")] fs::File,
+);
 
 impl Lock {
-    fn exclusive(path: &str) -> Result<Self> {
+    /// Waits for the lock on `path` (created if missing).
+    pub(crate) fn exclusive(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().display().to_string();
+        let path = path.as_str();
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -17,10 +17,12 @@
 //!   with uprobes (`process(…).function`) still cannot be built for 6.12 with stap 5.1 (its
 //!   uprobes code calls the old function), which the lab's test does not have;
 //! - `kprobe.function(…)` needs the kernel's symbols: Debian's `/boot/System.map-*` is a
-//!   placeholder ("The real System.map is in the linux-image-<version>-dbg package"), so stap
-//!   parses 0 symbols and finds "no match". Not worked around: the scripts of the lab's test have
-//!   no kprobe (by hand, the guest's /proc/kallsyms as the root's
-//!   /usr/lib/debug/boot/System.map-RELEASE made them resolve; docs/kernel-lab.md).
+//!   placeholder ("The real System.map is in the linux-image-<version>-dbg package", a 1 GB
+//!   download), so stap parsed 0 symbols and found "no match". [`StapChroot::kernel_symbols`]
+//!   boots the kernel once and keeps its `/proc/kallsyms` (the kernel's own symbols, without
+//!   modules') as the root's `/usr/lib/debug/boot/System.map-RELEASE`, where stap looks first.
+//!   The addresses are one boot's (KASLR): stap only places its kprobes relative to `_stext`,
+//!   which the map has from the same boot.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -36,12 +38,16 @@ use crate::cmd;
 const SUITE: &str = "trixie";
 /// What the root holds beyond minbase.
 const PACKAGES: &str = "systemtap,linux-headers-amd64,gcc,make,libc6-dev,kmod";
-/// The kernel's compiler with `-Wno-error` last, at this path in the root.
+/// The kernel's compiler with `-Wno-error` last, at this path in the root followed by
+/// `-RELEASE` (each kernel's own: 6.1's is gcc-12, 6.12's gcc-14).
 const KBUILD_CC: &str = "/usr/local/lib/fij/kbuild-cc";
 /// Skips stap 5.1's start-up lookup of `uprobe_unregister`, which 6.12 does not have.
 const UNREGISTER_LOOKUP_OFF: &str = "STAPCONF_UPROBE_UNREGISTER_EXPORTED";
-/// Where scripts and modules go in the root (the guest sees it at the same host path).
+/// Where scripts and modules go in the root (the guest sees it at the same host path), a
+/// directory per kernel release under it: runs for two kernels do not overwrite each other's.
 const WORK: &str = "work";
+/// Where stap 5.1 looks first for a kernel's symbol table (then `/boot/System.map-RELEASE`).
+const SYSTEM_MAP_DIR: &str = "usr/lib/debug/boot";
 
 /// The trixie root, ready to compile modules for `release`.
 pub struct StapChroot {
@@ -57,6 +63,9 @@ pub struct StapChroot {
 /// their compiler (bookworm's kernels are built with gcc-12) is a trixie package too.
 pub fn prepare(vm_dir: &Path, release: &str, suite: &str) -> Result<StapChroot> {
     let dir = vm_dir.join("stap-chroot");
+    fs::create_dir_all(&dir)?;
+    // One run at a time sets the root up (debootstrap, headers, the compiler wrapper).
+    let _lock = super::Lock::exclusive(dir.join("prepare.lock"))?;
     let root = dir.join(SUITE);
     if !dir.join(format!("{SUITE}.ready")).is_file() {
         let partial = dir.join(format!("{SUITE}.partial"));
@@ -116,7 +125,7 @@ pub fn prepare(vm_dir: &Path, release: &str, suite: &str) -> Result<StapChroot> 
     // The kernel's compiler, as its headers' Makefile names it (`CC = gcc-12` for 6.1,
     // `gcc-14` for 6.12): the wrapper runs that one.
     let compiler = kernel_compiler(&chroot.root, release)?;
-    let cc = chroot.root.join(KBUILD_CC.trim_start_matches('/'));
+    let cc = chroot.root.join(chroot.kbuild_cc().trim_start_matches('/'));
     fs::create_dir_all(cc.parent().expect("a parent"))?;
     fs::write(
         &cc,
@@ -129,7 +138,7 @@ pub fn prepare(vm_dir: &Path, release: &str, suite: &str) -> Result<StapChroot> 
         ),
     )?;
     fs::set_permissions(&cc, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    fs::create_dir_all(chroot.root.join(WORK))?;
+    fs::create_dir_all(chroot.root.join(chroot.work_dir().trim_start_matches('/')))?;
     Ok(chroot)
 }
 
@@ -178,9 +187,77 @@ impl StapChroot {
         c
     }
 
+    /// The compiler wrapper of this release, as a path in the root.
+    fn kbuild_cc(&self) -> String {
+        format!("{KBUILD_CC}-{}", self.release)
+    }
+
+    /// The work directory of this release, as a path in the root (`/work/RELEASE`).
+    pub fn work_dir(&self) -> String {
+        format!("/{WORK}/{}", self.release)
+    }
+
     /// The host path of `name` in the root's work directory.
     pub fn work_path(&self, name: &str) -> PathBuf {
-        self.root.join(WORK).join(name)
+        self.root
+            .join(self.work_dir().trim_start_matches('/'))
+            .join(name)
+    }
+
+    /// The kernel's symbol table where the root's stap finds it, for `kprobe.function` probes:
+    /// the first time, `kernel` is booted (~10 s under TCG) with a script that keeps its
+    /// `/proc/kallsyms`, without the modules' symbols (`[module]` lines), as a System.map.
+    /// Cached in the root; a map of fewer than 10,000 symbols or without `_stext` is an error.
+    pub fn kernel_symbols(&self, vm_dir: &Path, kernel: &super::kernels::Prepared) -> Result<()> {
+        let map = self
+            .root
+            .join(SYSTEM_MAP_DIR)
+            .join(format!("System.map-{}", self.release));
+        if map.is_file() {
+            println!(
+                "ok: the symbols of {} cached in {}",
+                self.release,
+                map.display()
+            );
+            return Ok(());
+        }
+        let started = Instant::now();
+        let out = super::boot_script(
+            vm_dir,
+            kernel,
+            "kallsyms",
+            |out| {
+                format!(
+                    "# Written by `cargo xtask vm` (xtask/src/vm/stap_chroot.rs).
+                     export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+                     awk 'NF == 3' /proc/kallsyms > {}
+",
+                    cmd::quote(&out.join("System.map").to_string_lossy())
+                )
+            },
+            Duration::from_secs(10 * 60),
+        )?;
+        let text = fs::read_to_string(out.join("System.map"))?;
+        let symbols = text.lines().count();
+        let has_stext = text.lines().any(|l| l.ends_with(" _stext"));
+        if symbols < 10_000 || !has_stext {
+            bail!(
+                "{}'s /proc/kallsyms gave {symbols} symbols{}: not a symbol table",
+                self.release,
+                if has_stext { "" } else { " and no _stext" }
+            );
+        }
+        fs::create_dir_all(map.parent().expect("a parent"))?;
+        let partial = map.with_file_name(format!("System.map-{}.partial", self.release));
+        fs::write(&partial, &text)?;
+        fs::rename(&partial, &map)?;
+        println!(
+            "stap-chroot: {symbols} symbols of {} from one boot ({:.0} s) in {}",
+            self.release,
+            started.elapsed().as_secs_f64(),
+            map.display()
+        );
+        Ok(())
     }
 
     /// Compiles `script` (a file in the work directory) into `MODULE.ko` there with trixie's
@@ -197,13 +274,14 @@ impl StapChroot {
             fs::remove_file(&ko)?;
         }
         let started = Instant::now();
-        let script = format!("/{WORK}/{script}");
-        let cc = format!("CC={KBUILD_CC}");
+        let work = self.work_dir();
+        let script = format!("{work}/{script}");
+        let cc = format!("CC={}", self.kbuild_cc());
         let mut c = self.command(&[
             "sh",
             "-c",
             &format!(
-                "cd /{WORK} && exec stap -g -p4 -B {cc} -D {UNREGISTER_LOOKUP_OFF}{} -r {} -m {module} {script}",
+                "cd {work} && exec stap -g -p4 -B {cc} -D {UNREGISTER_LOOKUP_OFF}{} -r {} -m {module} {script}",
                 defines.iter().map(|d| format!(" -D {d}")).collect::<String>(),
                 self.release
             ),
