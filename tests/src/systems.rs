@@ -851,6 +851,13 @@ pub struct MpiJob {
     pub np: usize,
 }
 
+/// How long mpirun lets the surviving ranks of a one-machine job run after one died, before it
+/// SIGTERMs them (`odls_base_sigkill_timeout`; Open MPI's default is 1 s). What the survivors
+/// report in that time is what the tests compare between a kill and a crash; with 1 s, a slow
+/// machine (the kernel lab's guests, ~17× slower) had a survivor's report cut by the SIGTERM
+/// (mpirun: "ORTE_ERROR_LOG: Data unpack had inadequate space in file … show_help.c").
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
 /// The `mpirun` options of a job on this machine over loopback (the rank program follows).
 pub fn mpirun_args(np: usize) -> Vec<String> {
     [
@@ -900,9 +907,16 @@ impl OobKeepalive {
 }
 
 impl MpiJob {
-    /// `np` ranks on this machine, over loopback.
+    /// `np` ranks on this machine, over loopback. When a rank dies, mpirun gives the others
+    /// [`KILL_GRACE`] before its SIGTERM (Open MPI's default: 1 s).
     pub fn start(dir: &Path, np: usize, program: &Path, args: &[&str]) -> Self {
-        Self::spawn(dir, mpirun_args(np), &[], np, program, args)
+        let mut mpirun = mpirun_args(np);
+        mpirun.extend([
+            "--mca".into(),
+            "odls_base_sigkill_timeout".into(),
+            KILL_GRACE.as_secs().to_string(),
+        ]);
+        Self::spawn(dir, mpirun, &[], np, program, args)
     }
 
     /// `slots_a` ranks on node A (this network namespace) and `slots_b` on node B (`node`'s
