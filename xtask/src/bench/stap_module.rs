@@ -76,14 +76,18 @@ pub fn run() -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // A campaign on the loop `exe`: `fault` (a `[[fault]]` table) is its one fault.
+    let loop_campaign = |exe: &str, fault: String| {
+        format!(
+            "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"loop\"\ncommand = [{}]\n\n{fault}",
+            toml_argv(&loop_argv(exe))
+        )
+    };
+    let host_exe = host_loop.display().to_string();
     let armed = dir.join("armed.toml");
     fs::write(
         &armed,
-        format!(
-            "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"loop\"\ncommand = [{}]\n\n{}",
-            toml_argv(&loop_argv(&host_loop.display().to_string())),
-            fault("never", "loop", "getppid", NEVER)
-        ),
+        loop_campaign(&host_exe, fault("never", "loop", "getppid", NEVER)),
     )?;
     let other = |sleeper: &str| {
         format!(
@@ -98,22 +102,15 @@ pub fn run() -> Result<()> {
     fs::write(&stap_other, other(STAP_SLEEPER))?;
 
     let kill = dir.join("kill.toml");
-    fs::write(
-        &kill,
-        format!(
-            "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"loop\"\ncommand = [{}]\n\n{}",
-            toml_argv(&loop_argv(&host_loop.display().to_string())),
-            fault("kill", "loop", "getppid", KILL_NTH)
-        ),
-    )?;
+    let kill_fault = || fault("kill", "loop", "getppid", KILL_NTH);
+    fs::write(&kill, loop_campaign(&host_exe, kill_fault()))?;
     // The same campaign with the loop the root runs (staprun's `-c`), for the module.
     let stap_kill = dir.join("kill-stap.toml");
     fs::write(
         &stap_kill,
-        format!(
-            "seed = 1\nduration = \"10m\"\n\n[[target]]\nname = \"loop\"\ncommand = [{}]\n\n{}",
-            toml_argv(&loop_argv(&format!("{}/fij-syscall-loop", root.work_dir()))),
-            fault("kill", "loop", "getppid", KILL_NTH)
+        loop_campaign(
+            &format!("{}/fij-syscall-loop", root.work_dir()),
+            kill_fault(),
         ),
     )?;
 
