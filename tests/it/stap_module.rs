@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use fij_tests::{Fij, FijOutput, TempDir, read_lines};
+use fij_tests::{Fij, FijOutput, TempDir, read_lines, stap_record};
 
 /// A scenario of `stap_module/` and what the test needs to know of it.
 struct Campaign {
@@ -115,13 +115,9 @@ fn run_module(root: &str, module: &str, command: &str) -> (Vec<String>, Duration
 fn module_injections(lines: &[String], faults: &[&str]) -> Injections {
     let mut found = Injections::new();
     for line in lines {
-        let Some(rest) = line.strip_prefix("fij-stap injection ") else {
+        let Some(fields) = stap_record(line, "injection") else {
             continue;
         };
-        let fields: BTreeMap<&str, &str> = rest
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
         let fault: usize = fields["fault"].parse().unwrap();
         found.entry(faults[fault].to_owned()).or_default().push((
             fields["hit"].parse().unwrap(),

@@ -6,6 +6,7 @@
 //! time: `cargo xtask test` (which sets `FIJ_BIN` and passes `--test-threads=1`). Nothing here
 //! skips a test: a missing binary or tool is a failure with a message saying what to run.
 use std::{
+    collections::BTreeMap,
     ffi::{OsStr, OsString},
     fmt,
     io::Read,
@@ -237,6 +238,18 @@ pub fn toml_str(s: &str) -> String {
 pub fn toml_array<S: AsRef<str>>(items: &[S]) -> String {
     let items: Vec<String> = items.iter().map(|s| toml_str(s.as_ref())).collect();
     format!("[{}]", items.join(", "))
+}
+
+/// The `key=value` fields of a line a `fij stap` script prints for `record` (`fij-stap RECORD
+/// key=value …`, fij-userspace/src/stap/output.rs); `None` for any other line.
+pub fn stap_record<'a>(line: &'a str, record: &str) -> Option<BTreeMap<&'a str, &'a str>> {
+    let rest = line.strip_prefix("fij-stap ")?.strip_prefix(record)?;
+    let rest = rest.strip_prefix(' ')?;
+    Some(
+        rest.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect(),
+    )
 }
 
 /// The lines of a text file (panics if it cannot be read).

@@ -75,8 +75,8 @@ enum Task {
         #[arg(long, conflicts_with = "quick")]
         stap: bool,
         /// fij beside SystemTap's module runtime in the kernel lab's Debian 13 guest (qemu):
-        /// armed and non-target syscall costs, launch times, the module's compile; writes
-        /// <target>/bench-stap-module/results.md.
+        /// armed and non-target syscall costs, launch times, kill latency, the module's compile;
+        /// writes <target>/bench-stap-module/results.md.
         #[arg(long, conflicts_with_all = ["quick", "stap"])]
         stap_module: bool,
     },

@@ -6,8 +6,8 @@
 //! - One machine (4 ranks on `lo`, rank 2 failed at its 20th writev): `mpirun` is rank 2's
 //!   PARENT, so it learns of the death by SIGCHLD/waitpid, not over the network, and aborts the
 //!   job ("mpirun noticed that process rank 2 ... exited on signal 9") after a kill and after a
-//!   crash alike, once it has given the other ranks `systems::KILL_GRACE` (5 s here, Open MPI's default
-//!   1 s) and SIGTERMed them. What differs is the surviving ranks: after a kill rank 1's
+//!   crash alike, once it has given the other ranks `systems::KILL_GRACE` (5 s here, Open MPI's
+//!   default 1 s) and SIGTERMed them. What differs is the surviving ranks: after a kill rank 1's
 //!   reconnect to rank 2 is refused and it says so; after a crash they hear nothing and say
 //!   nothing. ASSERTED.
 //! - Two nodes (ranks 0-2 on this network namespace, rank 3 on "node B", a namespace with its own

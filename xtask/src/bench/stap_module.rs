@@ -345,27 +345,28 @@ impl Results {
 /// The module's kill latency: from its first `injection` line's `ktime_ns` to the `exit` line of
 /// the same pid (stap's `ktime_get_ns`, as fij's `bpf_ktime_get_ns`).
 fn module_kill_latency_ns(output: &str) -> Result<u64> {
-    let field = |line: &str, name: &str| -> Option<u64> {
-        let value = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))?;
+    // stap prints `ktime_ns` in decimal (the parser in fij's stap/output.rs also takes 0x).
+    let number = |fields: &std::collections::BTreeMap<&str, &str>, name: &str| -> Option<u64> {
+        let value = fields.get(name)?;
         match value.strip_prefix("0x") {
             Some(hex) => u64::from_str_radix(hex, 16).ok(),
             None => value.parse().ok(),
         }
     };
-    let injection = output
-        .lines()
-        .find(|l| l.starts_with("fij-stap injection "))
+    let records = |record: &'static str| {
+        output
+            .lines()
+            .filter_map(move |l| fij_tests::stap_record(l, record))
+    };
+    let injection = records("injection")
+        .next()
         .with_context(|| format!("no injection line in the module's output:\n{output}"))?;
-    let (pid, injected) = field(injection, "pid")
-        .zip(field(injection, "ktime_ns"))
-        .with_context(|| format!("no pid and ktime_ns in `{injection}`"))?;
-    let exited = output
-        .lines()
-        .filter(|l| l.starts_with("fij-stap exit "))
-        .find(|l| field(l, "pid") == Some(pid))
-        .and_then(|l| field(l, "ktime_ns"))
+    let (pid, injected) = number(&injection, "pid")
+        .zip(number(&injection, "ktime_ns"))
+        .with_context(|| format!("no pid and ktime_ns in the injection line {injection:?}"))?;
+    let exited = records("exit")
+        .find(|exit| number(exit, "pid") == Some(pid))
+        .and_then(|exit| number(&exit, "ktime_ns"))
         .with_context(|| format!("no exit line of pid {pid} in the module's output:\n{output}"))?;
     Ok(exited.saturating_sub(injected))
 }

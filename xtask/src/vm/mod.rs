@@ -130,7 +130,10 @@ pub fn run_built(request: &Request, dist_bin: &Path) -> Result<()> {
                 if selection.kernel == Kernel::Host {
                     "all test files".to_owned()
                 } else {
-                    "all test files but stap and stap_run".to_owned()
+                    format!(
+                        "all test files but {}",
+                        GUEST_RUNS_ONLY_WHEN_NAMED.join(" and ")
+                    )
                 }
             } else {
                 selection.tests.join(", ")
@@ -730,18 +733,21 @@ pub(crate) struct Lock(
 impl Lock {
     /// Waits for the lock on `path` (created if missing).
     pub(crate) fn exclusive(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().display().to_string();
-        let path = path.as_str();
+        let path = path.as_ref();
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)
-            .with_context(|| format!("opening {path}"))?;
-        println!("vm: waiting for {path}");
+            .with_context(|| format!("opening {}", path.display()))?;
+        println!("vm: waiting for {}", path.display());
         // SAFETY: flock(2) on a file descriptor we own for as long as the Lock lives.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("flock {path}: {}", std::io::Error::last_os_error());
+            bail!(
+                "flock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
         }
         Ok(Self(file))
     }

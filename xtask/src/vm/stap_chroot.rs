@@ -205,7 +205,7 @@ impl StapChroot {
     }
 
     /// The kernel's symbol table where the root's stap finds it, for `kprobe.function` probes:
-    /// the first time, `kernel` is booted (~10 s under TCG) with a script that keeps its
+    /// the first time, `kernel` is booted (9–30 s of qemu under TCG) with a script that keeps its
     /// `/proc/kallsyms`, without the modules' symbols (`[module]` lines), as a System.map.
     /// Cached in the root; a map of fewer than 10,000 symbols or without `_stext` is an error.
     pub fn kernel_symbols(&self, vm_dir: &Path, kernel: &super::kernels::Prepared) -> Result<()> {
@@ -228,10 +228,9 @@ impl StapChroot {
             "kallsyms",
             |out| {
                 format!(
-                    "# Written by `cargo xtask vm` (xtask/src/vm/stap_chroot.rs).
-                     export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-                     awk 'NF == 3' /proc/kallsyms > {}
-",
+                    "# Written by `cargo xtask vm` (xtask/src/vm/stap_chroot.rs).\n\
+                     export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
+                     awk 'NF == 3' /proc/kallsyms > {}\n",
                     cmd::quote(&out.join("System.map").to_string_lossy())
                 )
             },
