@@ -1060,6 +1060,66 @@ impl Campaign {
     }
 }
 
+/// One TCP socket of a process, as /proc/net/tcp shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The kernel's state number (`TCP_ESTABLISHED` = 1, `TCP_CLOSE_WAIT` = 8, `TCP_LISTEN` = 10).
+    pub state: u8,
+}
+
+/// /proc/net/tcp's state number of an established connection.
+pub const TCP_ESTABLISHED: u8 = 1;
+
+/// The TCP sockets (IPv4 and IPv6) that process `pid` holds open, by its file descriptors; `None`
+/// once it has exited (a zombie has no descriptors). Read in one pass, so a caller can sample it.
+pub fn tcp_sockets_of(pid: u32) -> Option<Vec<TcpSocket>> {
+    let links: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .collect();
+    // A zombie's descriptor table is empty: it no longer holds anything.
+    if links.is_empty() {
+        return None;
+    }
+    let inodes: Vec<u64> = links
+        .iter()
+        .filter_map(|link| {
+            let link = link.to_str()?;
+            link.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let port = |endpoint: &str| {
+        endpoint
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        // No tcp6 table on a kernel without IPv6.
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let inode = f.get(9).and_then(|i| i.parse::<u64>().ok());
+            if inode.is_some_and(|i| i != 0 && inodes.contains(&i)) {
+                sockets.push(TcpSocket {
+                    local_port: port(f[1])?,
+                    remote_port: port(f[2])?,
+                    state: u8::from_str_radix(f[3], 16).ok()?,
+                });
+            }
+        }
+    }
+    Some(sockets)
+}
+
 /// Whether a TCP socket listens on `port` (any address, IPv4 or IPv6) in this namespace.
 pub fn listening(port: u16) -> bool {
     ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {

@@ -7,9 +7,15 @@
 //!   PARENT, so it learns of the death by SIGCHLD/waitpid, not over the network, and aborts the
 //!   job ("mpirun noticed that process rank 2 ... exited on signal 9") after a kill and after a
 //!   crash alike, once it has given the other ranks `systems::KILL_GRACE` (5 s here, Open MPI's
-//!   default 1 s) and SIGTERMed them. What differs is the surviving ranks: after a kill rank 1's
-//!   reconnect to rank 2 is refused and it says so; after a crash they hear nothing and say
-//!   nothing. ASSERTED.
+//!   default 1 s) and SIGTERMed them. What differs is the surviving ranks: after a kill their
+//!   connections to rank 2 get its FIN (the test samples their sockets: CLOSE_WAIT, then closed
+//!   by the rank), and rank 1's reconnect is refused; after a crash every one of those
+//!   connections stays ESTABLISHED for as long as its rank lives, and no rank says anything.
+//!   ASSERTED. Rank 1's report of the refused reconnect ("failed to TCP connect") is printed,
+//!   and asserted absent after a crash, but not asserted after a kill: it reaches mpirun's
+//!   output only if it gets there before mpirun, on reaping rank 2, blocks its event loop in
+//!   the sleeps between its SIGCONT, SIGTERM and SIGKILL of the others; under the kernel lab's
+//!   emulation it loses that race in some runs (seen under 6.1: no report, or a truncated one).
 //! - Two nodes (ranks 0-2 on this network namespace, rank 3 on "node B", a namespace with its own
 //!   `orted`, see [`NodeB`]): fij fails the whole node, rank 3 at its 20th writev and `orted`
 //!   when it reaps it. After a kill mpirun reads the daemon's FIN and aborts at once; after a
@@ -18,6 +24,7 @@ use std::time::Duration;
 
 use fij_tests::{
     TempDir,
+    net::{TCP_ESTABLISHED, TcpSocket, tcp_sockets_of},
     systems::{MpiJob, NodeB, OobKeepalive, Sampler, build_mpi_program, monotonic_ns},
 };
 
@@ -89,7 +96,83 @@ struct Observed {
     output: String,
     /// How each surviving rank ended, from fij's exit records: (rank, status, after).
     survivors: Vec<(usize, String, Duration)>,
+    /// The surviving ranks' connections to rank 2 at the injection, and what became of each.
+    links: Vec<LinkFate>,
     fij: FijOutput,
+}
+
+/// A surviving rank's connection to rank 2, established at the injection.
+struct LinkFate {
+    rank: usize,
+    local_port: u16,
+    /// The first time (from the injection) its rank, still alive, held it in another state
+    /// than ESTABLISHED, and that state (`CLOSE_WAIT`, or `closed` once the rank dropped it);
+    /// `None`: ESTABLISHED in every sample until the rank ended.
+    heard: Option<(Duration, &'static str)>,
+}
+
+impl std::fmt::Display for LinkFate {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "rank {} (port {}): ", self.rank, self.local_port)?;
+        match self.heard {
+            Some((after, state)) => write!(f, "{state} after {}", ms(after)),
+            None => write!(f, "ESTABLISHED until the rank ended"),
+        }
+    }
+}
+
+/// Every rank's TCP sockets (`None`: exited), sampled.
+type SocketSample = Vec<Option<Vec<TcpSocket>>>;
+
+/// What became of each surviving rank's connection to the victim from the injection at `t0`:
+/// the connections are those ESTABLISHED, in the last sample before `t0`, whose other end the
+/// victim held then.
+fn link_fates(samples: &[(u64, SocketSample)], t0: u64) -> Vec<LinkFate> {
+    let Some((_, before)) = samples.iter().rev().find(|(t, _)| *t < t0) else {
+        return Vec::new();
+    };
+    // Both ends are on 127.0.0.1: a connection's other end has the same ports, swapped.
+    let victim_ends: Vec<(u16, u16)> = before[VICTIM]
+        .iter()
+        .flatten()
+        .map(|s| (s.remote_port, s.local_port))
+        .collect();
+    let mut fates = Vec::new();
+    for (rank, sockets) in before.iter().enumerate() {
+        if rank == VICTIM {
+            continue;
+        }
+        for link in sockets.iter().flatten().filter(|s| {
+            s.state == TCP_ESTABLISHED && victim_ends.contains(&(s.local_port, s.remote_port))
+        }) {
+            let heard = samples
+                .iter()
+                .filter(|(t, _)| *t >= t0)
+                // Only while the rank lives: its end drops every socket.
+                .map_while(|(t, sample)| Some((t, sample[rank].as_ref()?)))
+                .find_map(|(t, held)| {
+                    let state = held
+                        .iter()
+                        .find(|s| {
+                            (s.local_port, s.remote_port) == (link.local_port, link.remote_port)
+                        })
+                        .map(|s| s.state);
+                    let named = match state {
+                        Some(TCP_ESTABLISHED) => return None,
+                        Some(8) => "CLOSE_WAIT",
+                        Some(_) => "another state",
+                        None => "closed",
+                    };
+                    Some((since(t0, *t), named))
+                });
+            fates.push(LinkFate {
+                rank,
+                local_port: link.local_port,
+                heard,
+            });
+        }
+    }
+    fates
 }
 
 fn fail_rank(action: &str) -> Observed {
@@ -98,6 +181,19 @@ fn fail_rank(action: &str) -> Observed {
     let go = dir.join("go");
     let mut job = MpiJob::start(dir.path(), NP, &program, &[ROUNDS, go.to_str().unwrap()]);
     let pids = job.wait_rank_pids(Duration::from_secs(60));
+    // The ranks' sockets from before the ring starts until mpirun has ended the job.
+    let sockets = {
+        let pids = pids.clone();
+        Sampler::start(
+            Duration::from_millis(20),
+            Duration::from_secs(180),
+            move || {
+                pids.iter()
+                    .map(|&p| tcp_sockets_of(p))
+                    .collect::<SocketSample>()
+            },
+        )
+    };
     let names: Vec<String> = (0..NP).map(|r| format!("rank{r}")).collect();
     let targets: Vec<(&str, u32)> = names
         .iter()
@@ -116,6 +212,7 @@ fn fail_rank(action: &str) -> Observed {
     let t0 = ktime(&wait_injection(&mut fij, Duration::from_secs(20)));
     let ended = job.mpirun.wait_end(ABORT_LIMIT);
     let waited = monotonic_ns();
+    let sockets = sockets.stop();
     let output = job.output();
     // Whatever happened, nothing of the job outlives the test.
     job.mpirun.kill_all();
@@ -143,11 +240,13 @@ fn fail_rank(action: &str) -> Observed {
             (r, status, after)
         })
         .collect();
+    let links = link_fates(&sockets, t0);
     let observed = Observed {
         mpirun,
         ended_after: since(t0, end_ns),
         output,
         survivors,
+        links,
         fij,
     };
     println!(
@@ -163,6 +262,9 @@ fn fail_rank(action: &str) -> Observed {
             .join(", "),
         survivor_complaint(&observed.output).unwrap_or("no"),
     );
+    for link in &observed.links {
+        println!("  their connection to rank 2: {link}");
+    }
     for line in observed
         .output
         .lines()
@@ -214,22 +316,27 @@ fn assert_job_aborted(seen: &Observed) {
     );
 }
 
-/// kill: rank 2's connections close and its port refuses: a surviving rank's TCP BTL reports the
-/// broken peer on its own, besides mpirun's abort.
+/// kill: rank 2's connections close: the surviving ranks' ends of them get its FIN (they leave
+/// ESTABLISHED while those ranks still run). Whether rank 1 also gets its report of the refused
+/// reconnect into mpirun's output is printed, not asserted (see the module's comment).
 #[test]
 fn mpi_kill_rank_survivors_see_the_broken_connection() {
     let seen = fail_rank("kill");
     assert_job_aborted(&seen);
-    assert!(
-        survivor_complaint(&seen.output).is_some(),
-        "after a kill a surviving rank should report the broken TCP connection:\n{}",
-        seen.output
-    );
+    assert_links_to_both_neighbours(&seen);
+    for link in &seen.links {
+        assert!(
+            link.heard.is_some(),
+            "after a kill every surviving end of rank 2's connections gets its FIN: {link}\n{}",
+            seen.output
+        );
+    }
     assert!(seen.fij.log.records("silenced").is_empty(), "{}", seen.fij);
 }
 
 /// crash: the job is still aborted by mpirun (which sees its child die), but no surviving rank
-/// hears anything from rank 2's sockets: none reports a TCP error.
+/// hears anything from rank 2's sockets: their connections stay ESTABLISHED for as long as
+/// they live, and none reports a TCP error.
 #[test]
 fn mpi_crash_rank_survivors_hear_nothing() {
     if fij_tests::tcx::refused_without_tcx("action = \"crash\"") {
@@ -237,6 +344,13 @@ fn mpi_crash_rank_survivors_hear_nothing() {
     }
     let seen = fail_rank("crash");
     assert_job_aborted(&seen);
+    assert_links_to_both_neighbours(&seen);
+    for link in &seen.links {
+        assert!(
+            link.heard.is_none(),
+            "after a crash no surviving end of rank 2's connections may hear from it: {link}"
+        );
+    }
     assert_eq!(
         survivor_complaint(&seen.output),
         None,
@@ -244,6 +358,18 @@ fn mpi_crash_rank_survivors_hear_nothing() {
         seen.output
     );
     assert!(!seen.fij.log.records("silenced").is_empty(), "{}", seen.fij);
+}
+
+/// Rank 2's ring neighbours, ranks 1 and 3, were connected to it at the injection (the ring
+/// sends over the TCP BTL), among the links the tests follow.
+fn assert_links_to_both_neighbours(seen: &Observed) {
+    for neighbour in [VICTIM - 1, VICTIM + 1] {
+        assert!(
+            seen.links.iter().any(|l| l.rank == neighbour),
+            "rank {neighbour} was connected to rank 2 at the injection: {:?}",
+            seen.links.iter().map(|l| l.to_string()).collect::<Vec<_>>()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
