@@ -108,7 +108,8 @@ pub enum Record {
     /// `recover_after` passed (or the campaign ended): the crashed process's tuples speak again
     /// ("the host is back").
     Recovered { t_ns: u64, pid: u32, tuples: usize },
-    /// A partition began: the process's current tuples are silent both ways.
+    /// A partition began: the process's current tuples are silent both ways from `t_ns` on,
+    /// which is after its injection (fij reads the sockets from /proc when the event arrives).
     Partitioned {
         t_ns: u64,
         pid: u32,

@@ -53,8 +53,10 @@ impl Campaign<'_> {
                 };
                 kernel.silence(&keys, entry)?;
                 info!(pid = e.tgid, tuples = keys.len(), "partitioned");
+                // The record's time is when the silence is in place, not the hit's (that is the
+                // injection's): the difference is how long packets still passed.
                 self.log.write(&Record::Partitioned {
-                    t_ns: e.ktime_ns.saturating_sub(self.start_ns),
+                    t_ns: self.t_ns(),
                     pid: e.tgid,
                     fault: fault.name.clone(),
                     tuples: keys.len(),

@@ -7,14 +7,15 @@
 //! Modes:
 //!
 //! - `tcp ADDR PORT_FILE [--listeners K | --ports P1,P2,..] [--unread] [--ticks N]
-//!   [--interval-ms M] [--progress FILE]`: binds K (default 1) TCP listeners on ADDR (an IP
-//!   address; ports chosen by the kernel, or the ports given), writes their ports, space-separated, to PORT_FILE (atomically, by rename), and
-//!   accepts one connection on each, in order. On each connection it reads `hello\n` (with
-//!   `--unread`: only waits until data is there and leaves it unread in the receive queue), then
-//!   writes `ready\n`. Then, N times (default 1): sleeps M ms (default 60000) with
-//!   `clock_nanosleep`, writes `tick I\n` on every connection, and, with `--progress`, rewrites
-//!   FILE with I. Finally it shuts down the sending side of every connection, reads (and
-//!   discards) until each peer has closed, and exits 0.
+//!   [--interval-ms M] [--first-interval-ms F] [--progress FILE]`: binds K (default 1) TCP
+//!   listeners on ADDR (an IP address; ports chosen by the kernel, or the ports given), writes
+//!   their ports, space-separated, to PORT_FILE (atomically, by rename), and accepts one
+//!   connection on each, in order. On each connection it reads `hello\n` (with `--unread`: only
+//!   waits until data is there and leaves it unread in the receive queue), then writes
+//!   `ready\n`. Then, N times (default 1): sleeps M ms (default 60000; the first sleep F ms,
+//!   default M) with `clock_nanosleep`, writes `tick I\n` on every connection, and, with
+//!   `--progress`, rewrites FILE with I. Finally it shuts down the sending side of every
+//!   connection, reads (and discards) until each peer has closed, and exits 0.
 //! - `udp ADDR PORT_FILE`: binds a UDP socket on ADDR (kernel-chosen port), writes the port to
 //!   PORT_FILE, waits for one datagram `hello`, answers `ready` to its sender, then sleeps 60 s
 //!   with `clock_nanosleep` and exits 0.
@@ -110,8 +111,8 @@ fn tick_sleep(ms: u64) {
 
 fn tcp(addr: &str, port_file: &str, opts: &[&str]) {
     let addr = ip(addr);
-    let (mut ports, mut unread, mut ticks, mut interval, mut progress) =
-        (vec![0u16], false, 1, 60_000, None);
+    let (mut ports, mut unread, mut ticks, mut interval, mut first_interval, mut progress) =
+        (vec![0u16], false, 1, 60_000, None, None);
     let mut rest = opts;
     while let Some((opt, tail)) = rest.split_first() {
         rest = tail;
@@ -128,6 +129,7 @@ fn tcp(addr: &str, port_file: &str, opts: &[&str]) {
             "--unread" => unread = true,
             "--ticks" => ticks = number(value()),
             "--interval-ms" => interval = number(value()),
+            "--first-interval-ms" => first_interval = Some(number(value())),
             "--progress" => progress = Some(value().to_owned()),
             other => fail(100, &format!("unknown option {other}")),
         }
@@ -158,7 +160,10 @@ fn tcp(addr: &str, port_file: &str, opts: &[&str]) {
         conns.push(conn);
     }
     for i in 1..=ticks {
-        tick_sleep(interval);
+        tick_sleep(match first_interval {
+            Some(first) if i == 1 => first,
+            _ => interval,
+        });
         for conn in &mut conns {
             check(
                 conn.write_all(format!("tick {i}\n").as_bytes()),
