@@ -120,12 +120,13 @@ fn fail_leader(action: &str) -> Observed {
         )
     };
     // The survivors' raft transport: when does it notice that its streams from the leader broke?
+    let survivor_logs: Vec<_> = survivors
+        .iter()
+        .map(|&i| cluster.members[i].server.log_path().to_path_buf())
+        .collect();
+    let leader_hex = format!("{old_leader:x}");
     let transport = {
-        let logs: Vec<_> = survivors
-            .iter()
-            .map(|&i| cluster.members[i].server.log_path().to_path_buf())
-            .collect();
-        let hex = format!("{old_leader:x}");
+        let (logs, hex) = (survivor_logs.clone(), leader_hex.clone());
         Sampler::start(
             Duration::from_millis(50),
             Duration::from_secs(60),
@@ -206,11 +207,15 @@ fn fail_leader(action: &str) -> Observed {
         .iter()
         .find(|(_, (sent, r))| *sent > t0 && r.is_ok())
         .map(|(done, _)| since(t0, *done));
-    let stream_lost = (0..survivors.len())
-        .map(|k| {
-            transport
-                .iter()
-                .find_map(|(t, lost)| Some((since(t0, *t), lost[k].clone()?)))
+    // When: the first sample that saw the loss. Why: the log as it is now, because rafthttp
+    // logs the reason on the line after the loss, and a sample may fall between the two lines.
+    let stream_lost = survivor_logs
+        .iter()
+        .enumerate()
+        .map(|(k, log)| {
+            let (t, _) = transport.iter().find(|(_, lost)| lost[k].is_some())?;
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            Some((since(t0, *t), stream_lost_reason(&log, &leader_hex)?))
         })
         .collect();
     let observed = Observed {
