@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use fij_common::log::EndReason;
 use fij_tests::{
-    BpfFds, CLEANUP_TIMEOUT, Fij, TempDir, alive, bpf_fds, bpf_fds_of, fij_programs,
+    BpfFds, Fij, TempDir, alive, bpf_fds, bpf_fds_of, cleanup_timeout, fij_programs,
     kill_spawned_target, leftover_fij_programs, links, maps, numbered_lines, read_lines,
     send_signal, wait_until, workload,
 };
@@ -48,9 +48,9 @@ fn armed_objects(fij_pid: u32) -> BpfFds {
 }
 
 /// Polls until none of `held`'s programs, links and maps exist and no `fij_` program is left
-/// over ([`leftover_fij_programs`]); fails after [`CLEANUP_TIMEOUT`].
+/// over ([`leftover_fij_programs`]); fails after [`cleanup_timeout`].
 fn assert_all_released(held: &BpfFds) {
-    let give_up = Instant::now() + CLEANUP_TIMEOUT;
+    let give_up = Instant::now() + cleanup_timeout();
     loop {
         let progs: Vec<_> = fij_programs()
             .into_iter()
@@ -72,7 +72,8 @@ fn assert_all_released(held: &BpfFds) {
         }
         assert!(
             Instant::now() < give_up,
-            "{CLEANUP_TIMEOUT:?} after fij ended, still there: programs {progs:?}, links {links:?}, maps {maps:?}"
+            "{:?} after fij ended, still there: programs {progs:?}, links {links:?}, maps {maps:?}",
+            cleanup_timeout()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -120,7 +121,7 @@ fn nothing_remains_after_fij_is_sigkilled() {
     assert_eq!(out.ended, fij_tests::Ended::Signal(libc::SIGKILL), "{out}");
     assert_all_released(&held);
     wait_until(
-        CLEANUP_TIMEOUT,
+        cleanup_timeout(),
         "the spawned target to die with fij",
         || (!alive(target)).then_some(()),
     );
@@ -222,12 +223,12 @@ fn gated_children_die_with_a_sigkilled_fij_and_hold_nothing() {
     let out = fij.finish();
     assert_eq!(out.ended, fij_tests::Ended::Signal(libc::SIGKILL), "{out}");
     wait_until(
-        CLEANUP_TIMEOUT,
+        cleanup_timeout(),
         "the gated children to die with fij",
         || children.iter().all(|&c| !alive(c)).then_some(()),
     );
     let bin = std::fs::canonicalize(fij_tests::fij_bin()).unwrap();
-    wait_until(CLEANUP_TIMEOUT, "no fij process left", || {
+    wait_until(cleanup_timeout(), "no fij process left", || {
         let left: Vec<u32> = fij_tests::all_pids()
             .into_iter()
             .filter(|&p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == bin))

@@ -16,7 +16,7 @@ use std::{
 };
 
 use fij_tests::{
-    CLEANUP_TIMEOUT, FijOutput, bpf_fds, fij_programs, links, net::*, send_signal,
+    FijOutput, bpf_fds, cleanup_timeout, fij_programs, links, net::*, send_signal,
     tcx::refused_without_tcx, wait_no_fij_programs, wait_until,
 };
 
@@ -162,7 +162,7 @@ fn tcx_links(prog: u64) -> usize {
 /// Waits until programs `progs` have no link and are gone.
 fn assert_tc_gone(progs: Vec<u64>) {
     wait_until(
-        CLEANUP_TIMEOUT,
+        cleanup_timeout(),
         "fij's tcx links and programs to go",
         || {
             progs
@@ -792,7 +792,7 @@ fn crash_cleanup_after_fij_is_sigkilled() {
     send_signal(c.fij.pid(), libc::SIGKILL);
     let out = c.fij.finish();
     assert_eq!(out.ended, fij_tests::Ended::Signal(libc::SIGKILL), "{out}");
-    if let Err(left) = wait_no_fij_programs(CLEANUP_TIMEOUT) {
+    if let Err(left) = wait_no_fij_programs(cleanup_timeout()) {
         panic!("fij programs left after SIGKILL: {left:?}");
     }
     assert_tc_gone(tc_prog);

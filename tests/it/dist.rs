@@ -230,7 +230,7 @@ fn dist_binary_doctor_with_no_environment() {
         stdout.contains("\nfij run can work on this kernel"),
         "{stdout}"
     );
-    if let Err(left) = wait_no_fij_programs(fij_tests::CLEANUP_TIMEOUT) {
+    if let Err(left) = wait_no_fij_programs(fij_tests::cleanup_timeout()) {
         panic!("fij doctor left programs behind: {left:?}");
     }
 }

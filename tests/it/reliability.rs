@@ -566,7 +566,7 @@ fn a_stopped_target_is_resumed_when_fij_is_sigkilled() {
     let ended = fij_tests::wait_child(&mut victim, fij_tests::fij_timeout(), "the resumed victim");
     assert_eq!(ended, fij_tests::Ended::Code(0), "{out_fij}");
     assert_eq!(fij_tests::read_lines(&out), fij_tests::numbered_lines(5));
-    fij_tests::wait_until(fij_tests::CLEANUP_TIMEOUT, "the guardian to exit", || {
+    fij_tests::wait_until(fij_tests::cleanup_timeout(), "the guardian to exit", || {
         (!fij_tests::alive(guardian)).then_some(())
     });
 }

@@ -21,7 +21,7 @@
 //! - every bystander's exit status (`/bin/true` 0, the shell 3, the writer 0 with all its lines);
 //! - after every fij exit, what fij may leave behind ([`crate::leftovers`]): `fij_*` programs,
 //!   their links, tc/tcx filters and cgroup programs, silenced tuples, new entries in bpffs and in
-//!   `/run/fij` beyond the layout cache (polled for [`CLEANUP_TIMEOUT`], since the kernel frees
+//!   `/run/fij` beyond the layout cache (polled for [`cleanup_timeout`], since the kernel frees
 //!   programs asynchronously), and processes of the campaign that are stopped or hold BPF file
 //!   descriptors. The campaign's processes are found by an environment entry fij is started with
 //!   (`FIJ_SOAK_CAMPAIGN=…`), which the children it forks and its targets inherit.
@@ -52,7 +52,7 @@ use rand_chacha::ChaCha20Rng;
 use serde_json::Value;
 
 use crate::{
-    CLEANUP_TIMEOUT, Ended, Fij, FijOutput, Log, TempDir, leftovers, leftovers::Snapshot,
+    Ended, Fij, FijOutput, Log, TempDir, cleanup_timeout, leftovers, leftovers::Snapshot,
     numbered_lines, process_state, read_lines, toml_array, wait_child,
 };
 
@@ -978,7 +978,7 @@ impl Soak {
         }
         // What fij left: polled while the kernel frees what it held.
         let campaign_pids = leftovers::processes_with_env(&marker);
-        let give_up = Instant::now() + CLEANUP_TIMEOUT;
+        let give_up = Instant::now() + cleanup_timeout();
         let left = loop {
             let left = Snapshot::take().new_since(&before);
             if left.is_empty() || Instant::now() > give_up {
@@ -1016,7 +1016,7 @@ impl Soak {
             let _ = std::fs::write(&go, "");
         }
         end_processes(&leftovers::processes_with_env(&marker));
-        let give_up = Instant::now() + CLEANUP_TIMEOUT;
+        let give_up = Instant::now() + cleanup_timeout();
         let persisting = loop {
             let left = Snapshot::take().new_since(&self.baseline);
             if left.is_empty() || Instant::now() > give_up {
@@ -1366,7 +1366,7 @@ fn hits_differ(got: &[u64], planned: &[u64]) -> String {
     )
 }
 
-/// SIGCONT and SIGKILL to each of `pids`, then waits (at most [`CLEANUP_TIMEOUT`]) until none is
+/// SIGCONT and SIGKILL to each of `pids`, then waits (at most [`cleanup_timeout`]) until none is
 /// alive (zombies of the soak's own children are reaped by their owners).
 fn end_processes(pids: &[u32]) {
     for &pid in pids {
@@ -1376,7 +1376,7 @@ fn end_processes(pids: &[u32]) {
             libc::kill(pid as i32, libc::SIGKILL);
         }
     }
-    let give_up = Instant::now() + CLEANUP_TIMEOUT;
+    let give_up = Instant::now() + cleanup_timeout();
     while pids
         .iter()
         .any(|&p| matches!(process_state(p), Some(s) if s != 'Z' && s != 'X'))

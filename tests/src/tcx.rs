@@ -6,7 +6,7 @@
 //! a kernel where the two disagree fails the tests instead of passing them for the wrong reason.
 use std::io::Write;
 
-use crate::{CLEANUP_TIMEOUT, Fij, TempDir, net::victim_scenario, wait_no_fij_programs};
+use crate::{Fij, TempDir, cleanup_timeout, net::victim_scenario, wait_no_fij_programs};
 
 /// `BPF_PROG_QUERY` of `enum bpf_cmd`.
 const BPF_PROG_QUERY: libc::c_long = 16;
@@ -157,7 +157,7 @@ fn assert_refused(
         assert!(out.log.is_empty(), "a refused campaign logs nothing\n{out}");
     }
     assert!(!marker.exists(), "a refused campaign runs nothing");
-    if let Err(left) = wait_no_fij_programs(CLEANUP_TIMEOUT) {
+    if let Err(left) = wait_no_fij_programs(cleanup_timeout()) {
         panic!("a refused campaign loads nothing, but the kernel has {left:?}");
     }
     release.to_owned()
