@@ -1071,6 +1071,8 @@ pub struct TcpSocket {
 
 /// /proc/net/tcp's state number of an established connection.
 pub const TCP_ESTABLISHED: u8 = 1;
+/// /proc/net/tcp's state number of a connection whose peer has closed its side (its FIN came).
+pub const TCP_CLOSE_WAIT: u8 = 8;
 
 /// The TCP sockets (IPv4 and IPv6) that process `pid` holds open, by its file descriptors; `None`
 /// once it has exited (a zombie has no descriptors). Read in one pass, so a caller can sample it.
