@@ -380,10 +380,15 @@ fn plan_lists_the_hits_the_run_injects() {
 // ---------------------------------------------------------------------------------------------
 // Time triggers.
 
+/// How late a time fault may fire on a real machine: a sanity bound (the values are printed);
+/// scaled by `slowdown()` in the kernel lab.
+const LATE_BOUND_NS: f64 = 50e6;
+
 /// Four instances, each failing once at a time drawn from uniform(300 ms, 1500 ms): the plan's
 /// due times, the reference's and the run's `scheduled_t_ns` agree (exactly, and the plan's f64
 /// seconds within 1 µs), every instance's root dies once by SIGKILL, and each injection is at
-/// most 50 ms late (a sanity bound; the values are printed).
+/// most 50 ms late (a sanity bound, times `slowdown()` in the kernel lab; the values are
+/// printed).
 #[test]
 fn planned_due_times_are_the_runs_schedule() {
     const SEED: u64 = 1234;
@@ -437,8 +442,9 @@ fn planned_due_times_are_the_runs_schedule() {
         );
         let late = u64_of(record, "late_ns");
         assert_eq!(scheduled + late, u64_of(record, "t_ns"), "{record}");
+        // Under the kernel lab's emulation a 6.12 guest fired one 76 ms late (2026-12-06).
         assert!(
-            late < 50_000_000,
+            (late as f64) < LATE_BOUND_NS * fij_tests::slowdown(),
             "instance {instance} fired {late} ns late"
         );
         let pid = pid_of(record);
@@ -496,7 +502,10 @@ fn due_fault_fires_in_kernel_on_a_spinning_process_and_from_fij_on_a_sleeping_on
         assert_eq!(record["delivered"], true, "{record}");
         assert_eq!(u64_of(record, "scheduled_t_ns"), 500_000_000, "{record}");
         let late = u64_of(record, "late_ns");
-        assert!(late < 50_000_000, "{target}: {late} ns late");
+        assert!(
+            (late as f64) < LATE_BOUND_NS * fij_tests::slowdown(),
+            "{target}: {late} ns late"
+        );
         if by == "fij" {
             assert!(
                 late >= 3_000_000,
