@@ -62,29 +62,13 @@ fn dist_binary_is_static() {
     );
 }
 
-/// The TCP sockets of this network namespace from local port `local` to remote port `remote`,
-/// as their /proc/net/tcp state (hex, `04` = FIN_WAIT1).
-fn tcp_states(local: u16, remote: u16) -> Vec<String> {
-    let port = |endpoint: &str| {
-        endpoint
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-    };
-    ["/proc/net/tcp", "/proc/net/tcp6"]
+/// The states of this network namespace's TCP sockets from local port `local` to remote port
+/// `remote`.
+fn tcp_states(local: u16, remote: u16) -> Vec<u8> {
+    tcp_table()
         .iter()
-        .flat_map(|table| {
-            // No tcp6 table on a kernel without IPv6.
-            std::fs::read_to_string(table)
-                .unwrap_or_default()
-                .lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    (port(f[1]) == Some(local) && port(f[2]) == Some(remote))
-                        .then(|| f[3].to_owned())
-                })
-                .collect::<Vec<_>>()
-        })
+        .filter(|s| (s.local_port, s.remote_port) == (local, remote))
+        .map(|s| s.state)
         .collect()
 }
 
@@ -161,7 +145,7 @@ fn dist_binary_crash_with_empty_path_destroys_the_orphan() {
     );
     assert_eq!(
         tcp_states(port, peer_port),
-        ["04"],
+        [TCP_FIN_WAIT1],
         "the crashed server's socket: an orphan in FIN_WAIT1, its FIN silenced"
     );
 
@@ -169,7 +153,7 @@ fn dist_binary_crash_with_empty_path_destroys_the_orphan() {
     assert_crashed(&out);
     assert_eq!(
         tcp_states(port, peer_port),
-        Vec::<String>::new(),
+        Vec::<u8>::new(),
         "the orphan is destroyed when the campaign ends\n{out}"
     );
     peer.write_all(b"ping\n").unwrap();

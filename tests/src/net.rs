@@ -1060,19 +1060,52 @@ impl Campaign {
     }
 }
 
-/// One TCP socket of a process, as /proc/net/tcp shows it.
+/// One TCP socket of this network namespace, as /proc/net/tcp (or tcp6) shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpSocket {
     pub local_port: u16,
     pub remote_port: u16,
-    /// The kernel's state number (`TCP_ESTABLISHED` = 1, `TCP_CLOSE_WAIT` = 8, `TCP_LISTEN` = 10).
+    /// The kernel's state number (`TCP_ESTABLISHED` = 1, `TCP_FIN_WAIT1` = 4, `TCP_CLOSE_WAIT`
+    /// = 8, `TCP_LISTEN` = 10).
     pub state: u8,
+    /// 0 for a socket no file refers to (an orphan, a TIME_WAIT socket).
+    pub inode: u64,
 }
 
 /// /proc/net/tcp's state number of an established connection.
 pub const TCP_ESTABLISHED: u8 = 1;
+/// /proc/net/tcp's state number of a connection whose FIN is sent and not yet acknowledged.
+pub const TCP_FIN_WAIT1: u8 = 4;
 /// /proc/net/tcp's state number of a connection whose peer has closed its side (its FIN came).
 pub const TCP_CLOSE_WAIT: u8 = 8;
+/// /proc/net/tcp's state number of a listening socket.
+pub const TCP_LISTEN: u8 = 10;
+
+/// Every TCP socket (IPv4 and IPv6) of this network namespace. The tables are read a page at a
+/// time, so an entry can be missed when sockets come and go meanwhile.
+pub fn tcp_table() -> Vec<TcpSocket> {
+    let port = |endpoint: &str| {
+        endpoint
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    // No tcp6 table on a kernel without IPv6.
+    let tables =
+        ["/proc/net/tcp", "/proc/net/tcp6"].map(|t| std::fs::read_to_string(t).unwrap_or_default());
+    tables
+        .iter()
+        .flat_map(|table| table.lines().skip(1))
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some(TcpSocket {
+                local_port: port(f.get(1)?)?,
+                remote_port: port(f.get(2)?)?,
+                state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                inode: f.get(9)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
 
 /// The TCP sockets (IPv4 and IPv6) that process `pid` holds open, by its file descriptors; `None`
 /// once it has exited (a zombie has no descriptors). Read in one pass, so a caller can sample it.
@@ -1095,48 +1128,17 @@ pub fn tcp_sockets_of(pid: u32) -> Option<Vec<TcpSocket>> {
                 .ok()
         })
         .collect();
-    let port = |endpoint: &str| {
-        endpoint
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-    };
-    let mut sockets = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        // No tcp6 table on a kernel without IPv6.
-        for line in std::fs::read_to_string(table)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-        {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let inode = f.get(9).and_then(|i| i.parse::<u64>().ok());
-            if inode.is_some_and(|i| i != 0 && inodes.contains(&i)) {
-                sockets.push(TcpSocket {
-                    local_port: port(f[1])?,
-                    remote_port: port(f[2])?,
-                    state: u8::from_str_radix(f[3], 16).ok()?,
-                });
-            }
-        }
-    }
-    Some(sockets)
+    Some(
+        tcp_table()
+            .into_iter()
+            .filter(|s| s.inode != 0 && inodes.contains(&s.inode))
+            .collect(),
+    )
 }
 
 /// Whether a TCP socket listens on `port` (any address, IPv4 or IPv6) in this namespace.
 pub fn listening(port: u16) -> bool {
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .any(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                f.len() > 3
-                    && f[3] == "0A"
-                    && f[1]
-                        .rsplit_once(':')
-                        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-                        == Some(port)
-            })
-    })
+    tcp_table()
+        .iter()
+        .any(|s| s.state == TCP_LISTEN && s.local_port == port)
 }
