@@ -15,7 +15,7 @@
 //!   and asserted absent after a crash, but not asserted after a kill: it reaches mpirun's
 //!   output only if it gets there before mpirun, on reaping rank 2, blocks its event loop in
 //!   the sleeps between its SIGCONT, SIGTERM and SIGKILL of the others; under the kernel lab's
-//!   emulation it loses that race in some runs (seen under 6.1: no report, or a truncated one).
+//!   emulation it loses that race in some runs (under 6.1 and 6.12: no report, or a cut one).
 //! - Two nodes (ranks 0-2 on this network namespace, rank 3 on "node B", a namespace with its own
 //!   `orted`, see [`NodeB`]): fij fails the whole node, rank 3 at its 20th writev and `orted`
 //!   when it reaps it. After a kill mpirun reads the daemon's FIN and aborts at once; after a
