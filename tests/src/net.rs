@@ -1107,9 +1107,27 @@ pub fn tcp_table() -> Vec<TcpSocket> {
         .collect()
 }
 
-/// The TCP sockets (IPv4 and IPv6) that process `pid` holds open, by its file descriptors; `None`
-/// once it has exited (a zombie has no descriptors). Read in one pass, so a caller can sample it.
-pub fn tcp_sockets_of(pid: u32) -> Option<Vec<TcpSocket>> {
+/// The TCP sockets (IPv4 and IPv6) that each of `pids` holds open, by its file descriptors;
+/// `None` for one that has exited (a zombie has no descriptors). One read of the tables serves
+/// every process, so a sample of several sees both ends of a connection from the same reading.
+pub fn tcp_sockets_of(pids: &[u32]) -> Vec<Option<Vec<TcpSocket>>> {
+    let table = tcp_table();
+    pids.iter()
+        .map(|&pid| {
+            let inodes = socket_inodes(pid)?;
+            Some(
+                table
+                    .iter()
+                    .filter(|s| s.inode != 0 && inodes.contains(&s.inode))
+                    .copied()
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The inodes of the sockets process `pid` has descriptors to; `None` once it has exited.
+fn socket_inodes(pid: u32) -> Option<Vec<u64>> {
     let links: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()?
         .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
@@ -1118,20 +1136,16 @@ pub fn tcp_sockets_of(pid: u32) -> Option<Vec<TcpSocket>> {
     if links.is_empty() {
         return None;
     }
-    let inodes: Vec<u64> = links
-        .iter()
-        .filter_map(|link| {
-            let link = link.to_str()?;
-            link.strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect();
     Some(
-        tcp_table()
-            .into_iter()
-            .filter(|s| s.inode != 0 && inodes.contains(&s.inode))
+        links
+            .iter()
+            .filter_map(|link| {
+                let link = link.to_str()?;
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()
+            })
             .collect(),
     )
 }

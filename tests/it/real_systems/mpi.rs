@@ -206,11 +206,7 @@ fn fail_rank(action: &str) -> Observed {
         Sampler::start(
             Duration::from_millis(20),
             Duration::from_secs(180),
-            move || {
-                pids.iter()
-                    .map(|&p| tcp_sockets_of(p))
-                    .collect::<SocketSample>()
-            },
+            move || tcp_sockets_of(&pids),
         )
     };
     let names: Vec<String> = (0..NP).map(|r| format!("rank{r}")).collect();
