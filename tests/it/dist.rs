@@ -118,10 +118,9 @@ fn dist_binary_crash_with_empty_path_destroys_the_orphan() {
             )
         );
         assert!(!marker.exists(), "a refused campaign runs nothing");
-        let _ = writeln!(
-            std::io::stderr(),
+        fij_tests::tell(&format!(
             "crash refused as it must be: kernel {release} has no tcx"
-        );
+        ));
         return;
     }
     let mut c = Campaign::start_configured(

@@ -601,12 +601,10 @@ fn an_adopted_targets_third_write_fails_with_eio_through_bpf_lsm() {
             stderr.contains("s.toml:10:11: fault `eio`: fij cannot fail `write` of this target (BPF LSM, `file_permission`: "),
             "refused at the trigger, with the reason:\n{stderr}"
         );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
+        fij_tests::tell(&format!(
             "skipping the BPF LSM error path: this kernel has no usable BPF LSM ({})",
             stderr.trim()
-        );
+        ));
         return;
     }
     let mut fij = Fij::run(&dir, &scenario).spawn();

@@ -172,7 +172,9 @@ struct SideBySide {
 /// on a kernel without loadable modules.
 fn side_by_side(campaign: &Campaign) -> Option<SideBySide> {
     if !Path::new("/proc/modules").exists() {
-        println!("skipped: this kernel cannot load modules (no /proc/modules)");
+        fij_tests::tell(
+            "skipping the stap module runtime: this kernel cannot load modules (no /proc/modules)",
+        );
         return None;
     }
     let (Ok(root), Ok(module)) = (

@@ -6,7 +6,6 @@
 //! into its temp dir. Its output goes to a file, one `write(2)` per line, so the tests know
 //! exactly which write is hit N and what a killed process had completed.
 use std::{
-    io::Write,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -757,11 +756,9 @@ fn kprobes_fire_or_are_refused_on_a_kernel_without_them() {
         detail.contains("disables: kprobe/kretprobe triggers"),
         "{kprobe_line}"
     );
-    // Straight to stderr, past the test harness's capture of print!/eprint!.
-    let _ = writeln!(
-        std::io::stderr(),
+    fij_tests::tell(&format!(
         "skipping kprobe attach: kernel without CONFIG_KPROBES ({KPROBE_PMU} does not exist)"
-    );
+    ));
 }
 
 /// Test 7: invalid triggers, each refused at its value: a `syscalls:*` tracepoint (pointing to

@@ -272,6 +272,14 @@ pub fn numbered_lines(n: u64) -> Vec<String> {
     (1..=n).map(|i| format!("line {i}")).collect()
 }
 
+/// Prints `message` on the test run's own stderr, past libtest's capture of `print!` and
+/// `eprint!`: what a passing test must show without `--nocapture` (a skip for a missing kernel
+/// feature, a refusal asserted in place of a run).
+pub fn tell(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Polling.
 

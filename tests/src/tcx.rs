@@ -4,7 +4,6 @@
 //!
 //! fij decides from the release (`fij validate` refuses below 6.6); the tests ask the kernel, so
 //! a kernel where the two disagree fails the tests instead of passing them for the wrong reason.
-use std::io::Write;
 
 use crate::{Fij, TempDir, cleanup_timeout, net::victim_scenario, wait_no_fij_programs};
 
@@ -81,11 +80,10 @@ pub fn refused_without_tcx(fault: &str) -> bool {
     let argv = ["/bin/touch".to_owned(), marker.display().to_string()];
     let text = victim_scenario(&argv, fault, "5s");
     let release = assert_refused(&dir, &text, action, "process's", &[], &marker);
-    let _ = writeln!(
-        std::io::stderr(),
+    crate::tell(&format!(
         "`{action}` refused as it must be: this kernel ({release}) has no tcx (BPF_PROG_QUERY of \
          BPF_TCX_INGRESS: EINVAL)"
-    );
+    ));
     true
 }
 
@@ -114,10 +112,9 @@ pub fn node_fault_refused_without_tcx(action: &str) -> bool {
         crate::toml_array(&argv)
     );
     let release = assert_refused(&dir, &text, action, "nodes'", &["--node", "a"], &marker);
-    let _ = writeln!(
-        std::io::stderr(),
+    crate::tell(&format!(
         "node `{action}` refused as it must be: this kernel ({release}) has no tcx"
-    );
+    ));
     true
 }
 
