@@ -182,7 +182,7 @@ fn mtbf_exponential_group(run: &Run) {
         assert_eq!(record["signal"], "SIGKILL", "{out}");
         assert_eq!(record["by"], "fij", "{out}");
         // 50 ms on a real machine; scaled under the kernel lab's emulated CPUs, where
-        // releasing the four instances alone takes ~100 ms (docs/kernel-lab.md).
+        // releasing the four instances alone takes ~100 ms (docs/kernel-lab-findings.md).
         let bound = 50e6 * fij_tests::slowdown();
         assert!(
             (record["late_ns"].as_u64().unwrap() as f64) < bound,
